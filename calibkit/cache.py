@@ -1,0 +1,109 @@
+"""TensorRT calibration cache (8.x/10.x implicit quantization) writer and reader.
+
+    TRT-101601-EntropyCalibration2
+    input: 3c010a14
+
+One line per tensor: the name, ``": "``, and the big-endian IEEE-754 float32 bits of
+``scale = amax / 127`` as 8 lowercase hex digits. Names may contain ``:`` (split on the
+last ``": "``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from calibkit.atomic import write_text
+from calibkit.errors import CalibkitError
+
+ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
+DEFAULT_TRT_VERSION = "10.16.1"
+_HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
+_HEX = re.compile(r"^[0-9a-f]{8}$")
+
+
+def encode_version(version: str) -> int:
+    """``"10.16.1"`` -> 101601; ``"8.6.1"`` -> 8601 (TensorRT's own integer versions)."""
+    try:
+        parts = [int(p) for p in version.split(".")[:3]]
+    except ValueError:
+        raise CalibkitError(f"--trt-version {version!r} is not like 10.16.1") from None
+    major, minor, patch = (parts + [0, 0])[:3]
+    return major * 10000 + minor * 100 + patch if major >= 10 else major * 1000 + minor * 100 + patch
+
+
+def installed_trt_version() -> str | None:
+    """The version of an importable ``tensorrt``, without importing it unless present."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return None
+    try:
+        import tensorrt
+
+        return str(tensorrt.__version__)
+    except Exception:  # a stub or broken install: fall back to the flag
+        return None
+
+
+def scale_hex(scale: float) -> str:
+    return struct.pack(">f", scale).hex()
+
+
+@dataclass
+class Cache:
+    version: int
+    algorithm: str
+    scales: dict[str, float]
+
+    def header(self) -> str:
+        return f"TRT-{self.version}-{self.algorithm}"
+
+    def text(self) -> str:
+        lines = [self.header()]
+        for name, scale in self.scales.items():
+            if not (math.isfinite(scale) and scale > 0):
+                raise CalibkitError(f"refusing to write scale {scale} for tensor {name!r}: scales must be finite and > 0")
+            lines.append(f"{name}: {scale_hex(scale)}")
+        return "\n".join(lines) + "\n"
+
+    def write(self, path: str | Path) -> Path:
+        return write_text(path, self.text())
+
+
+def parse(text: str, where: str = "cache") -> Cache:
+    lines = text.splitlines()
+    if not lines:
+        raise CalibkitError(f"{where} is empty; expected a TRT-<version>-<algorithm> header")
+    m = _HEADER.match(lines[0].strip())
+    if not m:
+        raise CalibkitError(f"{where}:1: bad header {lines[0][:60]!r}; expected TRT-<version>-<algorithm>")
+    scales: dict[str, float] = {}
+    for no, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        name, sep, value = line.rpartition(": ")
+        value = value.strip()
+        if not sep or not name or not _HEX.match(value):
+            raise CalibkitError(f"{where}:{no}: malformed line {line[:80]!r}; expected '<tensor>: <8 hex digits>'")
+        scale = struct.unpack(">f", bytes.fromhex(value))[0]
+        if not (math.isfinite(scale) and scale > 0):
+            raise CalibkitError(f"{where}:{no}: tensor {name!r} has scale {scale}; scales must be finite and > 0")
+        if name in scales:
+            raise CalibkitError(f"{where}:{no}: tensor {name!r} appears twice")
+        scales[name] = scale
+    return Cache(int(m.group(1)), m.group(2), scales)
+
+
+def read(path: str | Path) -> Cache:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CalibkitError(f"cache {p} not found") from None
+    except UnicodeDecodeError:
+        raise CalibkitError(f"cache {p} is not a text calibration cache") from None
+    return parse(text, where=str(p))

@@ -1,0 +1,1 @@
+"""Registers the validation commands when they exist."""

@@ -1,0 +1,128 @@
+"""``calibkit`` command line: calibrate, inspect, merge, methods (validate/compare/export-qdq
+live in their own modules and register here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from calibkit import __version__
+from calibkit.cli.options import data_options, method_from, method_options, preprocess_from, user_errors
+
+DEMO_OUT = "calibkit-demo"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="calibkit")
+def cli() -> None:
+    """INT8 calibration workbench for TensorRT and ONNX Runtime.
+
+    Collect activation histograms once, turn them into INT8 scales with any method,
+    export TensorRT caches / Q/DQ models, and validate INT8 against FP32.
+    """
+
+
+@cli.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@data_options
+@method_options
+@click.option("--histograms", type=click.Path(dir_okay=False), help="Re-threshold stored histograms (no inference).")
+@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), help="Output directory (default: current dir; the bare demo writes ./calibkit-demo).")
+@click.option("--recollect", is_flag=True, help="Run inference even when matching stored histograms exist.")
+@click.option("--force", is_flag=True, help="Accept --histograms whose model fingerprint differs.")
+@click.option("--trt-version", help="TensorRT version for the cache header (default: installed TensorRT, else 10.16.1).")
+@click.option("--cache-algorithm", default="EntropyCalibration2", show_default=True, help="Cache header algorithm; EntropyCalibration2 is what trtexec --calib accepts.")
+@user_errors
+def calibrate(model, output_dir, histograms, recollect, force, trt_version, cache_algorithm, **kw) -> None:
+    """Collect histograms of every activation and write INT8 scales.
+
+    \b
+    Writes to the output directory:
+      <model>.cache          TensorRT calibration cache (trtexec --int8 --calib=)
+      scales.json            per-tensor amax/scale, method, stats, fingerprints
+      histograms.npz         stored histograms (re-threshold with --histograms)
+      <model>.tensors.json   ONNX Runtime TensorsData (quantize_static calibration_cache_path)
+
+    With no MODEL, calibrates the shipped demo (digits CNN) into ./calibkit-demo.
+    """
+    from calibkit import demo
+    from calibkit.cli.progress import err, sample_progress
+    from calibkit.cli.summary import print_calibration
+    from calibkit.pipeline import calibrate as run
+
+    if model is None:
+        model = str(demo.MODEL)
+        kw["data"] = kw["data"] or str(demo.CALIB)
+        if not kw.get("preprocess_file"):
+            kw["preprocess_file"] = str(demo.PREPROCESS)
+        output_dir = output_dir or DEMO_OUT
+        err.print(f"calibkit: no model given: calibrating the shipped demo {demo.MODEL.name} on {demo.CALIB}")
+    method, cfg = method_from(kw)
+    pre = preprocess_from(kw)
+    data = kw.pop("data")
+    if data is None and histograms is None:
+        raise click.UsageError("give --data (or --histograms to re-threshold stored histograms)")
+    with sample_progress("collecting") as (set_total, update):
+        result = run(
+            model,
+            data=data,
+            method=method,
+            config=cfg,
+            output_dir=output_dir or ".",
+            histograms=histograms,
+            batch_size=kw["batch_size"],
+            preprocess=pre,
+            recollect=recollect,
+            force=force,
+            trt_version=trt_version,
+            cache_algorithm=cache_algorithm,
+            device=kw["device"],
+            progress=update,
+            on_source=lambda s: set_total(s.num_samples()),
+        )
+    print_calibration(result)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--limit", type=int, default=20, show_default=True, help="Rows to show.")
+@user_errors
+def inspect(path, limit) -> None:
+    """Show a calibration cache, scales.json or histograms.npz."""
+    from calibkit.cli.summary import inspect_file
+
+    inspect_file(Path(path), limit)
+
+
+@cli.command()
+@click.argument("histograms", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Merged histograms.npz to write.")
+@user_errors
+def merge(histograms, output) -> None:
+    """Merge histogram shards exactly (any order gives the same result)."""
+    from calibkit import store
+    from calibkit.cli.progress import out
+
+    merged = store.merge_files(list(histograms))
+    store.save(merged, output)
+    out.print(f"merged {len(histograms)} shard(s): {len(merged.tensors)} tensors, {merged.samples} samples -> {output}")
+
+
+@cli.command(name="methods")
+def list_methods() -> None:
+    """List threshold methods and their options."""
+    import dataclasses
+
+    from calibkit import methods
+
+    for name in methods.names():
+        m = methods.get(name)
+        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(m.config_cls)) or "no options"
+        click.echo(f"{name:11s} {m.summary} ({opts})")
+
+
+def main() -> None:
+    from calibkit.cli import extra  # noqa: F401  (registers validate/compare/export-qdq)
+
+    cli(prog_name="calibkit")

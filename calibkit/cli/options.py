@@ -1,0 +1,105 @@
+"""Option groups shared by subcommands (model, data, preprocessing, method, output)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import click
+
+from calibkit import methods
+from calibkit.data.images import CHANNELS, LAYOUTS, Preprocess
+from calibkit.errors import CalibkitError
+
+
+def compose(*decorators: Callable) -> Callable:
+    def apply(fn: Callable) -> Callable:
+        for d in reversed(decorators):
+            fn = d(fn)
+        return fn
+
+    return apply
+
+
+def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise CalibkitError(f"{option} {text!r}: expected comma-separated numbers") from None
+
+
+data_options = compose(
+    click.option("--data", "data", metavar="PATH", help="Folder of images, .npz keyed by input name, .npy, or loader script FILE.py[:load_data]."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Samples per ONNX Runtime run (default 16; the model's fixed batch wins). Results do not depend on it."),
+    click.option("--preprocess", "preprocess_file", type=click.Path(dir_okay=False), help="JSON file with image preprocessing (size, resize, scale, mean, std, channels, layout)."),
+    click.option("--size", metavar="H,W", help="Image crop size (default: the model's input H,W)."),
+    click.option("--resize", type=int, help="Resize the shorter image side to this before centre-cropping."),
+    click.option("--scale", "pixel_scale", type=float, help="Multiply pixels by this (default 1/255)."),
+    click.option("--mean", help="Per-channel mean, comma-separated (after scaling)."),
+    click.option("--std", help="Per-channel std, comma-separated."),
+    click.option("--channels", type=click.Choice(CHANNELS), help="Channel order for images (default RGB)."),
+    click.option("--layout", type=click.Choice(LAYOUTS), help="Tensor layout for images (default NCHW)."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="ONNX Runtime provider; auto uses CUDA only when a GPU is really usable."),
+)
+
+
+def preprocess_from(kw: dict) -> Preprocess:
+    """Build the Preprocess from --preprocess FILE, then override with explicit flags."""
+    base = Preprocess.from_file(kw.pop("preprocess_file")) if kw.get("preprocess_file") else Preprocess()
+    kw.pop("preprocess_file", None)
+    d = base.to_dict()
+    size = kw.pop("size", None)
+    if size:
+        vals = _floats(size, "--size")
+        if len(vals) != 2:
+            raise CalibkitError(f"--size {size!r}: expected H,W")
+        d["size"] = [int(v) for v in vals]
+    for key, opt in (("resize", "resize"), ("pixel_scale", "scale"), ("channels", "channels"), ("layout", "layout")):
+        v = kw.pop(key, None)
+        if v is not None:
+            d[opt] = v
+    for key in ("mean", "std"):
+        v = _floats(kw.pop(key, None), f"--{key}")
+        if v is not None:
+            d[key] = list(v)
+    return Preprocess.from_dict(d)
+
+
+method_options = compose(
+    click.option("--method", default="entropy", show_default=True, metavar="NAME[:ARG]", help=f"Threshold method: {', '.join(methods.names())} (e.g. percentile:99.9)."),
+    click.option("--percentile", type=float, help="Percentile for --method percentile (default 99.99)."),
+    click.option("--levels", type=int, help="Quantisation levels for --method entropy (default 128)."),
+    click.option("--start-bin", type=int, help="First candidate bin for entropy / mse (default 128)."),
+)
+
+
+def method_from(kw: dict):
+    spec = kw.pop("method")
+    name, cfg = methods.parse_spec(spec)
+    overrides = {"percentile": kw.pop("percentile", None), "levels": kw.pop("levels", None), "start_bin": kw.pop("start_bin", None)}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
+        import dataclasses
+
+        params = {**dataclasses.asdict(cfg), **overrides}
+        cfg = methods.make_config(name, **params)
+    return name, cfg
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn CalibkitError into a one-line message and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CalibkitError as exc:
+            click.echo(f"calibkit: error: {exc}", err=True)
+            raise SystemExit(getattr(exc, "exit_code", 1)) from None
+        except KeyboardInterrupt:
+            click.echo("calibkit: interrupted; outputs already written are intact", err=True)
+            raise SystemExit(130) from None
+
+    return wrapper

@@ -1,0 +1,40 @@
+"""Rich progress bar (samples, samples/s) and summary tables for the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+err = Console(stderr=True)
+out = Console(highlight=False)
+
+
+class _Rate(TextColumn):
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def render(self, task):  # noqa: D102
+        speed = task.finished_speed or task.speed
+        return f"{speed:,.0f} samples/s" if speed else "… samples/s"
+
+
+@contextlib.contextmanager
+def sample_progress(label: str) -> Iterator:
+    """Yields (set_total, update) callables."""
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(), console=err, transient=False)
+    with progress:
+        task = progress.add_task(label, total=None)
+        yield (lambda total: progress.update(task, total=total)), (lambda done: progress.update(task, completed=done))
+
+
+def table(title: str, columns: list[str], rows: list[list]) -> Table:
+    t = Table(title=title, title_justify="left", show_header=any(columns))
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*(str(v) for v in r))
+    return t

@@ -1,0 +1,49 @@
+"""Calibration/validation data sources and the feeder that validates and re-batches them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from calibkit.data.arrays import NpySource, NpzSource
+from calibkit.data.base import DataSource, Feed, IterableSource
+from calibkit.data.feed import FeedStats, run_batches
+from calibkit.data.images import ImageFolderSource, Preprocess, list_images
+from calibkit.data.script import ScriptSource
+from calibkit.errors import CalibkitError
+from calibkit.onnx_model import InputSpec
+
+__all__ = ["DataSource", "Feed", "FeedStats", "IterableSource", "Preprocess", "open_source", "run_batches"]
+
+
+def _single(specs: list[InputSpec], what: str) -> InputSpec:
+    if len(specs) != 1:
+        names = ", ".join(s.name for s in specs)
+        raise CalibkitError(f"{what} feeds one input but the model has {len(specs)} ({names}); use an .npz keyed by input name or a loader script")
+    return specs[0]
+
+
+def open_source(data, specs: list[InputSpec], preprocess: Preprocess | None = None) -> DataSource:
+    """Pick the source for ``data``: a folder of images, .npz, .npy, ``script.py[:fn]`` or an iterable."""
+    if data is None:
+        raise CalibkitError("no data given; pass --data DIR|FILE.npz|FILE.npy|script.py:load_data")
+    if not isinstance(data, (str, Path)):
+        return IterableSource(data)
+    text = str(data)
+    if ".py:" in text or text.endswith(".py"):
+        return ScriptSource(text)
+    path = Path(text)
+    if not path.exists():
+        raise CalibkitError(f"data {path} not found; pass a folder of images, an .npz/.npy file or a loader script")
+    if path.is_dir():
+        if list_images(path):
+            spec = _single(specs, f"image folder {path}")
+            return ImageFolderSource(path, spec.name, preprocess or Preprocess(), spec.shape)
+        npz = sorted(path.glob("*.npz"))
+        if len(npz) == 1:
+            return NpzSource(npz[0])
+        raise CalibkitError(f"data folder {path} holds no images and no single .npz; point --data at the data itself")
+    if path.suffix == ".npz":
+        return NpzSource(path)
+    if path.suffix == ".npy":
+        return NpySource(path, _single(specs, f"{path}").name)
+    raise CalibkitError(f"data {path}: unsupported file type {path.suffix!r}; use a folder of images, .npz, .npy or a .py loader")

@@ -1,0 +1,70 @@
+"""The data-source protocol: a re-iterable stream of feed batches.
+
+A source yields ``{input_name: ndarray}`` dicts whose arrays share a leading sample axis
+(any size). Sources never hold more than one chunk in memory. ``fingerprint()`` hashes what
+the source reads (file bytes, loader source), or returns None when only streaming can tell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+Feed = dict[str, np.ndarray]
+
+
+class DataSource(Protocol):
+    description: str
+
+    def batches(self) -> Iterator[Feed]: ...
+
+    def fingerprint(self) -> str | None: ...
+
+    def num_samples(self) -> int | None: ...
+
+
+def hash_files(paths: Iterable[Path], root: Path | None = None) -> str:
+    """sha256 over (relative name, bytes) of each file, in the order given."""
+    h = hashlib.sha256()
+    for p in paths:
+        name = str(p.relative_to(root)) if root else p.name
+        h.update(name.encode() + b"\0")
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return "sha256:" + h.hexdigest()
+
+
+def hash_feed(h: hashlib._Hash, feed: Feed) -> None:
+    """Add one batch to a running hash sample by sample (so batching does not matter)."""
+    names = sorted(feed)
+    n = len(next(iter(feed.values()))) if feed else 0
+    for i in range(n):
+        for name in names:
+            a = np.ascontiguousarray(feed[name][i])
+            h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
+            h.update(a.tobytes())
+
+
+class IterableSource:
+    """Any Python iterable (or a zero-argument callable returning one) of feed dicts."""
+
+    def __init__(self, data, description: str = "python iterable") -> None:
+        self._data = data
+        self.description = description
+
+    def batches(self) -> Iterator[Feed]:
+        it = self._data() if callable(self._data) else self._data
+        for feed in it:
+            yield {k: np.asarray(v) for k, v in feed.items()}
+
+    def fingerprint(self) -> str | None:
+        return None
+
+    def num_samples(self) -> int | None:
+        return None

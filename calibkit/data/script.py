@@ -1,0 +1,57 @@
+"""Polygraphy-style loader scripts: ``file.py:load_data`` yielding ``{input_name: ndarray}``.
+
+The function (default name ``load_data``) is called afresh for every pass. The fingerprint
+hashes the script's source; what it reads from elsewhere is hashed while streaming.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+from calibkit.data.base import Feed, IterableSource, hash_files
+from calibkit.errors import CalibkitError
+
+
+def load_function(spec: str, default: str = "load_data"):
+    """``path.py[:name]`` -> the callable; CalibkitError naming the file or function."""
+    path_s, _, func = spec.partition(".py:")
+    path = Path(path_s + ".py") if func else Path(spec)
+    func = func or default
+    if not path.is_file():
+        raise CalibkitError(f"script {path} not found")
+    mod_spec = importlib.util.spec_from_file_location(f"calibkit_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise CalibkitError(f"script {path} failed to import: {type(exc).__name__}: {exc}") from None
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise CalibkitError(f"script {path} defines no function {func!r}; name it as {path}:FUNCTION")
+    return path, fn
+
+
+class ScriptSource(IterableSource):
+    rehashable = True  # calling the loader again yields the same data: reuse can check it
+    def __init__(self, spec: str) -> None:
+        self.path, fn = load_function(spec)
+        super().__init__(fn, description=f"loader script {spec}")
+
+    def batches(self) -> Iterator[Feed]:
+        try:
+            for feed in super().batches():
+                if not isinstance(feed, dict):
+                    raise CalibkitError(f"{self.description} yielded {type(feed).__name__}; yield {{input_name: ndarray}} dicts")
+                yield feed
+        except CalibkitError:
+            raise
+        except Exception as exc:
+            raise CalibkitError(f"{self.description} raised {type(exc).__name__}: {exc}") from None
+
+    def fingerprint(self) -> str | None:
+        return None  # the script may read anything: streamed data is hashed instead
+
+    def source_hash(self) -> str:
+        return hash_files([self.path])

@@ -1,0 +1,118 @@
+"""Mergeable |x| histograms over power-of-two ranges (pure NumPy).
+
+Every tensor's histogram has ``NUM_BINS`` bins over ``[0, 2**exp)``, where ``exp`` is the
+smallest exponent with ``max|x| < 2**exp``. Because the range is a power of two and the bin
+count is fixed, the bin of a value at range ``2**exp`` is ``floor(|x| * 2**(11-exp))``, an
+exact floating-point product, and growing the range by ``2**k`` folds groups of ``2**k``
+adjacent bins exactly. So a histogram built batch by batch, in any order or split into
+shards merged later, is bit-for-bit the histogram of all the data at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NUM_BINS = 2048
+BINS_LOG2 = 11
+E_MIN = -40  # values below 2**(E_MIN-11) fall into bin 0 whatever the range
+
+
+def range_exponent(amax: float) -> int:
+    """Smallest ``e >= E_MIN`` with ``amax < 2**e``."""
+    if not amax > 0.0:
+        return E_MIN
+    return max(math.frexp(float(amax))[1], E_MIN)
+
+
+def fold(counts: np.ndarray, k: int) -> np.ndarray:
+    """Counts of a histogram whose range grew by ``2**k`` (exact)."""
+    if k <= 0:
+        return counts
+    out = np.zeros(NUM_BINS, dtype=np.int64)
+    if k >= BINS_LOG2:
+        out[0] = counts.sum()
+    else:
+        out[: NUM_BINS >> k] = counts.reshape(NUM_BINS >> k, 1 << k).sum(axis=1)
+    return out
+
+
+@dataclass
+class TensorHistogram:
+    """Statistics of one tensor: |x| histogram plus min/max/count and NaN/Inf counts."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(NUM_BINS, dtype=np.int64))
+    exp: int = E_MIN
+    min: float = math.inf
+    max: float = -math.inf
+    count: int = 0  # finite elements
+    nan: int = 0
+    inf: int = 0
+
+    @property
+    def range(self) -> float:
+        return math.ldexp(1.0, self.exp)
+
+    @property
+    def bin_width(self) -> float:
+        return math.ldexp(1.0, self.exp - BINS_LOG2)
+
+    @property
+    def amax(self) -> float:
+        """Exact max |x| over finite values (0 when no finite value was seen)."""
+        if self.count == 0:
+            return 0.0
+        return max(-self.min, self.max, 0.0)
+
+    def update(self, x: np.ndarray) -> None:
+        """Reduce one batch of values into the histogram; ``x`` is not kept."""
+        flat = np.asarray(x).reshape(-1)
+        if flat.size == 0:
+            return
+        if flat.dtype != np.float32 and flat.dtype != np.float64:
+            flat = flat.astype(np.float32)
+        lo, hi = flat.min(), flat.max()
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            finite = np.isfinite(flat)
+            nan = int(np.isnan(flat).sum())
+            self.nan += nan
+            self.inf += int(flat.size - finite.sum()) - nan
+            flat = flat[finite]
+            if flat.size == 0:
+                return
+            lo, hi = flat.min(), flat.max()
+        self.min = min(self.min, float(lo))
+        self.max = max(self.max, float(hi))
+        self.count += int(flat.size)
+        e = range_exponent(max(-float(lo), float(hi)))
+        if e > self.exp:
+            self.counts = fold(self.counts, e - self.exp)
+            self.exp = e
+        a = np.abs(flat)
+        a *= a.dtype.type(math.ldexp(1.0, BINS_LOG2 - self.exp))
+        self.counts += np.bincount(a.astype(np.intp), minlength=NUM_BINS)
+
+    def merge(self, other: TensorHistogram) -> TensorHistogram:
+        """In-place exact merge of ``other`` into ``self``; returns ``self``."""
+        e = max(self.exp, other.exp)
+        self.counts = fold(self.counts, e - self.exp) + fold(other.counts, e - other.exp)
+        self.exp = e
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+        self.count += other.count
+        self.nan += other.nan
+        self.inf += other.inf
+        return self
+
+    def clipped_fraction(self, amax: float) -> float:
+        """Fraction of finite values whose |x| lies in bins at or beyond ``amax``."""
+        total = int(self.counts.sum())
+        if total == 0 or amax >= self.amax:
+            return 0.0
+        first = min(NUM_BINS, int(math.ceil(amax / self.bin_width)))
+        return float(self.counts[first:].sum()) / total
+
+    def copy(self) -> TensorHistogram:
+        return TensorHistogram(self.counts.copy(), self.exp, self.min, self.max, self.count, self.nan, self.inf)

@@ -1,0 +1,114 @@
+"""Registry of threshold methods: name -> (typed config class, bin selector).
+
+A method turns one :class:`~calibkit.histogram.TensorHistogram` into an ``amax``. Adding a
+method is one module that calls :func:`register`; ``--method`` choices come from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from calibkit.errors import CalibkitError
+from calibkit.histogram import TensorHistogram
+
+AmaxFn = Callable[[TensorHistogram, Any], float]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_cls: type
+    amax: AmaxFn
+    summary: str
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str, config_cls: type, summary: str) -> Callable[[AmaxFn], AmaxFn]:
+    def deco(fn: AmaxFn) -> AmaxFn:
+        REGISTRY[name] = Method(name, config_cls, fn, summary)
+        return fn
+
+    return deco
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get(name: str) -> Method:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise CalibkitError(f"unknown method {name!r}; choose one of: {', '.join(names())}") from None
+
+
+def make_config(name: str, **params: Any) -> Any:
+    """Build the typed config of ``name`` from keyword parameters (None values ignored)."""
+    method = get(name)
+    fields = {f.name for f in dataclasses.fields(method.config_cls)}
+    given = {k: v for k, v in params.items() if v is not None}
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise CalibkitError(f"method {name!r} takes no option {unknown[0]!r}; its options: {', '.join(sorted(fields)) or 'none'}")
+    try:
+        return method.config_cls(**given)
+    except (TypeError, ValueError) as exc:
+        raise CalibkitError(f"bad option for method {name!r}: {exc}") from None
+
+
+def parse_spec(spec: str) -> tuple[str, Any]:
+    """``"percentile:99.99"`` -> ("percentile", PercentileConfig(percentile=99.99)).
+
+    The text after ``:`` sets the method's first config field; ``name:key=value,...`` sets any.
+    """
+    name, _, arg = spec.strip().partition(":")
+    method = get(name)
+    if not arg:
+        return name, method.config_cls()
+    fields = dataclasses.fields(method.config_cls)
+    if not fields:
+        raise CalibkitError(f"method {name!r} takes no parameter (got {spec!r})")
+    params: dict[str, Any] = {}
+    for part in arg.split(","):
+        key, eq, value = part.partition("=")
+        if not eq:
+            key, value = fields[0].name, part
+        ftype = next((f.type for f in fields if f.name == key), "float")
+        try:
+            params[key] = int(value) if ftype in ("int", int) else float(value)
+        except ValueError:
+            raise CalibkitError(f"method spec {spec!r}: {value!r} is not a number") from None
+    return name, make_config(name, **params)
+
+
+def config_params(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def pick_near_min(screen: np.ndarray, exact: Callable[[int], float], last: bool, band: float = 1e-6) -> int:
+    """Index of the minimum of ``exact`` over candidates, screened by the vectorised ``screen``.
+
+    ``screen`` approximates ``exact`` to ~1e-13; only candidates within ``band`` (relative)
+    of its minimum are recomputed exactly, and ties among those go to the last (or first).
+    """
+    finite = np.isfinite(screen)
+    if not finite.any():
+        return len(screen) - 1 if last else 0
+    m = float(screen[finite].min())
+    near = np.flatnonzero(finite & (screen <= m + band * abs(m) + 1e-12))
+    values = np.array([exact(int(k)) for k in near])
+    best = values.min()
+    hits = near[values == best]
+    return int(hits[-1] if last else hits[0])
+
+
+def edge_amax(hist: TensorHistogram, end_bin: int) -> float:
+    """Right edge of bin ``end_bin - 1``, never above the exact max |x|."""
+    return min(end_bin * hist.bin_width, hist.amax)

@@ -1,0 +1,152 @@
+"""``calibrate``: the Python API behind ``calibkit calibrate`` (the CLI is a thin shell).
+
+model + data -> histograms.npz (reused when fingerprints match) -> scales.json,
+<model>.cache (TensorRT) and <model>.tensors.json (ONNX Runtime TensorsData).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calibkit import cache as trt_cache
+from calibkit import methods, ort_tensors, store
+from calibkit.atomic import ensure_dir
+from calibkit.collect import DEFAULT_RUN_BATCH, Collection, collect
+from calibkit.data import FeedStats, Preprocess, open_source, run_batches
+from calibkit.errors import CalibkitError
+from calibkit.onnx_model import fingerprint_file, input_specs, load
+from calibkit.scales import ScaleTable, compute
+
+HISTOGRAMS = "histograms.npz"
+SCALES = "scales.json"
+
+
+@dataclass
+class CalibrateResult:
+    table: ScaleTable
+    histograms: store.HistogramSet
+    outputs: dict[str, Path]
+    reused: str | None = None  # why stored histograms were used instead of inference
+    collection: Collection | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _data_fingerprint(source, specs, run_batch: int) -> str:
+    fp = source.fingerprint()
+    if fp is not None:
+        return fp
+    stats = FeedStats()
+    for _ in run_batches(source, specs, run_batch, stats):
+        pass
+    return "streamed:" + stats.streamed_fingerprint()
+
+
+def _check_model(hset: store.HistogramSet, fingerprint: str, where: str, force: bool) -> None:
+    theirs = hset.meta.get("model_fingerprint")
+    if theirs != fingerprint and not force:
+        raise CalibkitError(
+            f"histograms {where} were collected on another model ({hset.meta.get('model_name')}, {theirs}); "
+            "recollect for this model, or pass --force if the graph is really the same"
+        )
+
+
+def calibrate(
+    model: str | Path,
+    data: Any = None,
+    method: str = "entropy",
+    config: Any = None,
+    output_dir: str | Path = ".",
+    histograms: str | Path | None = None,
+    batch_size: int | None = None,
+    preprocess: Preprocess | None = None,
+    recollect: bool = False,
+    force: bool = False,
+    trt_version: str | None = None,
+    cache_algorithm: str = "EntropyCalibration2",
+    device: str = "auto",
+    progress: Callable[[int], None] | None = None,
+    on_source: Callable[[Any], None] | None = None,
+) -> CalibrateResult:
+    t0 = time.perf_counter()
+    model_path = Path(model)
+    proto = load(model_path)
+    model_fp = fingerprint_file(model_path)
+    out = ensure_dir(Path(output_dir))
+    methods.get(method)
+    if cache_algorithm not in trt_cache.ALGORITHMS:
+        raise CalibkitError(f"--cache-algorithm {cache_algorithm!r} must be one of {', '.join(trt_cache.ALGORITHMS)}")
+    run_batch = batch_size or DEFAULT_RUN_BATCH
+    reused = None
+    collection = None
+    hist_path = out / HISTOGRAMS
+    outputs: dict[str, Path] = {}
+
+    if histograms is not None:
+        hset = store.load(histograms)
+        _check_model(hset, model_fp, str(histograms), force)
+        reused = f"stored histograms {histograms}"
+    else:
+        specs = input_specs(proto)
+        pre = preprocess or Preprocess()
+        source = open_source(data, specs, pre)
+        if on_source:
+            on_source(source)
+        data_fp = None
+        hset = None
+        rehashable = source.fingerprint() is not None or getattr(source, "rehashable", False)
+        if hist_path.is_file() and not recollect and rehashable:
+            try:
+                old = store.load(hist_path)
+            except CalibkitError:
+                old = None
+            if old is not None and old.meta.get("model_fingerprint") == model_fp and old.meta.get("preprocess_fingerprint") == pre.fingerprint():
+                data_fp = _data_fingerprint(source, specs, run_batch)
+                if old.meta.get("data_fingerprint") == data_fp:
+                    hset = old
+                    reused = f"{hist_path} (model, data and preprocessing fingerprints match; --recollect to redo)"
+        if hset is None:
+            collection = collect(proto, source, run_batch, device=device, progress=progress, model_name=model_path.name)
+            stats = collection.stats
+            fp = source.fingerprint() or "streamed:" + stats.streamed_fingerprint()
+            hset = store.HistogramSet(
+                collection.tensors,
+                {
+                    "model_name": model_path.name,
+                    "model_fingerprint": model_fp,
+                    "data_fingerprint": fp,
+                    "data": source.description,
+                    "preprocess": pre.to_dict(),
+                    "preprocess_fingerprint": pre.fingerprint(),
+                    "samples": stats.samples,
+                    "dropped_samples": stats.dropped,
+                },
+            )
+            outputs["histograms"] = store.save(hset, hist_path)
+    t_collect = time.perf_counter()
+
+    table = compute(hset, method, config)
+    t_thresh = time.perf_counter()
+    version = trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION
+    cache = trt_cache.Cache(trt_cache.encode_version(version), cache_algorithm, table.scales())
+    cache_path = out / f"{model_path.stem}.cache"
+    table.meta = {
+        "model": {"name": model_path.name, "fingerprint": model_fp},
+        "data": {"fingerprint": hset.meta.get("data_fingerprint"), "source": hset.meta.get("data"), "samples": hset.samples},
+        "preprocess": {"fingerprint": hset.meta.get("preprocess_fingerprint"), **(hset.meta.get("preprocess") or {})},
+        "cache": {"file": cache_path.name, "header": cache.header()},
+    }
+    outputs["scales"] = table.write(out / SCALES)
+    outputs["cache"] = cache.write(cache_path)
+    outputs["tensors_data"] = ort_tensors.write(out / f"{model_path.stem}.tensors.json", table.amax())
+    return CalibrateResult(
+        table,
+        hset,
+        outputs,
+        reused,
+        collection,
+        {"collect": t_collect - t0, "threshold": t_thresh - t_collect, "total": time.perf_counter() - t0},
+    )

@@ -1,0 +1,62 @@
+"""ONNX Runtime session loading and execution-provider choice.
+
+CUDA is used only when it is really usable: ORT built with it *and* a driver with at least
+one device. On CPU-only machines onnxruntime-gpu is asked for CPU only, so it prints nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import onnx
+
+from calibkit.errors import CalibkitError
+
+PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """Number of CUDA devices the driver reports (0 without a driver or a GPU)."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def providers_for(device: str = "auto") -> list[str]:
+    import onnxruntime as ort
+
+    if device not in PROVIDER_CHOICES:
+        raise CalibkitError(f"--device {device!r} is not one of {', '.join(PROVIDER_CHOICES)}")
+    cuda_built = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cpu" or (device == "auto" and not (cuda_built and cuda_device_count() > 0)):
+        return ["CPUExecutionProvider"]
+    if device == "cuda" and not cuda_built:
+        raise CalibkitError("--device cuda: this onnxruntime has no CUDA provider; pip install onnxruntime-gpu")
+    if device == "cuda" and cuda_device_count() == 0:
+        raise CalibkitError("--device cuda: no CUDA device is visible (driver missing or no GPU); use --device cpu")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def session(model: onnx.ModelProto | bytes, device: str = "auto", threads: int = 0, where: str = "model"):
+    """An InferenceSession on the chosen provider, quiet unless something is wrong."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(data, sess_options=opts, providers=providers_for(device))
+    except CalibkitError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        raise CalibkitError(f"ONNX Runtime cannot load {where}: {first}") from None

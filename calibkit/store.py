@@ -1,0 +1,112 @@
+"""The stored histogram set (``histograms.npz``): versioned, fingerprinted, mergeable.
+
+Written as a zip with fixed timestamps, so the same histograms give the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calibkit.atomic import write_with
+from calibkit.errors import CalibkitError
+from calibkit.histogram import NUM_BINS, TensorHistogram
+
+FORMAT = "calibkit-histograms"
+VERSION = 1
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass
+class HistogramSet:
+    tensors: dict[str, TensorHistogram]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def samples(self) -> int:
+        return int(self.meta.get("samples", 0))
+
+    def merge(self, other: HistogramSet, where: str = "histograms") -> HistogramSet:
+        mine, theirs = self.meta.get("model_fingerprint"), other.meta.get("model_fingerprint")
+        if mine != theirs:
+            raise CalibkitError(f"{where} comes from another model ({theirs} vs {mine}); merge histograms of one model only")
+        for name, h in other.tensors.items():
+            if name in self.tensors:
+                self.tensors[name].merge(h)
+            else:
+                self.tensors[name] = h.copy()
+        self.meta["samples"] = self.samples + other.samples
+        shards = sorted(self.meta.get("shards", [self.meta.get("data_fingerprint")]) + other.meta.get("shards", [other.meta.get("data_fingerprint")]))
+        self.meta["shards"] = shards
+        self.meta["data_fingerprint"] = "merged:" + ",".join(str(s) for s in shards)
+        return self
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def save(hset: HistogramSet, path: str | Path) -> Path:
+    names = list(hset.tensors)
+    hs = [hset.tensors[n] for n in names]
+    arrays = {
+        "names": np.array(names, dtype=np.str_) if names else np.zeros(0, dtype="<U1"),
+        "counts": np.stack([h.counts for h in hs]) if hs else np.zeros((0, NUM_BINS), np.int64),
+        "exp": np.array([h.exp for h in hs], dtype=np.int32),
+        "minmax": np.array([[h.min, h.max] for h in hs], dtype=np.float64).reshape(-1, 2),
+        "tallies": np.array([[h.count, h.nan, h.inf] for h in hs], dtype=np.int64).reshape(-1, 3),
+        "meta": np.frombuffer(json.dumps({"format": FORMAT, "version": VERSION, **hset.meta}, sort_keys=True).encode(), dtype=np.uint8),
+    }
+
+    def writer(fh) -> None:
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for key, arr in arrays.items():
+                info = zipfile.ZipInfo(key + ".npy", date_time=_EPOCH)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, _npy_bytes(arr))
+
+    return write_with(path, writer)
+
+
+def load(path: str | Path) -> HistogramSet:
+    p = Path(path)
+    if not p.is_file():
+        raise CalibkitError(f"histograms {p} not found; run `calibkit calibrate` first or fix the path")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            if meta.get("format") != FORMAT:
+                raise CalibkitError(f"{p} is not a calibkit histogram file")
+            if meta.get("version", 0) > VERSION:
+                raise CalibkitError(f"{p} has histogram format version {meta['version']}; this calibkit reads up to {VERSION}: upgrade calibkit")
+            names, counts, exps = z["names"], z["counts"], z["exp"]
+            minmax, tallies = z["minmax"], z["tallies"]
+    except CalibkitError:
+        raise
+    except Exception as exc:
+        raise CalibkitError(f"{p} is not a readable calibkit histogram file ({type(exc).__name__}); recollect with --recollect") from None
+    if counts.ndim != 2 or counts.shape[1:] != (NUM_BINS,) or len(names) != len(counts):
+        raise CalibkitError(f"{p} is corrupt: histogram arrays have inconsistent shapes; recollect")
+    tensors = {
+        str(n): TensorHistogram(counts[i].astype(np.int64), int(exps[i]), float(minmax[i, 0]), float(minmax[i, 1]), *(int(t) for t in tallies[i]))
+        for i, n in enumerate(names)
+    }
+    meta.pop("format", None)
+    meta.pop("version", None)
+    return HistogramSet(tensors, meta)
+
+
+def merge_files(paths: list[str | Path]) -> HistogramSet:
+    if not paths:
+        raise CalibkitError("merge needs at least one histogram file")
+    total = load(paths[0])
+    for p in paths[1:]:
+        total.merge(load(p), where=str(p))
+    return total
