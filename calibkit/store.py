@@ -41,10 +41,19 @@ class HistogramSet:
             else:
                 self.tensors[name] = h.copy()
         self.meta["samples"] = self.samples + other.samples
-        shards = sorted(self.meta.get("shards", [self.meta.get("data_fingerprint")]) + other.meta.get("shards", [other.meta.get("data_fingerprint")]))
+        self.meta["dropped_samples"] = int(self.meta.get("dropped_samples", 0)) + int(other.meta.get("dropped_samples", 0))
+        if self.meta.get("preprocess_fingerprint") != other.meta.get("preprocess_fingerprint"):
+            self.meta["preprocess_fingerprint"] = "mixed"
+        # Order-free provenance, so merging A+B and B+A gives the same bytes.
+        shards = sorted(_shards(self.meta) + _shards(other.meta))
         self.meta["shards"] = shards
-        self.meta["data_fingerprint"] = "merged:" + ",".join(str(s) for s in shards)
+        self.meta["data_fingerprint"] = "merged:" + ",".join(f for f, _ in shards)
+        self.meta["data"] = "merged: " + ", ".join(d for _, d in shards)
         return self
+
+
+def _shards(meta: dict) -> list[list[str]]:
+    return [list(x) for x in meta.get("shards", [[str(meta.get("data_fingerprint")), str(meta.get("data"))]])]
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -81,9 +90,11 @@ def load(path: str | Path) -> HistogramSet:
         raise CalibkitError(f"histograms {p} not found; run `calibkit calibrate` first or fix the path")
     try:
         with np.load(p, allow_pickle=False) as z:
+            if "meta" not in z.files:
+                raise CalibkitError(f"{p} is not a calibkit histogram file (no metadata); pass the histograms.npz calibkit wrote")
             meta = json.loads(bytes(z["meta"]).decode())
             if meta.get("format") != FORMAT:
-                raise CalibkitError(f"{p} is not a calibkit histogram file")
+                raise CalibkitError(f"{p} is not a calibkit histogram file (format {meta.get('format')!r})")
             if meta.get("version", 0) > VERSION:
                 raise CalibkitError(f"{p} has histogram format version {meta['version']}; this calibkit reads up to {VERSION}: upgrade calibkit")
             names, counts, exps = z["names"], z["counts"], z["exp"]

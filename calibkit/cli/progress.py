@@ -24,11 +24,25 @@ class _Rate(TextColumn):
 
 @contextlib.contextmanager
 def sample_progress(label: str) -> Iterator:
-    """Yields (set_total, update) callables."""
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(), console=err, transient=False)
-    with progress:
-        task = progress.add_task(label, total=None)
-        yield (lambda total: progress.update(task, total=total)), (lambda done: progress.update(task, completed=done))
+    """Yields (set_total, update) callables; the bar appears on the first update only,
+    so runs that fail early or reuse stored histograms print no bar."""
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(), console=err)
+    state: dict = {"total": None, "task": None}
+
+    def set_total(total) -> None:
+        state["total"] = total
+
+    def update(done: int) -> None:
+        if state["task"] is None:
+            progress.start()
+            state["task"] = progress.add_task(label, total=state["total"])
+        progress.update(state["task"], completed=done)
+
+    try:
+        yield set_total, update
+    finally:
+        if state["task"] is not None:
+            progress.stop()
 
 
 def table(title: str, columns: list[str], rows: list[list]) -> Table:

@@ -1,0 +1,3 @@
+from calibkit.cli.main import main
+
+main()
