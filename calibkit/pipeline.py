@@ -15,7 +15,7 @@ from typing import Any
 from calibkit import cache as trt_cache
 from calibkit import methods, ort_tensors, store
 from calibkit.atomic import ensure_dir
-from calibkit.collect import DEFAULT_RUN_BATCH, Collection, collect
+from calibkit.collect import Collection, collect
 from calibkit.data import FeedStats, Preprocess, open_source, run_batches
 from calibkit.errors import CalibkitError
 from calibkit.onnx_model import fingerprint_file, input_specs, load
@@ -40,7 +40,7 @@ def _data_fingerprint(source, specs, run_batch: int) -> str:
     if fp is not None:
         return fp
     stats = FeedStats()
-    for _ in run_batches(source, specs, run_batch, stats):
+    for _ in run_batches(source, specs, run_batch or 64, stats):
         pass
     return "streamed:" + stats.streamed_fingerprint()
 
@@ -79,7 +79,7 @@ def calibrate(
     methods.get(method)
     if cache_algorithm not in trt_cache.ALGORITHMS:
         raise CalibkitError(f"--cache-algorithm {cache_algorithm!r} must be one of {', '.join(trt_cache.ALGORITHMS)}")
-    run_batch = batch_size or DEFAULT_RUN_BATCH
+    run_batch = batch_size
     reused = None
     collection = None
     hist_path = out / HISTOGRAMS

@@ -23,6 +23,7 @@ def print_calibration(result) -> None:
         ["tensors", len(t.tensors)],
         ["samples", hs.samples],
         ["collect", f"{result.timings['collect']:.2f} s" + (f" ({coll.stats.samples / max(coll.seconds, 1e-9):,.0f} samples/s, {', '.join(coll.providers)})" if coll else "")],
+        ["run batch", (f"{coll.stats.run_batch} samples, {coll.stats.batches} runs" if coll else "-")],
         ["threshold", f"{result.timings['threshold']:.2f} s"],
     ]
     if hs.meta.get("dropped_samples"):

@@ -8,7 +8,7 @@ activations, and so every histogram, do not depend on how the data was chunked.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +23,7 @@ class FeedStats:
     samples: int = 0
     batches: int = 0
     dropped: int = 0
+    run_batch: int = 0
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def streamed_fingerprint(self) -> str:
@@ -72,13 +73,19 @@ def _check(feed: Feed, specs: list[InputSpec], where: str) -> Feed:
     return out
 
 
-def run_batches(source: DataSource, specs: list[InputSpec], run_batch: int, stats: FeedStats) -> Iterator[Feed]:
-    """Validated feeds of exactly ``run_batch`` samples (but the last of each shape run)."""
+def run_batches(source: DataSource, specs: list[InputSpec], run_batch: int | Callable[[], int], stats: FeedStats) -> Iterator[Feed]:
+    """Validated feeds of exactly ``run_batch`` samples (but the last of each shape run).
+
+    ``run_batch`` may be a callable, asked again before each batch is cut (the collector
+    sizes batches from the activation bytes of the first one).
+    """
+    size = run_batch if callable(run_batch) else (lambda: run_batch)
     fixed = {s.fixed_batch for s in specs} - {None}
     if len(fixed) > 1:
         raise CalibkitError(f"model inputs fix different batch sizes {sorted(fixed)}; calibkit needs one sample axis")
     if fixed:
-        run_batch = fixed.pop()
+        forced = fixed.pop()
+        size = lambda: forced  # noqa: E731
     pending: list[Feed] = []
     count = 0
     signature = None
@@ -89,9 +96,9 @@ def run_batches(source: DataSource, specs: list[InputSpec], run_batch: int, stat
             return
         joined = {k: np.concatenate([p[k] for p in pending]) if len(pending) > 1 else pending[0][k] for k in pending[0]}
         start = 0
-        while count - start >= run_batch or (final and count > start):
-            n = min(run_batch, count - start)
-            if fixed_size and n != run_batch:
+        while count - start >= size() or (final and count > start):
+            n = min(size(), count - start)
+            if fixed_size and n != size():
                 stats.dropped += n
                 break
             stats.batches += 1
@@ -116,7 +123,7 @@ def run_batches(source: DataSource, specs: list[InputSpec], run_batch: int, stat
         stats.samples += n
         pending.append(feed)
         count += n
-        if count >= run_batch:
+        if count >= size():
             yield from emit(final=False)
     yield from emit(final=True)
     if stats.samples == 0:

@@ -103,6 +103,8 @@ def pick_near_min(screen: np.ndarray, exact: Callable[[int], float], last: bool,
         return len(screen) - 1 if last else 0
     m = float(screen[finite].min())
     near = np.flatnonzero(finite & (screen <= m + band * abs(m) + 1e-12))
+    if len(near) == 1:  # no rival within the screen's error: it is the minimum
+        return int(near[0])
     values = np.array([exact(int(k)) for k in near])
     best = values.min()
     hits = near[values == best]

@@ -49,6 +49,7 @@ class _Workspace(threading.local):
             self.starts = -((-g[None, :] * self.ends[:, None]) // levels)  # ceil(g * i / levels)
             shape = self.starts.shape
             self.gathered = np.empty(shape)
+            self.gathered32 = np.empty(shape, dtype=np.float32)
             self.totals = np.empty((shape[0], levels))
             self.sizes = np.empty((shape[0], levels), dtype=np.float32)
             self.work = np.empty((shape[0], levels), dtype=np.float32)
@@ -92,14 +93,14 @@ def divergences(bins: np.ndarray, cfg: EntropyConfig, rows: np.ndarray | None = 
     ws = _WS.get(cfg.levels, cfg.start_bin)
     total = float(bins.sum())
     s = np.concatenate(([0.0], np.cumsum(bins)))
-    nz = np.concatenate(([0.0], np.cumsum(bins != 0)))
+    nz = np.concatenate(([0], np.cumsum(bins != 0))).astype(np.float32)  # exact up to 2**24
     ends = ws.ends if rows is None else ws.ends[rows]
     if rows is None:
         np.take(s, ws.starts, out=ws.gathered)
         np.subtract(ws.gathered[:, 1:], ws.gathered[:, :-1], out=ws.totals)
         c_last = ws.totals[:, -1].copy()
-        np.take(nz, ws.starts, out=ws.gathered)
-        np.subtract(ws.gathered[:, 1:], ws.gathered[:, :-1], out=ws.sizes, casting="unsafe")
+        np.take(nz, ws.starts, out=ws.gathered32)
+        np.subtract(ws.gathered32[:, 1:], ws.gathered32[:, :-1], out=ws.sizes)
         n_last = ws.sizes[:, -1].astype(np.float64)
         np.maximum(ws.sizes, 1.0, out=ws.sizes)
         w = ws.work
@@ -112,7 +113,7 @@ def divergences(bins: np.ndarray, cfg: EntropyConfig, rows: np.ndarray | None = 
     else:
         st = ws.starts[rows]
         c = s[st[:, 1:]] - s[st[:, :-1]]
-        n = nz[st[:, 1:]] - nz[st[:, :-1]]
+        n = (nz[st[:, 1:]] - nz[st[:, :-1]]).astype(np.float64)
         c_last, n_last = c[:, -1], n[:, -1]
         a = _group_terms(c / total, n)
     q_tot = s[ends]
