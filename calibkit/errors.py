@@ -13,4 +13,10 @@ class CalibkitError(Exception):
 
 
 class ThresholdFailed(CalibkitError):
-    """Raised by ``validate``/``compare`` when a gate (--min-cosine, ...) is not met."""
+    """Raised by ``validate``/``compare`` when a gate (--min-cosine, ...) is not met.
+
+    The report and results are written first; the CLI exits with ``exit_code`` (3), so build
+    pipelines can tell "INT8 is not good enough" from a usage error (1, 2).
+    """
+
+    exit_code = 3

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from calibkit import methods
 from calibkit.atomic import write_text
 from calibkit.errors import CalibkitError
@@ -22,6 +24,11 @@ DEGENERATE_AMAX = 1.0  # tensors with no non-zero finite value: any positive sca
 
 def as_float32(x: float) -> float:
     return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def int8_scale(amax: float) -> float:
+    """float32(amax) / 127 in float32 arithmetic (one rounding), as ORT and TensorRT compute it."""
+    return float(np.float32(amax) / np.float32(127.0))
 
 
 @dataclass
@@ -56,7 +63,8 @@ def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 
         degenerate = not (math.isfinite(amax) and amax > 0)
         if degenerate:
             amax = DEGENERATE_AMAX
-        scale = as_float32(amax / 127.0)
+        amax = as_float32(amax)
+        scale = int8_scale(amax)
         return {
             "amax": amax,
             "scale": scale,

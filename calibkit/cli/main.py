@@ -1,5 +1,5 @@
 """``calibkit`` command line: calibrate, inspect, merge, methods (validate/compare/export-qdq
-live in their own modules and register here)."""
+live in validate_cmds.py and register on this group)."""
 
 from __future__ import annotations
 
@@ -123,6 +123,6 @@ def list_methods() -> None:
 
 
 def main() -> None:
-    from calibkit.cli import extra  # noqa: F401  (registers validate/compare/export-qdq)
+    from calibkit.cli import validate_cmds  # noqa: F401  (registers validate/compare/export-qdq)
 
     cli(prog_name="calibkit")

@@ -1,1 +1,0 @@
-"""Registers the validation commands when they exist."""

@@ -1,0 +1,172 @@
+"""CLI: validate, compare, export-qdq."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from calibkit.cli.main import DEMO_OUT, cli
+from calibkit.cli.options import compose, data_options, preprocess_from, user_errors
+
+gate_options = compose(
+    click.option("--labels", type=click.Path(dir_okay=False), help="Labels .npy, one per validation sample (top-1 accuracy on the class-score output)."),
+    click.option("--metric", metavar="FILE.py:FN", help="Task metric: FN(outputs: dict, labels) -> one score per sample; reported as its mean."),
+    click.option("--report", type=click.Path(dir_okay=False), help="HTML report to write (self-contained)."),
+    click.option("--results", type=click.Path(dir_okay=False), help="results.json to write (default: beside the report)."),
+    click.option("--min-cosine", type=float, help="Gate: every output's cosine similarity >= this."),
+    click.option("--min-sqnr", type=float, help="Gate: every output's SQNR (dB) >= this."),
+    click.option("--max-accuracy-drop", type=float, help="Gate: task accuracy drop vs FP32, percentage points."),
+    click.option("--fallback-sqnr", type=float, default=30.0, show_default=True, help="Layers under this local SQNR (dB) are advised to stay FP16."),
+    click.option("--exclude-nodes", metavar="REGEX", help="Keep matching nodes in float in the INT8 candidates."),
+    click.option("--force", is_flag=True, help="Accept scales/histograms whose model fingerprint differs."),
+)
+
+
+def _gates(kw):
+    from calibkit.validate import Gates
+
+    return Gates(kw.pop("min_cosine"), kw.pop("max_accuracy_drop"), kw.pop("min_sqnr"), kw.pop("fallback_sqnr"))
+
+
+def _print(res) -> None:
+    from calibkit.cli.progress import out, table
+    from calibkit.report.html import _fmt
+
+    doc = res.doc
+    rows = []
+    for i, c in enumerate(doc["candidates"]):
+        worst = min((o["sqnr_db"] for o in c["outputs"].values() if not isinstance(o["sqnr_db"], str)), default=None)
+        rows.append([c["label"], "ref" if i == 0 else ("PASS" if c["pass"] else "FAIL"), _fmt(c["accuracy"]), _fmt(c["accuracy_drop_pp"]), _fmt(worst), _fmt(c["latency"]["median_ms"]), c["note"]])
+    out.print(table("candidates (best first)", ["candidate", "verdict", "accuracy %", "drop pp", "worst SQNR dB", "median ms", "how it ran"], rows))
+    for u in doc.get("unavailable", []):
+        out.print(f"unavailable: {u['backend']}: {u['reason']}")
+    out.print(f"wrote report  {res.report} ({res.report_seconds:.2f} s to render)")
+    out.print(f"wrote results {res.results}")
+
+
+def _run_reporting(fn, **kwargs):
+    from calibkit.cli.progress import sample_progress
+    from calibkit.errors import ThresholdFailed
+
+    with sample_progress("validating") as (set_total, update):
+        try:
+            res = fn(progress=update, on_source=lambda s: set_total(s.num_samples()), **kwargs)
+        except ThresholdFailed as exc:
+            _print(exc.result)
+            raise
+    _print(res)
+
+
+@cli.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--scales", type=click.Path(dir_okay=False), help="scales.json from `calibkit calibrate`.")
+@click.option("--backends", default="ort-int8,ort-fp16", show_default=True, help="Comma-separated: ort-int8, ort-int8-cpu, ort-fp16, ort-fp32, trt-int8, trt-fp16.")
+@click.option("--emulate-fp16", is_flag=True, help="Use the float16-rounding emulation for ort-fp16 even where ORT can run the FP16 graph.")
+@gate_options
+@data_options
+@user_errors
+def validate(model, scales, backends, emulate_fp16, **kw) -> None:
+    """Run INT8/FP16 candidates against the ONNX Runtime FP32 reference; write an HTML report.
+
+    Exits 0 when every candidate passes the gates, 3 when one fails (the report is written
+    either way), 1 on a user error. With no MODEL: the shipped demo, end to end (calibrates
+    it if needed), report in ./calibkit-demo/report.html.
+    """
+    from calibkit import demo
+    from calibkit.validate import validate as run
+
+    if model is None:
+        scales, kw = _demo_defaults(kw)
+        model = str(demo.MODEL)
+        kw["report"] = kw["report"] or f"{DEMO_OUT}/report.html"
+        backends = "ort-int8,ort-int8-cpu,ort-fp16,trt-int8"
+    if not kw["data"]:
+        raise click.UsageError("give --data with the validation set")
+    if not kw["report"]:
+        kw["report"] = str(Path("reports") / f"{Path(model).stem}.html")
+    gates = _gates(kw)
+    pre = preprocess_from(kw)
+    _run_reporting(
+        run, model=model, scales=scales, data=kw["data"], labels=kw["labels"], metric=kw["metric"],
+        backends=[b.strip() for b in backends.split(",") if b.strip()], report=kw["report"], results=kw["results"], gates=gates,
+        preprocess=pre, batch_size=kw["batch_size"], device=kw["device"], exclude_nodes=kw["exclude_nodes"], emulate_fp16=emulate_fp16, force=kw["force"],
+    )
+
+
+def _demo_defaults(kw):
+    from calibkit import demo
+    from calibkit.cli.progress import err
+    from calibkit.data import Preprocess
+    from calibkit.pipeline import calibrate
+
+    err.print(f"calibkit: no model given: the shipped demo {demo.MODEL.name}, calibrated on {demo.CALIB}, validated on {demo.VAL}")
+    calibrate(demo.MODEL, demo.CALIB, preprocess=Preprocess.from_file(demo.PREPROCESS), output_dir=DEMO_OUT)
+    kw["data"] = kw["data"] or str(demo.VAL)
+    kw["labels"] = kw["labels"] or str(demo.VAL / "labels.npy")
+    kw["preprocess_file"] = kw["preprocess_file"] or str(demo.PREPROCESS)
+    return f"{DEMO_OUT}/scales.json", kw
+
+
+@cli.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--histograms", type=click.Path(dir_okay=False), help="histograms.npz from `calibkit calibrate`.")
+@click.option("--methods", "method_list", default="entropy,percentile:99.99,percentile:99.999,minmax,mse", show_default=True, help="Comma-separated method specs.")
+@click.option("--backend", default="ort-int8", show_default=True, type=click.Choice(["ort-int8", "ort-int8-cpu"]), help="How each method's INT8 model runs.")
+@gate_options
+@data_options
+@user_errors
+def compare(model, histograms, method_list, backend, **kw) -> None:
+    """Score several threshold methods from one stored histogram set in one validation pass.
+
+    The report ranks methods by task accuracy, then output SQNR. With no MODEL: the demo.
+    """
+    from calibkit import demo
+    from calibkit.validate import compare as run
+
+    if model is None:
+        _, kw = _demo_defaults(kw)
+        model = str(demo.MODEL)
+        histograms = f"{DEMO_OUT}/histograms.npz"
+        kw["report"] = kw["report"] or f"{DEMO_OUT}/compare.html"
+    if not histograms:
+        raise click.UsageError("give --histograms (from calibkit calibrate)")
+    if not kw["data"]:
+        raise click.UsageError("give --data with the validation set")
+    kw["report"] = kw["report"] or str(Path("reports") / f"{Path(model).stem}.compare.html")
+    gates = _gates(kw)
+    pre = preprocess_from(kw)
+    methods_ = [m.strip() for m in method_list.split(",") if m.strip()]
+    _run_reporting(
+        run, model=model, histograms=histograms, data=kw["data"], method_specs=methods_, labels=kw["labels"], metric=kw["metric"], backend=backend,
+        report=kw["report"], results=kw["results"], gates=gates, preprocess=pre, batch_size=kw["batch_size"], device=kw["device"],
+        exclude_nodes=kw["exclude_nodes"], force=kw["force"],
+    )
+
+
+@cli.command(name="export-qdq")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--scales", required=True, type=click.Path(dir_okay=False), help="scales.json from `calibkit calibrate`.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Q/DQ model to write.")
+@click.option("--placement", type=click.Choice(["trt", "ort"]), default="trt", show_default=True, help="trt: inputs of Conv/Gemm/MatMul only (TensorRT 11); ort: also outputs, for real INT8 kernels on ORT CPU.")
+@click.option("--exclude-nodes", metavar="REGEX", help="Nodes (name or first output) to keep in float.")
+@click.option("--exclude-op-types", metavar="OPS", help="Comma-separated op types to keep in float, e.g. Gemm.")
+@click.option("--force", is_flag=True, help="Accept scales whose model fingerprint differs.")
+@user_errors
+def export_qdq(model, scales, output, placement, exclude_nodes, exclude_op_types, force) -> None:
+    """Write a Q/DQ (explicitly quantized) ONNX model from calibkit scales."""
+    import onnx
+
+    from calibkit import scales as scales_io
+    from calibkit.cli.progress import out
+    from calibkit.onnx_model import fingerprint_file, load
+    from calibkit.qdq import activation_qdq, export_qdq as run
+    from calibkit.validate import _check_model
+
+    proto = load(model)
+    table = scales_io.read(scales)
+    _check_model(table.meta.get("model", {}).get("fingerprint"), fingerprint_file(model), f"scales {scales}", force)
+    ops = [o.strip() for o in exclude_op_types.split(",")] if exclude_op_types else None
+    path = run(proto, table.amax(), output, placement=placement, exclude_nodes=exclude_nodes, exclude_op_types=ops)
+    q = activation_qdq(onnx.load(str(path)))
+    out.print(f"wrote {path}: {len(q)} quantized activations ({placement} placement, method {table.method}), weights per-channel INT8")

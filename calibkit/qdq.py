@@ -1,0 +1,147 @@
+"""Q/DQ ONNX export (explicit quantization: TensorRT 11, ONNX Runtime) from calibkit scales.
+
+The graph surgery is ONNX Runtime's ``quantize_static`` (QDQ format), fed calibkit's ranges
+through a ``TensorsData`` JSON (``calibration_cache_path``), so no calibration runs there.
+Symmetric INT8, zero point 0, per-tensor activations, per-channel weights, no bias
+quantization. Two placements:
+
+- ``trt`` (default): Q/DQ on the inputs of Conv, ConvTranspose, Gemm, MatMul only, outputs
+  left in float, BatchNorm/ReLU left for TensorRT to fold. The model TensorRT 11 builds.
+  ONNX Runtime runs it as dequantize -> float kernels (exact INT8 emulation).
+- ``ort``: outputs and pooling/elementwise ops quantized too, so ONNX Runtime's CPU provider
+  fuses the patterns into real INT8 kernels (QLinearConv, QGemm, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from calibkit import ort_tensors
+from calibkit.atomic import ensure_dir
+from calibkit.errors import CalibkitError
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+ORT_EXTRA_OPS = ("Add", "Mul", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Concat")
+PLACEMENTS = ("trt", "ort")
+
+
+@contextlib.contextmanager
+def _quiet():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy where every node has a unique name (ORT excludes nodes by name)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    seen: set[str] = set()
+    for i, node in enumerate(m.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+    return m
+
+
+def excluded_nodes(model: onnx.ModelProto, pattern: str | None) -> list[str]:
+    """Names of nodes whose name or first output matches ``pattern``."""
+    if not pattern:
+        return []
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise CalibkitError(f"--exclude-nodes {pattern!r} is not a valid regular expression: {exc}") from None
+    hits = [n.name for n in model.graph.node if rx.search(n.name) or (n.output and rx.search(n.output[0]))]
+    if not hits:
+        raise CalibkitError(f"--exclude-nodes {pattern!r} matches no node name or output; check `calibkit inspect` of the model's scales")
+    return hits
+
+
+def export_qdq(
+    model: onnx.ModelProto,
+    amax: dict[str, float],
+    out_path: str | Path,
+    placement: str = "trt",
+    exclude_nodes: str | None = None,
+    exclude_op_types: list[str] | None = None,
+) -> Path:
+    """Write the Q/DQ model atomically; returns its path."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationMethod
+
+    if placement not in PLACEMENTS:
+        raise CalibkitError(f"--placement {placement!r} must be one of {', '.join(PLACEMENTS)}")
+    named = name_nodes(model)
+    skip_types = set(exclude_op_types or [])
+    known = set(COMPUTE_OPS) | set(ORT_EXTRA_OPS)
+    unknown = sorted(skip_types - known)
+    if unknown:
+        raise CalibkitError(f"--exclude-op-types {unknown[0]!r} is not quantized anyway; quantized op types: {', '.join(sorted(known))}")
+    ops = [o for o in COMPUTE_OPS + (ORT_EXTRA_OPS if placement == "ort" else ()) if o not in skip_types]
+    if not ops:
+        raise CalibkitError("--exclude-op-types leaves no op type to quantize")
+    present = {n.op_type for n in named.graph.node}
+    if not present & set(ops):
+        raise CalibkitError(f"the model has none of the quantizable op types ({', '.join(ops)}); nothing to export")
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+    if placement == "trt":
+        extra["OpTypesToExcludeOutputQuantization"] = list(COMPUTE_OPS)
+    target = Path(out_path)
+    ensure_dir(target.parent)
+    with tempfile.TemporaryDirectory(prefix=".calibkit-qdq-", dir=target.parent) as tmp:
+        cache = ort_tensors.write(Path(tmp) / "ranges.json", amax)
+        staged = Path(tmp) / "model.qdq.onnx"
+        try:
+            with _quiet():
+                quantize_static(
+                    named,
+                    str(staged),
+                    None,
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    op_types_to_quantize=ops,
+                    nodes_to_exclude=excluded_nodes(named, exclude_nodes),
+                    extra_options=extra,
+                    calibration_cache_path=str(cache),
+                )
+        except KeyError as exc:
+            raise CalibkitError(f"scales lack tensor {exc}; recalibrate this model (scales come from another graph?)") from None
+        qdq = onnx.load(str(staged))
+        try:
+            onnx.checker.check_model(qdq)
+        except onnx.checker.ValidationError as exc:  # pragma: no cover - ORT output is valid
+            raise CalibkitError(f"the exported Q/DQ model fails onnx.checker: {str(exc).splitlines()[0]}") from None
+        tmp_final = Path(tmp) / "final.onnx"
+        shutil.move(str(staged), tmp_final)
+        tmp_final.replace(target)
+    return target
+
+
+def activation_qdq(model: onnx.ModelProto) -> dict[str, tuple[str, float]]:
+    """{float tensor: (its DequantizeLinear output, scale)} for quantized activations."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    dq_of = {n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    found = {}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] not in inits:
+            scale = numpy_helper.to_array(inits[n.input[1]])
+            if scale.ndim == 0 and n.output[0] in dq_of:
+                found[n.input[0]] = (dq_of[n.output[0]], float(scale))
+    return found

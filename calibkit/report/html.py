@@ -1,0 +1,119 @@
+"""Render ``results.json`` (+ histograms and error distributions) into one HTML file."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from calibkit.atomic import write_text
+from calibkit.report import figures
+from calibkit.store import HistogramSet
+from calibkit.validate.engine import Evaluation
+
+TEMPLATES = Path(__file__).with_name("templates")
+WORST_LAYERS = 3
+
+
+def _fmt(v, digits=4):
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "∞" if v > 0 else "–∞"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _table(rows: list[dict], cls: str = "") -> str:
+    if not rows:
+        return ""
+    df = pd.DataFrame(rows)
+    return df.to_html(index=False, escape=True, classes=f"tbl {cls}", border=0, formatters={c: _fmt for c in df.columns}, na_rep="–")
+
+
+def summary_rows(doc: dict) -> list[dict]:
+    rows = []
+    for i, c in enumerate(doc["candidates"]):
+        worst = min((o["sqnr_db"] if not isinstance(o["sqnr_db"], str) else math.inf for o in c["outputs"].values()), default=None)
+        cos = min((o["cosine"] for o in c["outputs"].values()), default=None)
+        rows.append({
+            "candidate": c["label"],
+            "verdict": "reference" if i == 0 else ("PASS" if c["pass"] else "FAIL"),
+            "accuracy %": c["accuracy"],
+            "drop pp": c["accuracy_drop_pp"],
+            "worst SQNR dB": worst,
+            "min cosine": cos,
+            "median ms/batch": c["latency"]["median_ms"],
+            "p99 ms/batch": c["latency"]["p99_ms"],
+            "samples/s": c["latency"]["throughput_sps"],
+            "how it ran": c["note"],
+        })
+    return rows
+
+
+def output_rows(doc: dict) -> list[dict]:
+    rows = []
+    for c in doc["candidates"][1:]:
+        for name, o in c["outputs"].items():
+            row = {"candidate": c["label"], "output": name, "max |err|": o["max_abs_err"], "mean |err|": o["mean_abs_err"], "rel err": o["rel_err"],
+                   "cosine": o["cosine"], "SQNR dB": o["sqnr_db"], "p50": o["abs_err_p50"], "p99": o["abs_err_p99"], "p99.9": o["abs_err_p99.9"], "NaN/Inf": o["nonfinite"]}
+            if "top1_agreement" in o:
+                row["top-1 agree"] = o["top1_agreement"]
+                row["top-5 agree"] = o["top5_agreement"]
+            rows.append(row)
+    return rows
+
+
+def layer_rows(doc: dict) -> list[dict]:
+    rows = []
+    for c in doc["candidates"]:
+        for t, v in c["layers"].items():
+            rows.append({"candidate": c["label"], "tensor": t, "SQNR dB (accumulated)": v["sqnr_db"], "cosine": v["cosine"], "local SQNR dB": v["local_sqnr_db"], "scale": v["scale"]})
+    rows.sort(key=lambda r: (r["candidate"], r["SQNR dB (accumulated)"] if not isinstance(r["SQNR dB (accumulated)"], str) else math.inf))
+    return rows
+
+
+def render(doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: str) -> str:
+    cands = doc["candidates"]
+    figs = {"layers": figures.layer_sqnr(cands), "accuracy": figures.accuracy_bars(cands)}
+    thresholds = []
+    int8 = [c for c in cands if c["layers"]]
+    if int8 and hists is not None:
+        worst = sorted(int8[0]["layers"], key=lambda t: figures._finite(int8[0]["layers"][t]["sqnr_db"]))[:WORST_LAYERS]
+        for t in worst:
+            if t in hists.tensors:
+                used = {c["label"]: c["layers"][t]["scale"] * 127 for c in int8 if t in c["layers"] and c["layers"][t]["scale"]}
+                thresholds.append({"tensor": t, "uri": figures.threshold_plot(t, hists.tensors[t], used)})
+    errors = []
+    if ev is not None:
+        for name in ev.reference.outputs or (ev.candidates[0].outputs if ev.candidates else {}):
+            per = {r.label: r.outputs[name].abs_err for r in ev.candidates if name in r.outputs}
+            errors.append({"output": name, "uri": figures.error_distribution(name, per)})
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    tpl = env.get_template("report.html.j2")
+    fallback = [(c["label"], c["fp16_fallback"]) for c in cands if c.get("fp16_fallback")]
+    return tpl.render(
+        title=title,
+        doc=doc,
+        summary=_table(summary_rows(doc), "summary"),
+        outputs=_table(output_rows(doc)),
+        layers=_table(layer_rows(doc)),
+        figs=figs,
+        thresholds=thresholds,
+        errors=errors,
+        fallback=fallback,
+        fmt=_fmt,
+        esc=html.escape,
+    )
+
+
+def write(path: str | Path, doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: str) -> Path:
+    return write_text(path, render(doc, ev, hists, title))

@@ -1,0 +1,169 @@
+"""``validate`` and ``compare``: the Python API behind the CLI commands of the same names."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from calibkit import scales as scales_io
+from calibkit.atomic import write_text
+from calibkit import store
+from calibkit.data import Preprocess
+from calibkit.errors import CalibkitError, ThresholdFailed
+from calibkit.onnx_model import fingerprint_file, load
+from calibkit.validate import backends as B
+from calibkit.validate import results as R
+from calibkit.validate.engine import evaluate
+
+__all__ = ["Gates", "ValidationResult", "compare", "validate"]
+Gates = R.Gates
+
+
+@dataclass
+class ValidationResult:
+    doc: dict
+    report: Path
+    results: Path
+    report_seconds: float
+
+
+def _check_model(meta_fp: str | None, model_fp: str, what: str, force: bool) -> None:
+    if meta_fp and meta_fp != model_fp and not force:
+        raise CalibkitError(f"{what} were computed for another model ({meta_fp}); recalibrate this model or pass --force")
+
+
+def _sibling_histograms(path: Path, model_fp: str) -> store.HistogramSet | None:
+    h = path.parent / "histograms.npz"
+    if not h.is_file():
+        return None
+    try:
+        hs = store.load(h)
+    except CalibkitError:
+        return None
+    return hs if hs.meta.get("model_fingerprint") == model_fp else None
+
+
+def _finish(doc, ev, hists, model, title, report, results, gates) -> ValidationResult:
+    from calibkit.report import html
+
+    report = Path(report)
+    results = Path(results) if results else report.with_suffix(".results.json")
+    t = time.perf_counter()
+    text = html.render(doc, ev, hists, title)
+    doc["seconds"]["report"] = time.perf_counter() - t
+    R.write(doc, results)
+    write_text(report, text)
+    res = ValidationResult(doc, report, results, doc["seconds"]["report"])
+    if not doc["pass"]:
+        failed = [c["label"] for c in doc["candidates"][1:] if not c["pass"]]
+        err = ThresholdFailed(f"{', '.join(failed)} failed the gates; see {report}")
+        err.result = res
+        raise err
+    return res
+
+
+def _candidates(specs, model, out_names, tmp, device, exclude_nodes, emulate_fp16):
+    cands, unavailable = [], []
+    for backend, amax, method in specs:
+        try:
+            cands.append(B.make(backend, model, out_names, tmp, amax, device=device, method=method, exclude_nodes=exclude_nodes, emulate_fp16=emulate_fp16))
+        except B.Unavailable as why:
+            unavailable.append({"backend": backend, "reason": str(why)})
+    if not cands:
+        raise CalibkitError("no requested backend can run here: " + "; ".join(f"{u['backend']}: {u['reason']}" for u in unavailable))
+    return cands, unavailable
+
+
+def validate(
+    model: str | Path,
+    scales: str | Path | None,
+    data: Any,
+    labels: str | None = None,
+    metric: str | None = None,
+    backends: list[str] = ("ort-int8", "ort-fp16"),
+    report: str | Path = "report.html",
+    results: str | Path | None = None,
+    gates: R.Gates = R.Gates(),
+    preprocess: Preprocess | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    exclude_nodes: str | None = None,
+    emulate_fp16: bool = False,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+    on_source: Callable[[Any], None] | None = None,
+) -> ValidationResult:
+    model_path = Path(model)
+    proto = load(model_path)
+    model_fp = fingerprint_file(model_path)
+    table = None
+    if scales is not None:
+        table = scales_io.read(scales)
+        _check_model(table.meta.get("model", {}).get("fingerprint"), model_fp, f"scales {scales}", force)
+    for b in backends:
+        if b not in B.BACKENDS:
+            raise CalibkitError(f"--backends: unknown backend {b!r}; choose from {', '.join(B.BACKENDS)}")
+    out_names = [o.name for o in proto.graph.output]
+    with tempfile.TemporaryDirectory(prefix="calibkit-validate-") as tmp:
+        specs = [(b, table.amax() if table else None, table.method if table and "int8" in b else None) for b in backends]
+        cands, unavailable = _candidates(specs, proto, out_names, Path(tmp), device, exclude_nodes, emulate_fp16)
+        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source)
+        prov = {"scales": str(scales) if scales else None, "method": f"{table.method} {table.params}" if table else None,
+                "calibration data fingerprint": table.meta.get("data", {}).get("fingerprint") if table else None}
+        doc = R.document(ev, proto, {"name": model_path.name, "fingerprint": model_fp}, gates, device, prov)
+        doc["unavailable"] = unavailable
+        hists = _sibling_histograms(Path(scales), model_fp) if scales else None
+        return _finish(doc, ev, hists, proto, f"calibkit validation: {model_path.name}", report, results, gates)
+
+
+def compare(
+    model: str | Path,
+    histograms: str | Path,
+    data: Any,
+    method_specs: list[str],
+    labels: str | None = None,
+    metric: str | None = None,
+    backend: str = "ort-int8",
+    report: str | Path = "compare.html",
+    results: str | Path | None = None,
+    gates: R.Gates = R.Gates(),
+    preprocess: Preprocess | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    exclude_nodes: str | None = None,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+    on_source: Callable[[Any], None] | None = None,
+) -> ValidationResult:
+    from calibkit import methods
+
+    if backend not in ("ort-int8", "ort-int8-cpu"):
+        raise CalibkitError(f"compare --backend {backend!r}: methods are compared on ort-int8 or ort-int8-cpu")
+    model_path = Path(model)
+    proto = load(model_path)
+    model_fp = fingerprint_file(model_path)
+    hs = store.load(histograms)
+    _check_model(hs.meta.get("model_fingerprint"), model_fp, f"histograms {histograms}", force)
+    if not method_specs:
+        raise CalibkitError("--methods is empty; e.g. --methods entropy,percentile:99.99,minmax,mse")
+    specs = []
+    for spec in method_specs:
+        name, cfg = methods.parse_spec(spec)
+        table = scales_io.compute(hs, name, cfg)
+        specs.append((backend, table.amax(), spec))
+    if len({s[2] for s in specs}) != len(specs):
+        raise CalibkitError("--methods lists the same method twice")
+    out_names = [o.name for o in proto.graph.output]
+    with tempfile.TemporaryDirectory(prefix="calibkit-compare-") as tmp:
+        cands, _ = _candidates(specs, proto, out_names, Path(tmp), device, exclude_nodes, False)
+        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source)
+        prov = {"histograms": str(histograms), "calibration data fingerprint": hs.meta.get("data_fingerprint"), "calibration samples": hs.samples}
+        doc = R.document(ev, proto, {"name": model_path.name, "fingerprint": model_fp}, gates, device, prov)
+        doc["unavailable"] = []
+        # compare passes when the best method passes: it answers "which method", not "all of them"
+        doc["pass"] = bool(doc["candidates"][1:]) and doc["candidates"][1]["pass"]
+        return _finish(doc, ev, hs, proto, f"calibkit method comparison: {model_path.name}", report, results, gates)

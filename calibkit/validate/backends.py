@@ -1,0 +1,122 @@
+"""Candidates behind one interface: ort-fp32 (reference), ort-int8, ort-int8-cpu, ort-fp16,
+and trt-int8 / trt-fp16 (listed unavailable, with the reason, without TensorRT).
+
+A candidate runs a feed and returns the model outputs in the reference's order; INT8
+candidates also expose, for per-layer analysis, every quantized activation before and
+after its Q/DQ pair.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from calibkit.errors import CalibkitError
+from calibkit.onnx_model import with_outputs
+from calibkit.providers import providers_for, session
+from calibkit.qdq import activation_qdq, export_qdq
+from calibkit.validate import fp16
+
+BACKENDS = ("ort-fp32", "ort-int8", "ort-int8-cpu", "ort-fp16", "trt-int8", "trt-fp16")
+
+
+class Unavailable(CalibkitError):
+    """The backend cannot run here; the message says why."""
+
+
+@dataclass
+class Candidate:
+    label: str  # shown in reports: "ort-int8 (entropy)"
+    backend: str
+    sess: object
+    output_names: list[str]
+    note: str = ""
+    method: str | None = None
+    layer_sess: object = None  # INT8: session exposing activations and their dequantized values
+    layers: dict[str, tuple[str, float]] = field(default_factory=dict)  # tensor -> (dq output, scale)
+    model_path: Path | None = None
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.sess.run(self.output_names, feed)
+
+    def run_layers(self, feed: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{tensor: (value before Q/DQ, dequantized value)} for every quantized activation."""
+        names = [n for t, (dq, _) in self.layers.items() for n in (t, dq) if n not in feed]
+        values = dict(zip(names, self.layer_sess.run(names, feed)))
+        values.update(feed)  # a quantized graph input is its own "before" value
+        return {t: (values[t], values[dq]) for t, (dq, _) in self.layers.items()}
+
+
+def trt_reason() -> str:
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed (pip install tensorrt; needs an NVIDIA GPU)"
+    return "TensorRT engines are not built by this calibkit version; use ort-* backends or trtexec with the exported cache/Q/DQ model"
+
+
+def _ort_note(sess) -> str:
+    return ", ".join(p.replace("ExecutionProvider", "") for p in sess.get_providers())
+
+
+def reference(model: onnx.ModelProto, device: str, layer_tensors: list[str] | None = None) -> tuple[Candidate, object]:
+    outs = [o.name for o in model.graph.output]
+    sess = session(model, device=device, where="the FP32 model")
+    layer_sess = session(with_outputs(model, layer_tensors), device=device, where="the FP32 model") if layer_tensors else None
+    return Candidate("ort-fp32", "ort-fp32", sess, outs, note=_ort_note(sess)), layer_sess
+
+
+def make(
+    backend: str,
+    model: onnx.ModelProto,
+    output_names: list[str],
+    workdir: Path,
+    amax: dict[str, float] | None,
+    device: str = "auto",
+    method: str | None = None,
+    exclude_nodes: str | None = None,
+    emulate_fp16: bool = False,
+) -> Candidate:
+    """Build one candidate; raises Unavailable with the reason when it cannot run here."""
+    if backend not in BACKENDS:
+        raise CalibkitError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend.startswith("trt-"):
+        raise Unavailable(trt_reason())
+    if backend == "ort-fp32":
+        c, _ = reference(model, device)
+        return c
+    if backend in ("ort-int8", "ort-int8-cpu"):
+        if amax is None:
+            raise CalibkitError(f"backend {backend} needs scales: pass --scales scales.json (or --histograms)")
+        placement = "trt" if backend == "ort-int8" else "ort"
+        tag = f"{method or 'int8'}.{placement}"
+        path = export_qdq(model, amax, workdir / f"{tag}.qdq.onnx", placement=placement, exclude_nodes=exclude_nodes)
+        qdq = onnx.load(str(path))
+        layers = activation_qdq(qdq)
+        # The Q/DQ model runs on the CPU provider: real INT8 kernels for the "ort" placement,
+        # dequantize -> float kernels (exact INT8 numerics) for the TensorRT placement.
+        sess = session(qdq, device="cpu", where=f"the Q/DQ model {path.name}")
+        graph_inputs = {i.name for i in qdq.graph.input}
+        names = [n for t, (dq, _) in layers.items() for n in (t, dq) if n not in graph_inputs]
+        layer_sess = session(with_outputs(qdq, names), device="cpu", where=path.name) if names else None
+        how = "TensorRT Q/DQ placement, dequantize->FP32 kernels on ORT CPU" if placement == "trt" else "ORT placement, real INT8 kernels on ORT CPU"
+        label = f"{backend} ({method})" if method else backend
+        return Candidate(label, backend, sess, output_names, note=how, method=method, layer_sess=layer_sess, layers=layers, model_path=path)
+    # ort-fp16
+    if not emulate_fp16:
+        try:
+            converted = fp16.convert(model)
+            sess = session(converted, device=device, where="the FP16 model")
+            where = _ort_note(sess)
+            note = f"float16 graph on {where}" + (" (CPU inserts float32 casts around ops lacking FP16 kernels)" if "CUDA" not in where else "")
+            return Candidate("ort-fp16", backend, sess, output_names, note=note)
+        except CalibkitError:
+            pass
+    sess = session(fp16.emulate(model), device="cpu", where="the FP16-emulated model")
+    return Candidate("ort-fp16", backend, sess, output_names, note="EMULATED: weights and activations rounded through float16, FP32 accumulation")
+
+
+def providers_summary(device: str) -> list[str]:
+    return providers_for(device)

@@ -1,0 +1,176 @@
+"""One streamed pass over the validation data through the reference and every candidate.
+
+Each batch is loaded once, run through ONNX Runtime FP32 (the reference) and through each
+candidate; outputs and, for INT8 candidates, every quantized activation are compared at
+once and reduced into fixed-size accumulators (metrics.py), so memory does not grow with the
+validation set. Timed runs use plain sessions; activations come from separate sessions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from calibkit.data import FeedStats, Preprocess, open_source, run_batches
+from calibkit.data.script import load_function
+from calibkit.errors import CalibkitError
+from calibkit.onnx_model import input_specs
+from calibkit.validate.backends import Candidate, reference
+from calibkit.validate.metrics import Agreement, Latency, OutputMetrics
+
+VALIDATION_BATCH = 32
+
+
+@dataclass
+class CandidateResult:
+    label: str
+    backend: str
+    note: str
+    method: str | None
+    outputs: dict[str, OutputMetrics] = field(default_factory=dict)
+    layers: dict[str, tuple[Agreement, Agreement]] = field(default_factory=dict)  # (accumulated, local)
+    latency: Latency = field(default_factory=Latency)
+    correct: float = 0.0
+    model_path: Path | None = None
+    layer_scales: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluation:
+    reference: CandidateResult
+    candidates: list[CandidateResult]
+    samples: int
+    data_fingerprint: str
+    data_description: str
+    task_metric: str | None
+    seconds: float
+
+
+def _fp32_names(model: onnx.ModelProto, tensors: set[str]) -> dict[str, str]:
+    """Q/DQ-model tensor -> the FP32 model's tensor holding the same values.
+
+    ORT renames a quantized graph output ``y`` to ``y_QuantizeLinear_Input``; other
+    activations keep their names.
+    """
+    known = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    out = {}
+    for t in tensors:
+        base = t[: -len("_QuantizeLinear_Input")] if t.endswith("_QuantizeLinear_Input") else t
+        if base in known:
+            out[t] = base
+    return out
+
+
+def _labels(path: str | None):
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise CalibkitError(f"labels {p} not found")
+    try:
+        return np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise CalibkitError(f"labels {p} is not a readable .npy array ({exc})") from None
+
+
+def _class_output(names: list[str], ref: list[np.ndarray]) -> int:
+    for i, a in enumerate(ref):
+        if a.ndim == 2 and a.shape[1] >= 2:
+            return i
+    raise CalibkitError(f"--labels needs a class-score output [N, classes]; outputs are {', '.join(names)} — use --metric file.py:fn instead")
+
+
+def evaluate(
+    model: onnx.ModelProto,
+    data: Any,
+    candidates: list[Candidate],
+    preprocess: Preprocess | None = None,
+    labels: str | None = None,
+    metric: str | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    progress: Callable[[int], None] | None = None,
+    on_source: Callable[[Any], None] | None = None,
+) -> Evaluation:
+    t0 = time.perf_counter()
+    specs = input_specs(model)
+    source = open_source(data, specs, preprocess)
+    if on_source:
+        on_source(source)
+    fp32_of = _fp32_names(model, {t for c in candidates for t in c.layers})
+    input_names = {s.name for s in specs}
+    layer_tensors = sorted(set(fp32_of.values()) - input_names)  # inputs come from the feed
+    ref, ref_layers = reference(model, device, layer_tensors)
+    out_names = ref.output_names
+    lab = _labels(labels)
+    n_known = source.num_samples()
+    if lab is not None and n_known is not None and len(lab) != n_known:
+        raise CalibkitError(f"labels {labels} have {len(lab)} entries but {source.description} has {n_known} samples; they must match one to one")
+    metric_fn = load_function(metric, default="metric")[1] if metric else None
+    ref_res = CandidateResult(ref.label, ref.backend, ref.note, None)
+    results = [
+        CandidateResult(c.label, c.backend, c.note, c.method, model_path=c.model_path, layer_scales={fp32_of[t]: s for t, (_, s) in c.layers.items() if t in fp32_of})
+        for c in candidates
+    ]
+    stats = FeedStats()
+    offset = 0
+    cls_index = None
+    for feed in run_batches(source, specs, batch_size or VALIDATION_BATCH, stats):
+        n = len(next(iter(feed.values())))
+        t = time.perf_counter()
+        ref_out = ref.run(feed)
+        ref_res.latency.add(time.perf_counter() - t, n)
+        batch_labels = None
+        if lab is not None:
+            if offset + n > len(lab):
+                raise CalibkitError(f"labels {labels} have {len(lab)} entries but the data has more samples; they must match one to one")
+            batch_labels = np.asarray(lab[offset : offset + n])
+            if cls_index is None:
+                cls_index = _class_output(out_names, ref_out)
+            ref_res.correct += float((ref_out[cls_index].argmax(1) == batch_labels.reshape(-1)).sum())
+        if metric_fn is not None:
+            ref_res.correct += _score(metric_fn, out_names, ref_out, batch_labels, n, metric)
+        ref_layer_vals = dict(zip(layer_tensors, ref_layers.run(layer_tensors, feed))) if ref_layers else {}
+        ref_layer_vals.update(feed)
+        for cand, res in zip(candidates, results):
+            t = time.perf_counter()
+            out = cand.run(feed)
+            res.latency.add(time.perf_counter() - t, n)
+            for name, r, c in zip(out_names, ref_out, out):
+                if r.shape != c.shape:
+                    raise CalibkitError(f"{cand.label}: output {name!r} has shape {c.shape} but the FP32 reference has {r.shape}; the candidate is not the same model")
+                res.outputs.setdefault(name, OutputMetrics()).add(r, c)
+            if lab is not None:
+                res.correct += float((np.nan_to_num(out[cls_index], nan=-np.inf).argmax(1) == batch_labels.reshape(-1)).sum())
+            if metric_fn is not None:
+                res.correct += _score(metric_fn, out_names, out, batch_labels, n, metric)
+            if cand.layers:
+                for tensor, (before, dq) in cand.run_layers(feed).items():
+                    if tensor not in fp32_of:
+                        continue
+                    acc, loc = res.layers.setdefault(fp32_of[tensor], (Agreement(), Agreement()))
+                    acc.add(ref_layer_vals[fp32_of[tensor]], dq)
+                    loc.add(before, dq)
+        offset += n
+        if progress:
+            progress(offset)
+    if lab is not None and offset != len(lab):
+        raise CalibkitError(f"labels {labels} have {len(lab)} entries but the data has {offset} samples; they must match one to one")
+    task = "top-1 accuracy vs labels" if lab is not None else (f"metric {metric}" if metric_fn else None)
+    return Evaluation(ref_res, results, offset, source.fingerprint() or "streamed:" + stats.streamed_fingerprint(), source.description, task, time.perf_counter() - t0)
+
+
+def _score(fn, names, outputs, labels, n, where) -> float:
+    try:
+        s = np.asarray(fn(dict(zip(names, outputs)), labels), dtype=np.float64).reshape(-1)
+    except Exception as exc:
+        raise CalibkitError(f"metric {where} raised {type(exc).__name__}: {exc}") from None
+    if s.size != n:
+        raise CalibkitError(f"metric {where} must return one score per sample ({n}), got {s.size}")
+    return float(s.sum())

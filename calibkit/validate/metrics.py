@@ -1,0 +1,145 @@
+"""Streaming error metrics: every accumulator is a fixed-size sum, so memory does not grow
+with the validation set. Error and latency distributions reuse the exact |x| histogram."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from calibkit.histogram import NUM_BINS, TensorHistogram
+
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+def hist_percentile(h: TensorHistogram, p: float) -> float:
+    """Upper edge of the bin holding the p-th percentile (exact to one bin width)."""
+    total = int(h.counts.sum())
+    if total == 0:
+        return 0.0
+    k = int(np.searchsorted(np.cumsum(h.counts), p / 100.0 * total, side="left"))
+    return min((min(k, NUM_BINS - 1) + 1) * h.bin_width, h.amax)
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    if noise <= 0:
+        return math.inf
+    if signal <= 0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+@dataclass
+class Agreement:
+    """Signal/noise sums of a reference vs a candidate tensor."""
+
+    ref2: float = 0.0
+    err2: float = 0.0
+    dot: float = 0.0
+    cand2: float = 0.0
+
+    def add(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        r = ref.astype(np.float64, copy=False).ravel()
+        c = cand.astype(np.float64, copy=False).ravel()
+        d = c - r
+        self.ref2 += float(r @ r)
+        self.err2 += float(d @ d)
+        self.dot += float(r @ c)
+        self.cand2 += float(c @ c)
+
+    @property
+    def sqnr(self) -> float:
+        return sqnr_db(self.ref2, self.err2)
+
+    @property
+    def cosine(self) -> float:
+        den = math.sqrt(self.ref2 * self.cand2)
+        return self.dot / den if den > 0 else (1.0 if self.err2 == 0 else 0.0)
+
+
+@dataclass
+class OutputMetrics:
+    agree: Agreement = field(default_factory=Agreement)
+    abs_err: TensorHistogram = field(default_factory=TensorHistogram)
+    elements: int = 0
+    nonfinite: int = 0
+    min_sample_cosine: float = 1.0
+    samples: int = 0
+    top1: int = 0
+    top5: int = 0
+    classes: int | None = None
+    _abs_sum: float = 0.0
+
+    def add(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        if ref.shape != cand.shape:
+            raise ValueError(f"shape {cand.shape} != reference {ref.shape}")
+        finite = np.isfinite(cand)
+        bad = int(cand.size - finite.sum())
+        if bad:
+            self.nonfinite += bad
+            cand = np.where(finite, cand, ref)  # excluded from the error sums, counted above
+        self.agree.add(ref, cand)
+        d = np.abs(cand.astype(np.float64) - ref.astype(np.float64))
+        self.abs_err.update(d)
+        self._abs_sum += float(d.sum())
+        self.elements += ref.size
+        n = ref.shape[0] if ref.ndim else 1
+        self.samples += n
+        r2 = ref.reshape(n, -1).astype(np.float64)
+        c2 = cand.reshape(n, -1).astype(np.float64)
+        den = np.sqrt((r2 * r2).sum(1) * (c2 * c2).sum(1))
+        cos = np.where(den > 0, (r2 * c2).sum(1) / np.where(den > 0, den, 1), 1.0)
+        if cos.size:
+            self.min_sample_cosine = min(self.min_sample_cosine, float(cos.min()))
+        if ref.ndim == 2 and ref.shape[1] >= 2:  # class scores
+            self.classes = ref.shape[1]
+            rt = ref.argmax(1)
+            self.top1 += int((cand.argmax(1) == rt).sum())
+            k = min(5, ref.shape[1])
+            topk = np.argpartition(-cand, k - 1, axis=1)[:, :k]
+            self.top5 += int((topk == rt[:, None]).any(1).sum())
+
+    def summary(self) -> dict:
+        e = self.abs_err
+        out = {
+            "max_abs_err": e.amax,
+            "mean_abs_err": self._abs_sum / max(1, self.elements),
+            "rel_err": math.sqrt(self.agree.err2 / self.agree.ref2) if self.agree.ref2 > 0 else 0.0,
+            "cosine": self.agree.cosine,
+            "min_sample_cosine": self.min_sample_cosine,
+            "sqnr_db": self.agree.sqnr,
+            "nonfinite": self.nonfinite,
+            "elements": self.elements,
+        }
+        for p in PERCENTILES:
+            out[f"abs_err_p{p:g}"] = hist_percentile(e, p)
+        if self.classes:
+            out["top1_agreement"] = self.top1 / max(1, self.samples)
+            out["top5_agreement"] = self.top5 / max(1, self.samples)
+        return out
+
+
+
+@dataclass
+class Latency:
+    """Per-batch wall time (seconds) as a histogram: median/p99 without keeping every run."""
+
+    hist: TensorHistogram = field(default_factory=TensorHistogram)
+    total: float = 0.0
+    samples: int = 0
+    batches: int = 0
+
+    def add(self, seconds: float, samples: int) -> None:
+        self.hist.update(np.array([seconds], dtype=np.float64))
+        self.total += seconds
+        self.samples += samples
+        self.batches += 1
+
+    def summary(self) -> dict:
+        return {
+            "median_ms": hist_percentile(self.hist, 50) * 1e3,
+            "p99_ms": hist_percentile(self.hist, 99) * 1e3,
+            "throughput_sps": self.samples / self.total if self.total > 0 else 0.0,
+            "batches": self.batches,
+        }
