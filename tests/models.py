@@ -98,3 +98,17 @@ def wide_net(path: Path, layers: int = 100, width: int = 64, seed: int = 0) -> P
         inits,
     )
     return _save(graph, path)
+
+
+def scale_net(path: Path, factor: float = 1e5) -> Path:
+    """y = Relu(x) * factor: overflows float16 for |x| > 65504 / factor."""
+    f = numpy_helper.from_array(np.array(factor, np.float32), "f")
+    w = numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"), helper.make_node("Relu", ["m"], ["r"], name="relu"), helper.make_node("Mul", ["r", "f"], ["y"], name="mul")],
+        "scale_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [f, w],
+    )
+    return _save(graph, path)

@@ -131,9 +131,10 @@ def evaluate(
             if offset + n > len(lab):
                 raise CalibkitError(f"labels {labels} have {len(lab)} entries but the data has more samples; they must match one to one")
             batch_labels = np.asarray(lab[offset : offset + n])
-            if cls_index is None:
-                cls_index = _class_output(out_names, ref_out)
-            ref_res.correct += float((ref_out[cls_index].argmax(1) == batch_labels.reshape(-1)).sum())
+            if metric_fn is None:  # labels alone: top-1 accuracy on the class-score output
+                if cls_index is None:
+                    cls_index = _class_output(out_names, ref_out)
+                ref_res.correct += float((ref_out[cls_index].argmax(1) == batch_labels.reshape(-1)).sum())
         if metric_fn is not None:
             ref_res.correct += _score(metric_fn, out_names, ref_out, batch_labels, n, metric)
         ref_layer_vals = dict(zip(layer_tensors, ref_layers.run(layer_tensors, feed))) if ref_layers else {}
@@ -146,7 +147,7 @@ def evaluate(
                 if r.shape != c.shape:
                     raise CalibkitError(f"{cand.label}: output {name!r} has shape {c.shape} but the FP32 reference has {r.shape}; the candidate is not the same model")
                 res.outputs.setdefault(name, OutputMetrics()).add(r, c)
-            if lab is not None:
+            if lab is not None and metric_fn is None:
                 res.correct += float((np.nan_to_num(out[cls_index], nan=-np.inf).argmax(1) == batch_labels.reshape(-1)).sum())
             if metric_fn is not None:
                 res.correct += _score(metric_fn, out_names, out, batch_labels, n, metric)
@@ -162,7 +163,7 @@ def evaluate(
             progress(offset)
     if lab is not None and offset != len(lab):
         raise CalibkitError(f"labels {labels} have {len(lab)} entries but the data has {offset} samples; they must match one to one")
-    task = "top-1 accuracy vs labels" if lab is not None else (f"metric {metric}" if metric_fn else None)
+    task = f"metric {metric}" if metric_fn else ("top-1 accuracy vs labels" if lab is not None else None)
     return Evaluation(ref_res, results, offset, source.fingerprint() or "streamed:" + stats.streamed_fingerprint(), source.description, task, time.perf_counter() - t0)
 
 
