@@ -40,7 +40,8 @@ def make_model(path: Path, blocks: int = 100, channels: int = 16, hw: int = 32, 
     for i in range(blocks):
         w = init(f"w{i}", rng.normal(0, np.sqrt(2.0 / (9 * cin)), (channels, cin, 3, 3)))
         nodes.append(helper.make_node("Conv", [x, w], [f"conv{i}"], pads=[1, 1, 1, 1]))
-        bn = [init(f"bn{i}.{k}", v) for k, v in (("s", rng.uniform(0.5, 1.5, channels)), ("b", rng.normal(0, 0.1, channels)), ("m", rng.normal(0, 0.1, channels)), ("v", rng.uniform(0.5, 2, channels)))]
+        stats = (("s", rng.uniform(0.5, 1.5, channels)), ("b", rng.normal(0, 0.1, channels)), ("m", rng.normal(0, 0.1, channels)), ("v", rng.uniform(0.5, 2, channels)))
+        bn = [init(f"bn{i}.{k}", v) for k, v in stats]
         nodes.append(helper.make_node("BatchNormalization", [f"conv{i}", *bn], [f"bn{i}"]))
         if i % 4 == 3 and skip is not None:
             nodes.append(helper.make_node("Add", [f"bn{i}", skip], [f"res{i}"]))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 
+import models
 import numpy as np
 import pytest
 
-import models
 from calibkit import cache, store
 
 

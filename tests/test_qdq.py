@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import models
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-import models
 from calibkit import scales as scales_io
 from calibkit.errors import CalibkitError
 from calibkit.onnx_model import load

@@ -6,12 +6,12 @@ import json
 import math
 import re
 
+import models
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
-import models
 from calibkit.data import Preprocess
 from calibkit.errors import CalibkitError
 from calibkit.onnx_model import load

@@ -32,7 +32,7 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 
 data_options = compose(
     click.option("--data", "data", metavar="PATH", help="Folder of images, .npz keyed by input name, .npy, or loader script FILE.py[:load_data]."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Samples per ONNX Runtime run (default: sized to a 64 MB activation budget; a fixed model batch wins). Results never depend on it."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Samples per ORT run (default: fits a 64 MB activation budget). Never changes results."),
     click.option("--preprocess", "preprocess_file", type=click.Path(dir_okay=False), help="JSON file with image preprocessing (size, resize, scale, mean, std, channels, layout)."),
     click.option("--size", metavar="H,W", help="Image crop size (default: the model's input H,W)."),
     click.option("--resize", type=int, help="Resize the shorter image side to this before centre-cropping."),

@@ -148,7 +148,7 @@ def compare(model, histograms, method_list, backend, **kw) -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--scales", required=True, type=click.Path(dir_okay=False), help="scales.json from `calibkit calibrate`.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Q/DQ model to write.")
-@click.option("--placement", type=click.Choice(["trt", "ort"]), default="trt", show_default=True, help="trt: inputs of Conv/Gemm/MatMul only (TensorRT 11); ort: also outputs, for real INT8 kernels on ORT CPU.")
+@click.option("--placement", type=click.Choice(["trt", "ort"]), default="trt", show_default=True, help="trt: inputs of Conv/Gemm/MatMul (TensorRT 11); ort: outputs too (real INT8 on ORT CPU).")
 @click.option("--exclude-nodes", metavar="REGEX", help="Nodes (name or first output) to keep in float.")
 @click.option("--exclude-op-types", metavar="OPS", help="Comma-separated op types to keep in float, e.g. Gemm.")
 @click.option("--force", is_flag=True, help="Accept scales whose model fingerprint differs.")
@@ -160,7 +160,8 @@ def export_qdq(model, scales, output, placement, exclude_nodes, exclude_op_types
     from calibkit import scales as scales_io
     from calibkit.cli.progress import out
     from calibkit.onnx_model import fingerprint_file, load
-    from calibkit.qdq import activation_qdq, export_qdq as run
+    from calibkit.qdq import activation_qdq
+    from calibkit.qdq import export_qdq as run
     from calibkit.validate import _check_model
 
     proto = load(model)

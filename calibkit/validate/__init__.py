@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from calibkit import scales as scales_io
-from calibkit.atomic import write_text
 from calibkit import store
+from calibkit.atomic import write_text
 from calibkit.data import Preprocess
 from calibkit.errors import CalibkitError, ThresholdFailed
 from calibkit.onnx_model import fingerprint_file, load
