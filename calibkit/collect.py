@@ -82,6 +82,27 @@ class Collection:
     providers: list[str]
 
 
+CUDA_RUN_BATCH = 32
+
+
+def _ort_run(fn, model_name: str, source: DataSource):
+    try:
+        return fn()
+    except Exception as exc:
+        if not _is_ort_error(exc):
+            raise
+        first = str(exc).strip().splitlines()[0][:300]
+        raise CalibkitError(f"{model_name}: ONNX Runtime failed on a batch from {source.description}: {first}") from None
+
+
+def _pad(feed: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Zero-pad a short batch to ``size`` samples (their outputs are dropped)."""
+    n = len(next(iter(feed.values())))
+    if n == size:
+        return feed
+    return {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in feed.items()}
+
+
 def collect(
     model: onnx.ModelProto,
     source: DataSource,
@@ -91,6 +112,14 @@ def collect(
     model_name: str = "model",
     threads: int = 0,
 ) -> Collection:
+    """Histograms of every calibration tensor over the whole ``source``.
+
+    CPU provider: per-sample results do not depend on the batch a sample runs in, so the run
+    batch is sized to a memory budget and every cache is invariant to it (tested). CUDA
+    provider: GPU kernels may round differently at different batch shapes, so every run is
+    padded to exactly ``run_batch`` (default 32) samples; results are then invariant to
+    sharding, order and chunking of the data (keep --batch-size fixed across shards).
+    """
     if run_batch is not None and run_batch < 1:
         raise CalibkitError(f"--batch-size must be >= 1, got {run_batch}")
     specs = input_specs(model)
@@ -100,19 +129,33 @@ def collect(
     # One core is the reducer's: ORT gets the rest (measured: 1.5x faster on 2 cores).
     threads = threads or max(1, (os.cpu_count() or 2) - 1)
     sess = session(with_outputs(model, outputs), device=device, threads=threads, where=model_name)
-    hists = {n: TensorHistogram() for n in names}
+    on_cuda = "CUDAExecutionProvider" in sess.get_providers()
     stats = FeedStats()
     start = time.perf_counter()
+    if on_cuda:
+        from calibkit import gpu_reduce
+
+        size = run_batch or CUDA_RUN_BATCH
+        loop = _collect_device if gpu_reduce.available() else _collect_host
+        hists = loop(sess, source, specs, outputs, input_names, stats, size, True, progress, model_name)
+    else:
+        hists = _collect_host(sess, source, specs, outputs, input_names, stats, run_batch, False, progress, model_name)
+    ordered = {n: hists[n] for n in names if n in hists}
+    return Collection(ordered, stats, time.perf_counter() - start, list(sess.get_providers()))
+
+
+def _collect_host(sess, source, specs, outputs, input_names, stats, run_batch, pad, progress, model_name) -> dict[str, TensorHistogram]:
+    hists = {n: TensorHistogram() for n in [*input_names, *outputs]}
     non_float: set[str] = set()
     runner = ActivationRunner(sess, outputs, slots=2)
 
-    def reduce(values: list[np.ndarray], feed: dict[str, np.ndarray]) -> None:
+    def reduce(values: list[np.ndarray], feed: dict[str, np.ndarray], n: int) -> None:
         for name, arr in zip(outputs, values):
             if arr.dtype.kind != "f":
                 non_float.add(name)
                 continue
-            hists[name].update(arr)
-        for name in input_names & hists.keys():
+            hists[name].update(arr[:n])
+        for name in input_names:
             hists[name].update(feed[name])
 
     # Fixed --batch-size, or: one sample first, then as many as the memory budget allows.
@@ -123,26 +166,58 @@ def collect(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calibkit-reduce") as pool:
         pending = None
         for feed in run_batches(source, specs, lambda: size["n"], stats):
-            try:
-                values = runner.run(feed)
-            except Exception as exc:
-                if not _is_ort_error(exc):
-                    raise
-                first = str(exc).strip().splitlines()[0][:300]
-                raise CalibkitError(f"{model_name}: ONNX Runtime failed on a batch from {source.description}: {first}") from None
+            n = len(next(iter(feed.values())))
+            run_feed = _pad(feed, size["n"]) if pad else feed
+            values = _ort_run(lambda: runner.run(run_feed), model_name, source)
             if run_batch is None and stats.batches == 1:
-                n = len(next(iter(feed.values())))
                 size["n"] = auto_batch(sum(v.nbytes for v in values) // max(1, n))
             stats.run_batch = size["n"]
             if pending is not None:
                 pending.result()
-            pending = pool.submit(reduce, values, feed)
+            pending = pool.submit(reduce, values, feed, n)
             if progress:
                 progress(stats.samples)
         if pending is not None:
             pending.result()
     for name in non_float:
         del hists[name]
-    return Collection(hists, stats, time.perf_counter() - start, list(sess.get_providers()))
+    return hists
 
 
+def _collect_device(sess, source, specs, outputs, input_names, stats, run_batch, pad, progress, model_name) -> dict[str, TensorHistogram]:
+    """CUDA provider + CuPy: activations stay in device memory and are reduced there."""
+    from calibkit.gpu_reduce import DeviceHistograms, ortvalue_to_cupy
+
+    device_hists = DeviceHistograms(outputs)
+    host_hists = {n: TensorHistogram() for n in input_names}
+    binding = sess.io_binding()
+    non_float: set[str] = set()
+    stats.run_batch = run_batch
+    for feed in run_batches(source, specs, run_batch, stats):
+        n = len(next(iter(feed.values())))
+        for k, v in (_pad(feed, run_batch) if pad else feed).items():
+            binding.bind_cpu_input(k, np.ascontiguousarray(v))
+        for name in outputs:
+            binding.bind_output(name, "cuda", 0)
+
+        def run() -> None:
+            sess.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        _ort_run(run, model_name, source)
+        arrays = {}
+        for name, value in zip(outputs, binding.get_outputs()):
+            arr = ortvalue_to_cupy(value)
+            if arr is None:
+                non_float.add(name)
+            else:
+                arrays[name] = arr[:n]
+        device_hists.update(arrays)
+        for name in input_names:
+            host_hists[name].update(feed[name])
+        if progress:
+            progress(stats.samples)
+    hists = {**host_hists, **device_hists.to_host()}
+    for name in non_float:
+        del hists[name]
+    return hists

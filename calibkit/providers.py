@@ -53,8 +53,14 @@ def session(model: onnx.ModelProto | bytes, device: str = "auto", threads: int =
     if threads:
         opts.intra_op_num_threads = threads
     data = model if isinstance(model, bytes) else model.SerializeToString()
+    providers: list = providers_for(device)
+    if "CUDAExecutionProvider" in providers:
+        # Reproducible GPU numerics: a fixed (heuristic) cuDNN algorithm per shape instead of
+        # a timed search whose winner can change from run to run, and deterministic kernels.
+        opts.use_deterministic_compute = True
+        providers = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
     try:
-        return ort.InferenceSession(data, sess_options=opts, providers=providers_for(device))
+        return ort.InferenceSession(data, sess_options=opts, providers=providers)
     except CalibkitError:
         raise
     except Exception as exc:
