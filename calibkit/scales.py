@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +52,7 @@ class ScaleTable:
         return write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n")
 
 
-def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 2) -> ScaleTable:
+def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 0) -> ScaleTable:
     """Run ``method`` on every tensor (threads share the numpy work; the result is order-free)."""
     spec = methods.get(method)
     cfg = config if config is not None else spec.config_cls()
@@ -79,7 +80,8 @@ def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 
             "degenerate": degenerate,
         }
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    threads = threads or min(8, os.cpu_count() or 1)  # numpy releases the GIL in the heavy parts
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         rows = list(pool.map(one, names))
     return ScaleTable(method, methods.config_params(cfg), dict(zip(names, rows)))
 
