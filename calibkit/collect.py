@@ -24,11 +24,12 @@ from calibkit.providers import session
 
 MEMORY_BUDGET = 64 << 20  # activation bytes per run when calibkit picks the batch size
 MAX_AUTO_BATCH = 64
+OVERLAP_LIMIT = 128 << 20  # above this per run, no second buffer set (no overlap)
 
 
 def auto_batch(bytes_per_sample: int, budget: int = MEMORY_BUDGET) -> int:
     """Run batch for a budget: a batch of exposed activations lives three times (ORT's arena and
-    two bound buffer sets), and past ~8 samples larger runs buy no speed (bench/calibration.py)."""
+    two bound buffer sets); larger runs buy little speed (bench/calibration.py)."""
     return max(1, min(MAX_AUTO_BATCH, budget // max(1, 3 * bytes_per_sample)))
 
 
@@ -53,19 +54,28 @@ class ActivationRunner:
         self.sets: list[tuple[object, list[np.ndarray]]] = []
         self.turn = 0
 
+    def _bind(self, buffers: list[np.ndarray]) -> tuple[object, list[np.ndarray]]:
+        binding = self.sess.io_binding()
+        for name, buf in zip(self.outputs, buffers):
+            binding.bind_output(name, "cpu", 0, buf.dtype, buf.shape, buf.ctypes.data)
+        return binding, buffers
+
+    def set_slots(self, slots: int) -> None:
+        """1: one buffer set (the caller reduces before the next run); 2: double buffering."""
+        self.slots = slots
+        self.sets = self.sets[:slots]
+        self.turn = 1 % slots
+
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         sig = tuple((k, v.shape, v.dtype.str) for k, v in sorted(feed.items()))
         if sig != self.signature:
             values = self.sess.run(self.outputs, feed)
             self.signature = sig
-            self.sets = []
-            for _ in range(self.slots):
-                buffers = [np.empty_like(v) for v in values]
-                binding = self.sess.io_binding()
-                for name, buf in zip(self.outputs, buffers):
-                    binding.bind_output(name, "cpu", 0, buf.dtype, buf.shape, buf.ctypes.data)
-                self.sets.append((binding, buffers))
+            self.sets = [self._bind(values)]  # the fresh outputs become the first buffer set
+            self.turn = 1 % self.slots
             return values
+        if self.turn >= len(self.sets):
+            self.sets.append(self._bind([np.empty_like(b) for b in self.sets[0][1]]))
         binding, buffers = self.sets[self.turn]
         self.turn = (self.turn + 1) % self.slots
         for k, v in feed.items():
@@ -163,14 +173,21 @@ def _collect_host(sess, source, specs, outputs, input_names, stats, run_batch, p
     # ORT fills one buffer set while a second thread reduces the other (both release the GIL
     # for most of their work); at most one reduction is in flight, so a set is never reused
     # before its reduction is done.
+    # A run's activations above OVERLAP_LIMIT get one buffer set: reduce, then run again.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calibkit-reduce") as pool:
         pending = None
         for feed in run_batches(source, specs, lambda: size["n"], stats):
             n = len(next(iter(feed.values())))
             run_feed = _pad(feed, size["n"]) if pad else feed
-            values = _ort_run(lambda: runner.run(run_feed), model_name, source)
-            if run_batch is None and stats.batches == 1:
-                size["n"] = auto_batch(sum(v.nbytes for v in values) // max(1, n))
+            if runner.slots == 1 and pending is not None:
+                pending.result()
+            values = _ort_run(lambda f=run_feed: runner.run(f), model_name, source)
+            if stats.batches == 1:
+                per_sample = sum(v.nbytes for v in values) // max(1, n)
+                if run_batch is None:
+                    size["n"] = auto_batch(per_sample)
+                if per_sample * size["n"] > OVERLAP_LIMIT:
+                    runner.set_slots(1)
             stats.run_batch = size["n"]
             if pending is not None:
                 pending.result()

@@ -188,3 +188,14 @@ def test_every_command_has_help(cli):
         r = cli(cmd, "--help")
         assert "Usage:" in r.stdout and len(r.stdout) > 200 or cmd in ("methods",)
     assert "entropy" in cli("methods").stdout
+
+
+def test_single_buffer_path_gives_the_same_cache(conv_model, conv_data, tmp_path, monkeypatch):
+    from calibkit import collect
+    from calibkit.pipeline import calibrate
+
+    a = calibrate(conv_model, conv_data, output_dir=tmp_path / "a", batch_size=5).outputs["cache"].read_bytes()
+    monkeypatch.setattr(collect, "OVERLAP_LIMIT", 0)  # every run too big to double-buffer
+    b = calibrate(conv_model, conv_data, output_dir=tmp_path / "b", batch_size=5).outputs["cache"].read_bytes()
+    c = calibrate(conv_model, conv_data, output_dir=tmp_path / "c").outputs["cache"].read_bytes()  # auto batch
+    assert a == b == c

@@ -183,3 +183,24 @@ def test_preprocess_is_used_for_validation_images(tmp_path):
 
     ev = evaluate(load(demo.MODEL), demo.VAL, [], Preprocess.from_file(demo.PREPROCESS), labels=str(demo.VAL / "labels.npy"))
     assert ev.samples == 497 and ev.reference.correct / ev.samples > 0.98
+
+
+def test_validation_memory_does_not_grow_with_the_data(tmp_path, conv_model, conv_data):
+    import tracemalloc
+
+    from calibkit.pipeline import calibrate
+    from calibkit.scales import read
+    from calibkit.validate.backends import make
+
+    calibrate(conv_model, conv_data, output_dir=tmp_path / "cal")
+    table = read(tmp_path / "cal/scales.json")
+    model = load(conv_model)
+    cand = make("ort-int8", model, ["y"], tmp_path, table.amax())
+    peaks = []
+    for n in (64, 512):
+        np.savez(tmp_path / f"v{n}.npz", x=np.random.default_rng(n).normal(size=(n, 3, 8, 8)).astype(np.float32))
+        tracemalloc.start()
+        evaluate(model, str(tmp_path / f"v{n}.npz"), [cand])
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < peaks[0] * 1.5  # 8x the samples, (nearly) the same Python memory

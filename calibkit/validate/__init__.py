@@ -47,7 +47,7 @@ def _sibling_histograms(path: Path, model_fp: str) -> store.HistogramSet | None:
     return hs if hs.meta.get("model_fingerprint") == model_fp else None
 
 
-def _finish(doc, ev, hists, model, title, report, results, gates) -> ValidationResult:
+def _finish(doc, ev, hists, title, report, results) -> ValidationResult:
     from calibkit.report import html
 
     report = Path(report)
@@ -117,7 +117,7 @@ def validate(
         doc = R.document(ev, proto, {"name": model_path.name, "fingerprint": model_fp}, gates, device, prov)
         doc["unavailable"] = unavailable
         hists = _sibling_histograms(Path(scales), model_fp) if scales else None
-        return _finish(doc, ev, hists, proto, f"calibkit validation: {model_path.name}", report, results, gates)
+        return _finish(doc, ev, hists, f"calibkit validation: {model_path.name}", report, results)
 
 
 def compare(
@@ -166,4 +166,4 @@ def compare(
         doc["unavailable"] = []
         # compare passes when the best method passes: it answers "which method", not "all of them"
         doc["pass"] = bool(doc["candidates"][1:]) and doc["candidates"][1]["pass"]
-        return _finish(doc, ev, hs, proto, f"calibkit method comparison: {model_path.name}", report, results, gates)
+        return _finish(doc, ev, hs, f"calibkit method comparison: {model_path.name}", report, results)

@@ -17,7 +17,7 @@ import onnx
 
 from calibkit.errors import CalibkitError
 from calibkit.onnx_model import with_outputs
-from calibkit.providers import providers_for, session
+from calibkit.providers import session
 from calibkit.qdq import activation_qdq, export_qdq
 from calibkit.validate import fp16
 
@@ -116,7 +116,3 @@ def make(
             pass
     sess = session(fp16.emulate(model), device="cpu", where="the FP16-emulated model")
     return Candidate("ort-fp16", backend, sess, output_names, note="EMULATED: weights and activations rounded through float16, FP32 accumulation")
-
-
-def providers_summary(device: str) -> list[str]:
-    return providers_for(device)
