@@ -33,13 +33,13 @@ def _gates(kw):
 
 def _print(res) -> None:
     from calibkit.cli.progress import out, table
-    from calibkit.report.html import _fmt
+    from calibkit.report.html import fmt
 
     doc = res.doc
     rows = []
     for i, c in enumerate(doc["candidates"]):
         worst = min((o["sqnr_db"] for o in c["outputs"].values() if not isinstance(o["sqnr_db"], str)), default=None)
-        rows.append([c["label"], "ref" if i == 0 else ("PASS" if c["pass"] else "FAIL"), _fmt(c["accuracy"]), _fmt(c["accuracy_drop_pp"]), _fmt(worst), _fmt(c["latency"]["median_ms"]), c["note"]])
+        rows.append([c["label"], "ref" if i == 0 else ("PASS" if c["pass"] else "FAIL"), fmt(c["accuracy"]), fmt(c["accuracy_drop_pp"]), fmt(worst), fmt(c["latency"]["median_ms"]), c["note"]])
     out.print(table("candidates (best first)", ["candidate", "verdict", "accuracy %", "drop pp", "worst SQNR dB", "median ms", "how it ran"], rows))
     for u in doc.get("unavailable", []):
         out.print(f"unavailable: {u['backend']}: {u['reason']}")

@@ -18,7 +18,7 @@ TEMPLATES = Path(__file__).with_name("templates")
 WORST_LAYERS = 3
 
 
-def _fmt(v, digits=4):
+def fmt(v, digits=4):
     if v is None:
         return "–"
     if isinstance(v, str):
@@ -36,7 +36,7 @@ def _table(rows: list[dict], cls: str = "") -> str:
     if not rows:
         return ""
     df = pd.DataFrame(rows)
-    return df.to_html(index=False, escape=True, classes=f"tbl {cls}", border=0, formatters={c: _fmt for c in df.columns}, na_rep="–")
+    return df.to_html(index=False, escape=True, classes=f"tbl {cls}", border=0, formatters={c: fmt for c in df.columns}, na_rep="–")
 
 
 def summary_rows(doc: dict) -> list[dict]:
@@ -110,7 +110,7 @@ def render(doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: 
         thresholds=thresholds,
         errors=errors,
         fallback=fallback,
-        fmt=_fmt,
+        fmt=fmt,
         esc=html.escape,
     )
 

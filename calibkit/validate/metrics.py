@@ -39,10 +39,10 @@ class Agreement:
     dot: float = 0.0
     cand2: float = 0.0
 
-    def add(self, ref: np.ndarray, cand: np.ndarray) -> None:
+    def add(self, ref: np.ndarray, cand: np.ndarray, diff: np.ndarray | None = None) -> None:
         r = ref.astype(np.float64, copy=False).ravel()
         c = cand.astype(np.float64, copy=False).ravel()
-        d = c - r
+        d = (c - r) if diff is None else diff.ravel()
         self.ref2 += float(r @ r)
         self.err2 += float(d @ d)
         self.dot += float(r @ c)
@@ -79,15 +79,16 @@ class OutputMetrics:
         if bad:
             self.nonfinite += bad
             cand = np.where(finite, cand, ref)  # excluded from the error sums, counted above
-        self.agree.add(ref, cand)
-        d = np.abs(cand.astype(np.float64) - ref.astype(np.float64))
+        r64, c64 = ref.astype(np.float64), cand.astype(np.float64)  # one conversion for every sum
+        d = c64 - r64
+        self.agree.add(r64, c64, d)
+        np.abs(d, out=d)
         self.abs_err.update(d)
         self._abs_sum += float(d.sum())
         self.elements += ref.size
         n = ref.shape[0] if ref.ndim else 1
         self.samples += n
-        r2 = ref.reshape(n, -1).astype(np.float64)
-        c2 = cand.reshape(n, -1).astype(np.float64)
+        r2, c2 = r64.reshape(n, -1), c64.reshape(n, -1)
         den = np.sqrt((r2 * r2).sum(1) * (c2 * c2).sum(1))
         cos = np.where(den > 0, (r2 * c2).sum(1) / np.where(den > 0, den, 1), 1.0)
         if cos.size:
