@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from calibkit.histogram import BINS_LOG2, E_MIN, NUM_BINS, TensorHistogram, range_exponent
+from calibkit.histogram import BINS_LOG2, E_MIN, NUM_BINS, TensorHistogram, fold, range_exponent
 
 
 def available() -> bool:
@@ -77,16 +77,7 @@ class DeviceHistograms:
 
     def _fold(self, name: str, e: int) -> None:
         h = self.host[name]
-        k = e - h.exp
-        if k <= 0:
-            return
-        c = self.counts[name]
-        out = self.cp.zeros(NUM_BINS, dtype=self.cp.uint64)
-        if k >= BINS_LOG2:
-            out[0] = c.sum()
-        else:
-            out[: NUM_BINS >> k] = c.reshape(NUM_BINS >> k, 1 << k).sum(axis=1)
-        self.counts[name] = out
+        self.counts[name] = fold(self.counts[name], e - h.exp, xp=self.cp)
         h.exp = e
 
     def update(self, arrays: dict) -> None:

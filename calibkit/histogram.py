@@ -48,11 +48,11 @@ def range_exponent(amax: float) -> int:
     return max(math.frexp(float(amax))[1], E_MIN)
 
 
-def fold(counts: np.ndarray, k: int) -> np.ndarray:
-    """Counts of a histogram whose range grew by ``2**k`` (exact)."""
+def fold(counts: np.ndarray, k: int, xp=np):
+    """Counts of a histogram whose range grew by ``2**k`` (exact); ``xp``: numpy or cupy."""
     if k <= 0:
         return counts
-    out = np.zeros(NUM_BINS, dtype=np.int64)
+    out = xp.zeros(NUM_BINS, dtype=counts.dtype)
     if k >= BINS_LOG2:
         out[0] = counts.sum()
     else:

@@ -18,7 +18,7 @@ from calibkit.atomic import ensure_dir
 from calibkit.collect import Collection, collect
 from calibkit.data import FeedStats, Preprocess, open_source, run_batches
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import fingerprint_file, input_specs, load
+from calibkit.onnx_model import check_fingerprint, fingerprint_file, input_specs, load
 from calibkit.scales import ScaleTable, compute
 
 HISTOGRAMS = "histograms.npz"
@@ -43,15 +43,6 @@ def _data_fingerprint(source, specs, run_batch: int) -> str:
     for _ in run_batches(source, specs, run_batch or 64, stats):
         pass
     return "streamed:" + stats.streamed_fingerprint()
-
-
-def _check_model(hset: store.HistogramSet, fingerprint: str, where: str, force: bool) -> None:
-    theirs = hset.meta.get("model_fingerprint")
-    if theirs != fingerprint and not force:
-        raise CalibkitError(
-            f"histograms {where} were collected on another model ({hset.meta.get('model_name')}, {theirs}); "
-            "recollect for this model, or pass --force if the graph is really the same"
-        )
 
 
 def calibrate(
@@ -87,7 +78,7 @@ def calibrate(
 
     if histograms is not None:
         hset = store.load(histograms)
-        _check_model(hset, model_fp, str(histograms), force)
+        check_fingerprint(hset.meta.get("model_fingerprint"), model_fp, f"histograms {histograms}", force)
         reused = f"stored histograms {histograms}"
     else:
         specs = input_specs(proto)

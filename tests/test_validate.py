@@ -76,8 +76,6 @@ def test_fp16_emulation_rounds_through_float16(tmp_path):
 
 def test_candidate_with_other_output_shape_is_refused(tmp_path):
     a = models.conv_net(tmp_path / "a.onnx")
-    other = models.two_input_net(tmp_path / "b.onnx")
-    del other
     wrong = onnx.load(str(tmp_path / "a.onnx"))
     # the same inputs, but the Gemm replaced by a Flatten -> different output shape
     g = wrong.graph

@@ -163,14 +163,13 @@ def export_qdq(model, scales, output, placement, exclude_nodes, exclude_op_types
 
     from calibkit import scales as scales_io
     from calibkit.cli.progress import out
-    from calibkit.onnx_model import fingerprint_file, load
+    from calibkit.onnx_model import check_fingerprint, fingerprint_file, load
     from calibkit.qdq import activation_qdq
     from calibkit.qdq import export_qdq as run
-    from calibkit.validate import _check_model
 
     proto = load(model)
     table = scales_io.read(scales)
-    _check_model(table.meta.get("model", {}).get("fingerprint"), fingerprint_file(model), f"scales {scales}", force)
+    check_fingerprint(table.meta.get("model", {}).get("fingerprint"), fingerprint_file(model), f"scales {scales}", force)
     ops = [o.strip() for o in exclude_op_types.split(",")] if exclude_op_types else None
     path = run(proto, table.amax(), output, placement=placement, exclude_nodes=exclude_nodes, exclude_op_types=ops)
     q = activation_qdq(onnx.load(str(path)))

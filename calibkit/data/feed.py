@@ -83,7 +83,8 @@ def run_batches(source: DataSource, specs: list[InputSpec], run_batch: int | Cal
     fixed = {s.fixed_batch for s in specs} - {None}
     if len(fixed) > 1:
         raise CalibkitError(f"model inputs fix different batch sizes {sorted(fixed)}; calibkit needs one sample axis")
-    if fixed:
+    fixed_size = bool(fixed)
+    if fixed_size:
         forced = fixed.pop()
         size = lambda: forced  # noqa: E731
     pending: list[Feed] = []
@@ -108,7 +109,6 @@ def run_batches(source: DataSource, specs: list[InputSpec], run_batch: int | Cal
         pending = [rest] if count > start and not final else []
         count = count - start if not final else 0
 
-    fixed_size = bool({s.fixed_batch for s in specs} - {None})
     where = source.description
     for raw in source.batches():
         feed = _check(raw, specs, where)

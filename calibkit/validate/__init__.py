@@ -14,7 +14,7 @@ from calibkit import store
 from calibkit.atomic import write_text
 from calibkit.data import Preprocess
 from calibkit.errors import CalibkitError, ThresholdFailed
-from calibkit.onnx_model import fingerprint_file, load
+from calibkit.onnx_model import check_fingerprint, fingerprint_file, load
 from calibkit.validate import backends as B
 from calibkit.validate import results as R
 from calibkit.validate.engine import evaluate
@@ -29,11 +29,6 @@ class ValidationResult:
     report: Path
     results: Path
     report_seconds: float
-
-
-def _check_model(meta_fp: str | None, model_fp: str, what: str, force: bool) -> None:
-    if meta_fp and meta_fp != model_fp and not force:
-        raise CalibkitError(f"{what} were computed for another model ({meta_fp}); recalibrate this model or pass --force")
 
 
 def _sibling_histograms(path: Path, model_fp: str) -> store.HistogramSet | None:
@@ -103,7 +98,7 @@ def validate(
     table = None
     if scales is not None:
         table = scales_io.read(scales)
-        _check_model(table.meta.get("model", {}).get("fingerprint"), model_fp, f"scales {scales}", force)
+        check_fingerprint(table.meta.get("model", {}).get("fingerprint"), model_fp, f"scales {scales}", force)
     for b in backends:
         if b not in B.BACKENDS:
             raise CalibkitError(f"--backends: unknown backend {b!r}; choose from {', '.join(B.BACKENDS)}")
@@ -147,7 +142,7 @@ def compare(
     proto = load(model_path)
     model_fp = fingerprint_file(model_path)
     hs = store.load(histograms)
-    _check_model(hs.meta.get("model_fingerprint"), model_fp, f"histograms {histograms}", force)
+    check_fingerprint(hs.meta.get("model_fingerprint"), model_fp, f"histograms {histograms}", force)
     if not method_specs:
         raise CalibkitError("--methods is empty; e.g. --methods entropy,percentile:99.99,minmax,mse")
     specs = []

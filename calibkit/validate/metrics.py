@@ -8,18 +8,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calibkit.histogram import NUM_BINS, TensorHistogram
+from calibkit.histogram import TensorHistogram
+from calibkit.methods.percentile import PercentileConfig, percentile_amax
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 
 def hist_percentile(h: TensorHistogram, p: float) -> float:
     """Upper edge of the bin holding the p-th percentile (exact to one bin width)."""
-    total = int(h.counts.sum())
-    if total == 0:
-        return 0.0
-    k = int(np.searchsorted(np.cumsum(h.counts), p / 100.0 * total, side="left"))
-    return min((min(k, NUM_BINS - 1) + 1) * h.bin_width, h.amax)
+    return percentile_amax(h, PercentileConfig(p)) if h.counts.any() else 0.0
 
 
 def sqnr_db(signal: float, noise: float) -> float:
