@@ -25,14 +25,30 @@ _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
 _HEX = re.compile(r"^[0-9a-f]{8}$")
 
 
+_VERSION = re.compile(r"^(\d{1,2})(?:\.(\d{1,2}))?(?:\.(\d{1,2}))?(?:\.\d+)*$")
+# Characters str.splitlines() breaks on, and NUL: a name holding one would split its cache line.
+_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00")
+
+
 def encode_version(version: str) -> int:
     """``"10.16.1"`` -> 101601; ``"8.6.1"`` -> 8601 (TensorRT's own integer versions)."""
-    try:
-        parts = [int(p) for p in version.split(".")[:3]]
-    except ValueError:
-        raise CalibkitError(f"--trt-version {version!r} is not like 10.16.1") from None
-    major, minor, patch = (parts + [0, 0])[:3]
+    m = _VERSION.match(str(version).strip())
+    if not m or not 5 <= int(m.group(1)) <= 99:
+        raise CalibkitError(f"--trt-version {version!r} is not a TensorRT version like 10.16.1 (major 5-99, minor and patch 0-99)")
+    major, minor, patch = (int(g) if g else 0 for g in m.groups())
     return major * 10000 + minor * 100 + patch if major >= 10 else major * 1000 + minor * 100 + patch
+
+
+def check_name(name: str, where: str = "cache") -> None:
+    """A tensor name the cache format can carry (one line, ``name: hex``)."""
+    if not isinstance(name, str) or not name:
+        raise CalibkitError(f"{where}: empty tensor name; every tensor needs a name for the TensorRT cache")
+    bad = sorted(_LINE_BREAKS.intersection(name))
+    if bad:
+        raise CalibkitError(
+            f"{where}: tensor name {name!r} holds a line break ({bad[0]!r}), which the TensorRT cache format cannot carry; "
+            "rename the tensor in the model (e.g. with onnx-graphsurgeon) and recalibrate"
+        )
 
 
 def installed_trt_version() -> str | None:
@@ -64,14 +80,17 @@ class Cache:
 
     def text(self) -> str:
         lines = [self.header()]
+        if not _HEADER.match(self.header()) or self.algorithm not in ALGORITHMS:
+            raise CalibkitError(f"cache header {self.header()!r} would not read back; algorithm must be one of {', '.join(ALGORITHMS)}")
         for name, scale in self.scales.items():
-            if not (math.isfinite(scale) and scale > 0):
+            check_name(name, "TensorRT cache")
+            if not (isinstance(scale, float) and math.isfinite(scale) and scale > 0):
                 raise CalibkitError(f"refusing to write scale {scale} for tensor {name!r}: scales must be finite and > 0")
             lines.append(f"{name}: {scale_hex(scale)}")
         return "\n".join(lines) + "\n"
 
-    def write(self, path: str | Path) -> Path:
-        return write_text(path, self.text())
+    def write(self, path: str | Path, tx=None) -> Path:
+        return write_text(path, self.text(), tx)
 
 
 def parse(text: str, where: str = "cache") -> Cache:
@@ -99,11 +118,19 @@ def parse(text: str, where: str = "cache") -> Cache:
 
 
 def read(path: str | Path) -> Cache:
+    from calibkit.publish import verify
+
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CalibkitError(f"cache {p} not found") from None
+    except IsADirectoryError:
+        raise CalibkitError(f"cache {p} is a directory; pass the .cache file") from None
     except UnicodeDecodeError:
         raise CalibkitError(f"cache {p} is not a text calibration cache") from None
-    return parse(text, where=str(p))
+    except OSError as exc:
+        raise CalibkitError(f"cannot read cache {p}: {exc.strerror}") from None
+    cache = parse(text, where=str(p))
+    verify(p)
+    return cache

@@ -24,5 +24,5 @@ def tensors_data_dict(amax: dict[str, float]) -> dict:
     }
 
 
-def write(path: str | Path, amax: dict[str, float]) -> Path:
-    return write_text(path, json.dumps(tensors_data_dict(amax), indent=1, sort_keys=True) + "\n")
+def write(path: str | Path, amax: dict[str, float], tx=None) -> Path:
+    return write_text(path, json.dumps(tensors_data_dict(amax), indent=1, sort_keys=True, allow_nan=False) + "\n", tx)

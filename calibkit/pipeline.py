@@ -14,12 +14,12 @@ from typing import Any
 
 from calibkit import cache as trt_cache
 from calibkit import methods, ort_tensors, store
-from calibkit.atomic import ensure_dir
 from calibkit.collect import Collection, collect
 from calibkit.data import FeedStats, Preprocess, open_source, run_batches
 from calibkit.errors import CalibkitError
 from calibkit.onnx_model import check_fingerprint, fingerprint_file, input_specs, load
-from calibkit.scales import ScaleTable, compute
+from calibkit.publish import Transaction
+from calibkit.scales import ScaleTable, check_table, compute
 
 HISTOGRAMS = "histograms.npz"
 SCALES = "scales.json"
@@ -66,73 +66,35 @@ def calibrate(
     model_path = Path(model)
     proto = load(model_path)
     model_fp = fingerprint_file(model_path)
-    out = ensure_dir(Path(output_dir))
     methods.get(method)
     if cache_algorithm not in trt_cache.ALGORITHMS:
         raise CalibkitError(f"--cache-algorithm {cache_algorithm!r} must be one of {', '.join(trt_cache.ALGORITHMS)}")
-    run_batch = batch_size
-    reused = None
-    collection = None
-    hist_path = out / HISTOGRAMS
-    outputs: dict[str, Path] = {}
-
-    if histograms is not None:
-        hset = store.load(histograms)
-        check_fingerprint(hset.meta.get("model_fingerprint"), model_fp, f"histograms {histograms}", force)
-        reused = f"stored histograms {histograms}"
-    else:
-        specs = input_specs(proto)
-        pre = preprocess or Preprocess()
-        source = open_source(data, specs, pre)
-        if on_source:
-            on_source(source)
-        data_fp = None
-        hset = None
-        rehashable = source.fingerprint() is not None or getattr(source, "rehashable", False)
-        if hist_path.is_file() and not recollect and rehashable:
-            try:
-                old = store.load(hist_path)
-            except CalibkitError:
-                old = None
-            if old is not None and old.meta.get("model_fingerprint") == model_fp and old.meta.get("preprocess_fingerprint") == pre.fingerprint():
-                data_fp = _data_fingerprint(source, specs, run_batch)
-                if old.meta.get("data_fingerprint") == data_fp:
-                    hset = old
-                    reused = f"{hist_path} (model, data and preprocessing fingerprints match; --recollect to redo)"
-        if hset is None:
-            collection = collect(proto, source, run_batch, device=device, progress=progress, model_name=model_path.name)
-            stats = collection.stats
-            fp = source.fingerprint() or "streamed:" + stats.streamed_fingerprint()
-            hset = store.HistogramSet(
-                collection.tensors,
-                {
-                    "model_name": model_path.name,
-                    "model_fingerprint": model_fp,
-                    "data_fingerprint": fp,
-                    "data": source.description,
-                    "preprocess": pre.to_dict(),
-                    "preprocess_fingerprint": pre.fingerprint(),
-                    "samples": stats.samples,
-                    "dropped_samples": stats.dropped,
-                },
-            )
-            outputs["histograms"] = store.save(hset, hist_path)
-    t_collect = time.perf_counter()
-
-    table = compute(hset, method, config)
-    t_thresh = time.perf_counter()
     version = trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION
-    cache = trt_cache.Cache(trt_cache.encode_version(version), cache_algorithm, table.scales())
-    cache_path = out / f"{model_path.stem}.cache"
-    table.meta = {
-        "model": {"name": model_path.name, "fingerprint": model_fp},
-        "data": {"fingerprint": hset.meta.get("data_fingerprint"), "source": hset.meta.get("data"), "samples": hset.samples},
-        "preprocess": {"fingerprint": hset.meta.get("preprocess_fingerprint"), **(hset.meta.get("preprocess") or {})},
-        "cache": {"file": cache_path.name, "header": cache.header()},
-    }
-    outputs["scales"] = table.write(out / SCALES)
-    outputs["cache"] = cache.write(cache_path)
-    outputs["tensors_data"] = ort_tensors.write(out / f"{model_path.stem}.tensors.json", table.amax())
+    version_code = trt_cache.encode_version(version)
+    with Transaction(Path(output_dir), "calibrate") as tx:
+        hset, reused, collection, fresh = _histograms(tx, model_path, proto, model_fp, data, histograms, batch_size, preprocess, recollect, force, device, progress, on_source)
+        t_collect = time.perf_counter()
+        table = compute(hset, method, config)
+        t_thresh = time.perf_counter()
+        cache = trt_cache.Cache(version_code, cache_algorithm, table.scales())
+        cache_name = f"{model_path.stem}.cache"
+        table.meta = {
+            "model": {"name": model_path.name, "fingerprint": model_fp},
+            "data": {"fingerprint": hset.meta.get("data_fingerprint"), "source": hset.meta.get("data"), "samples": hset.samples},
+            "preprocess": {"fingerprint": hset.meta.get("preprocess_fingerprint"), **(hset.meta.get("preprocess") or {})},
+            "cache": {"file": cache_name, "header": cache.header()},
+        }
+        check_table(table)  # nothing is published unless every value is usable
+        cache_text = cache.text()
+        outputs: dict[str, Path] = {}
+        if fresh:
+            outputs["histograms"] = store.save(hset, HISTOGRAMS, tx)
+        elif histograms is None:
+            tx.keep(HISTOGRAMS)
+        outputs["scales"] = table.write(SCALES, tx)
+        outputs["cache"] = tx.write_text(cache_name, cache_text)
+        outputs["tensors_data"] = ort_tensors.write(f"{model_path.stem}.tensors.json", table.amax(), tx)
+        tx.commit()
     return CalibrateResult(
         table,
         hset,
@@ -141,3 +103,42 @@ def calibrate(
         collection,
         {"collect": t_collect - t0, "threshold": t_thresh - t_collect, "total": time.perf_counter() - t0},
     )
+
+
+def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, preprocess, recollect, force, device, progress, on_source):
+    """(histogram set, why it was reused or None, the Collection or None, whether it is new)."""
+    if histograms is not None:
+        hset = store.load(histograms)
+        check_fingerprint(hset.meta.get("model_fingerprint"), model_fp, f"histograms {histograms}", force)
+        return hset, f"stored histograms {histograms}", None, False
+    specs = input_specs(proto)
+    pre = preprocess or Preprocess()
+    source = open_source(data, specs, pre)
+    if on_source:
+        on_source(source)
+    hist_path = tx.directory / HISTOGRAMS
+    rehashable = source.fingerprint() is not None or getattr(source, "rehashable", False)
+    if hist_path.is_file() and not recollect and rehashable:
+        try:
+            old = store.load(hist_path)
+        except CalibkitError:
+            old = None
+        if old is not None and old.meta.get("model_fingerprint") == model_fp and old.meta.get("preprocess_fingerprint") == pre.fingerprint():
+            if old.meta.get("data_fingerprint") == _data_fingerprint(source, specs, run_batch):
+                return old, f"{hist_path} (model, data and preprocessing fingerprints match; --recollect to redo)", None, False
+    collection = collect(proto, source, run_batch, device=device, progress=progress, model_name=model_path.name)
+    stats = collection.stats
+    hset = store.HistogramSet(
+        collection.tensors,
+        {
+            "model_name": model_path.name,
+            "model_fingerprint": model_fp,
+            "data_fingerprint": source.fingerprint() or "streamed:" + stats.streamed_fingerprint(),
+            "data": source.description,
+            "preprocess": pre.to_dict(),
+            "preprocess_fingerprint": pre.fingerprint(),
+            "samples": stats.samples,
+            "dropped_samples": stats.dropped,
+        },
+    )
+    return hset, None, collection, True

@@ -15,6 +15,7 @@ quantization. Two placements:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import shutil
@@ -24,7 +25,7 @@ from pathlib import Path
 import onnx
 
 from calibkit import ort_tensors
-from calibkit.atomic import ensure_dir
+from calibkit.atomic import write_with
 from calibkit.errors import CalibkitError
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -76,6 +77,7 @@ def export_qdq(
     placement: str = "trt",
     exclude_nodes: str | None = None,
     exclude_op_types: list[str] | None = None,
+    tx=None,
 ) -> Path:
     """Write the Q/DQ model atomically; returns its path."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -98,10 +100,16 @@ def export_qdq(
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
     if placement == "trt":
         extra["OpTypesToExcludeOutputQuantization"] = list(COMPUTE_OPS)
+    missing = [t for t in needed_activations(named, ops) if t not in amax]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise CalibkitError(f"the scales have no entry for activation {missing[0]!r}{more}, an input of a quantized op; recalibrate this model (scales from another graph?)")
     target = Path(out_path)
-    ensure_dir(target.parent)
-    with tempfile.TemporaryDirectory(prefix=".calibkit-qdq-", dir=target.parent) as tmp:
-        cache = ort_tensors.write(Path(tmp) / "ranges.json", amax)
+    if target.is_dir():
+        raise CalibkitError(f"output {target} is a directory; pass a file path for the Q/DQ model")
+    with tempfile.TemporaryDirectory(prefix="calibkit-qdq-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        cache.write_text(json.dumps(ort_tensors.tensors_data_dict(amax)))
         staged = Path(tmp) / "model.qdq.onnx"
         try:
             with _quiet():
@@ -119,17 +127,32 @@ def export_qdq(
                     extra_options=extra,
                     calibration_cache_path=str(cache),
                 )
-        except KeyError as exc:
-            raise CalibkitError(f"scales lack tensor {exc}; recalibrate this model (scales come from another graph?)") from None
+        except (KeyError, ValueError) as exc:
+            raise CalibkitError(f"ONNX Runtime's quantizer refused the model: {str(exc).strip().splitlines()[0]}; recalibrate this model (scales from another graph?)") from None
         qdq = onnx.load(str(staged))
         try:
             onnx.checker.check_model(qdq)
-        except onnx.checker.ValidationError as exc:  # pragma: no cover - ORT output is valid
+        except onnx.checker.ValidationError as exc:
             raise CalibkitError(f"the exported Q/DQ model fails onnx.checker: {str(exc).splitlines()[0]}") from None
-        tmp_final = Path(tmp) / "final.onnx"
-        shutil.move(str(staged), tmp_final)
-        tmp_final.replace(target)
-    return target
+        return write_with(target, lambda fh: _copy(staged, fh), tx)
+
+
+def _copy(src: Path, fh) -> None:
+    with open(src, "rb") as s:
+        shutil.copyfileobj(s, fh, 1 << 20)
+
+
+def needed_activations(model: onnx.ModelProto, ops) -> list[str]:
+    """Float activations (not weights or constants) feeding the op types that get Q/DQ."""
+    from calibkit.onnx_model import calibration_tensors
+
+    calib = set(calibration_tensors(model))
+    need: list[str] = []
+    for node in model.graph.node:
+        if node.op_type in ops:
+            data_inputs = node.input[:1] if node.op_type in ("Conv", "ConvTranspose", "Gemm") else node.input[:2]
+            need += [i for i in data_inputs if i in calib and i not in need]
+    return need
 
 
 def activation_qdq(model: onnx.ModelProto) -> dict[str, tuple[str, float]]:

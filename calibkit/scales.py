@@ -23,7 +23,14 @@ VERSION = 1
 DEGENERATE_AMAX = 1.0  # tensors with no non-zero finite value: any positive scale is exact
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+TINY_AMAX = float(np.finfo(np.float32).tiny) * 127.0  # below this, amax / 127 is not a normal float32
+
+
 def as_float32(x: float) -> float:
+    """``x`` rounded to float32 (inf beyond its range, never an OverflowError)."""
+    if not math.isfinite(x) or abs(x) > FLOAT32_MAX:
+        return math.copysign(math.inf, x) if not math.isnan(x) else math.nan
     return struct.unpack("<f", struct.pack("<f", x))[0]
 
 
@@ -43,13 +50,13 @@ class ScaleTable:
         return {n: t["amax"] for n, t in self.tensors.items()}
 
     def scales(self) -> dict[str, float]:
-        return {n: t["scale"] for n, t in self.tensors.items()}
+        return {n: t.get("scale") or int8_scale(t["amax"]) for n, t in self.tensors.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, **self.meta, "method": {"name": self.method, "params": self.params}, "tensors": self.tensors}
 
-    def write(self, path: str | Path) -> Path:
-        return write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n")
+    def write(self, path: str | Path, tx=None) -> Path:
+        return write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=False, allow_nan=False) + "\n", tx)
 
 
 def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 0) -> ScaleTable:
@@ -60,11 +67,15 @@ def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 
 
     def one(name: str) -> dict[str, Any]:
         h = hset.tensors[name]
-        amax = float(spec.amax(h, cfg))
-        degenerate = not (math.isfinite(amax) and amax > 0)
+        amax = as_float32(float(spec.amax(h, cfg)))
+        if amax == math.inf or h.amax > FLOAT32_MAX:
+            raise CalibkitError(
+                f"tensor {name!r} reaches |x| = {h.amax:.4g}, beyond the float32 range: no INT8 scale can represent it; "
+                "fix the data (float64 input out of range?) or keep this tensor out of INT8"
+            )
+        degenerate = not (math.isfinite(amax) and amax >= TINY_AMAX)
         if degenerate:
             amax = DEGENERATE_AMAX
-        amax = as_float32(amax)
         scale = int8_scale(amax)
         return {
             "amax": amax,
@@ -86,34 +97,68 @@ def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 
     return ScaleTable(method, methods.config_params(cfg), dict(zip(names, rows)))
 
 
+def check_value(name: str, amax: Any, scale: Any, where: str) -> None:
+    """One tensor's amax/scale usable by TensorRT and ONNX Runtime, else a CalibkitError."""
+    from calibkit.cache import check_name
+
+    check_name(name, where)
+    ok_amax = isinstance(amax, (int, float)) and not isinstance(amax, bool) and math.isfinite(amax) and TINY_AMAX <= amax <= FLOAT32_MAX
+    if not ok_amax:
+        raise CalibkitError(f"{where}: tensor {name!r} has amax {amax!r}; an amax must be a finite float32 number >= {TINY_AMAX:.3g} (re-run calibrate)")
+    if scale is not None:
+        if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0):
+            raise CalibkitError(f"{where}: tensor {name!r} has scale {scale!r}; scales must be finite and > 0 (re-run calibrate)")
+        if scale != int8_scale(amax):
+            raise CalibkitError(f"{where}: tensor {name!r} has scale {scale!r} but amax {amax!r} gives {int8_scale(amax)!r}; edit amax only (scale = amax / 127), or re-run calibrate")
+
+
+def check_table(table: ScaleTable, where: str = "scales") -> None:
+    for name, t in table.tensors.items():
+        check_value(name, t.get("amax"), t.get("scale"), where)
+
+
 def read(path: str | Path) -> ScaleTable:
+    from calibkit.publish import verify
+
     p = Path(path)
     try:
         raw = json.loads(p.read_text())
     except FileNotFoundError:
         raise CalibkitError(f"scales {p} not found; run `calibkit calibrate` first") from None
+    except IsADirectoryError:
+        raise CalibkitError(f"scales {p} is a directory; pass the scales.json file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CalibkitError(f"scales {p} is not valid JSON ({exc}); re-run calibrate") from None
+    except OSError as exc:
+        raise CalibkitError(f"cannot read scales {p}: {exc.strerror}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CalibkitError(f"{p} is not a calibkit scales.json")
-    if raw.get("version", 0) > VERSION:
-        raise CalibkitError(f"{p} has scales format version {raw['version']}; upgrade calibkit")
-    tensors = raw.get("tensors", {})
+        raise CalibkitError(f"{p} is not a calibkit scales.json (no \"format\": \"{FORMAT}\")")
+    version = raw.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CalibkitError(f"{p}: version {version!r} is not an integer; re-run calibrate")
+    if version > VERSION:
+        raise CalibkitError(f"{p} has scales format version {version}; upgrade calibkit")
+    tensors, m = raw.get("tensors", {}), raw.get("method", {})
+    if not isinstance(tensors, dict) or not all(isinstance(t, dict) for t in tensors.values()):
+        raise CalibkitError(f"{p}: \"tensors\" must map each tensor name to an object with amax and scale; re-run calibrate")
+    if not isinstance(m, dict) or not isinstance(m.get("params", {}), dict):
+        raise CalibkitError(f"{p}: \"method\" must be an object with name and params; re-run calibrate")
+    for key in ("model", "data", "preprocess", "cache"):
+        if key in raw and not isinstance(raw[key], dict):
+            raise CalibkitError(f"{p}: \"{key}\" must be an object; re-run calibrate")
     for name, t in tensors.items():
-        a = t.get("amax")
-        if not (isinstance(a, (int, float)) and math.isfinite(a) and a > 0):
-            raise CalibkitError(f"{p}: tensor {name!r} has invalid amax {a!r}")
+        check_value(name, t.get("amax"), t.get("scale"), str(p))
+    verify(p)
     meta = {k: v for k, v in raw.items() if k not in ("format", "version", "method", "tensors")}
-    m = raw.get("method", {})
-    return ScaleTable(m.get("name", "?"), m.get("params", {}), tensors, meta)
+    return ScaleTable(str(m.get("name", "?")), m.get("params", {}), tensors, meta)
 
 
 def most_clipped(table: ScaleTable, n: int = 5) -> list[tuple[str, float]]:
-    rows = sorted(((name, t["clipped"]) for name, t in table.tensors.items()), key=lambda r: (-r[1], r[0]))
+    rows = sorted(((name, float(t.get("clipped") or 0.0)) for name, t in table.tensors.items()), key=lambda r: (-r[1], r[0]))
     return [r for r in rows[:n] if r[1] > 0]
 
 
 def nonfinite(table: ScaleTable) -> list[tuple[str, int, int]]:
-    return [(n, t["nan"], t["inf"]) for n, t in table.tensors.items() if t["nan"] or t["inf"]]
+    return [(n, t.get("nan", 0), t.get("inf", 0)) for n, t in table.tensors.items() if t.get("nan") or t.get("inf")]
 
 

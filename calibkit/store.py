@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,9 @@ import numpy as np
 
 from calibkit.atomic import write_with
 from calibkit.errors import CalibkitError
-from calibkit.histogram import NUM_BINS, TensorHistogram
+from calibkit.histogram import E_MIN, NUM_BINS, TensorHistogram
+
+MAX_EXP = 1025  # float64's largest finite |x| is below 2**1024
 
 FORMAT = "calibkit-histograms"
 VERSION = 1
@@ -35,6 +38,9 @@ class HistogramSet:
         mine, theirs = self.meta.get("model_fingerprint"), other.meta.get("model_fingerprint")
         if mine != theirs:
             raise CalibkitError(f"{where} comes from another model ({theirs} vs {mine}); merge histograms of one model only")
+        dup = sorted({f for f, _ in _shards(self.meta)} & {f for f, _ in _shards(other.meta)})
+        if dup:
+            raise CalibkitError(f"{where} holds data already merged (shard fingerprint {dup[0]}); each shard may be merged once")
         for name, h in other.tensors.items():
             if name in self.tensors:
                 self.tensors[name].merge(h)
@@ -62,7 +68,7 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def save(hset: HistogramSet, path: str | Path) -> Path:
+def save(hset: HistogramSet, path: str | Path, tx=None) -> Path:
     names = list(hset.tensors)
     hs = [hset.tensors[n] for n in names]
     arrays = {
@@ -81,11 +87,44 @@ def save(hset: HistogramSet, path: str | Path) -> Path:
                 info.compress_type = zipfile.ZIP_DEFLATED
                 zf.writestr(info, _npy_bytes(arr))
 
-    return write_with(path, writer)
+    return write_with(path, writer, tx)
+
+
+def _check(p: Path, names, counts, exps, minmax, tallies) -> None:
+    n = len(names)
+    shapes_ok = (
+        counts.ndim == 2 and counts.shape[1:] == (NUM_BINS,) and len(counts) == n and exps.shape == (n,)
+        and minmax.shape == (n, 2) and tallies.shape == (n, 3) and names.ndim == 1
+    )
+    if not shapes_ok:
+        raise CalibkitError(f"{p} is corrupt: histogram arrays have inconsistent shapes; recollect with --recollect")
+    if names.dtype.kind != "U" or counts.dtype.kind not in "iu" or exps.dtype.kind not in "iu" or tallies.dtype.kind not in "iu" or minmax.dtype.kind != "f":
+        raise CalibkitError(f"{p} is corrupt: histogram arrays have the wrong types; recollect with --recollect")
+    if len(set(names.tolist())) != n:
+        raise CalibkitError(f"{p} is corrupt: a tensor name appears twice; recollect with --recollect")
+    for i in range(n):
+        name, exp, (lo, hi), (count, nan, inf) = str(names[i]), int(exps[i]), minmax[i], tallies[i]
+        bad = None
+        if not E_MIN <= exp <= MAX_EXP:
+            bad = f"range exponent {exp} outside [{E_MIN}, {MAX_EXP}]"
+        elif (counts[i] < 0).any() or min(count, nan, inf) < 0:
+            bad = "negative counts"
+        elif int(counts[i].sum()) != int(count):
+            bad = f"bin counts sum to {int(counts[i].sum())} but count is {int(count)}"
+        elif count and not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi and max(-lo, hi, 0.0) < math.ldexp(1.0, exp)):
+            bad = f"min/max {lo}/{hi} are not finite values within the range 2^{exp}"
+        elif not count and not (lo == math.inf and hi == -math.inf):
+            bad = f"min/max {lo}/{hi} given for a tensor with no values"
+        if bad:
+            raise CalibkitError(f"{p} is corrupt: tensor {name!r}: {bad}; recollect with --recollect")
 
 
 def load(path: str | Path) -> HistogramSet:
+    from calibkit.publish import verify
+
     p = Path(path)
+    if p.is_dir():
+        raise CalibkitError(f"histograms {p} is a directory; pass the histograms.npz file")
     if not p.is_file():
         raise CalibkitError(f"histograms {p} not found; run `calibkit calibrate` first or fix the path")
     try:
@@ -93,8 +132,13 @@ def load(path: str | Path) -> HistogramSet:
             if "meta" not in z.files:
                 raise CalibkitError(f"{p} is not a calibkit histogram file (no metadata); pass the histograms.npz calibkit wrote")
             meta = json.loads(bytes(z["meta"]).decode())
-            if meta.get("format") != FORMAT:
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise CalibkitError(f"{p} is not a calibkit histogram file (format {meta.get('format')!r})")
+            shards = meta.get("shards", [])
+            shards_ok = isinstance(shards, list) and all(isinstance(x, list) and len(x) == 2 and all(isinstance(v, str) for v in x) for x in shards)
+            ints_ok = all(isinstance(meta.get(k, 0), int) and not isinstance(meta.get(k, 0), bool) for k in ("version", "samples", "dropped_samples"))
+            if not (ints_ok and shards_ok):
+                raise CalibkitError(f"{p} is corrupt: its metadata has the wrong types; recollect with --recollect")
             if meta.get("version", 0) > VERSION:
                 raise CalibkitError(f"{p} has histogram format version {meta['version']}; this calibkit reads up to {VERSION}: upgrade calibkit")
             names, counts, exps = z["names"], z["counts"], z["exp"]
@@ -103,8 +147,8 @@ def load(path: str | Path) -> HistogramSet:
         raise
     except Exception as exc:
         raise CalibkitError(f"{p} is not a readable calibkit histogram file ({type(exc).__name__}); recollect with --recollect") from None
-    if counts.ndim != 2 or counts.shape[1:] != (NUM_BINS,) or len(names) != len(counts):
-        raise CalibkitError(f"{p} is corrupt: histogram arrays have inconsistent shapes; recollect")
+    _check(p, names, counts, exps, minmax, tallies)
+    verify(p)
     tensors = {
         str(n): TensorHistogram(counts[i].astype(np.int64), int(exps[i]), float(minmax[i, 0]), float(minmax[i, 1]), *(int(t) for t in tallies[i]))
         for i, n in enumerate(names)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from calibkit.atomic import write_text
 from calibkit.report import figures
 from calibkit.store import HistogramSet
 from calibkit.validate.engine import Evaluation
@@ -114,6 +113,3 @@ def render(doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: 
         esc=html.escape,
     )
 
-
-def write(path: str | Path, doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: str) -> Path:
-    return write_text(path, render(doc, ev, hists, title))

@@ -11,7 +11,7 @@ from typing import Any
 
 from calibkit import scales as scales_io
 from calibkit import store
-from calibkit.atomic import write_text
+from calibkit.publish import Transaction
 from calibkit.data import Preprocess
 from calibkit.errors import CalibkitError, ThresholdFailed
 from calibkit.onnx_model import check_fingerprint, fingerprint_file, load
@@ -47,11 +47,15 @@ def _finish(doc, ev, hists, title, report, results) -> ValidationResult:
 
     report = Path(report)
     results = Path(results) if results else report.with_suffix(".results.json")
+    if results.absolute() == report.absolute():
+        raise CalibkitError(f"--results {results} is the report itself; give the results JSON another name")
     t = time.perf_counter()
     text = html.render(doc, ev, hists, title)
     doc["seconds"]["report"] = time.perf_counter() - t
-    R.write(doc, results)
-    write_text(report, text)
+    with Transaction(report.parent, f"report-{report.name}", command=doc.get("command", "validate")) as tx:
+        R.write(doc, results, tx)
+        tx.write_text(report, text)
+        tx.commit()
     res = ValidationResult(doc, report, results, doc["seconds"]["report"])
     if not doc["pass"]:
         failed = [c["label"] for c in doc["candidates"][1:] if not c["pass"]]

@@ -163,5 +163,5 @@ def document(ev: Evaluation, model: onnx.ModelProto, model_info: dict, gates: Ga
     })
 
 
-def write(doc: dict, path: str | Path) -> Path:
-    return write_text(path, json.dumps(doc, indent=1) + "\n")
+def write(doc: dict, path: str | Path, tx=None) -> Path:
+    return write_text(path, json.dumps(doc, indent=1, allow_nan=False) + "\n", tx)
