@@ -15,7 +15,7 @@ from typing import Any
 from calibkit import cache as trt_cache
 from calibkit import methods, ort_tensors, store
 from calibkit.collect import Collection, collect
-from calibkit.data import FeedStats, Preprocess, open_source, run_batches
+from calibkit.data import FeedStats, Preprocess, applied_preprocess, open_source, preprocess_fingerprint, run_batches
 from calibkit.errors import CalibkitError
 from calibkit.onnx_model import check_fingerprint, fingerprint_file, input_specs, load
 from calibkit.publish import Transaction
@@ -81,7 +81,7 @@ def calibrate(
         table.meta = {
             "model": {"name": model_path.name, "fingerprint": model_fp},
             "data": {"fingerprint": hset.meta.get("data_fingerprint"), "source": hset.meta.get("data"), "samples": hset.samples},
-            "preprocess": {"fingerprint": hset.meta.get("preprocess_fingerprint"), **(hset.meta.get("preprocess") or {})},
+            "preprocess": ({"fingerprint": hset.meta.get("preprocess_fingerprint"), **hset.meta["preprocess"]} if hset.meta.get("preprocess") else None),
             "cache": {"file": cache_name, "header": cache.header()},
         }
         check_table(table)  # nothing is published unless every value is usable
@@ -123,11 +123,12 @@ def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, pr
             old = store.load(hist_path)
         except CalibkitError:
             old = None
-        if old is not None and old.meta.get("model_fingerprint") == model_fp and old.meta.get("preprocess_fingerprint") == pre.fingerprint():
+        if old is not None and old.meta.get("model_fingerprint") == model_fp and old.meta.get("preprocess_fingerprint") == preprocess_fingerprint(source):
             if old.meta.get("data_fingerprint") == _data_fingerprint(source, specs, run_batch):
                 return old, f"{hist_path} (model, data and preprocessing fingerprints match; --recollect to redo)", None, False
     collection = collect(proto, source, run_batch, device=device, progress=progress, model_name=model_path.name)
     stats = collection.stats
+    applied = applied_preprocess(source)
     hset = store.HistogramSet(
         collection.tensors,
         {
@@ -135,8 +136,8 @@ def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, pr
             "model_fingerprint": model_fp,
             "data_fingerprint": source.fingerprint() or "streamed:" + stats.streamed_fingerprint(),
             "data": source.description,
-            "preprocess": pre.to_dict(),
-            "preprocess_fingerprint": pre.fingerprint(),
+            "preprocess": applied.to_dict() if applied is not None else None,
+            "preprocess_fingerprint": preprocess_fingerprint(source),
             "samples": stats.samples,
             "dropped_samples": stats.dropped,
         },

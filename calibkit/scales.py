@@ -144,8 +144,8 @@ def read(path: str | Path) -> ScaleTable:
     if not isinstance(m, dict) or not isinstance(m.get("params", {}), dict):
         raise CalibkitError(f"{p}: \"method\" must be an object with name and params; re-run calibrate")
     for key in ("model", "data", "preprocess", "cache"):
-        if key in raw and not isinstance(raw[key], dict):
-            raise CalibkitError(f"{p}: \"{key}\" must be an object; re-run calibrate")
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise CalibkitError(f"{p}: \"{key}\" must be an object or null; re-run calibrate")
     for name, t in tensors.items():
         check_value(name, t.get("amax"), t.get("scale"), str(p))
     verify(p)

@@ -46,7 +46,14 @@ data_options = compose(
 
 
 def preprocess_from(kw: dict) -> Preprocess:
-    """Build the Preprocess from --preprocess FILE, then override with explicit flags."""
+    """Build the Preprocess from --preprocess FILE, then override with explicit flags.
+
+    None when neither is given: validation then uses the calibration's preprocessing."""
+    keys = ("preprocess_file", "size", "resize", "pixel_scale", "channels", "layout", "mean", "std")
+    if all(kw.get(k) is None for k in keys):
+        for k in keys:
+            kw.pop(k, None)
+        return None
     base = Preprocess.from_file(kw.pop("preprocess_file")) if kw.get("preprocess_file") else Preprocess()
     kw.pop("preprocess_file", None)
     d = base.to_dict()

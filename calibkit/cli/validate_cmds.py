@@ -22,6 +22,7 @@ gate_options = compose(
     click.option("--fallback-sqnr", type=float, default=30.0, show_default=True, help="Layers under this local SQNR (dB) are advised to stay FP16."),
     click.option("--exclude-nodes", metavar="REGEX", help="Keep matching nodes in float in the INT8 candidates."),
     click.option("--force", is_flag=True, help="Accept scales/histograms whose model fingerprint differs."),
+    click.option("--allow-preprocess-mismatch", is_flag=True, help="Validate image data preprocessed differently from the calibration data (default: the calibration's preprocessing, and a difference is an error)."),
 )
 
 
@@ -93,6 +94,7 @@ def validate(model, scales, backends, emulate_fp16, **kw) -> None:
         run, model=model, scales=scales, data=kw["data"], labels=kw["labels"], metric=kw["metric"],
         backends=[b.strip() for b in backends.split(",") if b.strip()], report=kw["report"], results=kw["results"], gates=gates,
         preprocess=pre, batch_size=kw["batch_size"], device=kw["device"], exclude_nodes=kw["exclude_nodes"], emulate_fp16=emulate_fp16, force=kw["force"],
+        allow_preprocess_mismatch=kw["allow_preprocess_mismatch"],
     )
 
 
@@ -106,7 +108,6 @@ def _demo_defaults(kw):
     calibrate(demo.MODEL, demo.CALIB, preprocess=Preprocess.from_file(demo.PREPROCESS), output_dir=DEMO_OUT)
     kw["data"] = kw["data"] or str(demo.VAL)
     kw["labels"] = kw["labels"] or str(demo.VAL / "labels.npy")
-    kw["preprocess_file"] = kw["preprocess_file"] or str(demo.PREPROCESS)
     return f"{DEMO_OUT}/scales.json", kw
 
 
@@ -144,7 +145,7 @@ def compare(model, histograms, method_list, backend, **kw) -> None:
     _run_reporting(
         run, model=model, histograms=histograms, data=kw["data"], method_specs=methods_, labels=kw["labels"], metric=kw["metric"], backend=backend,
         report=kw["report"], results=kw["results"], gates=gates, preprocess=pre, batch_size=kw["batch_size"], device=kw["device"],
-        exclude_nodes=kw["exclude_nodes"], force=kw["force"],
+        exclude_nodes=kw["exclude_nodes"], force=kw["force"], allow_preprocess_mismatch=kw["allow_preprocess_mismatch"],
     )
 
 

@@ -12,7 +12,7 @@ from calibkit.data.script import ScriptSource
 from calibkit.errors import CalibkitError
 from calibkit.onnx_model import InputSpec
 
-__all__ = ["DataSource", "Feed", "FeedStats", "IterableSource", "Preprocess", "open_source", "run_batches"]
+__all__ = ["applied_preprocess", "is_image_folder", "preprocess_fingerprint", "resolve_preprocess", "DataSource", "Feed", "FeedStats", "IterableSource", "Preprocess", "open_source", "run_batches"]
 
 
 def _single(specs: list[InputSpec], what: str) -> InputSpec:
@@ -20,6 +20,50 @@ def _single(specs: list[InputSpec], what: str) -> InputSpec:
         names = ", ".join(s.name for s in specs)
         raise CalibkitError(f"{what} feeds one input but the model has {len(specs)} ({names}); use an .npz keyed by input name or a loader script")
     return specs[0]
+
+
+def applied_preprocess(source) -> Preprocess | None:
+    """The image preprocessing a source really applies (None: the data is used as given)."""
+    return source.pre if isinstance(source, ImageFolderSource) else None
+
+
+def preprocess_fingerprint(source) -> str:
+    pre = applied_preprocess(source)
+    return pre.fingerprint() if pre is not None else "none: data used as given"
+
+
+def is_image_folder(data) -> bool:
+    return isinstance(data, (str, Path)) and Path(data).is_dir() and bool(list_images(Path(data)))
+
+
+def resolve_preprocess(given: Preprocess | None, recorded: dict | None, data, allow_mismatch: bool, where: str) -> Preprocess | None:
+    """Validation preprocessing: the calibration's (recorded in ``where``) unless the user gave
+    another; a difference is an error unless ``allow_mismatch``. Only image folders are affected."""
+    if not is_image_folder(data) or not isinstance(recorded, dict):
+        return given
+    rec = {k: v for k, v in recorded.items() if k != "fingerprint"}
+    try:
+        calib = Preprocess.from_dict(rec, where=where)
+    except (CalibkitError, TypeError):
+        return given
+    if given is None:
+        return calib
+    mine = given.to_dict()
+    if mine.get("size") is None:
+        mine["size"] = calib.to_dict().get("size")
+    theirs = calib.to_dict()
+    diff = [k for k in sorted(theirs) if _norm(theirs[k]) != _norm(mine.get(k))]
+    if diff and not allow_mismatch:
+        shown = "; ".join(f"{k} {_norm(mine.get(k))} vs calibration's {_norm(theirs[k])}" for k in diff)
+        raise CalibkitError(
+            f"validation preprocessing differs from the calibration preprocessing recorded in {where}: {shown}; "
+            "drop the preprocessing flags to use the calibration's, or pass --allow-preprocess-mismatch"
+        )
+    return given
+
+
+def _norm(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
 
 
 def open_source(data, specs: list[InputSpec], preprocess: Preprocess | None = None) -> DataSource:

@@ -12,7 +12,7 @@ from typing import Any
 from calibkit import scales as scales_io
 from calibkit import store
 from calibkit.publish import Transaction
-from calibkit.data import Preprocess
+from calibkit.data import Preprocess, resolve_preprocess
 from calibkit.errors import CalibkitError, ThresholdFailed
 from calibkit.onnx_model import check_fingerprint, fingerprint_file, load
 from calibkit.validate import backends as B
@@ -93,6 +93,7 @@ def validate(
     exclude_nodes: str | None = None,
     emulate_fp16: bool = False,
     force: bool = False,
+    allow_preprocess_mismatch: bool = False,
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
 ) -> ValidationResult:
@@ -106,6 +107,8 @@ def validate(
     for b in backends:
         if b not in B.BACKENDS:
             raise CalibkitError(f"--backends: unknown backend {b!r}; choose from {', '.join(B.BACKENDS)}")
+    if table is not None:
+        preprocess = resolve_preprocess(preprocess, table.meta.get("preprocess"), data, allow_preprocess_mismatch, f"scales {scales}")
     out_names = [o.name for o in proto.graph.output]
     with tempfile.TemporaryDirectory(prefix="calibkit-validate-") as tmp:
         specs = [(b, table.amax() if table else None, table.method if table and "int8" in b else None) for b in backends]
@@ -135,6 +138,7 @@ def compare(
     device: str = "auto",
     exclude_nodes: str | None = None,
     force: bool = False,
+    allow_preprocess_mismatch: bool = False,
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
 ) -> ValidationResult:
@@ -147,6 +151,7 @@ def compare(
     model_fp = fingerprint_file(model_path)
     hs = store.load(histograms)
     check_fingerprint(hs.meta.get("model_fingerprint"), model_fp, f"histograms {histograms}", force)
+    preprocess = resolve_preprocess(preprocess, hs.meta.get("preprocess"), data, allow_preprocess_mismatch, f"histograms {histograms}")
     if not method_specs:
         raise CalibkitError("--methods is empty; e.g. --methods entropy,percentile:99.99,minmax,mse")
     specs = []

@@ -39,6 +39,15 @@ class CandidateResult:
     correct: float = 0.0
     model_path: Path | None = None
     layer_scales: dict[str, float] = field(default_factory=dict)
+    per_sample: list[np.ndarray] = field(default_factory=list)  # task score of each sample, per batch
+
+    def add_scores(self, s: np.ndarray) -> None:
+        self.per_sample.append(np.asarray(s, dtype=np.float64).reshape(-1))
+        self.correct += float(self.per_sample[-1].sum())
+
+    @property
+    def scores(self) -> np.ndarray | None:
+        return np.concatenate(self.per_sample) if self.per_sample else None
 
 
 @dataclass
@@ -50,6 +59,7 @@ class Evaluation:
     data_description: str
     task_metric: str | None
     seconds: float
+    classes: int | None = None  # class-score width when accuracy is top-1 vs labels
 
 
 def _fp32_names(model: onnx.ModelProto, tensors: set[str]) -> dict[str, str]:
@@ -125,6 +135,7 @@ def evaluate(
         n = len(next(iter(feed.values())))
         t = time.perf_counter()
         ref_out = ref.run(feed)
+        ref_out_shapes = [o.shape for o in ref_out]
         ref_res.latency.add(time.perf_counter() - t, n)
         batch_labels = None
         if lab is not None:
@@ -134,9 +145,9 @@ def evaluate(
             if metric_fn is None:  # labels alone: top-1 accuracy on the class-score output
                 if cls_index is None:
                     cls_index = _class_output(out_names, ref_out)
-                ref_res.correct += float((ref_out[cls_index].argmax(1) == batch_labels.reshape(-1)).sum())
+                ref_res.add_scores(ref_out[cls_index].argmax(1) == batch_labels.reshape(-1))
         if metric_fn is not None:
-            ref_res.correct += _score(metric_fn, out_names, ref_out, batch_labels, n, metric)
+            ref_res.add_scores(_score(metric_fn, out_names, ref_out, batch_labels, n, metric))
         ref_layer_vals = dict(zip(layer_tensors, ref_layers.run(layer_tensors, feed))) if ref_layers else {}
         ref_layer_vals.update(feed)
         for cand, res in zip(candidates, results):
@@ -148,9 +159,9 @@ def evaluate(
                     raise CalibkitError(f"{cand.label}: output {name!r} has shape {c.shape} but the FP32 reference has {r.shape}; the candidate is not the same model")
                 res.outputs.setdefault(name, OutputMetrics()).add(r, c)
             if lab is not None and metric_fn is None:
-                res.correct += float((np.nan_to_num(out[cls_index], nan=-np.inf).argmax(1) == batch_labels.reshape(-1)).sum())
+                res.add_scores(np.nan_to_num(out[cls_index], nan=-np.inf).argmax(1) == batch_labels.reshape(-1))
             if metric_fn is not None:
-                res.correct += _score(metric_fn, out_names, out, batch_labels, n, metric)
+                res.add_scores(_score(metric_fn, out_names, out, batch_labels, n, metric))
             if cand.layers:
                 for tensor, (before, dq) in cand.run_layers(feed).items():
                     if tensor not in fp32_of:
@@ -164,14 +175,15 @@ def evaluate(
     if lab is not None and offset != len(lab):
         raise CalibkitError(f"labels {labels} have {len(lab)} entries but the data has {offset} samples; they must match one to one")
     task = f"metric {metric}" if metric_fn else ("top-1 accuracy vs labels" if lab is not None else None)
-    return Evaluation(ref_res, results, offset, source.fingerprint() or "streamed:" + stats.streamed_fingerprint(), source.description, task, time.perf_counter() - t0)
+    classes = int(ref_out_shapes[cls_index][1]) if cls_index is not None and metric_fn is None else None
+    return Evaluation(ref_res, results, offset, source.fingerprint() or "streamed:" + stats.streamed_fingerprint(), source.description, task, time.perf_counter() - t0, classes)
 
 
-def _score(fn, names, outputs, labels, n, where) -> float:
+def _score(fn, names, outputs, labels, n, where) -> np.ndarray:
     try:
         s = np.asarray(fn(dict(zip(names, outputs)), labels), dtype=np.float64).reshape(-1)
     except Exception as exc:
         raise CalibkitError(f"metric {where} raised {type(exc).__name__}: {exc}") from None
     if s.size != n:
         raise CalibkitError(f"metric {where} must return one score per sample ({n}), got {s.size}")
-    return float(s.sum())
+    return s

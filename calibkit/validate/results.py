@@ -20,6 +20,13 @@ FORMAT = "calibkit-results"
 VERSION = 1
 
 
+# Applied when no gate is given (documented in the README): an INT8 candidate whose outputs
+# point elsewhere than FP32's, or that loses a point of task accuracy, is not a pass.
+DEFAULT_MIN_COSINE = 0.99
+DEFAULT_MAX_ACCURACY_DROP = 1.0
+CHECK_DATA_SQNR = 10.0  # dB: a candidate this far off usually means the data, not the quantizer
+
+
 @dataclass(frozen=True)
 class Gates:
     min_cosine: float | None = None
@@ -30,40 +37,122 @@ class Gates:
     def given(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None and k != "fallback_sqnr"}
 
+    def applied(self, has_task: bool) -> tuple[dict, bool]:
+        """(the gates that decide the verdict, whether they are the defaults)."""
+        given = self.given()
+        if given:
+            return given, False
+        default = {"min_cosine": DEFAULT_MIN_COSINE}
+        if has_task:
+            default["max_accuracy_drop"] = DEFAULT_MAX_ACCURACY_DROP
+        return default, True
+
 
 def accuracy(ev: Evaluation, r: CandidateResult) -> float | None:
     return 100.0 * r.correct / ev.samples if ev.task_metric and ev.samples else None
 
 
-def verdict(ev: Evaluation, r: CandidateResult, gates: Gates) -> tuple[bool, list[str]]:
+def _below(value, limit) -> bool:
+    """Fail closed: NaN, None or a string (\"nan\") is below any limit."""
+    return not (isinstance(value, (int, float)) and value >= limit)
+
+
+def verdict(ev: Evaluation, r: CandidateResult, gates: dict) -> tuple[bool, list[str]]:
     fails = []
     ref_acc = accuracy(ev, ev.reference)
+    if not r.outputs or ev.samples == 0:
+        fails.append("no output was compared (no validation samples?)")
     for name, m in r.outputs.items():
         s = m.summary()
         if s["nonfinite"]:
             fails.append(f"{name}: {s['nonfinite']} NaN/Inf values")
-        if gates.min_cosine is not None and s["cosine"] < gates.min_cosine:
-            fails.append(f"{name}: cosine {s['cosine']:.5f} < {gates.min_cosine}")
-        if gates.min_sqnr is not None and s["sqnr_db"] < gates.min_sqnr:
-            fails.append(f"{name}: SQNR {s['sqnr_db']:.1f} dB < {gates.min_sqnr}")
+        if "min_cosine" in gates and _below(s["cosine"], gates["min_cosine"]):
+            fails.append(f"{name}: cosine {s['cosine']:.5f} < {gates['min_cosine']} (min_cosine)")
+        if "min_sqnr" in gates and _below(s["sqnr_db"], gates["min_sqnr"]):
+            fails.append(f"{name}: SQNR {s['sqnr_db']:.2f} dB < {gates['min_sqnr']} dB (min_sqnr)")
     acc = accuracy(ev, r)
-    if gates.max_accuracy_drop is not None:
-        if acc is None:
-            fails.append("--max-accuracy-drop needs --labels or --metric")
-        elif ref_acc - acc > gates.max_accuracy_drop:
-            fails.append(f"accuracy drop {ref_acc - acc:.2f} pp > {gates.max_accuracy_drop}")
+    if "max_accuracy_drop" in gates:
+        limit = gates["max_accuracy_drop"]
+        if acc is None or ref_acc is None:
+            fails.append("max_accuracy_drop needs a task metric: pass --labels or --metric")
+        elif not (math.isfinite(acc) and math.isfinite(ref_acc)):
+            fails.append(f"accuracy is {acc} vs FP32 {ref_acc}: not a number (the metric returned NaN?)")
+        elif _below(-(ref_acc - acc), -limit):
+            fails.append(f"accuracy drop {ref_acc - acc:.2f} pp > {limit} pp (max_accuracy_drop)")
     return not fails, fails
 
 
+def data_warnings(ev: Evaluation, cands: list[dict]) -> list[str]:
+    """Signs that the validation data, not quantization, is wrong: shown as 'check your data'."""
+    warn = []
+    ref_acc = accuracy(ev, ev.reference)
+    if ev.task_metric == "top-1 accuracy vs labels" and ref_acc is not None and ev.classes:
+        chance = 100.0 / ev.classes
+        if ref_acc <= 2 * chance:
+            warn.append(
+                f"FP32 top-1 accuracy {ref_acc:.2f}% is near or below chance ({chance:.2f}% for {ev.classes} classes): check the validation "
+                "data's preprocessing and that labels.npy lists the samples in the data's order"
+            )
+    for c in cands:
+        for name, o in c["outputs"].items():
+            sq = o["sqnr_db"]
+            if _below(sq, CHECK_DATA_SQNR) and sq != "inf":
+                warn.append(f"{c['label']}: output {name} SQNR {fmt_db(sq)} dB is under {CHECK_DATA_SQNR:g} dB: check your data (preprocessed like the calibration data?) before blaming INT8")
+    return warn
+
+
+def fmt_db(v) -> str:
+    return f"{v:.2f}" if isinstance(v, (int, float)) else str(v)
+
+
+def _worst_sqnr(r: CandidateResult) -> float:
+    vals = [m.summary()["sqnr_db"] for m in r.outputs.values()]
+    return min((v if math.isfinite(v) or v > 0 else -math.inf for v in vals), default=-math.inf)
+
+
 def rank(ev: Evaluation) -> list[CandidateResult]:
-    """Best first: task accuracy, then the worst output SQNR."""
+    """Best first: task accuracy, then the worst output SQNR (NaN ranks last)."""
 
     def key(r: CandidateResult):
         acc = accuracy(ev, r)
-        sq = min((m.summary()["sqnr_db"] for m in r.outputs.values()), default=-math.inf)
-        return (-(acc if acc is not None else 0.0), -sq)
+        acc = acc if acc is not None and math.isfinite(acc) else -math.inf
+        return (-acc, -_worst_sqnr(r))
 
     return sorted(ev.candidates, key=key)
+
+
+SQNR_TIE_DB = 0.1
+
+
+def tied(ev: Evaluation, a: CandidateResult, b: CandidateResult) -> bool:
+    """Whether ``a`` and ``b`` cannot be told apart on this data.
+
+    With a task metric: their accuracies differ by less than one sample, or by less than twice
+    the standard error of the paired per-sample difference (the run's own noise). Without
+    one: their worst output SQNRs are within 0.1 dB.
+    """
+    if ev.task_metric and a.scores is not None and b.scores is not None and len(a.scores) == len(b.scores) and len(a.scores):
+        d = a.scores - b.scores
+        if not np.isfinite(d).all():
+            return False
+        n = len(d)
+        diff = abs(float(d.sum()))
+        return diff < 1.0 or diff / n < 2.0 * float(d.std(ddof=1) if n > 1 else 0.0) / math.sqrt(n)
+    sa, sb = _worst_sqnr(a), _worst_sqnr(b)
+    return math.isfinite(sa) and math.isfinite(sb) and abs(sa - sb) < SQNR_TIE_DB
+
+
+def ranks(ev: Evaluation, order: list[CandidateResult]) -> list[str]:
+    """'1', '2=', '2=', '4' ...: a candidate tied with its predecessor shares its rank."""
+    out, start = [], 0
+    for i, r in enumerate(order):
+        if i and not tied(ev, order[i - 1], r):
+            start = i
+        out.append(str(start + 1))
+    for i in range(len(out)):
+        if out.count(out[i]) > 1:
+            out[i] += "="
+    return out
 
 
 def consumers(model: onnx.ModelProto, tensor: str) -> list[str]:
@@ -128,12 +217,16 @@ def _clean(x):
 
 def document(ev: Evaluation, model: onnx.ModelProto, model_info: dict, gates: Gates, device: str, provenance: dict) -> dict:
     ref_acc = accuracy(ev, ev.reference)
+    applied, default = gates.applied(ev.task_metric is not None)
+    order = rank(ev)
+    rank_of = dict(zip([id(r) for r in order], ranks(ev, order)))
     cands = []
-    for r in [ev.reference, *rank(ev)]:
-        ok, why = verdict(ev, r, gates) if r is not ev.reference else (True, [])
+    for r in [ev.reference, *order]:
+        ok, why = verdict(ev, r, applied) if r is not ev.reference else (True, [])
         acc = accuracy(ev, r)
         cands.append({
             "label": r.label,
+            "rank": rank_of.get(id(r)),
             "backend": r.backend,
             "method": r.method,
             "note": r.note,
@@ -148,14 +241,17 @@ def document(ev: Evaluation, model: onnx.ModelProto, model_info: dict, gates: Ga
             "qdq_model": str(r.model_path) if r.model_path else None,
         })
     tested = [c for c in cands[1:]]
+    warnings = data_warnings(ev, tested)
     return _clean({
         "format": FORMAT,
         "version": VERSION,
         "model": model_info,
         "data": {"source": ev.data_description, "fingerprint": ev.data_fingerprint, "samples": ev.samples, "task_metric": ev.task_metric},
         "provenance": provenance,
-        "gates": gates.given(),
-        "pass": all(c["pass"] for c in tested),
+        "gates": applied,
+        "gates_default": default,
+        "warnings": warnings,
+        "pass": bool(tested) and all(c["pass"] for c in tested),
         "best": tested[0]["label"] if tested else None,
         "candidates": cands,
         "environment": environment(device),
