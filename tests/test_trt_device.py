@@ -6,10 +6,10 @@ the exact bytes of each batch) and that every byte it allocates is freed.
 
 from __future__ import annotations
 
+import models
 import numpy as np
 import pytest
 
-import models
 from calibkit.onnx_model import input_specs, load
 from calibkit.providers import cuda_device_count
 from calibkit.trt import device as D

@@ -33,7 +33,27 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     block = list(DEFAULT_OP_BLOCK_LIST) + ["QuantizeLinear", "DequantizeLinear"]
-    return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False, op_block_list=block)
+    return topo_sort(convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False, op_block_list=block))
+
+
+def topo_sort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Reorder nodes so each comes after its inputs' producers (the converter appends the
+    casts it inserts at graph inputs after their consumers)."""
+    g = model.graph
+    ready = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
+    pending, ordered = list(g.node), []
+    while pending:
+        rest = [n for n in pending if not all(i in ready for i in n.input)]
+        done = [n for n in pending if all(i in ready for i in n.input)]
+        if not done:
+            raise CalibkitError(f"the FP16 model has a cycle or a dangling input at node {rest[0].name!r}")
+        for n in done:
+            ordered.append(n)
+            ready.update(n.output)
+        pending = rest
+    del g.node[:]
+    g.node.extend(ordered)
+    return model
 
 
 def prepare_v11(spec: BuildSpec) -> Path:

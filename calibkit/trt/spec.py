@@ -49,7 +49,19 @@ class BuildSpec:
             raise CalibkitError(f"cache {self.cache} not found; write it with `calibkit calibrate`")
         if self.keep_fp16 and not (self.int8 or self.qdq):
             raise CalibkitError("--keep-fp16/--from-report keep layers out of INT8; add --int8 or --qdq")
+        self._check_shapes()
         return self
+
+    def _check_shapes(self) -> None:
+        from calibkit.onnx_model import input_specs, load
+
+        specs = {s.name: s for s in input_specs(load(self.onnx))}
+        for name, (lo, _, _) in self.shapes.items():
+            if name not in specs:
+                raise CalibkitError(f"--shapes names {name!r} but the model's inputs are: {', '.join(specs)}")
+            want = specs[name].shape
+            if len(lo) != len(want) or any(isinstance(d, int) and d != g for d, g in zip(want, lo)):
+                raise CalibkitError(f"--shapes {name}: {'x'.join(map(str, lo))} does not fit the model's {specs[name].describe()}")
 
     @property
     def quantized(self) -> bool:
