@@ -123,6 +123,7 @@ def list_methods() -> None:
 
 
 def main() -> None:
+    import calibkit.cli.build_cmd  # noqa: F401  (registers build)
     from calibkit.cli import validate_cmds  # noqa: F401  (registers validate/compare/export-qdq)
 
     cli(prog_name="calibkit")

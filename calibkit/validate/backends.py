@@ -1,5 +1,5 @@
 """Candidates behind one interface: ort-fp32 (reference), ort-int8, ort-int8-cpu, ort-fp16,
-and trt-int8 / trt-fp16 (listed unavailable, with the reason, without TensorRT).
+and trt-int8 / trt-fp16 (calibkit.trt; listed unavailable, with the reason, without TensorRT).
 
 A candidate runs a feed and returns the model outputs in the reference's order; INT8
 candidates also expose, for per-layer analysis, every quantized activation before and
@@ -8,7 +8,6 @@ after its Q/DQ pair.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,9 +51,9 @@ class Candidate:
 
 
 def trt_reason() -> str:
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed (pip install tensorrt; needs an NVIDIA GPU)"
-    return "TensorRT engines are not built by this calibkit version; use ort-* backends or trtexec with the exported cache/Q/DQ model"
+    from calibkit.trt import unavailable_reason
+
+    return unavailable_reason() or "TensorRT is available"
 
 
 def _ort_note(sess) -> str:
@@ -83,7 +82,9 @@ def make(
     if backend not in BACKENDS:
         raise CalibkitError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend.startswith("trt-"):
-        raise Unavailable(trt_reason())
+        from calibkit.trt.backend import candidate
+
+        return candidate(backend, model, output_names, workdir, amax, method)
     if backend == "ort-fp32":
         c, _ = reference(model, device)
         return c

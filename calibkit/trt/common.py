@@ -1,0 +1,78 @@
+"""TensorRT steps shared by 10.x and 11.x builds: logger, ONNX parsing, optimization
+profiles, timing cache, serialization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from calibkit.atomic import write_bytes
+from calibkit.errors import CalibkitError
+from calibkit.trt.spec import BuildSpec
+
+TRT_MAJORS = (10, 11)
+
+
+def start(model_path: Path, flags: int = 0):
+    """(builder, network, parser, logger) with the ONNX model parsed."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(model_path)):
+        errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+        raise CalibkitError(f"TensorRT cannot parse {model_path}: {errors[0] if errors else 'unknown error'}")
+    return builder, network, parser, logger
+
+
+def dynamic_inputs(network) -> dict[str, tuple[int, ...]]:
+    dyn = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(tensor.shape)
+        if any(d < 0 for d in shape):
+            dyn[tensor.name] = shape
+    return dyn
+
+
+def add_profile(builder, network, config, spec: BuildSpec):
+    """The optimization profile from --shapes; None for a static model."""
+    dyn = dynamic_inputs(network)
+    missing = sorted(set(dyn) - set(spec.shapes))
+    if missing:
+        raise CalibkitError(f"input {missing[0]!r} has dynamic shape {dyn[missing[0]]}; pass --shapes {missing[0]}:MIN/OPT/MAX")
+    if not spec.shapes:
+        return None
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in spec.shapes.items():
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    return profile
+
+
+def load_timing_cache(config, path: Path | None):
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    config.set_timing_cache(cache, False)
+    return cache
+
+
+def save_timing_cache(config, path: Path | None) -> None:
+    if path is not None:
+        write_bytes(path, bytes(config.get_timing_cache().serialize()))
+
+
+def set_workspace(config, spec: BuildSpec) -> None:
+    import tensorrt as trt
+
+    if spec.workspace_mb:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mb << 20)
+
+
+def finish(builder, network, config, spec: BuildSpec) -> Path:
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise CalibkitError(f"TensorRT could not build {spec.onnx.name}; see the TensorRT errors above")
+    save_timing_cache(config, spec.timing_cache)
+    return write_bytes(spec.engine, bytes(serialized))

@@ -1,0 +1,78 @@
+"""The ONNX model a TensorRT 11 build parses (no TensorRT needed to make it).
+
+TensorRT 11 has no calibrators and no INT8/FP16 builder flags: the network is strongly
+typed, so INT8 comes from calibkit's Q/DQ model (from ``--cache`` scales, or ``--qdq``) and
+FP16 from the FP16-converted model. Layers kept in FP16 get no Q/DQ.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import onnx
+
+from calibkit import cache as cache_io
+from calibkit.atomic import write_bytes
+from calibkit.errors import CalibkitError
+from calibkit.trt.spec import BuildSpec
+
+
+def keep_regex(layers: list[str]) -> str | None:
+    return "^(" + "|".join(re.escape(n) for n in layers) + ")$" if layers else None
+
+
+def amax_from_cache(path: Path) -> dict[str, float]:
+    """amax = scale * 127 for every tensor of a calibration cache."""
+    return {name: scale * 127.0 for name, scale in cache_io.read(path).scales.items()}
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX Runtime's float16 converter, FP32 I/O kept, Q/DQ left in float32 (their scales
+    stay FP32 as TensorRT's strongly typed Q/DQ expect)."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    block = list(DEFAULT_OP_BLOCK_LIST) + ["QuantizeLinear", "DequantizeLinear"]
+    return topo_sort(convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False, op_block_list=block))
+
+
+def topo_sort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Reorder nodes so each comes after its inputs' producers (the converter appends the
+    casts it inserts at graph inputs after their consumers)."""
+    g = model.graph
+    ready = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
+    pending, ordered = list(g.node), []
+    while pending:
+        rest = [n for n in pending if not all(i in ready for i in n.input)]
+        done = [n for n in pending if all(i in ready for i in n.input)]
+        if not done:
+            raise CalibkitError(f"the FP16 model has a cycle or a dangling input at node {rest[0].name!r}")
+        for n in done:
+            ordered.append(n)
+            ready.update(n.output)
+        pending = rest
+    del g.node[:]
+    g.node.extend(ordered)
+    return model
+
+
+def prepare_v11(spec: BuildSpec) -> Path:
+    """Write (beside the engine) and return the model a strongly typed build parses."""
+    from calibkit.qdq import export_qdq
+
+    stem = spec.engine.with_suffix("")
+    if spec.int8 and spec.cache is None:
+        raise CalibkitError("TensorRT 11 has no calibrators: run `calibkit calibrate` and pass --int8 --cache MODEL.cache (or --qdq)")
+    path = spec.onnx
+    if spec.qdq is not None:
+        path = spec.qdq
+        if spec.keep_fp16:
+            raise CalibkitError("--keep-fp16 with --qdq on TensorRT 11: re-export the Q/DQ model with `calibkit export-qdq --exclude-nodes` instead")
+    elif spec.int8:
+        model = onnx.load(str(spec.onnx))
+        path = export_qdq(model, amax_from_cache(spec.cache), Path(f"{stem}.qdq.onnx"), placement="trt", exclude_nodes=keep_regex(spec.keep_fp16))
+    if spec.fp16:
+        model = to_fp16(onnx.load(str(path)))
+        path = Path(f"{stem}.fp16.onnx")
+        write_bytes(path, model.SerializeToString())
+    return path

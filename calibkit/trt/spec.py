@@ -1,0 +1,121 @@
+"""What to build: options of ``calibkit build`` parsed and checked without TensorRT."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calibkit.data import Preprocess
+from calibkit.errors import CalibkitError
+
+Shape = tuple[int, ...]
+_DIMS = re.compile(r"^\d+(x\d+)*$")
+
+
+@dataclass
+class BuildSpec:
+    onnx: Path
+    engine: Path
+    int8: bool = False
+    cache: Path | None = None
+    qdq: Path | None = None
+    fp16: bool = False
+    shapes: dict[str, tuple[Shape, Shape, Shape]] = field(default_factory=dict)
+    keep_fp16: list[str] = field(default_factory=list)
+    timing_cache: Path | None = None
+    data: Any = None  # TensorRT 10 calibrates from this when no --cache is given
+    preprocess: Preprocess | None = None
+    calibrator: str = "entropy2"
+    batch_size: int = 8
+    write_cache: Path | None = None
+    workspace_mb: int | None = None
+
+    def check(self) -> BuildSpec:
+        if not self.onnx.is_file():
+            raise CalibkitError(f"model {self.onnx} not found")
+        if self.qdq is not None:
+            if self.int8 or self.cache:
+                raise CalibkitError("--qdq already carries the INT8 scales; drop --int8/--cache")
+            if not self.qdq.is_file():
+                raise CalibkitError(f"Q/DQ model {self.qdq} not found; write it with `calibkit export-qdq`")
+        if self.cache is not None and not self.int8:
+            raise CalibkitError("--cache is the INT8 calibration cache; add --int8")
+        if self.int8 and self.cache is None and self.data is None:
+            raise CalibkitError("--int8 needs --cache (calibkit's scales) or --data (TensorRT 10 calibrates)")
+        if self.cache is not None and not self.cache.is_file():
+            raise CalibkitError(f"cache {self.cache} not found; write it with `calibkit calibrate`")
+        if self.keep_fp16 and not (self.int8 or self.qdq):
+            raise CalibkitError("--keep-fp16/--from-report keep layers out of INT8; add --int8 or --qdq")
+        self._check_shapes()
+        return self
+
+    def _check_shapes(self) -> None:
+        from calibkit.onnx_model import input_specs, load
+
+        specs = {s.name: s for s in input_specs(load(self.onnx))}
+        for name, (lo, _, _) in self.shapes.items():
+            if name not in specs:
+                raise CalibkitError(f"--shapes names {name!r} but the model's inputs are: {', '.join(specs)}")
+            want = specs[name].shape
+            if len(lo) != len(want) or any(isinstance(d, int) and d != g for d, g in zip(want, lo)):
+                raise CalibkitError(f"--shapes {name}: {'x'.join(map(str, lo))} does not fit the model's {specs[name].describe()}")
+
+    @property
+    def quantized(self) -> bool:
+        return self.int8 or self.qdq is not None
+
+
+def _dims(text: str, option: str) -> Shape:
+    if not _DIMS.match(text):
+        raise CalibkitError(f"{option}: shape {text!r} is not like 1x3x224x224")
+    return tuple(int(d) for d in text.split("x"))
+
+
+def parse_shapes(text: str | None) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """``x:1x3x8x8/4x3x8x8/8x3x8x8[,y:...]`` (or one shape for min=opt=max)."""
+    shapes: dict[str, tuple[Shape, Shape, Shape]] = {}
+    if not text:
+        return shapes
+    for item in text.split(","):
+        name, sep, dims = item.strip().rpartition(":")
+        if not sep or not name:
+            raise CalibkitError(f"--shapes {item!r}: expected input:MIN/OPT/MAX, e.g. x:1x3x224x224/8x3x224x224/32x3x224x224")
+        parts = [_dims(p, "--shapes") for p in dims.split("/")]
+        if len(parts) == 1:
+            parts *= 3
+        if len(parts) != 3 or len({len(p) for p in parts}) != 1:
+            raise CalibkitError(f"--shapes {item!r}: give MIN/OPT/MAX of the same rank")
+        lo, opt, hi = parts
+        if any(not (a <= b <= c) for a, b, c in zip(lo, opt, hi)):
+            raise CalibkitError(f"--shapes {item!r}: each dim needs MIN <= OPT <= MAX")
+        shapes[name] = (lo, opt, hi)
+    return shapes
+
+
+def read_layers(path: str | Path) -> list[str]:
+    """Layers to keep in FP16: from a validate results.json (``candidates[i].fp16_fallback.nodes``,
+    all candidates), or a text file of layer names, one per line (``#`` comments)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CalibkitError(f"--from-report {p} not found")
+    text = p.read_text(encoding="utf-8", errors="replace")
+    if text.lstrip().startswith(("{", "[")):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CalibkitError(f"--from-report {p}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        cands = doc.get("candidates") if isinstance(doc, dict) else None
+        if not isinstance(cands, list):
+            raise CalibkitError(f"--from-report {p}: no 'candidates' list; pass a calibkit results.json or a text file of layer names")
+        names: list[str] = []
+        for c in cands:
+            fb = (c or {}).get("fp16_fallback") or {}
+            names += [n for n in fb.get("nodes") or [] if n not in names]
+        return names
+    names = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    if not names:
+        raise CalibkitError(f"--from-report {p} lists no layer names")
+    return names
