@@ -35,6 +35,7 @@ from typing import IO
 from calibkit.errors import CalibkitError
 
 META = ".calibkit"
+PUBLISHED: list[Path] = []  # directories this process published a set into (for the interrupt message)
 LOCK_WAIT = 60.0  # seconds a reader waits for a run that is committing right now
 
 
@@ -383,6 +384,7 @@ class Transaction:
                 _fsync_dir(d)
             journal.unlink()
             self.committed = True
+            PUBLISHED.append(self.directory)
             for d in self.stages.values():
                 shutil.rmtree(d, ignore_errors=True)
         finally:

@@ -105,8 +105,12 @@ def user_errors(fn: Callable) -> Callable:
         except CalibkitError as exc:
             click.echo(f"calibkit: error: {exc}", err=True)
             raise SystemExit(getattr(exc, "exit_code", 1)) from None
-        except KeyboardInterrupt:
-            click.echo("calibkit: interrupted; outputs already written are intact", err=True)
-            raise SystemExit(130) from None
+        except KeyboardInterrupt as exc:
+            from calibkit.publish import PUBLISHED
+
+            done = ", ".join(sorted({str(d) for d in PUBLISHED}))
+            said = f"complete output sets published before it: {done}" if done else "nothing from this run was published; previous outputs are unchanged"
+            click.echo(f"calibkit: interrupted; {said}", err=True)
+            raise SystemExit(128 + getattr(exc, "signum", 2)) from None
 
     return wrapper

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-err = Console(stderr=True)
-out = Console(highlight=False)
+# markup=False: tensor names and paths are the user's text ("[/bad]" must print as is).
+err = Console(stderr=True, markup=False, highlight=False)
+out = Console(markup=False, highlight=False)
 
 
 class _Rate(TextColumn):
@@ -45,10 +48,12 @@ def sample_progress(label: str) -> Iterator:
             progress.stop()
 
 
-def table(title: str, columns: list[str], rows: list[list]) -> Table:
-    t = Table(title=title, title_justify="left", show_header=any(columns))
-    for c in columns:
-        t.add_column(c)
+def table(title: str, columns: list[str], rows: list[list], keep: int = 0) -> Table:
+    """A compact table that reads at 80 columns; the first ``keep`` columns never wrap or
+    truncate (names that tell rows apart), the others fold."""
+    t = Table(title=Text(title), title_justify="left", show_header=any(columns), box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    for i, c in enumerate(columns):
+        t.add_column(Text(c), no_wrap=i < keep, overflow="fold", min_width=max((len(str(r[i])) for r in rows), default=1) if i < keep else None)
     for r in rows:
-        t.add_row(*(str(v) for v in r))
+        t.add_row(*(Text(str(v)) for v in r))
     return t

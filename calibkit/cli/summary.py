@@ -16,7 +16,7 @@ def print_calibration(result) -> None:
     t = result.table
     hs = result.histograms
     if result.reused:
-        out.print(f"[bold]reused[/] {result.reused}: no inference run")
+        out.print(f"reused {result.reused}: no inference run")
     coll = result.collection
     rows = [
         ["method", f"{t.method} {json.dumps(t.params) if t.params else ''}"],
@@ -28,10 +28,10 @@ def print_calibration(result) -> None:
     ]
     if hs.meta.get("dropped_samples"):
         rows.append(["dropped", f"{hs.meta['dropped_samples']} samples (model fixes the batch size)"])
-    out.print(table("calibration", ["", ""], rows))
+    out.print(table("calibration", ["", ""], rows, keep=1))
     clipped = most_clipped(t)
     if clipped:
-        out.print(table("most clipped tensors", ["tensor", "clipped", "amax", "max |x|"], [[n, f"{c:.4%}", f"{t.tensors[n]['amax']:.5g}", f"{t.tensors[n]['absmax']:.5g}"] for n, c in clipped]))
+        out.print(table("most clipped tensors", ["tensor", "clipped", "amax", "max |x|"], [[n, f"{c:.4%}", f"{t.tensors[n]['amax']:.5g}", f"{t.tensors[n].get('absmax', float('nan')):.5g}"] for n, c in clipped]))
     bad = nonfinite(t)
     if bad:
         out.print(table("tensors with NaN/Inf (excluded from histograms)", ["tensor", "NaN", "Inf"], [list(b) for b in bad]))
@@ -57,7 +57,7 @@ def inspect_file(path: Path, limit: int) -> None:
 
         st = scales.read(path)
         out.print(f"{path}: method {st.method} {st.params}, {len(st.tensors)} tensors, model {st.meta.get('model', {}).get('name')}")
-        rows = [[n, f"{v['amax']:.6g}", f"{v['scale']:.6g}", f"{v['clipped']:.4%}"] for n, v in list(st.tensors.items())[:limit]]
+        rows = [[n, f"{v['amax']:.6g}", f"{st.scales()[n]:.6g}", f"{float(v.get('clipped') or 0):.4%}"] for n, v in list(st.tensors.items())[:limit]]
         out.print(table("scales", ["tensor", "amax", "scale", "clipped"], rows))
         return
     from calibkit import cache

@@ -35,13 +35,29 @@ def _gates(kw):
 def _print(res) -> None:
     from calibkit.cli.progress import out, table
     from calibkit.report.html import fmt
+    from calibkit.validate.metrics import with_noise
 
     doc = res.doc
-    rows = []
+    rows, notes = [], []
     for i, c in enumerate(doc["candidates"]):
-        worst = min((o["sqnr_db"] for o in c["outputs"].values() if not isinstance(o["sqnr_db"], str)), default=None)
-        rows.append([c["label"], "ref" if i == 0 else ("PASS" if c["pass"] else "FAIL"), fmt(c["accuracy"]), fmt(c["accuracy_drop_pp"]), fmt(worst), fmt(c["latency"]["median_ms"]), c["note"]])
-    out.print(table("candidates (best first)", ["candidate", "verdict", "accuracy %", "drop pp", "worst SQNR dB", "median ms", "how it ran"], rows))
+        outs = list(c["outputs"].values())
+        worst = min((o["sqnr_db"] for o in outs if not isinstance(o["sqnr_db"], str)), default=None)
+        cos = min((o["cosine"] for o in outs if not isinstance(o["cosine"], str)), default=None)
+        if any(isinstance(o["sqnr_db"], str) and o["sqnr_db"] != "inf" for o in outs):
+            worst = "nan"
+        verdict = "ref" if i == 0 else ("PASS" if c["pass"] else "FAIL")
+        lat = c["latency"]
+        rows.append([c.get("rank") or "-", c["label"], verdict, fmt(c["accuracy"], 4), fmt(c["accuracy_drop_pp"], 3), fmt(worst, 3), fmt(cos, 4), with_noise(lat["median_ms"], lat.get("median_noise_ms"))])
+        notes.append(f"  {c['label']}: {c['note']}")
+    out.print(table("candidates (best first; '=' marks ties within the run's noise)", ["#", "candidate", "verdict", "acc %", "drop pp", "SQNR dB", "cosine", "ms/batch"], rows, keep=2))
+    out.print("how each ran:\n" + "\n".join(notes))
+    gates = ", ".join(f"{k} {v}" for k, v in doc["gates"].items())
+    out.print(f"gates: {gates}" + (" (defaults: no gate given)" if doc.get("gates_default") else "") + "; NaN/Inf outputs always fail")
+    for c in doc["candidates"][1:]:
+        for f in c["failures"]:
+            out.print(f"FAIL {c['label']}: {f}")
+    for w in doc.get("warnings", []):
+        out.print(f"check your data: {w}")
     for u in doc.get("unavailable", []):
         out.print(f"unavailable: {u['backend']}: {u['reason']}")
     out.print(f"wrote report  {res.report} ({res.report_seconds:.2f} s to render)")

@@ -58,8 +58,8 @@ def _finish(doc, ev, hists, title, report, results) -> ValidationResult:
         tx.commit()
     res = ValidationResult(doc, report, results, doc["seconds"]["report"])
     if not doc["pass"]:
-        failed = [c["label"] for c in doc["candidates"][1:] if not c["pass"]]
-        err = ThresholdFailed(f"{', '.join(failed)} failed the gates; see {report}")
+        failed = [f"{c['label']} ({'; '.join(c['failures'])})" for c in doc["candidates"][1:] if not c["pass"]]
+        err = ThresholdFailed(f"failed the gates: {', '.join(failed) or 'no candidate ran'}; see {report}")
         err.result = res
         raise err
     return res

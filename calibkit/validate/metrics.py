@@ -148,10 +148,29 @@ class Latency:
                 return math.exp((k + 0.5) * self.STEP)
         return 0.0
 
+    def median_noise(self) -> float | None:
+        """Standard error of the median (IQR-based), seconds; None under 3 batches."""
+        if self.batches < 3:
+            return None
+        sigma = (self.percentile(75) - self.percentile(25)) / 1.349
+        return max(1.2533 * sigma / math.sqrt(self.batches), self.percentile(50) * 0.005)  # the buckets' own width
+
     def summary(self) -> dict:
+        noise = self.median_noise()
         return {
             "median_ms": self.percentile(50) * 1e3,
+            "median_noise_ms": noise * 1e3 if noise is not None else None,
             "p99_ms": self.percentile(99) * 1e3,
             "throughput_sps": self.samples / self.total if self.total > 0 else 0.0,
             "batches": self.batches,
         }
+
+
+def with_noise(value: float | None, noise: float | None) -> str:
+    """``value`` to the precision its noise supports: ``12.3±0.4``; two digits when unknown."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    if noise is None or not (math.isfinite(noise) and noise > 0):
+        return f"{value:.2g}"
+    d = -math.floor(math.log10(noise))
+    return f"{round(value, d):.{max(d, 0)}f}±{noise:.1g}"
