@@ -24,5 +24,9 @@ def tensors_data_dict(amax: dict[str, float]) -> dict:
     }
 
 
+def dumps(amax: dict[str, float]) -> str:
+    return json.dumps(tensors_data_dict(amax), indent=1, sort_keys=True, allow_nan=False) + "\n"
+
+
 def write(path: str | Path, amax: dict[str, float], tx=None) -> Path:
-    return write_text(path, json.dumps(tensors_data_dict(amax), indent=1, sort_keys=True, allow_nan=False) + "\n", tx)
+    return write_text(path, dumps(amax), tx)

@@ -76,24 +76,13 @@ def calibrate(
         t_collect = time.perf_counter()
         table = compute(hset, method, config)
         t_thresh = time.perf_counter()
-        cache = trt_cache.Cache(version_code, cache_algorithm, table.scales())
-        cache_name = f"{model_path.stem}.cache"
-        table.meta = {
-            "model": {"name": model_path.name, "fingerprint": model_fp},
-            "data": {"fingerprint": hset.meta.get("data_fingerprint"), "source": hset.meta.get("data"), "samples": hset.samples},
-            "preprocess": ({"fingerprint": hset.meta.get("preprocess_fingerprint"), **hset.meta["preprocess"]} if hset.meta.get("preprocess") else None),
-            "cache": {"file": cache_name, "header": cache.header()},
-        }
-        check_table(table)  # nothing is published unless every value is usable
-        cache_text = cache.text()
+        staged = stage_scales(table, hset, model_path, model_fp, version_code, cache_algorithm)
         outputs: dict[str, Path] = {}
         if fresh:
             outputs["histograms"] = store.save(hset, HISTOGRAMS, tx)
         elif histograms is None:
             tx.keep(HISTOGRAMS)
-        outputs["scales"] = table.write(SCALES, tx)
-        outputs["cache"] = tx.write_text(cache_name, cache_text)
-        outputs["tensors_data"] = ort_tensors.write(f"{model_path.stem}.tensors.json", table.amax(), tx)
+        outputs.update(write_scales(tx, staged, tx.directory))
         tx.commit()
     return CalibrateResult(
         table,
@@ -103,6 +92,29 @@ def calibrate(
         collection,
         {"collect": t_collect - t0, "threshold": t_thresh - t_collect, "total": time.perf_counter() - t0},
     )
+
+
+def stage_scales(table: ScaleTable, hset: store.HistogramSet, model_path: Path, model_fp: str, version_code: int, algorithm: str) -> dict[str, str]:
+    """Validate ``table`` and render its files ({name: text}); raises before anything is written."""
+    cache = trt_cache.Cache(version_code, algorithm, table.scales())
+    cache_name = f"{model_path.stem}.cache"
+    table.meta = {
+        "model": {"name": model_path.name, "fingerprint": model_fp},
+        "data": {"fingerprint": hset.meta.get("data_fingerprint"), "source": hset.meta.get("data"), "samples": hset.samples},
+        "preprocess": ({"fingerprint": hset.meta.get("preprocess_fingerprint"), **hset.meta["preprocess"]} if hset.meta.get("preprocess") else None),
+        "cache": {"file": cache_name, "header": cache.header()},
+    }
+    check_table(table)  # nothing is published unless every value is usable
+    return {
+        "scales": (SCALES, table.dumps()),
+        "cache": (cache_name, cache.text()),
+        "tensors_data": (f"{model_path.stem}.tensors.json", ort_tensors.dumps(table.amax())),
+    }
+
+
+def write_scales(tx: Transaction, staged: dict, directory: Path) -> dict[str, Path]:
+    """Add a method's scales.json, TensorRT cache and TensorsData to ``tx`` in ``directory``."""
+    return {kind: tx.write_text(directory / name, text) for kind, (name, text) in staged.items()}
 
 
 def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, preprocess, recollect, force, device, progress, on_source):

@@ -55,8 +55,11 @@ class ScaleTable:
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, **self.meta, "method": {"name": self.method, "params": self.params}, "tensors": self.tensors}
 
+    def dumps(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=False, allow_nan=False) + "\n"
+
     def write(self, path: str | Path, tx=None) -> Path:
-        return write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=False, allow_nan=False) + "\n", tx)
+        return write_text(path, self.dumps(), tx)
 
 
 def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 0) -> ScaleTable:

@@ -1,7 +1,7 @@
 """Train the shipped demo: a small residual CNN on scikit-learn's handwritten digits.
 
-Writes ``calibkit/demo/digits_cnn.onnx`` and ``calibration_data/digits/{calib,val}/``
-(8x8 grayscale PNGs + labels.npy) plus ``calibration_data/digits/preprocess.json``.
+Writes ``calibkit/demo/digits_cnn.onnx`` and ``calibkit/demo/digits/{calib,val}/``
+(8x8 grayscale PNGs + labels.npy) plus ``calibkit/demo/digits/preprocess.json``.
 The ONNX graph is written node by node from the trained weights, so it keeps its
 Conv / BatchNormalization / Relu / Add / MaxPool / GlobalAveragePool / Gemm structure.
 
@@ -121,7 +121,7 @@ def main() -> None:
         acc = (net(xv).argmax(1).numpy() == labels[val]).mean()
     print(f"held-out accuracy: {acc:.4f}")
     export(net, ROOT / "calibkit" / "demo" / "digits_cnn.onnx")
-    data = ROOT / "calibration_data" / "digits"
+    data = ROOT / "calibkit" / "demo" / "digits"
     write_split(data / "calib", pixels[calib], labels[calib])
     write_split(data / "val", pixels[val], labels[val])
     pre = {"channels": "L", "layout": "NCHW", "scale": 1.0 / 255.0, "mean": [0.0], "std": [1.0]}

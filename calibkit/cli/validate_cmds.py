@@ -60,6 +60,12 @@ def _print(res) -> None:
         out.print(f"check your data: {w}")
     for u in doc.get("unavailable", []):
         out.print(f"unavailable: {u['backend']}: {u['reason']}")
+    for c in doc["candidates"]:
+        cmd = (c.get("fp16_fallback") or {}).get("command")
+        if cmd:
+            out.print(f"to keep {c['label']}'s weakest layers in FP16:\n  {cmd}")
+    if doc.get("method_outputs"):
+        out.print(f"wrote each method's scales/cache under {Path(next(iter(doc['method_outputs'].values()))).parent}/<method>/")
     out.print(f"wrote report  {res.report} ({res.report_seconds:.2f} s to render)")
     out.print(f"wrote results {res.results}")
 
@@ -132,10 +138,13 @@ def _demo_defaults(kw):
 @click.option("--histograms", type=click.Path(dir_okay=False), help="histograms.npz from `calibkit calibrate`.")
 @click.option("--methods", "method_list", default=DEFAULT_METHODS, show_default=True, help="Comma-separated method specs.")
 @click.option("--backend", default="ort-int8", show_default=True, type=click.Choice(["ort-int8", "ort-int8-cpu"]), help="How each method's INT8 model runs.")
+@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), help="Write each method's scales.json, cache and TensorsData to DIR/<method>/ (default: <report>.methods/).")
+@click.option("--export-qdq", "export_qdq", is_flag=True, help="Also write each method's Q/DQ model (as validated) to DIR/<method>/.")
+@click.option("--trt-version", help="TensorRT version for the caches' header (default: installed TensorRT, else 10.16.1).")
 @gate_options
 @data_options
 @user_errors
-def compare(model, histograms, method_list, backend, **kw) -> None:
+def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt_version, **kw) -> None:
     """Score several threshold methods from one stored histogram set in one validation pass.
 
     The report ranks methods by task accuracy, then output SQNR. With no MODEL: the demo.
@@ -162,6 +171,7 @@ def compare(model, histograms, method_list, backend, **kw) -> None:
         run, model=model, histograms=histograms, data=kw["data"], method_specs=methods_, labels=kw["labels"], metric=kw["metric"], backend=backend,
         report=kw["report"], results=kw["results"], gates=gates, preprocess=pre, batch_size=kw["batch_size"], device=kw["device"],
         exclude_nodes=kw["exclude_nodes"], force=kw["force"], allow_preprocess_mismatch=kw["allow_preprocess_mismatch"],
+        output_dir=output_dir, export_qdq=export_qdq, trt_version=trt_version,
     )
 
 

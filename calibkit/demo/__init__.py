@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = Path(__file__).with_name("digits_cnn.onnx")
-DATA = ROOT / "calibration_data" / "digits"
+DATA = Path(__file__).with_name("digits")  # package data: works from a wheel as from a clone
 CALIB = DATA / "calib"
 VAL = DATA / "val"
 PREPROCESS = DATA / "preprocess.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 import time
 from collections.abc import Callable
@@ -42,7 +43,23 @@ def _sibling_histograms(path: Path, model_fp: str) -> store.HistogramSet | None:
     return hs if hs.meta.get("model_fingerprint") == model_fp else None
 
 
-def _finish(doc, ev, hists, title, report, results) -> ValidationResult:
+def method_dir(spec: str) -> str:
+    """A method spec as a directory name: ``percentile:99.9`` -> ``percentile-99.9``."""
+    return "".join(c if c.isalnum() or c in "._" else "-" for c in spec)
+
+
+def _advise(doc: dict, model: str | Path, scales_of: Callable[[dict], Path | None]) -> None:
+    """Give each FP16-fallback suggestion the exact export-qdq command that applies it."""
+    for c in doc["candidates"]:
+        fb = c.get("fp16_fallback")
+        scales = scales_of(c)
+        if not fb or not fb.get("exclude_nodes") or scales is None:
+            continue
+        out = scales.parent / f"{Path(model).stem}.fp16-fallback.qdq.onnx"
+        fb["command"] = shlex.join(["calibkit", "export-qdq", str(model), "--scales", str(scales), "--exclude-nodes", fb["exclude_nodes"], "-o", str(out)])
+
+
+def _finish(doc, ev, hists, title, report, results, tx_dir=None, extra=None) -> ValidationResult:
     from calibkit.report import html
 
     report = Path(report)
@@ -52,7 +69,9 @@ def _finish(doc, ev, hists, title, report, results) -> ValidationResult:
     t = time.perf_counter()
     text = html.render(doc, ev, hists, title)
     doc["seconds"]["report"] = time.perf_counter() - t
-    with Transaction(report.parent, f"report-{report.name}", command=doc.get("command", "validate")) as tx:
+    with Transaction(tx_dir or report.parent, f"report-{report.name}" if tx_dir is None else "compare", command=doc.get("command", "validate")) as tx:
+        if extra is not None:
+            extra(tx)
         R.write(doc, results, tx)
         tx.write_text(report, text)
         tx.commit()
@@ -119,6 +138,7 @@ def validate(
         doc = R.document(ev, proto, {"name": model_path.name, "fingerprint": model_fp}, gates, device, prov)
         doc["unavailable"] = unavailable
         hists = _sibling_histograms(Path(scales), model_fp) if scales else None
+        _advise(doc, model, lambda c: Path(scales) if scales and c.get("method") else None)
         return _finish(doc, ev, hists, f"calibkit validation: {model_path.name}", report, results)
 
 
@@ -139,10 +159,18 @@ def compare(
     exclude_nodes: str | None = None,
     force: bool = False,
     allow_preprocess_mismatch: bool = False,
+    output_dir: str | Path | None = None,
+    export_qdq: bool = False,
+    trt_version: str | None = None,
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
 ) -> ValidationResult:
+    """Score ``method_specs`` on one validation pass; each method's scales.json, TensorRT cache
+    and TensorsData (and with ``export_qdq`` its Q/DQ model) go to ``output_dir/<method>/``
+    (default: ``<report>.methods/`` beside the report), published with the report as one set."""
+    from calibkit import cache as trt_cache
     from calibkit import methods
+    from calibkit.pipeline import stage_scales, write_scales
 
     if backend not in ("ort-int8", "ort-int8-cpu"):
         raise CalibkitError(f"compare --backend {backend!r}: methods are compared on ort-int8 or ort-int8-cpu")
@@ -154,13 +182,16 @@ def compare(
     preprocess = resolve_preprocess(preprocess, hs.meta.get("preprocess"), data, allow_preprocess_mismatch, f"histograms {histograms}")
     if not method_specs:
         raise CalibkitError("--methods is empty; e.g. --methods entropy,percentile:99.99,minmax,mse")
-    specs = []
+    if len({method_dir(m) for m in method_specs}) != len(method_specs):
+        raise CalibkitError("--methods lists the same method twice")
+    out_dir = Path(output_dir) if output_dir else Path(report).parent / f"{Path(report).stem}.methods"
+    version = trt_cache.encode_version(trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION)
+    specs, staged = [], {}
     for spec in method_specs:
         name, cfg = methods.parse_spec(spec)
         table = scales_io.compute(hs, name, cfg)
+        staged[spec] = stage_scales(table, hs, model_path, model_fp, version, "EntropyCalibration2")
         specs.append((backend, table.amax(), spec))
-    if len({s[2] for s in specs}) != len(specs):
-        raise CalibkitError("--methods lists the same method twice")
     out_names = [o.name for o in proto.graph.output]
     with tempfile.TemporaryDirectory(prefix="calibkit-compare-") as tmp:
         cands, _ = _candidates(specs, proto, out_names, Path(tmp), device, exclude_nodes, False)
@@ -170,4 +201,15 @@ def compare(
         doc["unavailable"] = []
         # compare passes when the best method passes: it answers "which method", not "all of them"
         doc["pass"] = bool(doc["candidates"][1:]) and doc["candidates"][1]["pass"]
-        return _finish(doc, ev, hs, f"calibkit method comparison: {model_path.name}", report, results)
+        doc["method_outputs"] = {spec: str(out_dir / method_dir(spec)) for spec in method_specs}
+        _advise(doc, model, lambda c: out_dir / method_dir(c["method"]) / "scales.json" if c.get("method") in staged else None)
+        qdq_of = {c.method: c.model_path for c in cands}
+
+        def extra(tx) -> None:
+            for spec, files in staged.items():
+                d = out_dir / method_dir(spec)
+                write_scales(tx, files, d)
+                if export_qdq and qdq_of.get(spec):
+                    tx.write_bytes(d / f"{model_path.stem}.qdq.onnx", Path(qdq_of[spec]).read_bytes())
+
+        return _finish(doc, ev, hs, f"calibkit method comparison: {model_path.name}", report, results, tx_dir=out_dir, extra=extra)

@@ -90,7 +90,7 @@ def make(
         return c
     if backend in ("ort-int8", "ort-int8-cpu"):
         if amax is None:
-            raise CalibkitError(f"backend {backend} needs scales: pass --scales scales.json (or --histograms)")
+            raise CalibkitError(f"backend {backend} needs scales: pass --scales scales.json (from calibkit calibrate)")
         placement = "trt" if backend == "ort-int8" else "ort"
         tag = f"{method or 'int8'}.{placement}"
         path = export_qdq(model, amax, workdir / f"{tag}.qdq.onnx", placement=placement, exclude_nodes=exclude_nodes)
