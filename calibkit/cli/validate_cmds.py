@@ -46,10 +46,12 @@ def _print(res) -> None:
         if any(isinstance(o["sqnr_db"], str) and o["sqnr_db"] != "inf" for o in outs):
             worst = "nan"
         verdict = "ref" if i == 0 else ("PASS" if c["pass"] else "FAIL")
+        worst = fmt(worst, 3) if not isinstance(worst, float) else f"{worst:.1f}"
         lat = c["latency"]
-        rows.append([c.get("rank") or "-", c["label"], verdict, fmt(c["accuracy"], 4), fmt(c["accuracy_drop_pp"], 3), fmt(worst, 3), fmt(cos, 4), with_noise(lat["median_ms"], lat.get("median_noise_ms"))])
+        rows.append([c.get("rank") or "-", c["label"], verdict, fmt(c["accuracy"], 4), fmt(c["accuracy_drop_pp"], 2), worst, fmt(cos, 4), with_noise(lat["median_ms"], lat.get("median_noise_ms"))])
         notes.append(f"  {c['label']}: {c['note']}")
-    out.print(table("candidates (best first; '=' marks ties within the run's noise)", ["#", "candidate", "verdict", "acc %", "drop pp", "SQNR dB", "cosine", "ms/batch"], rows, keep=2))
+    out.print(table("candidates (best first; '=' marks ties within the run's noise)", ["#", "candidate", "ok", "acc %", "drop", "SQNR", "cosine", "ms/batch"], rows, keep=8))
+    out.print("acc %: task accuracy; drop: FP32 minus candidate, points; SQNR (dB) and cosine: worst output")
     out.print("how each ran:\n" + "\n".join(notes))
     gates = ", ".join(f"{k} {v}" for k, v in doc["gates"].items())
     out.print(f"gates: {gates}" + (" (defaults: no gate given)" if doc.get("gates_default") else "") + "; NaN/Inf outputs always fail")

@@ -24,6 +24,27 @@ def _plt():
     return plt
 
 
+def _t(text: str) -> str:
+    """User text (tensor, output, candidate names) drawn literally: a "$...$" is not TeX."""
+    return str(text).replace("$", r"\$")
+
+
+REFERENCE_COLOR = "#888888"
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#393b79")
+
+
+def palette(labels: list[str]) -> dict[str, str]:
+    """One colour per candidate, the same in every figure of a report (reference grey)."""
+    out, k = {}, 0
+    for label in labels:
+        if label == "ort-fp32":
+            out[label] = REFERENCE_COLOR
+        elif label not in out:
+            out[label] = _PALETTE[k % len(_PALETTE)]
+            k += 1
+    return out
+
+
 def _uri(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
@@ -37,19 +58,32 @@ def _finite(v, floor=-20.0, cap=120.0) -> float:
     return cap if v == math.inf else (floor if not math.isfinite(v) else max(floor, min(cap, v)))
 
 
-def layer_sqnr(cands: list[dict]) -> str | None:
-    """Accumulated SQNR per quantized layer, worst first (order of the first INT8 candidate)."""
+WORST_PER_CANDIDATE = 15
+
+
+def worst_layers(cands: list[dict], k: int = WORST_PER_CANDIDATE) -> list[str]:
+    """The union of every INT8 candidate's ``k`` worst layers, worst (over candidates) first."""
+    int8 = [c for c in cands if c["layers"]]
+    chosen: set[str] = set()
+    for c in int8:
+        chosen.update(sorted(c["layers"], key=lambda t: (_finite(c["layers"][t]["sqnr_db"]), t))[:k])
+    worst = {t: min(_finite(c["layers"][t]["sqnr_db"]) for c in int8 if t in c["layers"]) for t in chosen}
+    return sorted(chosen, key=lambda t: (worst[t], t))
+
+
+def layer_sqnr(cands: list[dict], colors: dict[str, str]) -> str | None:
+    """Accumulated SQNR per quantized layer: every candidate's worst layers, worst first."""
     int8 = [c for c in cands if c["layers"]]
     if not int8:
         return None
-    order = sorted(int8[0]["layers"], key=lambda t: _finite(int8[0]["layers"][t]["sqnr_db"]))
+    order = worst_layers(cands)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(order) + 1.2))
     y = np.arange(len(order))
     for k, c in enumerate(int8):
-        vals = [_finite(c["layers"].get(t, {}).get("sqnr_db", -20)) for t in order]
-        ax.plot(vals, y, linestyle="none", label=c["label"], alpha=0.85, ms=5, marker="osD^v<>"[k % 7])
-    ax.set_yticks(y, order)
+        vals = [_finite(c["layers"][t]["sqnr_db"]) if t in c["layers"] else np.nan for t in order]
+        ax.plot(vals, y, linestyle="none", label=_t(c["label"]), alpha=0.85, ms=5, marker="osD^v<>"[k % 7], color=colors.get(c["label"]))
+    ax.set_yticks(y, [_t(t) for t in order])
     ax.invert_yaxis()
     ax.set_xlabel("SQNR vs FP32 (dB, higher is better); accumulated error at the layer's dequantized input")
     ax.grid(axis="x", alpha=0.3)
@@ -57,56 +91,62 @@ def layer_sqnr(cands: list[dict]) -> str | None:
     return _uri(fig)
 
 
-def threshold_plot(name: str, h: TensorHistogram, used: dict[str, float]) -> str:
-    """|x| histogram of one tensor with each method's threshold drawn."""
+def threshold_plot(name: str, h: TensorHistogram, used: dict[str, float], colors: dict[str, str]) -> str:
+    """|x| histogram of one tensor with each method's threshold drawn (empty bins left empty)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 2.6))
-    edges = np.arange(NUM_BINS + 1) * h.bin_width
     last = int(np.flatnonzero(h.counts)[-1]) + 2 if h.counts.any() else NUM_BINS
-    ax.stairs(np.maximum(h.counts[:last], 0.5), edges[: last + 1], fill=True, alpha=0.4, color="#4a6fa5")
+    shown = np.where(h.counts[:last] > 0, h.counts[:last], np.nan)  # NaN: a gap, not a floor
+    ax.stairs(shown, np.arange(last + 1) * h.bin_width, fill=True, alpha=0.45, color="#4a6fa5")
     ax.set_yscale("log")
     lines = dict(used)
     for m in COMPARE_METHODS:  # the other methods' defaults, for contrast
         if not any(f"({m}" in label for label in used):
             spec = methods.get(m)
             lines[f"{m} (default)"] = spec.amax(h, spec.config_cls())
-    for k, (label, amax) in enumerate(sorted(lines.items(), key=lambda kv: kv[1])):
-        ax.axvline(amax, color=f"C{k + 1}", lw=1.5, ls="--" if label in used else ":", label=f"{label}: {amax:.4g}")
-    ax.set_title(f"{name}: |x| histogram and thresholds (clipped beyond the line)")
+    greys = iter(("#444444", "#777777", "#999999", "#bbbbbb"))
+    for label, amax in sorted(lines.items(), key=lambda kv: kv[1]):
+        color = colors.get(label) if label in used else next(greys, "#aaaaaa")
+        ax.axvline(amax, color=color, lw=1.5, ls="--" if label in used else ":", label=_t(f"{label}: {amax:.4g}"))
+    ax.set_title(_t(f"{name}: |x| histogram and thresholds (clipped beyond the line)"))
     ax.set_xlabel("|activation|")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _uri(fig)
 
 
-def error_distribution(name: str, per_cand: dict[str, TensorHistogram]) -> str:
-    """Distribution of |candidate - FP32| for one output, one curve per candidate."""
+def error_distribution(name: str, per_cand: dict[str, TensorHistogram], colors: dict[str, str]) -> str:
+    """Fraction of |candidate - FP32| values above x for one output; each curve ends at its data."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 2.6))
     for label, h in per_cand.items():
-        if not h.counts.any():
+        total = int(h.counts.sum())
+        if not total:
             continue
-        last = int(np.flatnonzero(h.counts)[-1]) + 1
-        centers = (np.arange(last) + 0.5) * h.bin_width
-        cdf = np.cumsum(h.counts[:last]) / h.counts.sum()
-        ax.plot(centers, 1 - cdf + 1e-9, label=label, lw=1.4)
+        upper = np.arange(1, NUM_BINS + 1) * h.bin_width  # values above this edge
+        above = total - np.cumsum(h.counts)
+        keep = above > 0
+        if keep.any():
+            ax.step(upper[keep], above[keep] / total, where="post", label=_t(label), lw=1.4, color=colors.get(label))
+        else:  # every error in the first bin: one point at its edge
+            ax.plot([h.bin_width], [1.0 / total], marker="o", label=_t(f"{label} (all below {h.bin_width:.2g})"), color=colors.get(label))
     ax.set_xscale("symlog", linthresh=1e-4)
     ax.set_yscale("log")
-    ax.set_xlabel(f"|error| of output {name}")
+    ax.set_xlabel(_t(f"|error| of output {name}"))
     ax.set_ylabel("fraction of values above")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _uri(fig)
 
 
-def accuracy_bars(cands: list[dict]) -> str | None:
+def accuracy_bars(cands: list[dict], colors: dict[str, str]) -> str | None:
     rows = [(c["label"], c["accuracy"]) for c in cands if c["accuracy"] is not None]
     if len(rows) < 2:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(rows) + 0.8))
     labels, vals = zip(*rows)
-    ax.barh(range(len(rows)), vals, color=["#888"] + ["#4a6fa5"] * (len(rows) - 1))
-    ax.set_yticks(range(len(rows)), labels)
+    ax.barh(range(len(rows)), vals, color=[colors.get(lab, REFERENCE_COLOR) for lab in labels])
+    ax.set_yticks(range(len(rows)), [_t(lab) for lab in labels])
     ax.invert_yaxis()
     lo = max(0.0, min(vals) - 2.0)
     ax.set_xlim(lo, min(100.0, max(vals) + 0.5))

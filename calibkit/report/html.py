@@ -12,6 +12,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from calibkit.report import figures
 from calibkit.store import HistogramSet
 from calibkit.validate.engine import Evaluation
+from calibkit.validate.metrics import with_noise
 
 TEMPLATES = Path(__file__).with_name("templates")
 WORST_LAYERS = 3
@@ -44,15 +45,16 @@ def summary_rows(doc: dict) -> list[dict]:
         worst = min((o["sqnr_db"] if not isinstance(o["sqnr_db"], str) else math.inf for o in c["outputs"].values()), default=None)
         cos = min((o["cosine"] for o in c["outputs"].values()), default=None)
         rows.append({
+            "rank": c.get("rank") or "–",
             "candidate": c["label"],
             "verdict": "reference" if i == 0 else ("PASS" if c["pass"] else "FAIL"),
             "accuracy %": c["accuracy"],
             "drop pp": c["accuracy_drop_pp"],
             "worst SQNR dB": worst,
             "min cosine": cos,
-            "median ms/batch": c["latency"]["median_ms"],
-            "p99 ms/batch": c["latency"]["p99_ms"],
-            "samples/s": c["latency"]["throughput_sps"],
+            "median ms/batch": with_noise(c["latency"]["median_ms"], c["latency"].get("median_noise_ms")),
+            "p99 ms/batch": fmt(c["latency"]["p99_ms"], 2),
+            "samples/s": fmt(c["latency"]["throughput_sps"], 2),
             "how it ran": c["note"],
         })
     return rows
@@ -82,20 +84,20 @@ def layer_rows(doc: dict) -> list[dict]:
 
 def render(doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: str) -> str:
     cands = doc["candidates"]
-    figs = {"layers": figures.layer_sqnr(cands), "accuracy": figures.accuracy_bars(cands)}
+    colors = figures.palette([c["label"] for c in cands])
+    figs = {"layers": figures.layer_sqnr(cands, colors), "accuracy": figures.accuracy_bars(cands, colors)}
     thresholds = []
     int8 = [c for c in cands if c["layers"]]
     if int8 and hists is not None:
-        worst = sorted(int8[0]["layers"], key=lambda t: figures._finite(int8[0]["layers"][t]["sqnr_db"]))[:WORST_LAYERS]
-        for t in worst:
+        for t in figures.worst_layers(cands, k=WORST_LAYERS)[: WORST_LAYERS * 2]:
             if t in hists.tensors:
                 used = {c["label"]: c["layers"][t]["scale"] * 127 for c in int8 if t in c["layers"] and c["layers"][t]["scale"]}
-                thresholds.append({"tensor": t, "uri": figures.threshold_plot(t, hists.tensors[t], used)})
+                thresholds.append({"tensor": t, "uri": figures.threshold_plot(t, hists.tensors[t], used, colors)})
     errors = []
     if ev is not None:
         for name in ev.reference.outputs or (ev.candidates[0].outputs if ev.candidates else {}):
             per = {r.label: r.outputs[name].abs_err for r in ev.candidates if name in r.outputs}
-            errors.append({"output": name, "uri": figures.error_distribution(name, per)})
+            errors.append({"output": name, "uri": figures.error_distribution(name, per, colors)})
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
     tpl = env.get_template("report.html.j2")
     fallback = [(c["label"], c["fp16_fallback"]) for c in cands if c.get("fp16_fallback")]

@@ -149,10 +149,8 @@ def ranks(ev: Evaluation, order: list[CandidateResult]) -> list[str]:
         if i and not tied(ev, order[i - 1], r):
             start = i
         out.append(str(start + 1))
-    for i in range(len(out)):
-        if out.count(out[i]) > 1:
-            out[i] += "="
-    return out
+    shared = {r for r in out if out.count(r) > 1}
+    return [r + "=" if r in shared else r for r in out]
 
 
 def consumers(model: onnx.ModelProto, tensor: str) -> list[str]:
