@@ -1,3 +1,3 @@
-from calibkit.cli.main import main
+from calibkit.cli.entry import main
 
 main()

@@ -159,15 +159,20 @@ def _roll_forward(journal: Path) -> None:
 
 
 def recover(directory: Path, wait: float = LOCK_WAIT) -> None:
-    """Finish a publish that was cut off after its commit point (any process may do this)."""
-    if not _journals(directory):
+    """Finish a publish cut off after its commit point, and drop the staging of runs cut off
+    before it (any process may do this; a run still going keeps the lock and its staging)."""
+    pending = bool(_journals(directory))
+    if not pending and not any((directory / META).glob("stage-*")):
         return
     lock = _Lock(directory)
-    if not lock.acquire(wait):
+    if not lock.acquire(wait if pending else 0.0):
+        if not pending:
+            return  # a run is writing: its staging is not stale
         raise CalibkitError(f"{directory} is being published by another calibkit run ({lock.holder()}); try again when it has finished")
     try:
         for j in _journals(directory):
             _roll_forward(j)
+        _clean_stale(directory)
     finally:
         lock.release()
 

@@ -122,19 +122,7 @@ def list_methods() -> None:
         click.echo(f"{name:11s} {m.summary} ({opts})")
 
 
-class Terminated(KeyboardInterrupt):
-    signum = 15
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
-
-
 def main() -> None:
-    import signal
+    from calibkit.cli.entry import main as entry
 
-    signal.signal(signal.SIGTERM, _on_sigterm)  # unwind like Ctrl-C: nothing half-published
-    import calibkit.cli.build_cmd  # noqa: F401  (registers build)
-    from calibkit.cli import validate_cmds  # noqa: F401  (registers validate/compare/export-qdq)
-
-    cli(prog_name="calibkit")
+    entry()
