@@ -20,7 +20,7 @@ from calibkit.data import DataSource, FeedStats, run_batches
 from calibkit.errors import CalibkitError
 from calibkit.histogram import TensorHistogram
 from calibkit.onnx_model import calibration_tensors, input_specs, with_outputs
-from calibkit.providers import session
+from calibkit.providers import ort_message, session
 
 MEMORY_BUDGET = 64 << 20  # activation bytes per run when calibkit picks the batch size
 MAX_AUTO_BATCH = 64
@@ -101,8 +101,7 @@ def _ort_run(fn, model_name: str, source: DataSource):
     except Exception as exc:
         if not _is_ort_error(exc):
             raise
-        first = str(exc).strip().splitlines()[0][:300]
-        raise CalibkitError(f"{model_name}: ONNX Runtime failed on a batch from {source.description}: {first}") from None
+        raise CalibkitError(f"{model_name}: ONNX Runtime failed on a batch from {source.description}: {ort_message(exc)}") from None
 
 
 def _pad(feed: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

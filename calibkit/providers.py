@@ -64,5 +64,15 @@ def session(model: onnx.ModelProto | bytes, device: str = "auto", threads: int =
     except CalibkitError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300]
-        raise CalibkitError(f"ONNX Runtime cannot load {where}: {first}") from None
+        raise CalibkitError(f"ONNX Runtime cannot load {where}: {ort_message(exc)}") from None
+
+
+def ort_message(exc: BaseException) -> str:
+    """ONNX Runtime's error on one line, whole: its status prefix and C++ source locations
+    dropped, the reason (\"Unsupported model IR version: 12, max supported IR version: 11\") kept."""
+    import re
+
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"\s*/\S*onnxruntime\S*\.(?:cc|h|cpp):\d+ [^ ]*\([^)]*\)(?: const)?", " ", text)
+    return re.sub(r"\s+", " ", text).strip() or type(exc).__name__

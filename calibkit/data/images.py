@@ -46,6 +46,11 @@ class Preprocess:
             raise CalibkitError(f"preprocess layout {self.layout!r} must be one of {', '.join(LAYOUTS)}")
         if any(s == 0 for s in self.std):
             raise CalibkitError("preprocess std must not contain 0")
+        channels = 1 if self.channels == "L" else 3
+        for key in ("mean", "std"):
+            vals = getattr(self, key)
+            if len(vals) not in (1, channels):
+                raise CalibkitError(f"preprocess {key} has {len(vals)} values but channels {self.channels} needs 1 or {channels}; e.g. --{key} {','.join(['0.5'] * channels)}")
         if self.size is not None and (len(self.size) != 2 or min(self.size) <= 0):
             raise CalibkitError(f"preprocess size must be two positive ints H,W; got {self.size}")
 
