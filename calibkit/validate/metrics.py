@@ -173,4 +173,4 @@ def with_noise(value: float | None, noise: float | None) -> str:
     if noise is None or not (math.isfinite(noise) and noise > 0):
         return f"{value:.2g}"
     d = -math.floor(math.log10(noise))
-    return f"{round(value, d):.{max(d, 0)}f}±{noise:.1g}"
+    return f"{round(value, d):.{max(d, 0)}f}±{round(noise, d):.{max(d, 0)}f}"
