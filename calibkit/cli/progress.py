@@ -12,8 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 # markup=False: tensor names and paths are the user's text ("[/bad]" must print as is).
-err = Console(stderr=True, markup=False, highlight=False)
-out = Console(markup=False, highlight=False)
+err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+out = Console(markup=False, highlight=False, soft_wrap=True)
 
 
 class _Rate(TextColumn):
