@@ -51,7 +51,7 @@ def sample_progress(label: str) -> Iterator:
 def table(title: str, columns: list[str], rows: list[list], keep: int = 0) -> Table:
     """A compact table that reads at 80 columns; the first ``keep`` columns never wrap or
     truncate (names that tell rows apart), the others fold."""
-    t = Table(title=Text(title), title_justify="left", show_header=any(columns), box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    t = Table(title=Text(title), title_justify="left", show_header=any(columns), box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_edge=False, collapse_padding=True)
     for i, c in enumerate(columns):
         t.add_column(Text(c), no_wrap=i < keep, overflow="fold", min_width=max((len(str(r[i])) for r in rows), default=1) if i < keep else None)
     for r in rows:
