@@ -199,7 +199,7 @@ method_specs = st.one_of(
 )
 versions = st.sampled_from(["10.16.1", "8.6.1", "4.0", "100.1", "10", "10.x", "", " 10.1 ", "9" * 5000, "10.100.1", "\u0661\u0660.1"]) | junk
 algorithms = st.sampled_from(["EntropyCalibration2", "MinMaxCalibration", "LegacyCalibration", "Entropy", "", "a b", "EntropyCalibration2\n"]) | junk
-floats_csv = st.sampled_from(["0.5", "0.5,0.5,0.5", "1,2", "nan", "inf,1,1", "0", "0,0,0", "", ",", "a", "1e400", "224,224", "4,4", "-4,4", "nan,4", "inf,4", "0.5,0.5", "1e400,4"]) | junk
+floats_csv = st.sampled_from(["2.7,4", "0.5", "0.5,0.5,0.5", "1,2", "nan", "inf,1,1", "0", "0,0,0", "", ",", "a", "1e400", "224,224", "4,4", "-4,4", "nan,4", "inf,4", "0.5,0.5", "1e400,4"]) | junk
 
 
 @fuzz(25)
@@ -288,3 +288,10 @@ def test_iterable_yielding_ragged_list():
     # Found by fuzzing: a ragged list raised ValueError (inhomogeneous shape) from np.asarray.
     with pytest.raises(CalibkitError, match="'x' of item 0 is not an array"):
         list(run_batches(IterableSource([{"x": [[1.0], [1.0, 2.0]]}]), SPECS["conv"], 4, FeedStats()))
+
+
+@pytest.mark.parametrize("size", ["nan,4", "1e400,4", "inf,4", "2.7,4", "4", "a,b"])
+def test_cli_size_not_two_ints(size):
+    # Found by a targeted probe of --size: nan raised ValueError, inf/1e400 OverflowError, 2.7 was truncated.
+    res = invoke(["calibrate", MODEL, "--data", DATA, "-o", TMP / f"out{next(SEQ)}", "--size", size])
+    assert res.exit_code == 1 and "--size" in res.stderr
