@@ -21,7 +21,7 @@ from calibkit.errors import CalibkitError
 
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
 DEFAULT_TRT_VERSION = "10.16.1"
-_HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
+_HEADER = re.compile(r"^TRT-([0-9]{1,9})-(\w+)$", re.ASCII)  # TensorRT versions are small ints (101601)
 _HEX = re.compile(r"^[0-9a-f]{8}$")
 
 
@@ -108,6 +108,7 @@ def parse(text: str, where: str = "cache") -> Cache:
         value = value.strip()
         if not sep or not name or not _HEX.match(value):
             raise CalibkitError(f"{where}:{no}: malformed line {line[:80]!r}; expected '<tensor>: <8 hex digits>'")
+        check_name(name, f"{where}:{no}")
         scale = struct.unpack(">f", bytes.fromhex(value))[0]
         if not (math.isfinite(scale) and scale > 0):
             raise CalibkitError(f"{where}:{no}: tensor {name!r} has scale {scale}; scales must be finite and > 0")

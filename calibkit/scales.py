@@ -100,16 +100,24 @@ def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 
     return ScaleTable(method, methods.config_params(cfg), dict(zip(names, rows)))
 
 
+STAT_KEYS = ("min", "max", "absmax", "count", "nan", "inf", "clipped")  # optional per-tensor statistics
+
+
+def _finite(x: Any) -> bool:
+    """A real JSON number, not a bool, not NaN/inf (ints of any size: no float conversion)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and (isinstance(x, int) or math.isfinite(x))
+
+
 def check_value(name: str, amax: Any, scale: Any, where: str) -> None:
     """One tensor's amax/scale usable by TensorRT and ONNX Runtime, else a CalibkitError."""
     from calibkit.cache import check_name
 
     check_name(name, where)
-    ok_amax = isinstance(amax, (int, float)) and not isinstance(amax, bool) and math.isfinite(amax) and TINY_AMAX <= amax <= FLOAT32_MAX
+    ok_amax = _finite(amax) and TINY_AMAX <= amax <= FLOAT32_MAX
     if not ok_amax:
         raise CalibkitError(f"{where}: tensor {name!r} has amax {amax!r}; an amax must be a finite float32 number >= {TINY_AMAX:.3g} (re-run calibrate)")
     if scale is not None:
-        if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0):
+        if not (_finite(scale) and scale > 0):
             raise CalibkitError(f"{where}: tensor {name!r} has scale {scale!r}; scales must be finite and > 0 (re-run calibrate)")
         if scale != int8_scale(amax):
             raise CalibkitError(f"{where}: tensor {name!r} has scale {scale!r} but amax {amax!r} gives {int8_scale(amax)!r}; edit amax only (scale = amax / 127), or re-run calibrate")
@@ -125,13 +133,15 @@ def read(path: str | Path) -> ScaleTable:
 
     p = Path(path)
     try:
-        raw = json.loads(p.read_text())
+        raw = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CalibkitError(f"scales {p} not found; run `calibkit calibrate` first") from None
     except IsADirectoryError:
         raise CalibkitError(f"scales {p} is a directory; pass the scales.json file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CalibkitError(f"scales {p} is not valid JSON ({exc}); re-run calibrate") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an integer of > 4300 digits
+        raise CalibkitError(f"scales {p} is not valid JSON ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); re-run calibrate") from None
+    except RecursionError:
+        raise CalibkitError(f"scales {p} is not valid JSON (nested too deeply); re-run calibrate") from None
     except OSError as exc:
         raise CalibkitError(f"cannot read scales {p}: {exc.strerror}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
@@ -151,6 +161,9 @@ def read(path: str | Path) -> ScaleTable:
             raise CalibkitError(f"{p}: \"{key}\" must be an object or null; re-run calibrate")
     for name, t in tensors.items():
         check_value(name, t.get("amax"), t.get("scale"), str(p))
+        for key in STAT_KEYS:
+            if t.get(key) is not None and not _finite(t[key]):
+                raise CalibkitError(f"{p}: tensor {name!r} has {key} {t[key]!r}; it must be a finite number or null; re-run calibrate")
     verify(p)
     meta = {k: v for k, v in raw.items() if k not in ("format", "version", "method", "tensors")}
     return ScaleTable(str(m.get("name", "?")), m.get("params", {}), tensors, meta)

@@ -91,10 +91,10 @@ def save(hset: HistogramSet, path: str | Path, tx=None) -> Path:
 
 
 def _check(p: Path, names, counts, exps, minmax, tallies) -> None:
-    n = len(names)
+    n = len(names) if names.ndim == 1 else -1
     shapes_ok = (
-        counts.ndim == 2 and counts.shape[1:] == (NUM_BINS,) and len(counts) == n and exps.shape == (n,)
-        and minmax.shape == (n, 2) and tallies.shape == (n, 3) and names.ndim == 1
+        n >= 0 and counts.ndim == 2 and counts.shape[1:] == (NUM_BINS,) and len(counts) == n and exps.shape == (n,)
+        and minmax.shape == (n, 2) and tallies.shape == (n, 3)
     )
     if not shapes_ok:
         raise CalibkitError(f"{p} is corrupt: histogram arrays have inconsistent shapes; recollect with --recollect")
@@ -133,7 +133,8 @@ def load(path: str | Path) -> HistogramSet:
                 raise CalibkitError(f"{p} is not a calibkit histogram file (no metadata); pass the histograms.npz calibkit wrote")
             meta = json.loads(bytes(z["meta"]).decode())
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                raise CalibkitError(f"{p} is not a calibkit histogram file (format {meta.get('format')!r})")
+                got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+                raise CalibkitError(f"{p} is not a calibkit histogram file (format {got!r}); pass the histograms.npz calibkit wrote")
             shards = meta.get("shards", [])
             shards_ok = isinstance(shards, list) and all(isinstance(x, list) and len(x) == 2 and all(isinstance(v, str) for v in x) for x in shards)
             ints_ok = all(isinstance(meta.get(k, 0), int) and not isinstance(meta.get(k, 0), bool) for k in ("version", "samples", "dropped_samples"))

@@ -95,7 +95,7 @@ def test_mean_of_the_wrong_length(cli, tmp_path):
     for i in range(3):
         Image.fromarray(np.full((8, 8, 3), i * 40, np.uint8)).save(imgs / f"{i}.png")
     line = _one_line_error(_run(cli, "calibrate", models.conv_net(tmp_path / "rgb.onnx"), "--data", imgs, "--mean", "1,2", "-o", tmp_path / "o"))
-    assert "mean has 2 values" in line
+    assert "mean must be 1 or 3" in line
 
 
 def _calibrated(cli, tmp_path, conv_model, conv_data):

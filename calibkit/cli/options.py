@@ -59,10 +59,13 @@ def preprocess_from(kw: dict) -> Preprocess:
     d = base.to_dict()
     size = kw.pop("size", None)
     if size:
-        vals = _floats(size, "--size")
+        try:
+            vals = [int(v) for v in size.split(",")]
+        except ValueError:
+            vals = []
         if len(vals) != 2:
-            raise CalibkitError(f"--size {size!r}: expected H,W")
-        d["size"] = [int(v) for v in vals]
+            raise CalibkitError(f"--size {size!r}: expected two whole numbers H,W (e.g. 224,224)")
+        d["size"] = vals
     for key, opt in (("resize", "resize"), ("pixel_scale", "scale"), ("channels", "channels"), ("layout", "layout")):
         v = kw.pop(key, None)
         if v is not None:

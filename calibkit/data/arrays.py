@@ -99,6 +99,8 @@ class NpySource:
         self.description = f"npy {path}"
         try:
             self._array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except EOFError:
+            raise CalibkitError(f"{path} is empty, not a .npy array; re-save it with numpy.save") from None
         except (ValueError, OSError) as exc:
             raise CalibkitError(f"{path} is not a valid .npy array ({exc}); re-save it with numpy.save") from None
         if self._array.ndim == 0:

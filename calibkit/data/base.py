@@ -14,6 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from calibkit.errors import CalibkitError
+
 Feed = dict[str, np.ndarray]
 
 
@@ -60,8 +62,17 @@ class IterableSource:
 
     def batches(self) -> Iterator[Feed]:
         it = self._data() if callable(self._data) else self._data
-        for feed in it:
-            yield {k: np.asarray(v) for k, v in feed.items()}
+        for i, feed in enumerate(it):
+            if not isinstance(feed, dict):
+                raise CalibkitError(f"{self.description} yielded {type(feed).__name__} (item {i}); expected a dict {{input_name: array}}")
+            out = {}
+            for k, v in feed.items():
+                try:
+                    out[k] = np.asarray(v)
+                except (ValueError, TypeError) as exc:  # ragged lists, unconvertible objects
+                    why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    raise CalibkitError(f"{self.description}: input {k!r} of item {i} is not an array ({why}); yield numpy arrays shaped [N, ...]") from None
+            yield out
 
     def fingerprint(self) -> str | None:
         return None

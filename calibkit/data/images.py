@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,34 +41,46 @@ class Preprocess:
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.channels not in CHANNELS:
+        if not isinstance(self.channels, str) or self.channels not in CHANNELS:
             raise CalibkitError(f"preprocess channels {self.channels!r} must be one of {', '.join(CHANNELS)}")
-        if self.layout not in LAYOUTS:
+        if not isinstance(self.layout, str) or self.layout not in LAYOUTS:
             raise CalibkitError(f"preprocess layout {self.layout!r} must be one of {', '.join(LAYOUTS)}")
+        if self.size is not None and not (isinstance(self.size, tuple) and len(self.size) == 2 and all(_int(v) and v > 0 for v in self.size)):
+            raise CalibkitError(f"preprocess size must be two positive ints H,W; got {_show(self.size)}")
+        if self.resize is not None and not (_int(self.resize) and self.resize > 0):
+            raise CalibkitError(f"preprocess resize must be a positive int (the shorter side, in pixels) or null; got {_show(self.resize)}")
+        if not _number(self.scale):
+            raise CalibkitError(f"preprocess scale must be a finite number (e.g. 0.00392156862745098 for 1/255); got {_show(self.scale)}")
+        n = 1 if self.channels == "L" else 3
+        for key in ("mean", "std"):
+            v = getattr(self, key)
+            if not (isinstance(v, tuple) and len(v) in (1, n) and all(_number(x) for x in v)):
+                raise CalibkitError(f"preprocess {key} must be 1 or {n} finite numbers for channels {self.channels}; got {_show(v)}")
         if any(s == 0 for s in self.std):
             raise CalibkitError("preprocess std must not contain 0")
-        channels = 1 if self.channels == "L" else 3
-        for key in ("mean", "std"):
-            vals = getattr(self, key)
-            if len(vals) not in (1, channels):
-                raise CalibkitError(f"preprocess {key} has {len(vals)} values but channels {self.channels} needs 1 or {channels}; e.g. --{key} {','.join(['0.5'] * channels)}")
-        if self.size is not None and (len(self.size) != 2 or min(self.size) <= 0):
-            raise CalibkitError(f"preprocess size must be two positive ints H,W; got {self.size}")
 
     @classmethod
     def from_file(cls, path: str | Path) -> Preprocess:
         p = Path(path)
         try:
-            raw = json.loads(p.read_text())
+            raw = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise CalibkitError(f"preprocess file {p} not found") from None
+        except IsADirectoryError:
+            raise CalibkitError(f"preprocess file {p} is a directory; pass the preprocess .json file") from None
         except json.JSONDecodeError as exc:
             raise CalibkitError(f"preprocess file {p} is not valid JSON: line {exc.lineno}: {exc.msg}") from None
+        except (ValueError, RecursionError) as exc:  # not UTF-8, a > 4300-digit integer, nesting too deep
+            raise CalibkitError(f"preprocess file {p} is not valid JSON ({type(exc).__name__}); write it as a JSON object") from None
+        except OSError as exc:
+            raise CalibkitError(f"cannot read preprocess file {p}: {exc.strerror}") from None
         return cls.from_dict(raw, where=str(p))
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "preprocess") -> Preprocess:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        if not isinstance(raw, dict):
+            raise CalibkitError(f"{where}: expected a JSON object with keys {', '.join(sorted(known))}; got {type(raw).__name__}")
         unknown = sorted(set(raw) - known)
         if unknown:
             raise CalibkitError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
@@ -75,7 +88,15 @@ class Preprocess:
         for k in ("size", "mean", "std"):
             if k in vals and vals[k] is not None:
                 vals[k] = tuple(vals[k]) if isinstance(vals[k], (list, tuple)) else (vals[k],)
-        return cls(**vals)
+        for k in ("mean", "std", "scale", "channels", "layout"):  # null: the default
+            if k in vals and vals[k] is None:
+                del vals[k]
+        try:
+            return cls(**vals)
+        except CalibkitError as exc:
+            if where == "preprocess":
+                raise
+            raise CalibkitError(f"{where}: {exc}") from None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -84,6 +105,19 @@ class Preprocess:
 
     def fingerprint(self) -> str:
         return "sha256:" + hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _show(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def list_images(root: Path) -> list[Path]:
