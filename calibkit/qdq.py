@@ -130,6 +130,9 @@ def export_qdq(
         staged.parent.mkdir()
         _quantize(src, staged, ops, skipped, extra, cache, external)
         qdq = onnx.load(str(staged), load_external_data=False)
+        if placement == "trt":
+            quantized = {n.name for n in named.graph.node if n.op_type in ops and n.name not in skipped} | set(joins)
+            qdq_post.float_consumers(qdq, quantized)
         if joins and qdq_post.quantize_residuals(qdq, joins, amax):
             done.append(f"{len(joins)} residual Add inputs quantized (Conv+Add fusion)")
         if half and qdq_post.float16_scales(qdq, half):

@@ -115,3 +115,26 @@ def quantize_residuals(qdq: onnx.ModelProto, joins: dict[str, str], amax: dict[s
         del g.node[:]
         g.node.extend(order)
     return changed
+
+
+def float_consumers(qdq: onnx.ModelProto, quantized: set[str]) -> int:
+    """Let nodes outside ``quantized`` read the float tensor, not its dequantized copy.
+
+    ONNX Runtime's quantizer points every consumer of a quantized tensor at the
+    DequantizeLinear output; with TensorRT placement only the quantized ops (and residual
+    joins) should see INT8 values, as in a QAT export where the fake-quant sits on the op's
+    input. Returns how many inputs were pointed back at the float tensor.
+    """
+    g = qdq.graph
+    q_src = {n.output[0]: n.input[0] for n in g.node if n.op_type == "QuantizeLinear"}
+    float_of = {n.output[0]: q_src[n.input[0]] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in q_src}
+    outputs = {o.name for o in g.output}
+    changed = 0
+    for node in g.node:
+        if node.name in quantized or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(node.input):
+            if name in float_of and float_of[name] not in outputs:
+                node.input[i] = float_of[name]
+                changed += 1
+    return changed
