@@ -97,6 +97,9 @@ def quantize_residuals(qdq: onnx.ModelProto, joins: dict[str, str], amax: dict[s
     changed = 0
     for add_name, skip in joins.items():
         add = by_name.get(add_name)
+        if add is not None and skip in dq_of and dq_of[skip] in add.input:
+            changed += 1  # ORT already points the join at the tensor's pair
+            continue
         if add is None or skip not in add.input:
             continue
         if skip not in dq_of:

@@ -79,3 +79,31 @@ def test_float_consumers_read_float(attention, tmp_path):
     by_name = {n.name: n for n in q.graph.node}
     assert by_name["k_t"].input[0] == "k"  # Transpose is not quantized
     assert by_name["pv"].input[1].endswith("DequantizeLinear_Output")
+
+
+def test_conv_residual_add_quantizes_the_skip_input(tmp_path):
+    """Conv + Add join: the skip input gets its own Q/DQ pair (TensorRT's Conv+Add fusion),
+    the Conv output stays float; the ORT placement does not add it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Sigmoid", ["x"], ["s"], name="gate"),
+             helper.make_node("Add", ["c", "s"], ["y"], name="join")]
+    g = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "res.onnx"))
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(1).normal(0, 1, (8, 3, 4, 4)).astype(np.float32))
+    calibrate(tmp_path / "res.onnx", tmp_path / "x.npz", output_dir=tmp_path / "cal", method="minmax")
+    table = scales_io.read(tmp_path / "cal" / "scales.json")
+    notes: list[str] = []
+    q = onnx.load(str(export_qdq(tmp_path / "res.onnx", table.amax(), tmp_path / "q.onnx", notes=notes)))
+    assert any("residual Add" in n for n in notes)
+    join = next(n for n in q.graph.node if n.name == "join")
+    prod = producers(q)
+    assert join.input[0] == "c" and prod[join.input[1]] == "DequantizeLinear"
+    assert np.float32(activation_qdq(q)["s"][1]) == np.float32(table.tensors["s"]["scale"])
+    q_ort = onnx.load(str(export_qdq(tmp_path / "res.onnx", table.amax(), tmp_path / "o.onnx", placement="ort")))
+    assert "s_residual_QuantizeLinear" not in {n.name for n in q_ort.graph.node}
