@@ -18,19 +18,18 @@ import contextlib
 import json
 import logging
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
 import onnx
 
 from calibkit import ort_tensors
-from calibkit.atomic import write_with
 from calibkit.errors import CalibkitError
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 ORT_EXTRA_OPS = ("Add", "Mul", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Concat")
 PLACEMENTS = ("trt", "ort")
+FP16_MIN_OPSET = 19  # QuantizeLinear takes float16 input (and a float16 scale) from opset 19
 
 
 @contextlib.contextmanager
@@ -71,21 +70,34 @@ def excluded_nodes(model: onnx.ModelProto, pattern: str | None) -> list[str]:
 
 
 def export_qdq(
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | str | Path,
     amax: dict[str, float],
     out_path: str | Path,
     placement: str = "trt",
     exclude_nodes: str | None = None,
     exclude_op_types: list[str] | None = None,
     tx=None,
+    notes: list[str] | None = None,
 ) -> Path:
-    """Write the Q/DQ model atomically; returns its path."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import CalibrationMethod
+    """Write the Q/DQ model atomically (with ``<name>.data`` beside it for external-data or
+    large models); returns its path. ``model`` is a ModelProto or the path of an .onnx file
+    (then its weights are never loaded here). ``notes`` collects what was normalised."""
+    from calibkit import graph_forms, qdq_io, qdq_post
 
     if placement not in PLACEMENTS:
         raise CalibkitError(f"--placement {placement!r} must be one of {', '.join(PLACEMENTS)}")
-    named = name_nodes(model)
+    source_dir = None
+    if not isinstance(model, onnx.ModelProto):
+        source_dir = Path(model).parent
+        model = qdq_io.read_light(model)
+    external = bool(qdq_io.external_locations(model)) or qdq_io.tensor_bytes(model) > qdq_io.LARGE_BYTES
+    prepared, done = graph_forms.prepare(model)
+    named = name_nodes(prepared)
+    half = qdq_post.fp16_activations(named)
+    if half:
+        named, old = graph_forms.upgrade_opset(named, FP16_MIN_OPSET)
+        if old is not None:
+            done.append(f"opset {old} converted to {FP16_MIN_OPSET} for float16 Q/DQ")
     skip_types = set(exclude_op_types or [])
     known = set(COMPUTE_OPS) | set(ORT_EXTRA_OPS)
     unknown = sorted(skip_types - known)
@@ -107,39 +119,54 @@ def export_qdq(
     target = Path(out_path)
     if target.is_dir():
         raise CalibkitError(f"output {target} is a directory; pass a file path for the Q/DQ model")
+    skipped = excluded_nodes(named, exclude_nodes)
+    skip_conv = set(skipped) | {n.name for n in named.graph.node if n.op_type in skip_types}
+    joins = qdq_post.residual_inputs(named, amax, skip_conv) if placement == "trt" else {}
     with tempfile.TemporaryDirectory(prefix="calibkit-qdq-") as tmp:
         cache = Path(tmp) / "ranges.json"
         cache.write_text(json.dumps(ort_tensors.tensors_data_dict(amax)))
-        staged = Path(tmp) / "model.qdq.onnx"
-        try:
-            with _quiet():
-                quantize_static(
-                    named,
-                    str(staged),
-                    None,
-                    quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8,
-                    per_channel=True,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    op_types_to_quantize=ops,
-                    nodes_to_exclude=excluded_nodes(named, exclude_nodes),
-                    extra_options=extra,
-                    calibration_cache_path=str(cache),
-                )
-        except (KeyError, ValueError) as exc:
-            raise CalibkitError(f"ONNX Runtime's quantizer refused the model: {str(exc).strip().splitlines()[0]}; recalibrate this model (scales from another graph?)") from None
-        qdq = onnx.load(str(staged))
-        try:
-            onnx.checker.check_model(qdq)
-        except onnx.checker.ValidationError as exc:
-            raise CalibkitError(f"the exported Q/DQ model fails onnx.checker: {str(exc).splitlines()[0]}") from None
-        return write_with(target, lambda fh: _copy(staged, fh), tx)
+        src = qdq_io.stage_input(named, source_dir, Path(tmp) / "in")
+        staged = Path(tmp) / "out" / target.name
+        staged.parent.mkdir()
+        _quantize(src, staged, ops, skipped, extra, cache, external)
+        qdq = onnx.load(str(staged), load_external_data=False)
+        if placement == "trt":
+            quantized = {n.name for n in named.graph.node if n.op_type in ops and n.name not in skipped} | set(joins)
+            qdq_post.float_consumers(qdq, quantized)
+        if joins and qdq_post.quantize_residuals(qdq, joins, amax):
+            done.append(f"{len(joins)} residual Add inputs quantized (Conv+Add fusion)")
+        if half and qdq_post.float16_scales(qdq, half):
+            done.append("float16 activation scales (float16 graph)")
+        onnx.save_model(qdq, str(staged))
+        qdq_io.check_written(staged)
+        if notes is not None:
+            notes.extend(done)
+        return qdq_io.publish(staged, target, tx)
 
 
-def _copy(src: Path, fh) -> None:
-    with open(src, "rb") as s:
-        shutil.copyfileobj(s, fh, 1 << 20)
+def _quantize(src: Path, staged: Path, ops, skipped, extra, cache: Path, external: bool) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationMethod
+
+    try:
+        with _quiet():
+            quantize_static(
+                str(src),
+                str(staged),
+                None,
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                calibrate_method=CalibrationMethod.MinMax,
+                op_types_to_quantize=ops,
+                nodes_to_exclude=skipped,
+                extra_options=extra,
+                calibration_cache_path=str(cache),
+                use_external_data_format=external,
+            )
+    except (KeyError, ValueError) as exc:
+        raise CalibkitError(f"ONNX Runtime's quantizer refused the model: {str(exc).strip().splitlines()[0]}; recalibrate this model (scales from another graph?)") from None
 
 
 def needed_activations(model: onnx.ModelProto, ops) -> list[str]:

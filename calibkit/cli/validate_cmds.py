@@ -187,19 +187,34 @@ def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt
 @click.option("--force", is_flag=True, help="Accept scales whose model fingerprint differs.")
 @user_errors
 def export_qdq(model, scales, output, placement, exclude_nodes, exclude_op_types, force) -> None:
-    """Write a Q/DQ (explicitly quantized) ONNX model from calibkit scales."""
+    """Write a Q/DQ (explicitly quantized) ONNX model from calibkit scales.
+
+    Constant-node weights and opsets below 13 are normalised in a copy; float16 graphs get
+    float16 scales; models with external data (or large ones) are written with
+    ``OUTPUT.data`` beside the output. The result must pass onnx.checker and load in ONNX
+    Runtime, or nothing is written.
+    """
+    import time
+
     import onnx
 
     from calibkit import scales as scales_io
     from calibkit.cli.progress import out
-    from calibkit.onnx_model import check_fingerprint, fingerprint_file, load
+    from calibkit.onnx_model import check_fingerprint, fingerprint_file
     from calibkit.qdq import activation_qdq
     from calibkit.qdq import export_qdq as run
+    from calibkit.qdq_io import read_light
 
-    proto = load(model)
+    start = time.perf_counter()
+    read_light(model)  # one-line errors for a missing or unreadable model
     table = scales_io.read(scales)
     check_fingerprint(table.meta.get("model", {}).get("fingerprint"), fingerprint_file(model), f"scales {scales}", force)
     ops = [o.strip() for o in exclude_op_types.split(",")] if exclude_op_types else None
-    path = run(proto, table.amax(), output, placement=placement, exclude_nodes=exclude_nodes, exclude_op_types=ops)
-    q = activation_qdq(onnx.load(str(path)))
-    out.print(f"wrote {path}: {len(q)} quantized activations ({placement} placement, method {table.method}), weights per-channel INT8")
+    notes: list[str] = []
+    path = run(model, table.amax(), output, placement=placement, exclude_nodes=exclude_nodes, exclude_op_types=ops, notes=notes)
+    q = activation_qdq(onnx.load(str(path), load_external_data=False))
+    data = Path(f"{path}.data")
+    for note in notes:
+        out.print(f"note: {note}")
+    extra = f" + {data.name}" if data.exists() else ""
+    out.print(f"wrote {path}{extra}: {len(q)} quantized activations ({placement} placement, method {table.method}), weights per-channel INT8, {time.perf_counter() - start:.1f} s")

@@ -1,0 +1,58 @@
+"""Q/DQ export on the real corpus models whose form it must handle: Paddle2ONNX Constant weights
+(ppocrv4_*), opset 11 (ddddocr_det), attention MatMuls (minilm_l6, ppocrv4_rec), external data
+(mtcnn_onet), float16 (mtcnn_rnet_fp16). The model must pass onnx.checker, load and run in ORT."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_qdq_transformer import check_trt_placement  # noqa: E402
+
+from calibkit import scales as scales_io  # noqa: E402
+from calibkit.pipeline import calibrate  # noqa: E402
+from calibkit.qdq import activation_qdq, export_qdq  # noqa: E402
+
+CASES = {
+    "ppocrv4_det": {"note": "Constant nodes"},
+    "ppocrv4_rec": {"note": "Constant nodes", "act_matmul": 4},
+    "ddddocr_det": {"note": "opset 11 converted to 13"},
+    "minilm_l6": {"act_matmul": 12},
+    "mtcnn_onet": {"external": True},
+    "mtcnn_rnet_fp16": {"note": "float16"},
+}
+
+
+def test_qdq_export_forms(corpus_model, model_files, tmp_path):  # corpus_model: parametrised by conftest
+    if corpus_model["name"] not in CASES:
+        pytest.skip("no Q/DQ graph form of interest (covered by test_corpus)")
+    model, calib, val = model_files
+    case = CASES[corpus_model["name"]]
+    calibrate(model, calib, output_dir=tmp_path / "cal", device="cpu")
+    table = scales_io.read(tmp_path / "cal" / "scales.json")
+    notes: list[str] = []
+    out = export_qdq(model, table.amax(), tmp_path / "m.qdq.onnx", notes=notes)
+    if "note" in case:
+        assert any(case["note"] in n for n in notes), notes
+    assert (tmp_path / "m.qdq.onnx.data").exists() == case.get("external", False)
+    onnx.checker.check_model(str(out))
+    q = onnx.load(str(out))
+    counts = check_trt_placement(onnx.load(str(model)), q, {t: v["scale"] for t, v in table.tensors.items()} if "float16" not in case.get("note", "") else _half(table))
+    if "act_matmul" in case:
+        assert counts["act_matmul"] >= case["act_matmul"]
+    assert activation_qdq(q)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    data = np.load(val)
+    feed = {i.name: data[i.name][:1] for i in sess.get_inputs()}
+    outs = sess.run(None, feed)
+    assert all(np.all(np.isfinite(o.astype(np.float64))) for o in outs if np.issubdtype(o.dtype, np.floating))
+
+
+def _half(table) -> dict[str, float]:
+    return {t: float(np.float16(v["scale"])) for t, v in table.tensors.items()}
