@@ -87,8 +87,9 @@ class TensorHistogram:
             return 0.0
         return max(-self.min, self.max, 0.0)
 
-    def update(self, x: np.ndarray) -> None:
-        """Reduce one batch of values into the histogram; ``x`` is not kept."""
+    def update(self, x: np.ndarray, weight: int = 1) -> None:
+        """Reduce one batch of values into the histogram; ``x`` is not kept. ``weight`` counts
+        every value that many times (a tensor computed once per run for ``weight`` samples)."""
         flat = np.asarray(x).reshape(-1)
         if flat.size == 0:
             return
@@ -98,15 +99,15 @@ class TensorHistogram:
         if not (math.isfinite(lo) and math.isfinite(hi)):
             finite = np.isfinite(flat)
             nan = int(np.isnan(flat).sum())
-            self.nan += nan
-            self.inf += int(flat.size - finite.sum()) - nan
+            self.nan += nan * weight
+            self.inf += (int(flat.size - finite.sum()) - nan) * weight
             flat = flat[finite]
             if flat.size == 0:
                 return
             lo, hi = flat.min(), flat.max()
         self.min = min(self.min, float(lo))
         self.max = max(self.max, float(hi))
-        self.count += int(flat.size)
+        self.count += int(flat.size) * weight
         e = range_exponent(max(-float(lo), float(hi)))
         if e > self.exp:
             self.counts = fold(self.counts, e - self.exp)
@@ -115,7 +116,8 @@ class TensorHistogram:
         np.abs(flat, out=a)
         np.multiply(a, a.dtype.type(math.ldexp(1.0, BINS_LOG2 - self.exp)), out=a)
         np.copyto(idx, a, casting="unsafe")  # truncation == floor for |x| >= 0
-        self.counts += np.bincount(idx, minlength=NUM_BINS)
+        binned = np.bincount(idx, minlength=NUM_BINS)
+        self.counts += binned if weight == 1 else binned * weight
 
     def merge(self, other: TensorHistogram) -> TensorHistogram:
         """In-place exact merge of ``other`` into ``self``; returns ``self``."""

@@ -17,7 +17,7 @@ from calibkit import methods, ort_tensors, store
 from calibkit.collect import Collection, collect
 from calibkit.data import FeedStats, Preprocess, applied_preprocess, open_source, preprocess_fingerprint, run_batches
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import check_fingerprint, fingerprint_file, input_specs, load
+from calibkit.onnx_model import check_fingerprint, fingerprint_file, has_external, input_specs, load
 from calibkit.publish import Transaction
 from calibkit.scales import ScaleTable, check_table, compute
 
@@ -35,12 +35,12 @@ class CalibrateResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _data_fingerprint(source, specs, run_batch: int) -> str:
+def _data_fingerprint(source, specs, run_batch: int, feed_opts: dict) -> str:
     fp = source.fingerprint()
     if fp is not None:
         return fp
     stats = FeedStats()
-    for _ in run_batches(source, specs, run_batch or 64, stats):
+    for _ in run_batches(source, specs, run_batch or 64, stats, rebatch=feed_opts["rebatch"], max_samples=feed_opts["max_samples"]):
         pass
     return "streamed:" + stats.streamed_fingerprint()
 
@@ -61,10 +61,15 @@ def calibrate(
     device: str = "auto",
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
+    batch_axes: dict[str, int | None] | None = None,
+    rebatch: bool = True,
+    max_samples: int | None = None,
 ) -> CalibrateResult:
+    """``batch_axes``: input -> sample axis (None: passed whole), overriding what the model
+    says; ``rebatch=False`` runs the source's feeds as given; ``max_samples`` stops the stream."""
     t0 = time.perf_counter()
     model_path = Path(model)
-    proto = load(model_path)
+    proto = load(model_path, keep_external=True)  # weights stay on disk: ORT reads them
     model_fp = fingerprint_file(model_path)
     methods.get(method)
     if cache_algorithm not in trt_cache.ALGORITHMS:
@@ -72,7 +77,8 @@ def calibrate(
     version = trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION
     version_code = trt_cache.encode_version(version)
     with Transaction(Path(output_dir), "calibrate") as tx:
-        hset, reused, collection, fresh = _histograms(tx, model_path, proto, model_fp, data, histograms, batch_size, preprocess, recollect, force, device, progress, on_source)
+        feed_opts = {"batch_axes": batch_axes or {}, "rebatch": rebatch, "max_samples": max_samples}
+        hset, reused, collection, fresh = _histograms(tx, model_path, proto, model_fp, data, histograms, batch_size, preprocess, recollect, force, device, progress, on_source, feed_opts)
         t_collect = time.perf_counter()
         table = compute(hset, method, config)
         t_thresh = time.perf_counter()
@@ -103,6 +109,7 @@ def stage_scales(table: ScaleTable, hset: store.HistogramSet, model_path: Path, 
         "data": {"fingerprint": hset.meta.get("data_fingerprint"), "source": hset.meta.get("data"), "samples": hset.samples},
         "preprocess": ({"fingerprint": hset.meta.get("preprocess_fingerprint"), **hset.meta["preprocess"]} if hset.meta.get("preprocess") else None),
         "cache": {"file": cache_name, "header": cache.header()},
+        "uncalibrated": dict(hset.meta.get("uncalibrated") or {}),
     }
     check_table(table)  # nothing is published unless every value is usable
     return {
@@ -117,13 +124,18 @@ def write_scales(tx: Transaction, staged: dict, directory: Path) -> dict[str, Pa
     return {kind: tx.write_text(directory / name, text) for kind, (name, text) in staged.items()}
 
 
-def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, preprocess, recollect, force, device, progress, on_source):
+def _feed_meta(feed_opts: dict) -> dict:
+    axes = {k: ("none" if v is None else v) for k, v in sorted(feed_opts["batch_axes"].items())}
+    return {"batch_axes": axes, "rebatch": feed_opts["rebatch"], "max_samples": feed_opts["max_samples"]}
+
+
+def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, preprocess, recollect, force, device, progress, on_source, feed_opts):
     """(histogram set, why it was reused or None, the Collection or None, whether it is new)."""
     if histograms is not None:
         hset = store.load(histograms)
         check_fingerprint(hset.meta.get("model_fingerprint"), model_fp, f"histograms {histograms}", force)
         return hset, f"stored histograms {histograms}", None, False
-    specs = input_specs(proto)
+    specs = input_specs(proto, feed_opts["batch_axes"])
     pre = preprocess or Preprocess()
     source = open_source(data, specs, pre)
     if on_source:
@@ -135,10 +147,15 @@ def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, pr
             old = store.load(hist_path)
         except CalibkitError:
             old = None
-        if old is not None and old.meta.get("model_fingerprint") == model_fp and old.meta.get("preprocess_fingerprint") == preprocess_fingerprint(source):
-            if old.meta.get("data_fingerprint") == _data_fingerprint(source, specs, run_batch):
+        same_feed = old is not None and all(old.meta.get(k, d) == v for (k, v), d in zip(_feed_meta(feed_opts).items(), ({}, True, None)))
+        if same_feed and old.meta.get("model_fingerprint") == model_fp and old.meta.get("preprocess_fingerprint") == preprocess_fingerprint(source):
+            if old.meta.get("data_fingerprint") == _data_fingerprint(source, specs, run_batch, feed_opts):
                 return old, f"{hist_path} (model, data and preprocessing fingerprints match; --recollect to redo)", None, False
-    collection = collect(proto, source, run_batch, device=device, progress=progress, model_name=model_path.name)
+    collection = collect(
+        proto, source, run_batch, device=device, progress=progress, model_name=model_path.name, specs=specs,
+        rebatch=feed_opts["rebatch"], max_samples=feed_opts["max_samples"],
+        external_dir=str(model_path.parent) if has_external(proto) else None,
+    )
     stats = collection.stats
     applied = applied_preprocess(source)
     hset = store.HistogramSet(
@@ -152,6 +169,9 @@ def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, pr
             "preprocess_fingerprint": preprocess_fingerprint(source),
             "samples": stats.samples,
             "dropped_samples": stats.dropped,
+            **_feed_meta(feed_opts),
+            "samples_limited": stats.limited,
+            "uncalibrated": collection.uncalibrated,
         },
     )
     return hset, None, collection, True

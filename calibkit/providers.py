@@ -44,14 +44,19 @@ def providers_for(device: str = "auto") -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def session(model: onnx.ModelProto | bytes, device: str = "auto", threads: int = 0, where: str = "model"):
-    """An InferenceSession on the chosen provider, quiet unless something is wrong."""
+def session(model: onnx.ModelProto | bytes, device: str = "auto", threads: int = 0, where: str = "model", external_dir: str | None = None):
+    """An InferenceSession on the chosen provider, quiet unless something is wrong.
+
+    ``external_dir``: the folder the model's external-data references are relative to (the
+    model was loaded with its weights left on disk; only the small graph is serialised)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    if external_dir is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_dir))
     data = model if isinstance(model, bytes) else model.SerializeToString()
     providers: list = providers_for(device)
     if "CUDAExecutionProvider" in providers:

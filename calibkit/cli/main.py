@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from calibkit import __version__
-from calibkit.cli.options import data_options, method_from, method_options, preprocess_from, user_errors
+from calibkit.cli.options import data_options, feed_from, feed_options, method_from, method_options, preprocess_from, user_errors
 
 DEMO_OUT = "calibkit-demo"
 
@@ -26,6 +26,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @data_options
+@feed_options
 @method_options
 @click.option("--histograms", type=click.Path(dir_okay=False), help="Re-threshold stored histograms (no inference).")
 @click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), help="Output directory (default: current dir; the bare demo writes ./calibkit-demo).")
@@ -60,6 +61,7 @@ def calibrate(model, output_dir, histograms, recollect, force, trt_version, cach
         err.print(f"calibkit: no model given: calibrating the shipped demo {demo.MODEL.name} on {demo.CALIB}")
     method, cfg = method_from(kw)
     pre = preprocess_from(kw)
+    feed = feed_from(kw)
     data = kw.pop("data")
     if data is None and histograms is None:
         raise click.UsageError("give --data (or --histograms to re-threshold stored histograms)")
@@ -79,9 +81,16 @@ def calibrate(model, output_dir, histograms, recollect, force, trt_version, cach
             cache_algorithm=cache_algorithm,
             device=kw["device"],
             progress=update,
-            on_source=lambda s: set_total(s.num_samples()),
+            on_source=lambda s: set_total(_total(s.num_samples(), feed["max_samples"])),
+            **feed,
         )
     print_calibration(result)
+
+
+def _total(known: int | None, limit: int | None) -> int | None:
+    if limit is None:
+        return known
+    return limit if known is None else min(known, limit)
 
 
 @cli.command()

@@ -45,6 +45,28 @@ data_options = compose(
 )
 
 
+# How the data is cut into runs (calibrate; validate/compare/build can add them the same way).
+feed_options = compose(
+    click.option("--batch-axis", "batch_axis", multiple=True, metavar="INPUT:AXIS", help=(
+        "Sample axis of an input (repeatable or comma list), e.g. state:1; INPUT:none passes it whole "
+        "to every run (scalars, shared state). Default: from the model's dims."
+    )),
+    click.option("--no-rebatch", "no_rebatch", is_flag=True, help="Run each feed the data yields exactly as given (complete feeds from a loader script) instead of re-cutting batches."),
+    click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Stop after this many samples (an endless loader, a huge folder)."),
+)
+
+
+def feed_from(kw: dict) -> dict:
+    """--batch-axis/--no-rebatch/--max-samples -> calibrate() keyword arguments."""
+    from calibkit.batch_axes import parse_batch_axes
+
+    return {
+        "batch_axes": parse_batch_axes(kw.pop("batch_axis", ()) or ()),
+        "rebatch": not kw.pop("no_rebatch", False),
+        "max_samples": kw.pop("max_samples", None),
+    }
+
+
 def preprocess_from(kw: dict) -> Preprocess:
     """Build the Preprocess from --preprocess FILE, then override with explicit flags.
 

@@ -6,13 +6,16 @@ from pathlib import Path
 
 from calibkit.data.arrays import NpySource, NpzSource
 from calibkit.data.base import DataSource, Feed, IterableSource
-from calibkit.data.feed import FeedStats, run_batches
+from calibkit.data.feed import Batch, FeedStats, check_feed, run_batches
 from calibkit.data.images import ImageFolderSource, Preprocess, list_images
 from calibkit.data.script import ScriptSource
 from calibkit.errors import CalibkitError
 from calibkit.onnx_model import InputSpec
 
-__all__ = ["applied_preprocess", "is_image_folder", "preprocess_fingerprint", "resolve_preprocess", "DataSource", "Feed", "FeedStats", "IterableSource", "Preprocess", "open_source", "run_batches"]
+__all__ = [
+    "applied_preprocess", "is_image_folder", "preprocess_fingerprint", "resolve_preprocess", "Batch", "DataSource", "Feed",
+    "FeedStats", "IterableSource", "Preprocess", "check_feed", "open_source", "run_batches",
+]
 
 
 def _single(specs: list[InputSpec], what: str) -> InputSpec:
@@ -84,10 +87,10 @@ def open_source(data, specs: list[InputSpec], preprocess: Preprocess | None = No
             return ImageFolderSource(path, spec.name, preprocess or Preprocess(), spec.shape)
         npz = sorted(path.glob("*.npz"))
         if len(npz) == 1:
-            return NpzSource(npz[0])
+            return NpzSource(npz[0], specs=specs)
         raise CalibkitError(f"data folder {path} holds no images and no single .npz; point --data at the data itself")
     if path.suffix == ".npz":
-        return NpzSource(path)
+        return NpzSource(path, specs=specs)
     if path.suffix == ".npy":
         return NpySource(path, _single(specs, f"{path}").name)
     raise CalibkitError(f"data {path}: unsupported file type {path.suffix!r}; use a folder of images, .npz, .npy or a .py loader")

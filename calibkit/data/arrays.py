@@ -45,7 +45,12 @@ def _chunks(fh, shape, fortran, dtype, chunk: int, where: str) -> Iterator[np.nd
 
 
 class NpzSource:
-    def __init__(self, path: Path, chunk: int = 64) -> None:
+    """One array per input, keyed by name. Arrays with samples on axis 0 are streamed
+    ``chunk`` samples at a time; an input with its samples on another axis (``[2, N, 128]``
+    state) is read whole and sliced; an input without a sample axis (a 0-d scalar, shared
+    state) is passed whole with every chunk."""
+
+    def __init__(self, path: Path, chunk: int = 64, specs: list | None = None) -> None:
         self.path = path
         self.chunk = chunk
         self.description = f"npz {path}"
@@ -60,12 +65,22 @@ class NpzSource:
             raise CalibkitError(f"{path} is not a valid .npz archive; save it with numpy.savez") from None
         if not self.keys:
             raise CalibkitError(f"{path} holds no arrays; save one array per model input, keyed by input name")
-        counts = {k: (s[0] if s else 0) for k, s in self._shapes.items()}
-        if len(set(counts.values())) != 1:
-            raise CalibkitError(f"{path}: arrays disagree on the number of samples: {counts}")
+        given = {s.name: s.axis for s in specs or []}
+        self.axes: dict[str, int | None] = {}
+        for k, shape in self._shapes.items():
+            axis = given.get(k, 0) if shape else None
+            if axis is not None and axis >= len(shape):
+                raise CalibkitError(f"{path}[{k}] has shape {shape} but the model input has its samples on axis {axis}; re-save it as the model consumes it")
+            self.axes[k] = axis
+        counts = {k: self._shapes[k][a] for k, a in self.axes.items() if a is not None}
+        if len(set(counts.values())) > 1:
+            raise CalibkitError(
+                f"{path}: arrays disagree on the number of samples: {counts}; give each input's sample axis with --batch-axis NAME:AXIS (NAME:none to pass it whole)"
+            )
+        self._n = next(iter(counts.values()), 1)
 
     def num_samples(self) -> int | None:
-        return int(next(iter(self._shapes.values()))[0]) if self._shapes else 0
+        return int(self._n)
 
     def fingerprint(self) -> str | None:
         return hash_files([self.path])
@@ -74,21 +89,45 @@ class NpzSource:
         with zipfile.ZipFile(self.path) as zf:
             handles = {k: zf.open(k + ".npy") for k in self.keys}
             try:
-                gens = {}
+                gens: dict[str, Iterator[np.ndarray]] = {}
+                whole: dict[str, np.ndarray] = {}
                 for k, fh in handles.items():
-                    shape, fortran, dtype = _read_header(fh, f"{self.path}[{k}]")
-                    gens[k] = _chunks(fh, shape, fortran, dtype, self.chunk, f"{self.path}[{k}]")
-                while True:
+                    where = f"{self.path}[{k}]"
+                    shape, fortran, dtype = _read_header(fh, where)
+                    if self.axes[k] == 0:
+                        gens[k] = _chunks(fh, shape, fortran, dtype, self.chunk, where)
+                    else:
+                        whole[k] = _read_whole(fh, shape, fortran, dtype, where)
+                if not gens and not any(self.axes[k] is not None for k in whole):
+                    yield dict(whole)
+                    return
+                for start in range(0, self._n, self.chunk):
                     feed = {}
-                    for k, g in gens.items():
-                        part = next(g, None)
-                        if part is None:
-                            return
-                        feed[k] = part
+                    for k in self.keys:
+                        axis = self.axes[k]
+                        if axis == 0:
+                            part = next(gens[k], None)
+                            if part is None:
+                                return
+                            feed[k] = part
+                        elif axis is None:
+                            feed[k] = whole[k]
+                        else:
+                            index = [slice(None)] * whole[k].ndim
+                            index[axis] = slice(start, start + self.chunk)
+                            feed[k] = whole[k][tuple(index)]
                     yield feed
             finally:
                 for fh in handles.values():
                     fh.close()
+
+
+def _read_whole(fh, shape, fortran, dtype, where: str) -> np.ndarray:
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = fh.read(size)
+    if len(buf) != size:
+        raise CalibkitError(f"{where} is truncated; re-save it")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
 class NpySource:

@@ -42,13 +42,27 @@ def hash_files(paths: Iterable[Path], root: Path | None = None) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def hash_feed(h: hashlib._Hash, feed: Feed) -> None:
-    """Add one batch to a running hash sample by sample (so batching does not matter)."""
+def hash_feed(h: hashlib._Hash, feed: Feed, specs: list | None = None) -> None:
+    """Add one batch to a running hash sample by sample (so batching does not matter).
+
+    ``specs`` give each input's sample axis (default: axis 0); an input without one (a
+    scalar, shared state) is hashed whole into every sample."""
+    axes = {s.name: s.axis for s in specs} if specs is not None else {k: (0 if np.ndim(v) else None) for k, v in feed.items()}
     names = sorted(feed)
-    n = len(next(iter(feed.values()))) if feed else 0
+    n = getattr(feed, "samples", None)
+    if n is None:
+        n = next((feed[k].shape[axes[k]] for k in names if axes.get(k) is not None), 1) if feed else 0
+    whole = {}
+    for name in names:
+        if axes.get(name) is None:
+            a = np.ascontiguousarray(feed[name])
+            whole[name] = f"{name}|{a.dtype.str}|{a.shape}|whole|".encode() + hashlib.sha256(a.tobytes()).digest()
     for i in range(n):
         for name in names:
-            a = np.ascontiguousarray(feed[name][i])
+            if name in whole:
+                h.update(whole[name])
+                continue
+            a = np.ascontiguousarray(np.take(feed[name], i, axis=axes[name]))
             h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
             h.update(a.tobytes())
 
