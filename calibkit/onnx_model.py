@@ -68,6 +68,16 @@ def external_files(model: onnx.ModelProto, base: Path) -> list[Path]:
     return [base / loc for loc in sorted(locs)]
 
 
+def read_graph(p: Path) -> onnx.ModelProto:
+    """The model at ``p`` with external weights left on disk; one-line errors."""
+    if not p.is_file():
+        raise CalibkitError(f"model {p} not found; pass the path of an .onnx file")
+    try:
+        return onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf raises several types
+        raise CalibkitError(f"model {p} is not a readable ONNX file ({type(exc).__name__}); re-export it") from None
+
+
 def load(path: str | Path, keep_external: bool | None = None) -> onnx.ModelProto:
     """Read and check an ONNX model; every failure is a CalibkitError naming the file.
 
@@ -77,12 +87,7 @@ def load(path: str | Path, keep_external: bool | None = None) -> onnx.ModelProto
     weights exceed protobuf's 2 GiB is never serialised whole. The checker reads the file
     (its path form handles external data and large models)."""
     p = Path(path)
-    if not p.is_file():
-        raise CalibkitError(f"model {p} not found; pass the path of an .onnx file")
-    try:
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception as exc:  # protobuf raises several types
-        raise CalibkitError(f"model {p} is not a readable ONNX file ({type(exc).__name__}); re-export it") from None
+    model = read_graph(p)
     if not model.graph.node:
         raise CalibkitError(f"model {p} has an empty graph; re-export it")
     files = external_files(model, p.parent)

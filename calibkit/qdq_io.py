@@ -56,13 +56,10 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
 
 def read_light(path: str | Path) -> onnx.ModelProto:
     """The model at ``path`` without loading external data; one-line errors."""
+    from calibkit.onnx_model import read_graph
+
     p = Path(path)
-    if not p.is_file():
-        raise CalibkitError(f"model {p} not found; pass the path of an .onnx file")
-    try:
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception as exc:  # protobuf raises several types
-        raise CalibkitError(f"model {p} is not a readable ONNX file ({type(exc).__name__}); re-export it") from None
+    model = read_graph(p)
     for loc in external_locations(model):
         if not (p.parent / loc).is_file():
             raise CalibkitError(f"model {p} keeps weights in {loc}, which is not beside it; copy the data file next to the model")

@@ -86,9 +86,8 @@ def test_float64_values_beyond_float32(cli, tmp_path):
 
 
 def test_mean_of_the_wrong_length(cli, tmp_path):
-    from PIL import Image
-
     import models
+    from PIL import Image
 
     imgs = tmp_path / "imgs"
     imgs.mkdir()

@@ -26,7 +26,8 @@ import models
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, event, given, settings
+from fuzz_common import fuzz, note, outcome  # noqa: E402,F401
+from hypothesis import given
 from hypothesis import strategies as st
 
 import calibkit.cli.validate_cmds  # noqa: F401  (registers validate/compare/export-qdq)
@@ -43,31 +44,6 @@ SPECS = {"conv": input_specs(load(MODEL)), "two": input_specs(load(TWO))}
 DATA = TMP / "calib.npz"
 np.savez(DATA, x=np.random.default_rng(1).normal(0, 1, (6, 3, 4, 4)).astype(np.float32))
 SEQ = count()
-
-
-def fuzz(n: int):
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
-
-
-def note(what: str) -> None:
-    """Count outcomes for --hypothesis-show-statistics (a no-op outside a property)."""
-    try:
-        event(what)
-    except Exception:
-        pass
-
-
-def outcome(fn, *args):
-    """``fn(*args)``, or None when it raised a CalibkitError (whose message must be one line)."""
-    try:
-        result = fn(*args)
-        note("valid result")
-        return result
-    except CalibkitError as exc:
-        note("CalibkitError")
-        msg = str(exc)
-        assert msg and "\n" not in msg and "\r" not in msg, f"CalibkitError message is not one line: {msg!r}"
-        return None
 
 
 def feed_all(source_fn, specs, batch: int = 4):

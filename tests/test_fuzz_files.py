@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from fuzz_common import fuzz, note, outcome  # noqa: E402,F401
+from hypothesis import given
 from hypothesis import strategies as st
 
 from calibkit import cache, scales, store
@@ -39,31 +40,6 @@ from calibkit.errors import CalibkitError
 from calibkit.histogram import NUM_BINS, TensorHistogram
 
 TMP = Path(tempfile.mkdtemp(prefix="calibkit-fuzz-"))
-
-
-def fuzz(n: int):
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
-
-
-def note(what: str) -> None:
-    """Count outcomes for --hypothesis-show-statistics (a no-op outside a property)."""
-    try:
-        event(what)
-    except Exception:
-        pass
-
-
-def outcome(fn, *args):
-    """``fn(*args)``, or None when it raised a CalibkitError (whose message must be one line)."""
-    try:
-        result = fn(*args)
-        note("valid result")
-        return result
-    except CalibkitError as exc:
-        note("CalibkitError")
-        msg = str(exc)
-        assert msg and "\n" not in msg and "\r" not in msg, f"CalibkitError message is not one line: {msg!r}"
-        return None
 
 
 def put(name: str, data: bytes | str) -> Path:

@@ -17,7 +17,7 @@ import pytest
 from calibkit import demo
 from calibkit.validate.engine import CandidateResult, Evaluation
 from calibkit.validate.metrics import OutputMetrics, with_noise
-from calibkit.validate.results import Gates, ranks, rank, verdict
+from calibkit.validate.results import Gates, rank, ranks, verdict
 
 
 def _ev(cands, samples=100, task=None):

@@ -31,7 +31,8 @@ def print_calibration(result) -> None:
     out.print(table("calibration", ["", ""], rows, keep=1))
     clipped = most_clipped(t)
     if clipped:
-        out.print(table("most clipped tensors", ["tensor", "clipped", "amax", "max |x|"], [[n, f"{c:.4%}", f"{t.tensors[n]['amax']:.5g}", f"{t.tensors[n].get('absmax', float('nan')):.5g}"] for n, c in clipped]))
+        rows = [[n, f"{c:.4%}", f"{t.tensors[n]['amax']:.5g}", f"{t.tensors[n].get('absmax', float('nan')):.5g}"] for n, c in clipped]
+        out.print(table("most clipped tensors", ["tensor", "clipped", "amax", "max |x|"], rows))
     bad = nonfinite(t)
     if bad:
         out.print(table("tensors with NaN/Inf (excluded from histograms)", ["tensor", "NaN", "Inf"], [list(b) for b in bad]))

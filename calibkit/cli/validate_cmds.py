@@ -22,7 +22,7 @@ gate_options = compose(
     click.option("--fallback-sqnr", type=float, default=30.0, show_default=True, help="Layers under this local SQNR (dB) are advised to stay FP16."),
     click.option("--exclude-nodes", metavar="REGEX", help="Keep matching nodes in float in the INT8 candidates."),
     click.option("--force", is_flag=True, help="Accept scales/histograms whose model fingerprint differs."),
-    click.option("--allow-preprocess-mismatch", is_flag=True, help="Validate image data preprocessed differently from the calibration data (default: the calibration's preprocessing, and a difference is an error)."),
+    click.option("--allow-preprocess-mismatch", is_flag=True, help="Validate images preprocessed unlike the calibration data (default: the calibration's preprocessing; a difference is an error)."),
 )
 
 

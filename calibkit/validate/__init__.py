@@ -12,10 +12,10 @@ from typing import Any
 
 from calibkit import scales as scales_io
 from calibkit import store
-from calibkit.publish import Transaction
 from calibkit.data import Preprocess, resolve_preprocess
 from calibkit.errors import CalibkitError, ThresholdFailed
 from calibkit.onnx_model import check_fingerprint, fingerprint_file, load
+from calibkit.publish import Transaction
 from calibkit.validate import backends as B
 from calibkit.validate import results as R
 from calibkit.validate.engine import evaluate
