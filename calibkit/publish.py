@@ -222,8 +222,8 @@ def _verify_in(p: Path, directory: Path) -> None:
             f = directory / name
             if f.is_file() and sha256_file(f) != digest:
                 raise CalibkitError(
-                    f"{f} is not the file run {doc.get('run_id')} published beside {p.name} ({mf.name}): the set is mixed "
-                    f"(edited or overwritten by hand?); re-run `calibkit {doc.get('command', 'calibrate')}` into {directory}, "
+                    f"{f.name} in {directory} changed after run {doc.get('run_id')} published it with {p.name} (sha256 differs from {mf.name}): "
+                    f"the set is mixed (edited or overwritten by hand?); re-run `calibkit {doc.get('command', 'calibrate')}` into {directory}, "
                     f"or delete {mf} to use the files as they are"
                 )
 

@@ -76,6 +76,11 @@ def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 
                 f"tensor {name!r} reaches |x| = {h.amax:.4g}, beyond the float32 range: no INT8 scale can represent it; "
                 "fix the data (float64 input out of range?) or keep this tensor out of INT8"
             )
+        if h.count == 0 and (h.nan or h.inf):
+            raise CalibkitError(
+                f"tensor {name!r} held only NaN/Inf ({h.nan} NaN, {h.inf} Inf, no finite value) over the whole calibration data: "
+                "no scale can be derived; check the data and preprocessing (or the model) before calibrating"
+            )
         degenerate = not (math.isfinite(amax) and amax >= TINY_AMAX)
         if degenerate:
             amax = DEGENERATE_AMAX
@@ -120,7 +125,10 @@ def check_value(name: str, amax: Any, scale: Any, where: str) -> None:
         if not (_finite(scale) and scale > 0):
             raise CalibkitError(f"{where}: tensor {name!r} has scale {scale!r}; scales must be finite and > 0 (re-run calibrate)")
         if scale != int8_scale(amax):
-            raise CalibkitError(f"{where}: tensor {name!r} has scale {scale!r} but amax {amax!r} gives {int8_scale(amax)!r}; edit amax only (scale = amax / 127), or re-run calibrate")
+            raise CalibkitError(
+                f"{where}: tensor {name!r} has scale {scale!r} but amax {amax!r} gives {int8_scale(amax)!r} (scale = float32(amax) / 127 in float32); "
+                "when editing amax by hand, delete the tensor's \"scale\" field and it is derived, or re-run calibrate"
+            )
 
 
 def check_table(table: ScaleTable, where: str = "scales") -> None:

@@ -215,3 +215,23 @@ def test_cache_refuses_bad_names_and_values():
         Cache(101601, "EntropyCalibration2", {"a\u2028b": 0.1}).text()
     with pytest.raises(CalibkitError, match="finite and > 0"):
         Cache(101601, "EntropyCalibration2", {"a": float("inf")}).text()
+
+
+def test_all_nan_calibration_data_publishes_nothing(cli, tmp_path, conv_model):
+    np.savez(tmp_path / "nan.npz", x=np.full((4, 3, 8, 8), np.nan, np.float32))
+    line = _one_line_error(_run(cli, "calibrate", conv_model, "--data", tmp_path / "nan.npz", "-o", tmp_path / "o"))
+    assert "held only NaN/Inf" in line and not (tmp_path / "o").exists()
+
+
+def test_labels_must_be_one_class_id_per_sample(cli, tmp_path, conv_model, conv_data):
+    scales = _calibrated(cli, tmp_path, conv_model, conv_data)
+    np.save(tmp_path / "lab2d.npy", np.zeros((37, 2)))
+    line = _one_line_error(_run(cli, "validate", conv_model, "--scales", scales, "--data", conv_data, "--labels", tmp_path / "lab2d.npy",
+                                "--backends", "ort-int8", "--report", tmp_path / "r.html"))
+    assert "one integer class id per sample" in line
+
+
+@pytest.mark.parametrize("opt,val", [("--min-sqnr", "nan"), ("--min-cosine", "inf"), ("--min-cosine", "2"), ("--max-accuracy-drop", "-1")])
+def test_gate_values_must_be_finite(cli, tmp_path, conv_model, conv_data, opt, val):
+    r = cli("validate", conv_model, "--data", conv_data, "--backends", "ort-fp16", "--report", tmp_path / "r.html", opt, val, expect=2)
+    assert opt in r.stderr and "Traceback" not in r.stderr

@@ -162,3 +162,12 @@ def test_validate_pasted_command_runs(cli, tmp_path):
     for cmd in cmds:
         r = subprocess.run(cmd, shell=True, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
         assert r.returncode == 0, (cmd, r.stderr)
+
+
+def test_shuffled_labels_fail_the_accuracy_gate(cli, tmp_path):
+    scales = _demo_cal(cli, tmp_path)
+    lab = np.load(demo.VAL / "labels.npy")
+    np.save(tmp_path / "shuf.npy", np.random.default_rng(0).permutation(lab))
+    r = cli("validate", demo.MODEL, "--scales", scales, "--data", demo.VAL, "--labels", tmp_path / "shuf.npy", "--backends", "ort-int8",
+            "--report", tmp_path / "r.html", expect=3)
+    assert "accuracy cannot be judged" in r.stdout and "at chance level" in r.stdout

@@ -27,7 +27,14 @@ gate_options = compose(
 
 
 def _gates(kw):
+    import math
+
     from calibkit.validate import Gates
+
+    for key, lo, hi in (("min_cosine", -1.0, 1.0), ("min_sqnr", -math.inf, math.inf), ("max_accuracy_drop", 0.0, 100.0), ("fallback_sqnr", -math.inf, math.inf)):
+        v = kw.get(key)
+        if v is not None and not (math.isfinite(v) and lo <= v <= hi):
+            raise click.BadParameter(f"{v} is not a finite number" + (f" in [{lo:g}, {hi:g}]" if math.isfinite(lo) else ""), param_hint="--" + key.replace("_", "-"))
 
     return Gates(kw.pop("min_cosine"), kw.pop("max_accuracy_drop"), kw.pop("min_sqnr"), kw.pop("fallback_sqnr"))
 

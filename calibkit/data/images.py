@@ -49,8 +49,8 @@ class Preprocess:
             raise CalibkitError(f"preprocess size must be two positive ints H,W; got {_show(self.size)}")
         if self.resize is not None and not (_int(self.resize) and self.resize > 0):
             raise CalibkitError(f"preprocess resize must be a positive int (the shorter side, in pixels) or null; got {_show(self.resize)}")
-        if not _number(self.scale):
-            raise CalibkitError(f"preprocess scale must be a finite number (e.g. 0.00392156862745098 for 1/255); got {_show(self.scale)}")
+        if not _number(self.scale) or self.scale <= 0:
+            raise CalibkitError(f"preprocess scale must be a finite number > 0 (e.g. 0.00392156862745098 for 1/255); got {_show(self.scale)}")
         n = 1 if self.channels == "L" else 3
         for key in ("mean", "std"):
             v = getattr(self, key)

@@ -84,9 +84,14 @@ def _labels(path: str | None):
     if not p.is_file():
         raise CalibkitError(f"labels {p} not found")
     try:
-        return np.load(p, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
+        lab = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
         raise CalibkitError(f"labels {p} is not a readable .npy array ({exc})") from None
+    if lab.ndim == 2 and lab.shape[1] == 1:
+        lab = lab.reshape(-1)
+    if lab.ndim != 1 or lab.dtype.kind not in "iub":
+        raise CalibkitError(f"labels {p} is {lab.dtype}{list(lab.shape)}; --labels needs one integer class id per sample, shape [N] (use --metric for other targets)")
+    return lab
 
 
 def _class_output(names: list[str], ref: list[np.ndarray]) -> int:

@@ -77,22 +77,33 @@ def verdict(ev: Evaluation, r: CandidateResult, gates: dict) -> tuple[bool, list
             fails.append("max_accuracy_drop needs a task metric: pass --labels or --metric")
         elif not (math.isfinite(acc) and math.isfinite(ref_acc)):
             fails.append(f"accuracy is {acc} vs FP32 {ref_acc}: not a number (the metric returned NaN?)")
+        elif at_chance(ev):
+            fails.append("accuracy cannot be judged: " + at_chance(ev))
         elif _below(-(ref_acc - acc), -limit):
             fails.append(f"accuracy drop {ref_acc - acc:.2f} pp > {limit} pp (max_accuracy_drop)")
     return not fails, fails
 
 
+def at_chance(ev: Evaluation) -> str | None:
+    """Why FP32's top-1 accuracy is indistinguishable from guessing (within 3 binomial standard
+    errors of 1/classes), or None: then no accuracy verdict can be trusted."""
+    ref_acc = accuracy(ev, ev.reference)
+    if ev.task_metric != "top-1 accuracy vs labels" or ref_acc is None or not ev.classes or not ev.samples:
+        return None
+    p = 1.0 / ev.classes
+    limit = 100.0 * (p + 3.0 * math.sqrt(p * (1 - p) / ev.samples))
+    if ref_acc <= limit:
+        return (f"FP32 top-1 accuracy {ref_acc:.2f}% is at chance level ({100 * p:.2f}% for {ev.classes} classes, <= {limit:.2f}% on {ev.samples} samples): "
+                "check that --labels lists the samples in the data's order and that the data is preprocessed as for training")
+    return None
+
+
 def data_warnings(ev: Evaluation, cands: list[dict]) -> list[str]:
     """Signs that the validation data, not quantization, is wrong: shown as 'check your data'."""
     warn = []
-    ref_acc = accuracy(ev, ev.reference)
-    if ev.task_metric == "top-1 accuracy vs labels" and ref_acc is not None and ev.classes:
-        chance = 100.0 / ev.classes
-        if ref_acc <= 2 * chance:
-            warn.append(
-                f"FP32 top-1 accuracy {ref_acc:.2f}% is near or below chance ({chance:.2f}% for {ev.classes} classes): check the validation "
-                "data's preprocessing and that labels.npy lists the samples in the data's order"
-            )
+    chance = at_chance(ev)
+    if chance:
+        warn.append(chance)
     for c in cands:
         for name, o in c["outputs"].items():
             sq = o["sqnr_db"]
