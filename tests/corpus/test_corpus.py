@@ -51,8 +51,17 @@ def _feed(session, val_npz):
     return feed
 
 
-def test_calibrate_export_validate(corpus_model, model_files, corpus_cli, tmp_path):
+# Open gaps (issue 9): strict, so a fix turns them into failures that say "remove me".
+KNOWN_GAPS = {
+    name: "every Conv/MatMul is inside If branches; export-qdq quantizes the top-level graph only"
+    for name in ("silero_vad", "silero_vad_op18_ifless", "oww_silero_vad")
+}
+
+
+def test_calibrate_export_validate(corpus_model, model_files, corpus_cli, tmp_path, request):
     model, calib, val = model_files
+    if corpus_model["name"] in KNOWN_GAPS:
+        request.applymarker(pytest.mark.xfail(reason=KNOWN_GAPS[corpus_model["name"]], strict=True))
     out = tmp_path / "calib"
 
     cal = corpus_cli("calibrate", model, "--data", calib, "--method", "entropy", "-o", out, "--device", "cpu")
