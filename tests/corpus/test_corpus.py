@@ -12,6 +12,7 @@ import math
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 NOT_ACTIVATIONS = {"Constant"}
