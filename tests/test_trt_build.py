@@ -167,3 +167,23 @@ def test_fp16_model_from_prepare_matches_numpy_rounding(tmp_path, conv_model):
     w1 = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}["w1"]
     orig = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(conv_model)).graph.initializer}["w1"]
     assert w1.dtype == np.float16 and np.array_equal(w1, orig.astype(np.float16))
+
+
+def test_trtexec_10_checks_cache_layers_and_data(cli, tmp_path, conv_model, conv_data):
+    """From the new-user attack: TensorRT 10 commands are printed only for inputs that make sense."""
+    cli("calibrate", conv_model, "--data", conv_data, "-o", tmp_path / "cal")
+    cache = tmp_path / "cal" / "conv.cache"
+    bad = tmp_path / "bad.cache"
+    bad.write_text("garbage\n")
+    base = ["build", conv_model, "--engine", tmp_path / "e.plan", "--print-trtexec", "--trt-major", "10", "--int8"]
+    assert "bad header" in cli(*base, "--cache", bad, expect=1).stderr
+    other = tmp_path / "other.cache"
+    other.write_text("TRT-101601-EntropyCalibration2\nnot_here: 3c010a14\n")
+    assert "has no tensor of" in cli(*base, "--cache", other, expect=1).stderr
+    assert "no node named 'nosuch'" in cli(*base, "--cache", cache, "--keep-fp16", "nosuch", expect=1).stderr
+    assert "random inputs" in cli(*base, "--data", conv_data, expect=1).stderr
+    rep = tmp_path / "r.json"
+    rep.write_text('{"candidates": [{"fp16_fallback": {"nodes": "conv1"}}]}')
+    assert "must be a list" in cli(*base, "--cache", cache, "--from-report", rep, expect=1).stderr
+    ok = cli(*base, "--cache", cache, "--keep-fp16", "conv1")
+    assert "--layerPrecisions=conv1:fp16" in ok.stdout

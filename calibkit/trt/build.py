@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from calibkit.errors import CalibkitError
 from calibkit.trt import installed_version, require
 from calibkit.trt.prepare import prepare_v11
 from calibkit.trt.spec import BuildSpec
@@ -26,5 +27,7 @@ def build(spec: BuildSpec) -> dict:
 def trtexec_line(spec: BuildSpec, major: int) -> str:
     """The equivalent trtexec command; for 11.x the model it needs is prepared first."""
     spec.check()
+    if major < 11 and spec.int8 and spec.cache is None:
+        raise CalibkitError("trtexec cannot read --data: it would calibrate on random inputs; write a cache with `calibkit calibrate` and pass --cache")
     model: Path | None = prepare_v11(spec) if major >= 11 else None
     return command(spec, major, model)

@@ -50,7 +50,26 @@ class BuildSpec:
         if self.keep_fp16 and not (self.int8 or self.qdq):
             raise CalibkitError("--keep-fp16/--from-report keep layers out of INT8; add --int8 or --qdq")
         self._check_shapes()
+        self._check_cache_and_layers()
         return self
+
+    def _check_cache_and_layers(self) -> None:
+        """The cache parses and belongs to this model; every kept layer is one of its nodes."""
+        from calibkit import cache as trt_cache
+        from calibkit.onnx_model import load
+
+        model = load(self.onnx)
+        if self.cache is not None:
+            c = trt_cache.read(self.cache)
+            known = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+            foreign = [t for t in c.scales if t not in known]
+            if not c.scales or len(foreign) == len(c.scales):
+                raise CalibkitError(f"cache {self.cache} has no tensor of {self.onnx.name} (e.g. {next(iter(c.scales), '-')!r}); calibrate this model")
+        if self.keep_fp16:
+            nodes = [n.name for n in model.graph.node]
+            for name in self.keep_fp16:
+                if name not in nodes:
+                    raise CalibkitError(f"--keep-fp16/--from-report: the model has no node named {name!r} (nodes: {', '.join(nodes[:8])}{', ...' if len(nodes) > 8 else ''})")
 
     def _check_shapes(self) -> None:
         from calibkit.onnx_model import input_specs, load
@@ -112,9 +131,14 @@ def read_layers(path: str | Path) -> list[str]:
             raise CalibkitError(f"--from-report {p}: no 'candidates' list; pass a calibkit results.json or a text file of layer names")
         names: list[str] = []
         for c in cands:
-            fb = (c or {}).get("fp16_fallback") or {}
-            names += [n for n in fb.get("nodes") or [] if n not in names]
+            fb = (c.get("fp16_fallback") if isinstance(c, dict) else None) or {}
+            nodes = fb.get("nodes") if isinstance(fb, dict) else None
+            if nodes is not None and not (isinstance(nodes, list) and all(isinstance(n, str) for n in nodes)):
+                raise CalibkitError(f"--from-report {p}: fp16_fallback.nodes must be a list of node names")
+            names += [n for n in nodes or [] if n not in names]
         return names
+    if "\ufffd" in text or "\x00" in text:
+        raise CalibkitError(f"--from-report {p} is not text; pass a calibkit results.json or a text file of layer names")
     names = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     if not names:
         raise CalibkitError(f"--from-report {p} lists no layer names")
