@@ -113,7 +113,7 @@ def publish(staged: Path, target: Path, tx=None) -> Path:
 
     def put(t) -> None:
         for name, src in files:
-            t.write_with(target.parent / name if t is tx else name, lambda fh, s=src: _copy(s, fh))
+            t.write_with(target.parent / name if t is tx else name, lambda fh, s=src: copy_into(s, fh))
 
     if tx is not None:
         put(tx)
@@ -124,6 +124,6 @@ def publish(staged: Path, target: Path, tx=None) -> Path:
     return target
 
 
-def _copy(src: Path, fh) -> None:
+def copy_into(src: Path, fh) -> None:
     with open(src, "rb") as s:
         shutil.copyfileobj(s, fh, 1 << 20)

@@ -16,6 +16,7 @@ from calibkit.data import Preprocess, resolve_preprocess
 from calibkit.errors import CalibkitError, ThresholdFailed
 from calibkit.onnx_model import check_fingerprint, fingerprint_file, load
 from calibkit.publish import Transaction
+from calibkit.qdq_io import copy_into
 from calibkit.validate import backends as B
 from calibkit.validate import results as R
 from calibkit.validate.engine import evaluate
@@ -210,6 +211,6 @@ def compare(
                 d = out_dir / method_dir(spec)
                 write_scales(tx, files, d)
                 if export_qdq and qdq_of.get(spec):
-                    tx.write_bytes(d / f"{model_path.stem}.qdq.onnx", Path(qdq_of[spec]).read_bytes())
+                    tx.write_with(d / f"{model_path.stem}.qdq.onnx", lambda fh, src=qdq_of[spec]: copy_into(src, fh))  # streamed, not read whole
 
         return _finish(doc, ev, hs, f"calibkit method comparison: {model_path.name}", report, results, tx_dir=out_dir, extra=extra)
