@@ -112,3 +112,36 @@ def scale_net(path: Path, factor: float = 1e5) -> Path:
         [f, w],
     )
     return _save(graph, path)
+
+
+def hostile_net(path: Path, seed: int = 0) -> Path:
+    """Four Conv+Relu layers, GAP, Gemm; conv1's channel 0 is ~500x the others, so the
+    per-tensor INT8 scale of conv2's input either crushes channels 1..7 or clips channel 0.
+    conv2 reads channel 0 with tiny weights, so the layers after it see normal ranges: conv2
+    is the one layer INT8 hurts."""
+    rng = np.random.default_rng(seed)
+    c = 8
+    w1 = rng.normal(0, 0.5, (c, 3, 3, 3)).astype(np.float32)
+    w1[0] *= 500.0
+    w2 = rng.normal(0, 0.3, (c, c, 3, 3)).astype(np.float32)
+    w2[:, 0] /= 500.0
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    for k in (3, 4):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.3, (c, c, 3, 3)).astype(np.float32), f"w{k}"))
+    inits.append(numpy_helper.from_array(rng.normal(0, 0.5, (c, 5)).astype(np.float32), "wf"))
+    nodes = []
+    prev = "x"
+    for k in range(1, 5):
+        nodes += [helper.make_node("Conv", [prev, f"w{k}"], [f"c{k}"], pads=[1, 1, 1, 1], name=f"conv{k}"),
+                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}")]
+        prev = f"r{k}"
+    nodes += [helper.make_node("GlobalAveragePool", [prev], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "wf"], ["y"], name="fc")]
+    graph = helper.make_graph(
+        nodes, "hostile_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        inits,
+    )
+    return _save(graph, path)

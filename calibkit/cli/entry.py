@@ -23,6 +23,7 @@ def main() -> None:
     try:
         import calibkit.cli.build_cmd  # noqa: F401  (registers build)
         import calibkit.cli.validate_cmds  # noqa: F401  (registers validate/compare/export-qdq)
+        import calibkit.cli.sensitivity_cmd  # noqa: F401  (registers sensitivity/fallback)
         from calibkit.cli.main import cli
     except KeyboardInterrupt as exc:
         sys.stderr.write("calibkit: interrupted while starting; nothing from this run was published; previous outputs are unchanged\n")

@@ -190,10 +190,11 @@ def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Q/DQ model to write.")
 @click.option("--placement", type=click.Choice(["trt", "ort"]), default="trt", show_default=True, help="trt: inputs of Conv/Gemm/MatMul (TensorRT 11); ort: outputs too (real INT8 on ORT CPU).")
 @click.option("--exclude-nodes", metavar="REGEX", help="Nodes (name or first output) to keep in float.")
+@click.option("--exclude-list", type=click.Path(dir_okay=False), help="File of node names to keep in float, one per line (`calibkit fallback` writes exclude-nodes.txt).")
 @click.option("--exclude-op-types", metavar="OPS", help="Comma-separated op types to keep in float, e.g. Gemm.")
 @click.option("--force", is_flag=True, help="Accept scales whose model fingerprint differs.")
 @user_errors
-def export_qdq(model, scales, output, placement, exclude_nodes, exclude_op_types, force) -> None:
+def export_qdq(model, scales, output, placement, exclude_nodes, exclude_list, exclude_op_types, force) -> None:
     """Write a Q/DQ (explicitly quantized) ONNX model from calibkit scales.
 
     Constant-node weights and opsets below 13 are normalised in a copy; float16 graphs get
@@ -213,7 +214,13 @@ def export_qdq(model, scales, output, placement, exclude_nodes, exclude_op_types
     from calibkit.qdq_io import read_light
 
     start = time.perf_counter()
-    read_light(model)  # one-line errors for a missing or unreadable model
+    light = read_light(model)  # one-line errors for a missing or unreadable model
+    if exclude_list:
+        if exclude_nodes:
+            raise click.UsageError("give --exclude-nodes or --exclude-list, not both")
+        from calibkit.sensitivity.exclusions import read_list
+
+        exclude_nodes = read_list(exclude_list, light)
     table = scales_io.read(scales)
     check_fingerprint(table.meta.get("model", {}).get("fingerprint"), fingerprint_file(model), f"scales {scales}", force)
     ops = [o.strip() for o in exclude_op_types.split(",")] if exclude_op_types else None
