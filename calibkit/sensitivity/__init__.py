@@ -25,7 +25,8 @@ from calibkit.publish import Transaction
 from calibkit.sensitivity import report as SR
 from calibkit.sensitivity.exclusions import regex
 from calibkit.sensitivity.run import Session, open_session
-from calibkit.sensitivity.search import Sensitivity, Target, rank_layers, search
+from calibkit.sensitivity import search as _search
+from calibkit.sensitivity.search import Sensitivity, Target, rank_layers
 
 __all__ = ["Target", "fallback", "sensitivity", "SensitivityResult", "FallbackResult"]
 
@@ -114,7 +115,7 @@ def fallback(
     gates, default = target.applied(s.vs.task is not None)
     sens, ev, close = _rank(s, gates, progress)
     try:
-        fb = search(ev, sens, gates)
+        fb = _search.search(ev, sens, gates)
     finally:
         close()
     nodes = [n for u in fb.kept for n in s.sw.units[u].nodes]

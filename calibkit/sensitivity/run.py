@@ -16,7 +16,6 @@ from pathlib import Path
 
 import onnx
 
-from calibkit import executor as executors
 from calibkit.sensitivity import evaluation as E
 from calibkit.sensitivity import switch as S
 from calibkit.sensitivity.search import Config, Evaluator
@@ -41,6 +40,8 @@ class Session:
     def evaluator(self, progress: Callable[[int, int], None] | None = None) -> tuple[Evaluator, Callable[[], None]]:
         """An evaluator backed by the executor and this session's journal; call the returned
         closer when done (it shuts the workers down)."""
+        from calibkit import executor as executors
+
         journal = executors.Journal(E.cache_dir() / "evaluations" / f"{self.key}.jsonl", fingerprint=self.key)
         known = {tuple(json.loads(k)): v for k, v in journal.items()}
         state: dict = {}
