@@ -57,7 +57,7 @@ def _hostile(tmp: Path, samples: int):
     rng = np.random.default_rng(1)
     np.savez(tmp / "cal.npz", x=rng.normal(0, 1, (64, 3, 8, 8)).astype(np.float32))
     np.savez(tmp / "val.npz", x=rng.normal(0, 1, (samples, 3, 8, 8)).astype(np.float32))
-    calibrate(model, tmp / "cal.npz", tmp / "cal")
+    calibrate(model, tmp / "cal.npz", output_dir=tmp / "cal")
     return model, tmp / "cal" / "scales.json", tmp / "val.npz", {}
 
 
@@ -75,7 +75,7 @@ def _corpus(tmp: Path, name: str, samples: int, method: str):
     val = corpus.generate(root, name, samples, seed=12)
     np.savez(tmp / "cal.npz", **cal)
     np.savez(tmp / "val.npz", **val)
-    calibrate(model, tmp / "cal.npz", tmp / "cal", method=method)
+    calibrate(model, tmp / "cal.npz", method=method, output_dir=tmp / "cal")
     (tmp / "seq.py").write_text(METRIC)
     ns: dict = {}
     exec(METRIC, ns)
