@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import models
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
-import models
 from calibkit import qdq
 from calibkit import scales as scales_io
 from calibkit.sensitivity import search as S

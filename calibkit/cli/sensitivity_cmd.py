@@ -48,8 +48,7 @@ def _eta(label: str) -> Iterator:
 
 
 def _args(kw: dict) -> dict:
-    from calibkit.sensitivity import Target
-    from calibkit.sensitivity import check_target
+    from calibkit.sensitivity import Target, check_target
 
     target = Target(kw.pop("min_cosine"), kw.pop("max_accuracy_drop"))
     check_target(target)

@@ -23,10 +23,10 @@ from calibkit.errors import CalibkitError, ThresholdFailed
 from calibkit.onnx_model import check_fingerprint, fingerprint_file, load
 from calibkit.publish import Transaction
 from calibkit.sensitivity import report as SR
-from calibkit.sensitivity.exclusions import regex
-from calibkit.sensitivity.run import Session, open_session
 from calibkit.sensitivity import search as _search
+from calibkit.sensitivity.run import Session, open_session
 from calibkit.sensitivity.search import Sensitivity, Target, rank_layers
+from calibkit.sensitivity.verify import verify
 
 __all__ = ["Target", "fallback", "sensitivity", "SensitivityResult", "FallbackResult"]
 
@@ -106,7 +106,6 @@ def fallback(
     progress: Callable[[int, int], None] | None = None, device: str = "cpu",
 ) -> FallbackResult:
     """The fewest layers to keep in float so ``target`` holds, verified by a full validation."""
-    from calibkit.validate import backends as B
     from calibkit.validate import results as R
     from calibkit.validate.engine import evaluate
 
@@ -118,23 +117,16 @@ def fallback(
         fb = _search.search(ev, sens, gates)
     finally:
         close()
-    nodes = [n for u in fb.kept for n in s.sw.units[u].nodes]
     out = Path(output_dir)
     qdq_name = f"{model_path.stem}.fallback.qdq.onnx"
+    model_info = {"name": model_path.name, "fingerprint": model_fp}
     with tempfile.TemporaryDirectory(prefix="calibkit-fallback-") as tmp:
-        names = [o.name for o in s.model.graph.output]
-        (Path(tmp) / "all").mkdir()
-        before = B.make("ort-int8", s.model, names, Path(tmp) / "all", table.amax(), device=device, method=table.method)
-        after = B.make("ort-int8", s.model, names, Path(tmp), table.amax(), device=device, method=table.method, exclude_nodes=regex(nodes))
-        before.label, after.label = "INT8, every layer", f"INT8 + fallback ({len(fb.kept)} kept in float)"
-        v = evaluate(s.model, data, [before, after], preprocess, labels, metric, batch_size, device)
-        gate_obj = R.Gates(gates.get("min_cosine"), gates.get("max_accuracy_drop"))
-        vdoc = R.document(v, s.model, {"name": model_path.name, "fingerprint": model_fp}, gate_obj, device, {"scales": str(scales)})
-        vdoc["unavailable"] = []
-        after_doc = next(c for c in vdoc["candidates"] if c["label"] == after.label)
-        vdoc["pass"] = bool(after_doc["pass"])
-        vdoc["best"] = after.label
-        doc = SR.fallback_doc(s, sens, ev, fb, table, {"name": model_path.name, "fingerprint": model_fp}, gates, default, str(scales), nodes, vdoc)
+        def run(cands):
+            return evaluate(s.model, data, cands, preprocess, labels, metric, batch_size, device)
+
+        ver = verify(s, table, fb.kept, sens.order(), fb.met, gates, run, model_info, str(scales), Path(tmp), device, fb.steps)
+        fb.kept, nodes, v, vdoc, after = ver.kept, ver.nodes, ver.evaluation, ver.doc, ver.after
+        doc = SR.fallback_doc(s, sens, ev, fb, table, model_info, gates, default, str(scales), nodes, vdoc)
         doc["seconds"] = round(time.perf_counter() - t0, 3)
         paths = {"json": out / "fallback.json", "report": out / "report.html", "qdq": out / qdq_name, "exclude": out / "exclude-nodes.txt", "keep": out / "keep-fp16.txt"}
         doc["commands"] = _commands(model_path, scales, paths, nodes)
@@ -163,7 +155,8 @@ def _commands(model_path: Path, scales, paths: dict, nodes: list[str]) -> dict:
         return {}
     return {
         "export_qdq": shlex.join(["calibkit", "export-qdq", str(model_path), "--scales", str(scales), "--exclude-list", str(paths["exclude"]), "-o", str(paths["qdq"])]),
-        "build_trt10": shlex.join(["calibkit", "build", str(model_path), "--engine", str(paths["json"].parent / f"{model_path.stem}.fallback.int8.plan"), "--int8", "--cache", str(Path(scales).parent / f"{model_path.stem}.cache"), "--from-report", str(paths["keep"])]),
+        "build_trt10": shlex.join(["calibkit", "build", str(model_path), "--engine", str(paths["json"].parent / f"{model_path.stem}.fallback.int8.plan"),
+                                   "--int8", "--cache", str(Path(scales).parent / f"{model_path.stem}.cache"), "--from-report", str(paths["keep"])]),
         "build_trt11": shlex.join(["calibkit", "build", str(model_path), "--engine", str(paths["json"].parent / f"{model_path.stem}.fallback.qdq.plan"), "--qdq", str(paths["qdq"])]),
     }
 
