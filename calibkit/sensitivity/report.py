@@ -102,12 +102,13 @@ def fallback_doc(s, sens, ev, fb: Fallback, table, model_info, gates, default, s
     doc["exclude_nodes"] = nodes
     doc["verification"] = {"pass": after["pass"], "failures": after["failures"], "after": _cand(after), "before": _cand(before), "fp32": _cand(vdoc["candidates"][0])}
     doc["pass"] = bool(fb.met and after["pass"])
+    want = " and ".join(f"worst output cosine >= {v:g}" if k == "min_cosine" else f"task drop <= {v:g} points" for k, v in gates.items())
     if not fb.met:
-        doc["verdict"] = f"no set of layers kept in float meets the target {gates}; best reached keeps {len(fb.kept)} of {len(s.sw.units)} layers in float"
+        doc["verdict"] = f"no set of layers kept in float meets the target ({want}); best reached keeps {len(fb.kept)} of {len(s.sw.units)} layers in float"
     elif not after["pass"]:
         doc["verdict"] = f"the search's configuration failed full validation: {'; '.join(after['failures'])}"
     else:
-        doc["verdict"] = f"target {gates} met with {len(fb.kept)} of {len(s.sw.units)} layers kept in float, verified by full validation"
+        doc["verdict"] = f"target ({want}) met with {len(fb.kept)} of {len(s.sw.units)} layers kept in float, verified by full validation"
     return doc
 
 
