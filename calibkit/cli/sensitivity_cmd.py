@@ -18,7 +18,7 @@ search_options = compose(
     click.option("--metric", metavar="FILE.py:FN", help="Task metric: FN(outputs: dict, labels) -> one score per sample."),
     click.option("--min-cosine", type=float, help="Target: every output's cosine similarity to FP32 >= this."),
     click.option("--max-accuracy-drop", type=float, help="Target: task score drop vs FP32 <= this, percentage points."),
-    click.option("--workers", type=int, default=1, show_default=True, help="Local worker processes for evaluations."),
+    click.option("--workers", help="Worker processes (local; default 1) or Ray actors (with --ray; default: every CPU of the cluster)."),
     click.option("--ray", metavar="ADDRESS|auto", help="Run evaluations as Ray tasks: a cluster's address, or auto (RAY_ADDRESS, else a local cluster for this run)."),
     click.option("--force", is_flag=True, help="Accept scales whose model fingerprint differs."),
     click.option("--allow-preprocess-mismatch", is_flag=True, help="Use images preprocessed unlike the calibration data."),
@@ -52,9 +52,10 @@ def _args(kw: dict) -> dict:
 
     target = Target(kw.pop("min_cosine"), kw.pop("max_accuracy_drop"))
     check_target(target)
+    from calibkit.executor import check_workers
+
     workers = kw.pop("workers")
-    if workers < 1:
-        raise click.BadParameter(f"{workers} must be >= 1", param_hint="--workers")
+    workers = None if workers is None else check_workers(workers)
     feed = feed_from(kw)
     pre = preprocess_from(kw)
     if kw.pop("device") == "cuda":

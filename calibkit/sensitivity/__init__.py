@@ -72,7 +72,7 @@ def _rank(s: Session, gates: dict, progress) -> tuple[Sensitivity, Any, Callable
 def sensitivity(
     model: str | Path, scales: str | Path, data: Any, output_dir: str | Path, labels: str | None = None, metric: str | None = None,
     target: Target = Target(), preprocess: Preprocess | None = None, feed_opts: dict | None = None, batch_size: int | None = None,
-    workers: int = 1, ray: str | None = None, force: bool = False, allow_preprocess_mismatch: bool = False,
+    workers: int | None = None, ray: str | None = None, force: bool = False, allow_preprocess_mismatch: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> SensitivityResult:
     """Rank every quantized layer unit by how much INT8 in it costs; writes ``sensitivity.json``
@@ -102,7 +102,7 @@ def _hists(scales, model_fp):
 def fallback(
     model: str | Path, scales: str | Path, data: Any, output_dir: str | Path, labels: str | None = None, metric: str | None = None,
     target: Target = Target(), preprocess: Preprocess | None = None, feed_opts: dict | None = None, batch_size: int | None = None,
-    workers: int = 1, ray: str | None = None, force: bool = False, allow_preprocess_mismatch: bool = False,
+    workers: int | None = None, ray: str | None = None, force: bool = False, allow_preprocess_mismatch: bool = False,
     progress: Callable[[int, int], None] | None = None, device: str = "cpu",
 ) -> FallbackResult:
     """The fewest layers to keep in float so ``target`` holds, verified by a full validation."""

@@ -28,7 +28,7 @@ class Session:
     vs: E.ValSet
     ref_cached: bool
     key: str
-    workers: int
+    workers: int | None
     ray: str | None
     amax: dict[str, float]
 
@@ -42,8 +42,10 @@ class Session:
         closer when done (it shuts the workers down)."""
         from calibkit import executor as executors
 
-        journal = executors.Journal(E.cache_dir() / "evaluations" / f"{self.key}.jsonl", fingerprint=self.key)
-        known = {tuple(json.loads(k)): v for k, v in journal.items()}
+        from calibkit.executor.journal import Journal
+
+        journal = Journal(E.cache_dir() / "evaluations" / f"{self.key}.jsonl", fingerprint=self.key)
+        known = {tuple(json.loads(k)): journal.get(k) for k in journal.keys()}
         state: dict = {}
 
         def pool():
@@ -67,7 +69,7 @@ class Session:
 
 
 def open_session(model_path: Path, proto: onnx.ModelProto, model_fp: str, amax: dict[str, float], data, preprocess, labels, metric,
-                 feed_opts=None, batch_size=None, workers: int = 1, ray: str | None = None) -> Session:
+                 feed_opts=None, batch_size=None, workers: int | None = None, ray: str | None = None) -> Session:
     sw = S.build(proto, amax)
     vs, cached = E.load_valset(proto, model_fp, data, preprocess, labels, metric, feed_opts, batch_size)
     key = hashlib.sha256(f"{sw.fingerprint}\0{vs.fingerprint}".encode()).hexdigest()[:24]
