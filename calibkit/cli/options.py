@@ -120,6 +120,28 @@ def method_from(kw: dict):
     return name, cfg
 
 
+# Where independent evaluations run (sensitivity, fallback search): see calibkit.executor.
+parallel_options = compose(
+    click.option("--workers", metavar="N", default=None, help=(
+        "Run evaluations in N worker processes (N Ray actors with --ray). Default 1 (this process); "
+        "with --ray every CPU of the cluster. Never changes results."
+    )),
+    click.option("--ray", "ray_address", metavar="ADDRESS|auto", help=(
+        "Run evaluations on Ray: auto uses RAY_ADDRESS or starts a local cluster for the run; "
+        "or a cluster's HOST:PORT. Needs pip install 'calibkit[ray]'."
+    )),
+)
+
+
+def parallel_from(kw: dict) -> dict:
+    """--workers/--ray -> executor.make() keyword arguments (a bad --workers is a CalibkitError)."""
+    from calibkit.executor import check_workers
+
+    workers = kw.pop("workers", None)
+    ray = kw.pop("ray_address", None)
+    return {"workers": None if workers is None else check_workers(workers), "ray": ray}
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn CalibkitError into a one-line message and exit code 1 (no traceback)."""
 
