@@ -66,6 +66,13 @@ def test_entropy_clip_warning_names_tensor(cli, tail_case, tmp_path):
     assert "--warn-clip 2.0" in r.stderr and "[0, 1]" in r.stderr and "Traceback" not in r.stderr
     r = cli("inspect", tmp_path / "ent/scales.json")
     assert "tensor 'tail': entropy clips" in r.stdout
+    # validate reads the warnings back from scales.json into its results and report
+    np.savez(tmp_path / "val.npz", x=models.heavy_tail(50, seed=4))
+    cli("validate", model, "--scales", tmp_path / "ent/scales.json", "--data", tmp_path / "val.npz", "--backends", "ort-int8",
+        "--report", tmp_path / "v.html", expect=None)
+    doc = json.loads((tmp_path / "v.results.json").read_text())
+    assert doc["clip_warnings"]["entropy"]["tensors"][0]["tensor"] in ("tail", "x") and doc["clip_warnings"]["entropy"]["count"] == len(meta["tensors"])
+    assert "entropy clips" in (tmp_path / "v.html").read_text()
 
 
 def test_api_returns_clip_warnings(tail_case, tmp_path):
@@ -88,6 +95,9 @@ def test_auto_picks_non_clipping_and_is_least_mse(cli, tail_case, tmp_path):
     a = _tensors(tmp_path / "auto/scales.json")
     assert a["tail"]["method"] != "entropy" and a["tail"]["clipped"] < 0.001
     assert "tensor 'tail'" not in r.stdout and "auto chose" in r.stdout
+    r = cli("inspect", tmp_path / "auto/scales.json", "--limit", "50")
+    row = next(ln for ln in r.stdout.splitlines() if ln.startswith("tail "))
+    assert row.split()[-1] == a["tail"]["method"] and "auto chose:" in r.stdout
     hs = store.load(hist).tensors
     specs = [spec for spec, _ in auto.candidates()]
     assert specs == ["entropy", "minmax", "mse", "percentile:99.9", "percentile:99.99", "percentile:99.999"]
