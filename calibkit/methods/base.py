@@ -109,7 +109,7 @@ def spec_of(name: str, config: Any) -> str:
 def pick_near_min(screen: np.ndarray, exact: Callable[[int], float], last: bool, band: float = 1e-6) -> int:
     """Index of the minimum of ``exact`` over candidates, screened by the vectorised ``screen``.
 
-    ``screen`` approximates ``exact`` to ~1e-13; only candidates within ``band`` (relative)
+    ``screen`` approximates ``exact`` to ~1e-11 or better; only candidates within ``band`` (relative)
     of its minimum are recomputed exactly, and ties among those go to the last (or first).
     """
     finite = np.isfinite(screen)
