@@ -145,3 +145,28 @@ def hostile_net(path: Path, seed: int = 0) -> Path:
         inits,
     )
     return _save(graph, path)
+
+
+def tail_net(path: Path, width: int = 64, seed: int = 0) -> Path:
+    """tail = x * 2 -> MatMul -> y: 'tail' carries whatever tail the data has into a quantized MatMul."""
+    rng = np.random.default_rng(seed)
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    w = numpy_helper.from_array(rng.normal(0, 1 / np.sqrt(width), (width, 16)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["tail"], name="mul"), helper.make_node("MatMul", ["tail", "w"], ["y"], name="mm")],
+        "tail_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        [two, w],
+    )
+    return _save(graph, path)
+
+
+def heavy_tail(n: int, width: int = 64, seed: int = 0, tail: float = 0.03, spread: float = 20.0) -> np.ndarray:
+    """[n, width] values: N(0, 0.1) with a ``tail`` fraction of Laplace(0, ``spread``) values
+    scattered through them (entropy clips more than 1% of such a tensor)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 0.1, (n, width))
+    hit = rng.random((n, width)) < tail
+    x[hit] = rng.laplace(0, spread, int(hit.sum()))
+    return x.astype(np.float32)

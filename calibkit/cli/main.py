@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from calibkit import __version__
-from calibkit.cli.options import data_options, feed_from, feed_options, method_from, method_options, preprocess_from, user_errors
+from calibkit.cli.options import data_options, feed_from, feed_options, method_from, method_options, preprocess_from, user_errors, warn_clip_option
 
 DEMO_OUT = "calibkit-demo"
 
@@ -28,6 +28,7 @@ def cli() -> None:
 @data_options
 @feed_options
 @method_options
+@warn_clip_option
 @click.option("--histograms", type=click.Path(dir_okay=False), help="Re-threshold stored histograms (no inference).")
 @click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), help="Output directory (default: current dir; the bare demo writes ./calibkit-demo).")
 @click.option("--recollect", is_flag=True, help="Run inference even when matching stored histograms exist.")
@@ -35,7 +36,7 @@ def cli() -> None:
 @click.option("--trt-version", help="TensorRT version for the cache header (default: installed TensorRT, else 10.16.1).")
 @click.option("--cache-algorithm", default="EntropyCalibration2", show_default=True, help="Cache header algorithm; EntropyCalibration2 is what trtexec --calib accepts.")
 @user_errors
-def calibrate(model, output_dir, histograms, recollect, force, trt_version, cache_algorithm, **kw) -> None:
+def calibrate(model, output_dir, histograms, recollect, force, trt_version, cache_algorithm, warn_clip, **kw) -> None:
     """Collect histograms of every activation and write INT8 scales.
 
     \b
@@ -82,6 +83,7 @@ def calibrate(model, output_dir, histograms, recollect, force, trt_version, cach
             device=kw["device"],
             progress=update,
             on_source=lambda s: set_total(_total(s.num_samples(), feed["max_samples"])),
+            warn_clip=warn_clip,
             **feed,
         )
     print_calibration(result)

@@ -107,6 +107,15 @@ method_options = compose(
 )
 
 
+def warn_clip_option(fn: Callable) -> Callable:
+    from calibkit.clipping import DEFAULT_WARN_CLIP
+
+    return click.option(
+        "--warn-clip", "warn_clip", type=float, default=DEFAULT_WARN_CLIP, show_default=True, metavar="FRACTION",
+        help="Warn, per tensor, when a threshold clips more than this fraction of the tensor's values (1: never).",
+    )(fn)
+
+
 def method_from(kw: dict):
     spec = kw.pop("method")
     name, cfg = methods.parse_spec(spec)

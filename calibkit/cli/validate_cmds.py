@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from calibkit.cli.main import DEMO_OUT, cli
-from calibkit.cli.options import compose, data_options, preprocess_from, user_errors
+from calibkit.cli.options import compose, data_options, preprocess_from, user_errors, warn_clip_option
 
 DEFAULT_METHODS = "entropy,percentile:99.99,percentile:99.999,minmax,mse"
 
@@ -67,6 +67,10 @@ def _print(res) -> None:
             out.print(f"FAIL {c['label']}: {f}")
     for w in doc.get("warnings", []):
         out.print(f"check your data: {w}")
+    for label, cw in (doc.get("clip_warnings") or {}).items():
+        if cw["count"]:
+            n, limit = cw["count"], cw["limit"]
+            out.print(f"WARNING: {label} clips more than {limit:.4%} of the values of {n} tensor(s) (--warn-clip; all in the results JSON and report); worst: {cw['tensors'][0]['message']}")
     for u in doc.get("unavailable", []):
         out.print(f"unavailable: {u['backend']}: {u['reason']}")
     for c in doc["candidates"]:
@@ -150,10 +154,11 @@ def _demo_defaults(kw):
 @click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), help="Write each method's scales.json, cache and TensorsData to DIR/<method>/ (default: <report>.methods/).")
 @click.option("--export-qdq", "export_qdq", is_flag=True, help="Also write each method's Q/DQ model (as validated) to DIR/<method>/.")
 @click.option("--trt-version", help="TensorRT version for the caches' header (default: installed TensorRT, else 10.16.1).")
+@warn_clip_option
 @gate_options
 @data_options
 @user_errors
-def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt_version, **kw) -> None:
+def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt_version, warn_clip, **kw) -> None:
     """Score several threshold methods from one stored histogram set in one validation pass.
 
     The report ranks methods by task accuracy, then output SQNR. With no MODEL: the demo.
@@ -180,7 +185,7 @@ def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt
         run, model=model, histograms=histograms, data=kw["data"], method_specs=methods_, labels=kw["labels"], metric=kw["metric"], backend=backend,
         report=kw["report"], results=kw["results"], gates=gates, preprocess=pre, batch_size=kw["batch_size"], device=kw["device"],
         exclude_nodes=kw["exclude_nodes"], force=kw["force"], allow_preprocess_mismatch=kw["allow_preprocess_mismatch"],
-        output_dir=output_dir, export_qdq=export_qdq, trt_version=trt_version,
+        output_dir=output_dir, export_qdq=export_qdq, trt_version=trt_version, warn_clip=warn_clip,
     )
 
 

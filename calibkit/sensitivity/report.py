@@ -29,37 +29,16 @@ def _metrics(r: dict, ref_task) -> dict:
 
 
 def best_methods(hist, table_method: str) -> dict:
-    """Each registered method's threshold on this histogram with its expected INT8 error; the
-    lowest error is the method that would suit the tensor best."""
-    from calibkit import methods
+    """Each candidate method's threshold on this histogram (``auto``'s candidates) with its
+    expected INT8 error; the lowest error is the method that would suit the tensor best."""
+    from calibkit.methods.auto import candidates, expected_mse
 
-    expected_mse = _expected_mse()
-
-    rows = {}
-    for name in methods.names():
-        if name == "auto":
-            continue
-        m = methods.get(name)
-        amax = float(m.amax(hist, m.config_cls()))
-        rows[name] = {"amax": amax, "expected_mse": float(expected_mse(hist, amax)), "clipped": float(hist.clipped_fraction(amax))}
-    best = min(rows, key=lambda k: (rows[k]["expected_mse"], k))
+    specs = candidates()
+    amaxes = [float(m.amax(hist, cfg)) for _, (m, cfg) in specs]
+    errors = expected_mse(hist, amaxes)
+    rows = {spec: {"amax": a, "expected_mse": float(e), "clipped": float(hist.clipped_fraction(a))} for (spec, _), a, e in zip(specs, amaxes, errors)}
+    best = min(rows, key=lambda k: rows[k]["expected_mse"])  # first in the fixed order on ties
     return {"best": best, "calibrated_with": table_method, "methods": rows}
-
-
-def _expected_mse():
-    try:
-        from calibkit.methods.criterion import expected_mse
-    except ImportError:  # interim: bin-centre estimate (mse.py's criterion)
-        import numpy as np
-
-        from calibkit.histogram import NUM_BINS
-        from calibkit.methods.mse import _error
-
-        def expected_mse(h, amax):
-            centers = (np.arange(NUM_BINS) + 0.5) * h.bin_width
-            n = max(int(h.counts.sum()), 1)
-            return float(_error(h.counts.astype(np.float64), centers, np.array([amax]))[0]) / n
-    return expected_mse
 
 
 def _common(s, sens: Sensitivity, ev, table, model_info: dict, gates: dict, default: bool, scales: str) -> dict:
