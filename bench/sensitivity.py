@@ -108,8 +108,10 @@ def main() -> None:
             res = sensitivity(model, scales, val, tmp / f"sens-{workers}-{ray}", workers=workers, ray=ray, **task)
             wall = time.perf_counter() - t0
             n = res.doc["evaluations"]["run"]
-            base = base or wall
-            print(f"{label:30s} {n} evaluations in {wall:6.1f} s = {n / wall:6.2f} evaluations/s; speed-up vs 1 worker {base / wall:4.2f}x; top layer {res.doc['layers'][0]['layer']}")
+            rate = res.doc["evaluations"]["per_second_after_startup"] or float("nan")
+            base = base or (wall, rate)
+            print(f"{label:30s} {n} evaluations, {wall:6.1f} s end to end ({base[0] / wall:4.2f}x vs 1 worker); "
+                  f"after start-up {rate:6.2f} evaluations/s ({rate / base[1]:4.2f}x); top layer {res.doc['layers'][0]['layer']}")
         if args.corpus:
             os.environ["CALIBKIT_CACHE"] = str(tmp / "cache-2-None")
             t0 = time.perf_counter()

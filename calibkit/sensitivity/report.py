@@ -61,7 +61,8 @@ def _common(s, sens: Sensitivity, ev, table, model_info: dict, gates: dict, defa
              "only_this_int8": _metrics(ls.only, ref_task), "all_but_this_int8": _metrics(ls.all_but, ref_task)}
             for k, ls in enumerate(sens.ranked)
         ],
-        "evaluations": {"spent": ev.spent, "run": ev.ran, "reused_from_earlier_runs": ev.reused, "workers": s.workers, "ray": s.ray},
+        "evaluations": {"spent": ev.spent, "run": ev.ran, "reused_from_earlier_runs": ev.reused, "workers": s.workers, "ray": s.ray,
+                        "per_second_after_startup": ev.steady_rate},
         "reference_from_cache": s.ref_cached,
     }
 

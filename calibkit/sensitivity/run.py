@@ -41,7 +41,6 @@ class Session:
         """An evaluator backed by the executor and this session's journal; call the returned
         closer when done (it shuts the workers down)."""
         from calibkit import executor as executors
-
         from calibkit.executor.journal import Journal
 
         journal = Journal(E.cache_dir() / "evaluations" / f"{self.key}.jsonl", fingerprint=self.key)

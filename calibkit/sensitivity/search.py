@@ -10,6 +10,7 @@ results arrive in, so the chosen layers are the same on one process, many, or Ra
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -77,6 +78,8 @@ class Evaluator:
         self.asked: list[Config] = []  # every distinct configuration the search used, in order
         self._progress = progress
         self._from_journal = set(self.results)
+        self.first_done: float | None = None  # perf_counter of the first and last result this run
+        self.last_done: float | None = None
 
     def __call__(self, configs: list[Config]) -> list[dict]:
         configs = [tuple(sorted(c)) for c in configs]
@@ -92,6 +95,8 @@ class Evaluator:
             def on_done(config: Config, result: dict) -> None:
                 self.results[config] = result
                 self.ran += 1
+                self.last_done = time.perf_counter()
+                self.first_done = self.first_done or self.last_done
                 if self._progress:
                     self._progress(self.ran, total)
 
@@ -101,6 +106,13 @@ class Evaluator:
     @property
     def spent(self) -> int:
         return len(self.asked)
+
+    @property
+    def steady_rate(self) -> float | None:
+        """Evaluations per second between the first result and the last (worker start-up excluded)."""
+        if self.ran < 2 or not self.last_done or self.last_done <= self.first_done:
+            return None
+        return (self.ran - 1) / (self.last_done - self.first_done)
 
 
 @dataclass
