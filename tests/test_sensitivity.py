@@ -137,3 +137,75 @@ def test_nan_never_meets():
     assert not S.meets({"min_cosine": None}, {"min_cosine": 0.0}, None)
     assert not S.meets({"min_cosine": 1.0, "task": None}, {"max_accuracy_drop": 5.0}, 90.0)
     assert S.meets({"min_cosine": 1.0, "task": 89.0}, {"max_accuracy_drop": 5.0}, 90.0)
+
+
+def test_ray_picks_the_same_layers_as_local_workers(hostile, tmp_path, cli):
+    pytest.importorskip("ray")
+    model, scales, val = hostile
+    cli("fallback", model, "--scales", scales, "--data", val, "--min-cosine", "0.999", "--workers", "2", "-o", tmp_path / "local")
+    local = json.loads((tmp_path / "local" / "fallback.json").read_text())
+    # a fresh cache: Ray must run every evaluation itself, not reuse the local run's journal
+    env_cache = tmp_path / "ray-cache"
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CALIBKIT_CACHE": str(env_cache), "COLUMNS": "80", "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    r = subprocess.run([sys.executable, "-m", "calibkit", "fallback", str(model), "--scales", str(scales), "--data", str(val), "--min-cosine", "0.999",
+                        "--ray", "auto", "--workers", "2", "-o", str(tmp_path / "ray")], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    remote = json.loads((tmp_path / "ray" / "fallback.json").read_text())
+    assert remote["evaluations"]["ray"] == "auto" and remote["evaluations"]["reused_from_earlier_runs"] == 0
+    assert remote["exclude_nodes"] == local["exclude_nodes"] == ["conv2"]
+    assert [x["layer"] for x in remote["layers"]] == [x["layer"] for x in local["layers"]]
+    assert [x["only_this_int8"]["min_cosine"] for x in remote["layers"]] == [x["only_this_int8"]["min_cosine"] for x in local["layers"]]
+
+
+def test_interrupted_sensitivity_resumes_without_repeating(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = models.hostile_net(tmp_path / "h.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "cal.npz", x=rng.normal(0, 1, (64, 3, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "val.npz", x=rng.normal(0, 1, (6000, 3, 8, 8)).astype(np.float32))
+    env = {**os.environ, "CALIBKIT_CACHE": str(tmp_path / "cache"), "COLUMNS": "80"}
+    base = [sys.executable, "-m", "calibkit"]
+    subprocess.run([*base, "calibrate", str(model), "--data", str(tmp_path / "cal.npz"), "-o", str(tmp_path / "cal")], check=True, env=env, capture_output=True)
+    cmd = [*base, "sensitivity", str(model), "--scales", str(tmp_path / "cal" / "scales.json"), "--data", str(tmp_path / "val.npz"), "-o", str(tmp_path / "s")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal_dir = tmp_path / "cache" / "evaluations"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        lines = sum(len(p.read_text().splitlines()) for p in journal_dir.glob("*.jsonl")) if journal_dir.is_dir() else 0
+        if lines >= 4:  # header + 3 evaluations
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "nothing from this run was published" in err and not (tmp_path / "s").exists()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "s" / "sensitivity.json").read_text())
+    ev = doc["evaluations"]
+    assert ev["reused_from_earlier_runs"] >= 3 and ev["run"] + ev["reused_from_earlier_runs"] == ev["spent"] == 11
+    assert doc["layers"][0]["layer"] == "conv2"
+
+
+def test_api_on_the_demo(tmp_path, cli):
+    from calibkit import demo
+    from calibkit.sensitivity import Target, fallback, sensitivity
+
+    cli("calibrate", demo.MODEL, "--data", demo.CALIB, "--preprocess", demo.PREPROCESS, "-o", tmp_path / "cal")
+    scales = tmp_path / "cal" / "scales.json"
+    val = demo.VAL
+    s = sensitivity(demo.MODEL, scales, val, tmp_path / "sens", labels=str(val / "labels.npy"))
+    assert len(s.doc["layers"]) == 5 and s.doc["fp32_task"] is not None and s.report.is_file()
+    f = fallback(demo.MODEL, scales, val, tmp_path / "fb", labels=str(val / "labels.npy"), target=Target(max_accuracy_drop=0.5))
+    assert f.doc["pass"] and f.doc["evaluations"]["reused_from_earlier_runs"] >= 11
+    assert f.doc["verification"]["after"]["accuracy_drop_pp"] <= 0.5

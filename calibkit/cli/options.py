@@ -164,7 +164,7 @@ def user_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt as exc:
             from calibkit.publish import PUBLISHED
 
-            done = ", ".join(sorted({str(d) for d in PUBLISHED}))
+            done = ", ".join(sorted({str(d) for d in PUBLISHED if d.exists()}))  # scratch sets (temp dirs) are gone
             said = f"complete output sets published before it: {done}" if done else "nothing from this run was published; previous outputs are unchanged"
             click.echo(f"calibkit: interrupted; {said}", err=True)
             raise SystemExit(128 + getattr(exc, "signum", 2)) from None
