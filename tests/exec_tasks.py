@@ -35,8 +35,13 @@ def inputs(n: int = 8) -> np.ndarray:
     return np.random.default_rng(7).normal(0, 1, (n, 2, 3, 8, 8)).astype(np.float32)
 
 
-def onnx_setup(blob: bytes, xs: np.ndarray, log: str | None = None) -> dict:
+def onnx_setup(blob: bytes | Payload, xs: np.ndarray, log: str | None = None) -> dict:
+    """An ORT session from the model bytes (a counting Payload of them for the payload tests)."""
     import onnxruntime as ort
+
+    global SETUPS
+    SETUPS += 1
+    blob = blob.blob if isinstance(blob, Payload) else blob
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
@@ -89,8 +94,11 @@ def counting_setup(payload: Payload) -> Payload:
 
 
 def who(item: int) -> dict:
+    """Which worker ran the item, and how often setup ran and the payload arrived there."""
     time.sleep(0.02)
-    return {"pid": os.getpid(), "setups": SETUPS, "loads": LOADS, "size": len(executor.state().blob), "item": item}
+    st = executor.state()
+    size = len(st.blob) if isinstance(st, Payload) else st["session"] is not None
+    return {"pid": os.getpid(), "setups": SETUPS, "loads": LOADS, "size": size, "item": item}
 
 
 # ---------------------------------------------------------------- failures

@@ -84,8 +84,25 @@ def _start_local(ray, workers: int, setup_args: Sequence[Any]) -> str:
     return temp
 
 
+def _same_address(ray, address: str) -> bool:
+    """Whether this process's Ray connection is to ``address`` (HOST:PORT, ray:// forms, localhost)."""
+    try:
+        ours = ray.get_runtime_context().gcs_address
+    except Exception:
+        return False
+
+    def norm(a: str) -> tuple[str, str]:
+        host, _, port = a.split("://", 1)[-1].rpartition(":")
+        try:
+            host = socket.gethostbyname(host.strip("[]"))
+        except OSError:
+            pass
+        return ("127.0.0.1" if host.startswith("127.") else host), port
+
+    return norm(ours) == norm(address)
+
+
 def _connect(ray, address: str) -> None:
-    _check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False)
     except Exception as exc:
@@ -112,7 +129,11 @@ class RayExecutor(Executor):
         ray = self.ray
         target = os.environ.get("RAY_ADDRESS") if self.address == "auto" else self.address
         try:
+            if target and target != "auto":
+                _check_reachable(target)
             if ray.is_initialized():
+                if self.address != "auto" and not _same_address(ray, self.address):
+                    raise CalibkitError(f"--ray {self.address}: this process is already connected to another Ray cluster; use --ray auto to run there")
                 self.where = "the Ray cluster this process is connected to"
             elif target:
                 _connect(ray, target)
