@@ -211,6 +211,7 @@ def export_qdq(model, scales, output, placement, exclude_nodes, exclude_op_types
     from calibkit.qdq import activation_qdq
     from calibkit.qdq import export_qdq as run
     from calibkit.qdq_io import read_light
+    from calibkit.qdq_subgraph import body_activation_count
 
     start = time.perf_counter()
     read_light(model)  # one-line errors for a missing or unreadable model
@@ -219,9 +220,10 @@ def export_qdq(model, scales, output, placement, exclude_nodes, exclude_op_types
     ops = [o.strip() for o in exclude_op_types.split(",")] if exclude_op_types else None
     notes: list[str] = []
     path = run(model, table.amax(), output, placement=placement, exclude_nodes=exclude_nodes, exclude_op_types=ops, notes=notes)
-    q = activation_qdq(onnx.load(str(path), load_external_data=False))
+    written = onnx.load(str(path), load_external_data=False)
+    q = len(activation_qdq(written)) + body_activation_count(written)
     data = Path(f"{path}.data")
     for note in notes:
         out.print(f"note: {note}")
     extra = f" + {data.name}" if data.exists() else ""
-    out.print(f"wrote {path}{extra}: {len(q)} quantized activations ({placement} placement, method {table.method}), weights per-channel INT8, {time.perf_counter() - start:.1f} s")
+    out.print(f"wrote {path}{extra}: {q} quantized activations ({placement} placement, method {table.method}), weights per-channel INT8, {time.perf_counter() - start:.1f} s")
