@@ -92,3 +92,25 @@ def flat_net(path: Path, seed: int = 0) -> Path:
         init,
     )
     return save(graph, path)
+
+
+def loop_matmul_net(path: Path, seed: int = 0) -> Path:
+    """x [N,4]: Loop 3 times acc = MatMul(acc, w) + MatMul(x, w) (x from the outer scope); y = acc."""
+    w = numpy_helper.from_array(np.random.default_rng(seed).normal(0, 0.4, (4, 4)).astype(np.float32), "w_loop")
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["acc_in", "w_loop"], ["body_mm"], name="carried_matmul"),
+            helper.make_node("MatMul", ["x", "w_loop"], ["body_xw"], name="outer_matmul"),
+            helper.make_node("Add", ["body_mm", "body_xw"], ["acc_out"], name="body_add"),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond"),
+        ],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), _out("acc_in")],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), _out("acc_out")],
+    )
+    inits = [w, numpy_helper.from_array(np.array(3, np.int64), "trips"), numpy_helper.from_array(np.array(True), "true")]
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "true", "x"], ["y"], body=body, name="loop")], "loop_matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits,
+    )
+    return save(graph, path)

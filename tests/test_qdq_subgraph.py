@@ -131,3 +131,24 @@ def test_scales_json_lists_untaken_branch(exported, tmp_path):
     doc = json.loads((tmp_path / "cal" / "scales.json").read_text())
     assert {"t_conv", "t_flat", "t_out"} <= set(doc["tensors"])
     assert "never takes" in doc["uncalibrated"]["e_conv"]
+
+
+def test_loop_body_ops_on_outer_tensors_quantized_carried_ones_float(tmp_path):
+    from calibkit.pipeline import calibrate
+
+    model = if_models.loop_matmul_net(tmp_path / "loop.onnx")
+    x = np.random.default_rng(2).normal(0, 1, (16, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    calibrate(model, tmp_path / "d.npz", output_dir=tmp_path / "cal", device="cpu")
+    table = scales_io.read(tmp_path / "cal" / "scales.json")
+    notes: list[str] = []
+    path = export_qdq(model, table.amax(), tmp_path / "loop.qdq.onnx", notes=notes)
+    assert "1 ops inside Loop bodies quantized" in notes and "1 ops inside Loop bodies left in float: not calibrated" in notes
+    onnx.checker.check_model(str(path), full_check=True)
+    q = onnx.load(str(path))
+    body = _graphs(q.graph)["body"]
+    assert _qparams(q, body, "carried_matmul") == [None, None]  # acc_in changes every trip: no scale
+    (xs, _, _), (ws, _, wq) = _qparams(q, body, "outer_matmul")
+    assert np.float32(xs) == np.float32(table.tensors["x"]["scale"]) and wq.dtype == np.int8 and ws.shape == (4,)
+    ref, got = _run(onnx.load(str(model)), {"x": x}), _run(str(path), {"x": x})
+    np.testing.assert_allclose(got[0], ref[0], atol=0.05 * np.abs(ref[0]).max())
