@@ -22,8 +22,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         import calibkit.cli.build_cmd  # noqa: F401  (registers build)
-        import calibkit.cli.validate_cmds  # noqa: F401  (registers validate/compare/export-qdq)
         import calibkit.cli.sensitivity_cmd  # noqa: F401  (registers sensitivity/fallback)
+        import calibkit.cli.validate_cmds  # noqa: F401  (registers validate/compare/export-qdq)
         from calibkit.cli.main import cli
     except KeyboardInterrupt as exc:
         sys.stderr.write("calibkit: interrupted while starting; nothing from this run was published; previous outputs are unchanged\n")

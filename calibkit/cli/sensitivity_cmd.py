@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import click
 
 from calibkit.cli.main import cli
-from calibkit.cli.options import compose, data_options, feed_from, feed_options, preprocess_from, user_errors
+from calibkit.cli.options import compose, data_options, feed_from, feed_options, parallel_from, parallel_options, preprocess_from, user_errors
 
 search_options = compose(
     click.argument("model", type=click.Path(dir_okay=False)),
@@ -18,8 +18,6 @@ search_options = compose(
     click.option("--metric", metavar="FILE.py:FN", help="Task metric: FN(outputs: dict, labels) -> one score per sample."),
     click.option("--min-cosine", type=float, help="Target: every output's cosine similarity to FP32 >= this."),
     click.option("--max-accuracy-drop", type=float, help="Target: task score drop vs FP32 <= this, percentage points."),
-    click.option("--workers", help="Worker processes (local; default 1) or Ray actors (with --ray; default: every CPU of the cluster)."),
-    click.option("--ray", metavar="ADDRESS|auto", help="Run evaluations as Ray tasks: a cluster's address, or auto (RAY_ADDRESS, else a local cluster for this run)."),
     click.option("--force", is_flag=True, help="Accept scales whose model fingerprint differs."),
     click.option("--allow-preprocess-mismatch", is_flag=True, help="Use images preprocessed unlike the calibration data."),
 )
@@ -52,20 +50,18 @@ def _args(kw: dict) -> dict:
 
     target = Target(kw.pop("min_cosine"), kw.pop("max_accuracy_drop"))
     check_target(target)
-    from calibkit.executor import check_workers
-
-    workers = kw.pop("workers")
-    workers = None if workers is None else check_workers(workers)
+    par = parallel_from(kw)
     feed = feed_from(kw)
     pre = preprocess_from(kw)
     if kw.pop("device") == "cuda":
         raise click.BadParameter("evaluations run on the CPU provider (exact INT8 emulation); use --device cpu or auto", param_hint="--device")
-    return {"target": target, "workers": workers, "feed_opts": feed, "preprocess": pre, "labels": kw.pop("labels"), "metric": kw.pop("metric"),
-            "batch_size": kw.pop("batch_size"), "ray": kw.pop("ray"), "force": kw.pop("force"), "allow_preprocess_mismatch": kw.pop("allow_preprocess_mismatch")}
+    return {"target": target, **par, "feed_opts": feed, "preprocess": pre, "labels": kw.pop("labels"), "metric": kw.pop("metric"),
+            "batch_size": kw.pop("batch_size"), "force": kw.pop("force"), "allow_preprocess_mismatch": kw.pop("allow_preprocess_mismatch")}
 
 
 @cli.command()
 @search_options
+@parallel_options
 @data_options
 @feed_options
 @user_errors
@@ -92,6 +88,7 @@ def sensitivity(model, scales, output_dir, data, **kw) -> None:
 
 @cli.command()
 @search_options
+@parallel_options
 @data_options
 @feed_options
 @user_errors

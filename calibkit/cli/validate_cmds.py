@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from calibkit.cli.main import DEMO_OUT, cli
-from calibkit.cli.options import compose, data_options, preprocess_from, user_errors, warn_clip_option
+from calibkit.cli.options import compose, data_options, feed_from, feed_options, preprocess_from, user_errors, warn_clip_option
 
 DEFAULT_METHODS = "entropy,percentile:99.99,percentile:99.999,minmax,mse"
 
@@ -87,9 +87,15 @@ def _run_reporting(fn, **kwargs):
     from calibkit.cli.progress import sample_progress
     from calibkit.errors import ThresholdFailed
 
+    cap = kwargs.get("max_samples")
+
+    def total(source):
+        n = source.num_samples()
+        return min(n, cap) if n is not None and cap else (n or cap)
+
     with sample_progress("validating") as (set_total, update):
         try:
-            res = fn(progress=update, on_source=lambda s: set_total(s.num_samples()), **kwargs)
+            res = fn(progress=update, on_source=lambda s: set_total(total(s)), **kwargs)
         except ThresholdFailed as exc:
             _print(exc.result)
             raise
@@ -103,6 +109,7 @@ def _run_reporting(fn, **kwargs):
 @click.option("--emulate-fp16", is_flag=True, help="Use the float16-rounding emulation for ort-fp16 even where ORT can run the FP16 graph.")
 @gate_options
 @data_options
+@feed_options
 @user_errors
 def validate(model, scales, backends, emulate_fp16, **kw) -> None:
     """Run INT8/FP16 candidates against the ONNX Runtime FP32 reference; write an HTML report.
@@ -125,11 +132,12 @@ def validate(model, scales, backends, emulate_fp16, **kw) -> None:
         kw["report"] = str(Path("reports") / f"{Path(model).stem}.html")
     gates = _gates(kw)
     pre = preprocess_from(kw)
+    feed = feed_from(kw)
     _run_reporting(
         run, model=model, scales=scales, data=kw["data"], labels=kw["labels"], metric=kw["metric"],
         backends=[b.strip() for b in backends.split(",") if b.strip()], report=kw["report"], results=kw["results"], gates=gates,
         preprocess=pre, batch_size=kw["batch_size"], device=kw["device"], exclude_nodes=kw["exclude_nodes"], emulate_fp16=emulate_fp16, force=kw["force"],
-        allow_preprocess_mismatch=kw["allow_preprocess_mismatch"],
+        allow_preprocess_mismatch=kw["allow_preprocess_mismatch"], **feed,
     )
 
 
@@ -157,6 +165,7 @@ def _demo_defaults(kw):
 @warn_clip_option
 @gate_options
 @data_options
+@feed_options
 @user_errors
 def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt_version, warn_clip, **kw) -> None:
     """Score several threshold methods from one stored histogram set in one validation pass.
@@ -181,11 +190,12 @@ def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt
     gates = _gates(kw)
     pre = preprocess_from(kw)
     methods_ = [m.strip() for m in method_list.split(",") if m.strip()]
+    feed = feed_from(kw)
     _run_reporting(
         run, model=model, histograms=histograms, data=kw["data"], method_specs=methods_, labels=kw["labels"], metric=kw["metric"], backend=backend,
         report=kw["report"], results=kw["results"], gates=gates, preprocess=pre, batch_size=kw["batch_size"], device=kw["device"],
         exclude_nodes=kw["exclude_nodes"], force=kw["force"], allow_preprocess_mismatch=kw["allow_preprocess_mismatch"],
-        output_dir=output_dir, export_qdq=export_qdq, trt_version=trt_version, warn_clip=warn_clip,
+        output_dir=output_dir, export_qdq=export_qdq, trt_version=trt_version, warn_clip=warn_clip, **feed,
     )
 
 
@@ -217,6 +227,7 @@ def export_qdq(model, scales, output, placement, exclude_nodes, exclude_list, ex
     from calibkit.qdq import activation_qdq
     from calibkit.qdq import export_qdq as run
     from calibkit.qdq_io import read_light
+    from calibkit.qdq_subgraph import body_activation_count
 
     start = time.perf_counter()
     light = read_light(model)  # one-line errors for a missing or unreadable model
@@ -231,9 +242,10 @@ def export_qdq(model, scales, output, placement, exclude_nodes, exclude_list, ex
     ops = [o.strip() for o in exclude_op_types.split(",")] if exclude_op_types else None
     notes: list[str] = []
     path = run(model, table.amax(), output, placement=placement, exclude_nodes=exclude_nodes, exclude_op_types=ops, notes=notes)
-    q = activation_qdq(onnx.load(str(path), load_external_data=False))
+    written = onnx.load(str(path), load_external_data=False)
+    q = len(activation_qdq(written)) + body_activation_count(written)
     data = Path(f"{path}.data")
     for note in notes:
         out.print(f"note: {note}")
     extra = f" + {data.name}" if data.exists() else ""
-    out.print(f"wrote {path}{extra}: {len(q)} quantized activations ({placement} placement, method {table.method}), weights per-channel INT8, {time.perf_counter() - start:.1f} s")
+    out.print(f"wrote {path}{extra}: {q} quantized activations ({placement} placement, method {table.method}), weights per-channel INT8, {time.perf_counter() - start:.1f} s")

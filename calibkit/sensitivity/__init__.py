@@ -122,7 +122,7 @@ def fallback(
     model_info = {"name": model_path.name, "fingerprint": model_fp}
     with tempfile.TemporaryDirectory(prefix="calibkit-fallback-") as tmp:
         def run(cands):
-            return evaluate(s.model, data, cands, preprocess, labels, metric, batch_size, device)
+            return evaluate(s.model, data, cands, preprocess, labels, metric, batch_size, device, **(feed_opts or {}))
 
         ver = verify(s, table, fb.kept, sens.order(), fb.met, gates, run, model_info, str(scales), Path(tmp), device, fb.steps)
         fb.kept, nodes, v, vdoc, after = ver.kept, ver.nodes, ver.evaluation, ver.doc, ver.after

@@ -128,7 +128,11 @@ def validate(
     allow_preprocess_mismatch: bool = False,
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
+    batch_axes: dict[str, int | None] | None = None,
+    rebatch: bool = True,
+    max_samples: int | None = None,
 ) -> ValidationResult:
+    """``batch_axes``/``rebatch``/``max_samples``: how the data is cut, as for ``calibrate``."""
     model_path = Path(model)
     proto = load(model_path)
     model_fp = fingerprint_file(model_path)
@@ -145,7 +149,7 @@ def validate(
     with tempfile.TemporaryDirectory(prefix="calibkit-validate-") as tmp:
         specs = [(b, table.amax() if table else None, table.method if table and "int8" in b else None) for b in backends]
         cands, unavailable = _candidates(specs, proto, out_names, Path(tmp), device, exclude_nodes, emulate_fp16)
-        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source)
+        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source, batch_axes, rebatch, max_samples)
         prov = {"scales": str(scales) if scales else None, "method": f"{table.method} {table.params}" if table else None,
                 "calibration data fingerprint": table.meta.get("data", {}).get("fingerprint") if table else None}
         doc = R.document(ev, proto, {"name": model_path.name, "fingerprint": model_fp}, gates, device, prov)
@@ -181,6 +185,9 @@ def compare(
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
     warn_clip: float = clipping.DEFAULT_WARN_CLIP,
+    batch_axes: dict[str, int | None] | None = None,
+    rebatch: bool = True,
+    max_samples: int | None = None,
 ) -> ValidationResult:
     """Score ``method_specs`` on one validation pass; each method's scales.json, TensorRT cache
     and TensorsData (and with ``export_qdq`` its Q/DQ model) go to ``output_dir/<method>/``
@@ -214,7 +221,7 @@ def compare(
     out_names = [o.name for o in proto.graph.output]
     with tempfile.TemporaryDirectory(prefix="calibkit-compare-") as tmp:
         cands, _ = _candidates(specs, proto, out_names, Path(tmp), device, exclude_nodes, False)
-        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source)
+        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source, batch_axes, rebatch, max_samples)
         prov = {"histograms": str(histograms), "calibration data fingerprint": hs.meta.get("data_fingerprint"), "calibration samples": hs.samples}
         doc = R.document(ev, proto, {"name": model_path.name, "fingerprint": model_fp}, gates, device, prov)
         doc["unavailable"] = []
