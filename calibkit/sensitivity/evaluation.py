@@ -73,6 +73,8 @@ def load_valset(model: onnx.ModelProto, model_fp: str, data, preprocess: Preproc
         feeds.append({k: np.ascontiguousarray(v) for k, v in b.items()})
         counts.append(int(b.samples))
     lab = _labels(labels)
+    if lab is not None and stats.limited:
+        lab = lab[: sum(counts)]  # --max-samples: the first N labels, as validate uses them
     if lab is not None and len(lab) != sum(counts):
         raise CalibkitError(f"labels {labels} have {len(lab)} entries but {source.description} has {sum(counts)} samples; they must match one to one")
     data_fp = source.fingerprint() or "streamed:" + stats.streamed_fingerprint()
