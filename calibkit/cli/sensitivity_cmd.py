@@ -20,6 +20,10 @@ search_options = compose(
     click.option("--max-accuracy-drop", type=float, help="Target: task score drop vs FP32 <= this, percentage points."),
     click.option("--force", is_flag=True, help="Accept scales whose model fingerprint differs."),
     click.option("--allow-preprocess-mismatch", is_flag=True, help="Use images preprocessed unlike the calibration data."),
+    parallel_options,
+    data_options,
+    feed_options,
+    user_errors,
 )
 
 
@@ -61,10 +65,6 @@ def _args(kw: dict) -> dict:
 
 @cli.command()
 @search_options
-@parallel_options
-@data_options
-@feed_options
-@user_errors
 def sensitivity(model, scales, output_dir, data, **kw) -> None:
     """Rank quantized layers by the output/task error INT8 in each one causes.
 
@@ -88,10 +88,6 @@ def sensitivity(model, scales, output_dir, data, **kw) -> None:
 
 @cli.command()
 @search_options
-@parallel_options
-@data_options
-@feed_options
-@user_errors
 def fallback(model, scales, output_dir, data, **kw) -> None:
     """Find the fewest layers to keep in float so a target holds, and verify it.
 

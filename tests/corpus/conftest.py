@@ -24,8 +24,7 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("corpus_model", corpus.MODELS, ids=[m["name"] for m in corpus.MODELS])
 
 
-@pytest.fixture
-def model_files(corpus_model):
+def corpus_files(corpus_model: dict) -> tuple[Path, Path, Path]:
     """(model.onnx, calib.npz, val.npz) of a present corpus model; skips naming the fetch command."""
     root = corpus.cache_dir()
     path = corpus.model_path(root, corpus_model)
@@ -35,6 +34,11 @@ def model_files(corpus_model):
     if not (calib.exists() and val.exists()):
         corpus.make_inputs(root, corpus_model)
     return path, calib, val
+
+
+@pytest.fixture
+def model_files(corpus_model):
+    return corpus_files(corpus_model)
 
 
 class CorpusCLI:

@@ -6,21 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import corpus
+from conftest import corpus, corpus_files
 
 
 @pytest.fixture
 def cls_model(tmp_path, monkeypatch):
-    m = corpus.by_name("ppocr_cls")
-    root = corpus.cache_dir()
-    path = corpus.model_path(root, m)
-    if not path.exists():
-        pytest.skip(f"corpus model ppocr_cls absent from {root}: run `python tools/corpus.py fetch --only ppocr_cls`")
-    calib, val = corpus.input_paths(root, m)
-    if not (calib.exists() and val.exists()):
-        corpus.make_inputs(root, m)
     monkeypatch.setenv("CALIBKIT_CACHE", str(tmp_path / "cache"))
-    return path, calib, val
+    return corpus_files(corpus.by_name("ppocr_cls"))
 
 
 def test_fallback_on_a_paddle_classifier(cls_model, corpus_cli, tmp_path):
