@@ -93,3 +93,16 @@ def test_clipped_fraction():
     h = build([np.arange(100, dtype=np.float32)])  # 0..99, range 128
     assert h.clipped_fraction(h.amax) == 0.0
     assert abs(h.clipped_fraction(50.0) - 0.5) < 1e-12
+
+
+def test_threshold_plot_with_data_in_the_last_bins():
+    """Sigmoid-like tensors fill the histogram's last bin (max just under the range): the report's
+    threshold figure must still draw (it once built 2050 edges for 2048 counts)."""
+    from calibkit.report import figures
+
+    for top in (1.0 - 1e-6, 0.9995, 0.51):
+        h = TensorHistogram()
+        h.update(np.array([0.0, 0.25, top], np.float32))
+        assert (h.counts[-1] > 0) == (top > 2047 / 2048)
+        uri = figures.threshold_plot("sigmoid_out", h, {"entropy": 0.5}, {"entropy": "#d62728"})
+        assert uri.startswith("data:image/png;base64,") and len(uri) > 1000

@@ -95,7 +95,7 @@ def threshold_plot(name: str, h: TensorHistogram, used: dict[str, float], colors
     """|x| histogram of one tensor with each method's threshold drawn (empty bins left empty)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 2.6))
-    last = int(np.flatnonzero(h.counts)[-1]) + 2 if h.counts.any() else NUM_BINS
+    last = min(NUM_BINS, int(np.flatnonzero(h.counts)[-1]) + 2) if h.counts.any() else NUM_BINS  # one empty bin after the data
     shown = np.where(h.counts[:last] > 0, h.counts[:last], np.nan)  # NaN: a gap, not a floor
     ax.stairs(shown, np.arange(last + 1) * h.bin_width, fill=True, alpha=0.45, color="#4a6fa5")
     ax.set_yscale("log")
