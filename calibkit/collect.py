@@ -158,6 +158,7 @@ def collect(
     max_samples: int | None = None,
     external_dir: str | None = None,
     pad: bool | None = None,
+    hash_stream: bool = True,
 ) -> Collection:
     """Histograms of every calibration tensor over the whole ``source`` (or its first
     ``max_samples`` samples).
@@ -179,7 +180,7 @@ def collect(
     size = {"n": run_batch or (CUDA_RUN_BATCH if padded_run else 1)}
     stats = FeedStats()
     start = time.perf_counter()
-    batches = run_batches(source, specs, lambda: size["n"], stats, rebatch=rebatch, max_samples=max_samples)
+    batches = run_batches(source, specs, lambda: size["n"], stats, rebatch=rebatch, max_samples=max_samples, hash_stream=hash_stream)
     first = next(batches)  # run_batches raises a CalibkitError when there is no sample
     p, names, listed = plan(model, specs, first, device, threads, model_name, source, external_dir, pad, rebatch)
     on_cuda = "CUDAExecutionProvider" in p.sess.get_providers()

@@ -7,6 +7,7 @@ model + data -> histograms.npz (reused when fingerprints match) -> scales.json,
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +36,7 @@ class CalibrateResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _data_fingerprint(source, specs, run_batch: int, feed_opts: dict) -> str:
-    fp = source.fingerprint()
+def _data_fingerprint(source, specs, run_batch: int, feed_opts: dict, fp: str | None) -> str:
     if fp is not None:
         return fp
     stats = FeedStats()
@@ -80,7 +80,7 @@ def calibrate(
         feed_opts = {"batch_axes": batch_axes or {}, "rebatch": rebatch, "max_samples": max_samples}
         hset, reused, collection, fresh = _histograms(tx, model_path, proto, model_fp, data, histograms, batch_size, preprocess, recollect, force, device, progress, on_source, feed_opts)
         t_collect = time.perf_counter()
-        table = compute(hset, method, config)
+        table = compute(hset, method, config, device=device)
         t_thresh = time.perf_counter()
         staged = stage_scales(table, hset, model_path, model_fp, version_code, cache_algorithm)
         outputs: dict[str, Path] = {}
@@ -141,21 +141,26 @@ def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, pr
     if on_source:
         on_source(source)
     hist_path = tx.directory / HISTOGRAMS
-    rehashable = source.fingerprint() is not None or getattr(source, "rehashable", False)
-    if hist_path.is_file() and not recollect and rehashable:
-        try:
-            old = store.load(hist_path)
-        except CalibkitError:
-            old = None
-        same_feed = old is not None and all(old.meta.get(k, d) == v for (k, v), d in zip(_feed_meta(feed_opts).items(), ({}, True, None)))
-        if same_feed and old.meta.get("model_fingerprint") == model_fp and old.meta.get("preprocess_fingerprint") == preprocess_fingerprint(source):
-            if old.meta.get("data_fingerprint") == _data_fingerprint(source, specs, run_batch, feed_opts):
-                return old, f"{hist_path} (model, data and preprocessing fingerprints match; --recollect to redo)", None, False
-    collection = collect(
-        proto, source, run_batch, device=device, progress=progress, model_name=model_path.name, specs=specs,
-        rebatch=feed_opts["rebatch"], max_samples=feed_opts["max_samples"],
-        external_dir=str(model_path.parent) if has_external(proto) else None,
-    )
+    # The file fingerprint is computed once, in a thread, while the data streams through the model.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calibkit-fingerprint") as pool:
+        fingerprint = pool.submit(source.fingerprint)
+        rehashable = getattr(source, "rehashable", False) or getattr(source, "hashes_files", False)
+        if hist_path.is_file() and not recollect and (rehashable or fingerprint.result() is not None):
+            try:
+                old = store.load(hist_path)
+            except CalibkitError:
+                old = None
+            same_feed = old is not None and all(old.meta.get(k, d) == v for (k, v), d in zip(_feed_meta(feed_opts).items(), ({}, True, None)))
+            if same_feed and old.meta.get("model_fingerprint") == model_fp and old.meta.get("preprocess_fingerprint") == preprocess_fingerprint(source):
+                if old.meta.get("data_fingerprint") == _data_fingerprint(source, specs, run_batch, feed_opts, fingerprint.result()):
+                    return old, f"{hist_path} (model, data and preprocessing fingerprints match; --recollect to redo)", None, False
+        collection = collect(
+            proto, source, run_batch, device=device, progress=progress, model_name=model_path.name, specs=specs,
+            rebatch=feed_opts["rebatch"], max_samples=feed_opts["max_samples"],
+            external_dir=str(model_path.parent) if has_external(proto) else None,
+            hash_stream=not getattr(source, "hashes_files", False),
+        )
+        data_fp = fingerprint.result()
     stats = collection.stats
     applied = applied_preprocess(source)
     hset = store.HistogramSet(
@@ -163,7 +168,7 @@ def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, pr
         {
             "model_name": model_path.name,
             "model_fingerprint": model_fp,
-            "data_fingerprint": source.fingerprint() or "streamed:" + stats.streamed_fingerprint(),
+            "data_fingerprint": data_fp or "streamed:" + stats.streamed_fingerprint(),
             "data": source.description,
             "preprocess": applied.to_dict() if applied is not None else None,
             "preprocess_fingerprint": preprocess_fingerprint(source),

@@ -125,6 +125,8 @@ def list_images(root: Path) -> list[Path]:
 
 
 class ImageFolderSource:
+    hashes_files = True  # fingerprint() hashes the files: no streamed hash needed
+
     def __init__(self, root: Path, input_name: str, pre: Preprocess, model_shape: tuple = ()) -> None:
         from PIL import Image  # noqa: F401  (fail early with a clear error if Pillow is absent)
 
