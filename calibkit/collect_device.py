@@ -57,6 +57,7 @@ class BufferSet:
         arrays = {**self.inputs, **self.outputs}
         self.table = hists.table({k: arrays[k] for k in reduced if k in arrays and arrays[k].dtype in FLOATS})
         self.done = None  # event: the last reduction reading these buffers
+        self.copied = None  # event: the input copy into these buffers
 
 
 class DeviceCollector:
@@ -109,14 +110,15 @@ class DeviceCollector:
                 return
             outs[name] = (tuple(v.shape()), dtype)
         ins = {k: (v.shape, v.dtype) for k, v in feed.items()}
-        reduced = [n for n in self.on_device]
-        self.sets = [BufferSet(self.cp, self.p.sess, ins, outs, reduced, self.hists, self.device_id) for _ in range(2)]
+        size = sum(int(np.prod(sh, dtype=np.int64)) * np.dtype(dt).itemsize for sh, dt in [*ins.values(), *outs.values()])
+        free = self.cp.cuda.runtime.memGetInfo()[0]
+        count = 2 if 2 * size < free // 2 else 1  # a second set (overlap) only where memory is plentiful
+        self.sets = [BufferSet(self.cp, self.p.sess, ins, outs, self.on_device, self.hists, self.device_id) for _ in range(count)]
         self.turn = 0
 
     # -- one run -------------------------------------------------------------------------
     def _reduce_values(self, feed, values: dict, n: int, padded: bool) -> None:
         """Reduce a run held in ``values`` ({name: cupy array}); padding removed if any."""
-        cp = self.cp
         arrays = {}
         for name in self.on_device:
             a = values.get(name)
@@ -144,8 +146,50 @@ class DeviceCollector:
         if self.p.guards:
             check_guards(self.p, {g: values[g].get() for g in self.p.guards})
 
+    def stage(self, feed, pinned: dict):
+        """Start copying a batch into the next buffer set (the copy overlaps the run before it);
+        returns what :meth:`execute` takes. Batches that need the slow path are not staged."""
+        n = feed.samples
+        if len(self.sets) < 2 or (self.p.pad and n < self.run_batch) or self._signature(feed) != self.signature:
+            return feed, pinned, None
+        bs = self.sets[self.turn]
+        self.turn = (self.turn + 1) % len(self.sets)
+        if bs.done is not None:
+            bs.done.synchronize()  # the reduction that read this set two runs ago
+        with self.copy_stream:
+            for k, a in bs.inputs.items():
+                a.set(pinned[k], stream=self.copy_stream)
+        bs.copied = self.copy_stream.record()
+        return feed, pinned, bs
+
+    def execute(self, staged) -> None:
+        feed, pinned, bs = staged
+        if bs is None:
+            self.run(feed, pinned)
+            return
+        bs.copied.synchronize()
+        self._run_set(bs, feed, pinned)
+
+    def _run_set(self, bs: BufferSet, feed, pinned: dict) -> None:
+        p = self.p
+
+        def run():
+            p.sess.run_with_iobinding(bs.binding)
+            bs.binding.synchronize_outputs()
+
+        try:
+            _ort_run(run, p.model_name, p.source)
+        except Exception:
+            self.sets, self.signature = [], None  # e.g. a data-dependent shape: relearn buffers
+            self.run(feed, pinned)
+            return
+        with self.reduce_stream:
+            self.hists.reduce(bs.table, self.reduce_stream)
+        bs.done = self.reduce_stream.record()
+        self._host_side(feed, {**bs.inputs, **bs.outputs}, feed.samples)
+
     def run(self, feed, pinned: dict) -> None:
-        """One batch (``pinned``: its inputs staged in page-locked memory)."""
+        """One batch (``pinned``: its inputs staged in page-locked memory), not overlapped."""
         cp, p = self.cp, self.p
         n = feed.samples
         padded = p.pad and n < self.run_batch
@@ -172,22 +216,16 @@ class DeviceCollector:
                 a.set(pinned[k], stream=self.copy_stream)
         self.copy_stream.synchronize()
 
+        if not padded:
+            self._run_set(bs, feed, pinned)
+            return
+
         def run():
             p.sess.run_with_iobinding(bs.binding)
             bs.binding.synchronize_outputs()
 
-        try:
-            _ort_run(run, p.model_name, p.source)
-        except Exception:
-            self.sets, self.signature = [], None  # e.g. a data-dependent shape: relearn buffers
-            self.run(feed, pinned)
-            return
-        if padded:
-            self._reduce_values(feed, {**bs.inputs, **bs.outputs}, n, True)
-        else:
-            with self.reduce_stream:
-                self.hists.reduce(bs.table, self.reduce_stream)
-            self._host_side(feed, {**bs.inputs, **bs.outputs}, n)
+        _ort_run(run, p.model_name, p.source)
+        self._reduce_values(feed, {**bs.inputs, **bs.outputs}, n, True)
         bs.done = self.reduce_stream.record()
 
     def finish(self) -> dict[str, TensorHistogram]:
@@ -201,9 +239,22 @@ class DeviceCollector:
 def collect_device(p: Plan, batches, stats: FeedStats, run_batch: int, progress, workers: int = 0) -> dict[str, TensorHistogram]:
     stats.run_batch = run_batch
     col = DeviceCollector(p, run_batch)
-    stager = PinnedStager([s.name for s in p.specs])
+    drive(col, batches, PinnedStager([s.name for s in p.specs]), progress, stats)
+    return col.finish()
+
+
+def drive(col: DeviceCollector, batches, stager, progress=None, stats=None) -> None:
+    """Run every batch: read ahead by a thread, each input copy overlapping the previous run."""
+    prev = None
     for feed, pinned in prefetch(batches, stage=stager, depth=4):
-        col.run(feed, pinned)
+        if prev is not None and prev[2] is None:  # the slow path claims sets itself: nothing may be staged
+            col.execute(prev)
+            prev = None
+        cur = col.stage(feed, pinned)  # its copy overlaps the previous run
+        if prev is not None:
+            col.execute(prev)
+        prev = cur
         if progress:
             progress(stats.samples)
-    return col.finish()
+    if prev is not None:
+        col.execute(prev)

@@ -7,8 +7,8 @@ model + data -> histograms.npz (reused when fingerprints match) -> scales.json,
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,9 +64,13 @@ def calibrate(
     batch_axes: dict[str, int | None] | None = None,
     rebatch: bool = True,
     max_samples: int | None = None,
+    devices: list[int] | None = None,
+    workers: int = 0,
 ) -> CalibrateResult:
     """``batch_axes``: input -> sample axis (None: passed whole), overriding what the model
-    says; ``rebatch=False`` runs the source's feeds as given; ``max_samples`` stops the stream."""
+    says; ``rebatch=False`` runs the source's feeds as given; ``max_samples`` stops the stream.
+    ``devices``: GPU indices to shard the data over, one process each (multi_gpu.py);
+    ``workers``: processes decoding images (results never change with either)."""
     t0 = time.perf_counter()
     model_path = Path(model)
     proto = load(model_path, keep_external=True)  # weights stay on disk: ORT reads them
@@ -77,7 +81,7 @@ def calibrate(
     version = trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION
     version_code = trt_cache.encode_version(version)
     with Transaction(Path(output_dir), "calibrate") as tx:
-        feed_opts = {"batch_axes": batch_axes or {}, "rebatch": rebatch, "max_samples": max_samples}
+        feed_opts = {"batch_axes": batch_axes or {}, "rebatch": rebatch, "max_samples": max_samples, "devices": devices, "workers": workers}
         hset, reused, collection, fresh = _histograms(tx, model_path, proto, model_fp, data, histograms, batch_size, preprocess, recollect, force, device, progress, on_source, feed_opts)
         t_collect = time.perf_counter()
         table = compute(hset, method, config, device=device)
@@ -154,12 +158,21 @@ def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, pr
             if same_feed and old.meta.get("model_fingerprint") == model_fp and old.meta.get("preprocess_fingerprint") == preprocess_fingerprint(source):
                 if old.meta.get("data_fingerprint") == _data_fingerprint(source, specs, run_batch, feed_opts, fingerprint.result()):
                     return old, f"{hist_path} (model, data and preprocessing fingerprints match; --recollect to redo)", None, False
-        collection = collect(
-            proto, source, run_batch, device=device, progress=progress, model_name=model_path.name, specs=specs,
-            rebatch=feed_opts["rebatch"], max_samples=feed_opts["max_samples"],
-            external_dir=str(model_path.parent) if has_external(proto) else None,
-            hash_stream=not getattr(source, "hashes_files", False),
-        )
+        if feed_opts["workers"] and hasattr(source, "workers"):
+            source.workers = feed_opts["workers"]
+        if feed_opts["devices"] is not None and feed_opts["devices"] != [0]:
+            from calibkit.multi_gpu import collect_sharded
+
+            if device == "cpu":
+                raise CalibkitError("--devices shards the data over GPUs; it cannot be combined with --device cpu")
+            collection = collect_sharded(str(model_path), data, pre, source, feed_opts, run_batch, feed_opts["devices"], feed_opts["workers"])
+        else:
+            collection = collect(
+                proto, source, run_batch, device=device, progress=progress, model_name=model_path.name, specs=specs,
+                rebatch=feed_opts["rebatch"], max_samples=feed_opts["max_samples"],
+                external_dir=str(model_path.parent) if has_external(proto) else None,
+                hash_stream=not getattr(source, "hashes_files", False),
+            )
         data_fp = fingerprint.result()
     stats = collection.stats
     applied = applied_preprocess(source)

@@ -92,3 +92,30 @@ class PinnedStager:
             np.copyto(buf, v)
             out[k] = buf
         return out
+
+
+def _apply_chunk(fn: Callable, items: list, arg) -> list:
+    return [fn(x, arg) for x in items]
+
+
+def ordered_map(fn: Callable, items: list, arg, workers: int, chunk: int = 4, ahead: int = 4) -> Iterator:
+    """``fn(item, arg)`` for every item, computed by ``workers`` spawned processes, yielded in
+    order; at most ``workers * ahead`` chunks are in flight (a bounded queue, not the whole list)."""
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        pending: deque = deque()
+        it = iter(chunks)
+        try:
+            for c in it:
+                pending.append(pool.submit(_apply_chunk, fn, c, arg))
+                if len(pending) >= workers * ahead:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
