@@ -214,9 +214,10 @@ def case(name: str, model: Path, hw, samples: int, batch: int, norm: str, tmp: P
         equal = sum(1 for k in hists if dev.tensors[k]["amax"] == host.tensors[k]["amax"])
         from calibkit import gpu_methods
 
-        resolved = dict(gpu_methods.STATS) if m in ("entropy", "mse") else {}
+        resolved = {**gpu_methods.STATS, "kernel_ms": gpu_methods.KERNEL_MS.get(m)} if m in ("entropy", "mse") else {}
         th[m] = {"gpu_ms": t_dev * 1e3, "host_ms": t_host * 1e3, "equal": f"{equal}/{len(hists)}", **resolved}
-        note = f" ({resolved['resolved']} tensors with near-ties decided on the host, {resolved['exact_calls']} exact evaluations)" if resolved else ""
+        note = (f" (kernel {resolved['kernel_ms']:.2f} ms; {resolved['resolved']} tensors with near-ties decided on the host, "
+                f"{resolved['exact_calls']} exact evaluations)" if resolved else "")
         print(f"thresholds {m:10s}: GPU {t_dev * 1e3:7.1f} ms, host {t_host * 1e3:7.1f} ms, amax equal on {equal}/{len(hists)} tensors{note}", flush=True)
     r["thresholds"] = th
     # 6. end to end vs a plain script over the same data (the same process: CUDA already up)

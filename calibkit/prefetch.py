@@ -67,17 +67,19 @@ class PinnedStager:
     one being staged and two held by the consumer (current and next).
     """
 
-    def __init__(self, names: list[str], slots: int = 8) -> None:
+    def __init__(self, names: list[str], slots: int = 8, threads: int = 4) -> None:
         self.names = names
         self.slots = slots
-        self.pool: dict[tuple, list[np.ndarray]] = {}
+        self.threads = threads
+        self.pool = None
+        self.buffers: dict[tuple, list[np.ndarray]] = {}
         self.turn: dict[tuple, int] = {}
 
     def _buffer(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
         import cupyx
 
         key = (shape, np.dtype(dtype).str)
-        bufs = self.pool.setdefault(key, [])
+        bufs = self.buffers.setdefault(key, [])
         i = self.turn.get(key, 0)
         self.turn[key] = (i + 1) % self.slots
         if i >= len(bufs):
@@ -89,9 +91,21 @@ class PinnedStager:
         for k in self.names:
             v = np.asarray(feed[k])
             buf = self._buffer(v.shape, v.dtype)
-            np.copyto(buf, v)
+            self._copy(buf, v)
             out[k] = buf
         return out
+
+    def _copy(self, dst: np.ndarray, src: np.ndarray) -> None:
+        """np.copyto, split over threads for big arrays (memcpy releases the GIL)."""
+        if dst.nbytes < (8 << 20) or dst.ndim == 0 or dst.shape[0] < 2 or self.threads < 2:
+            np.copyto(dst, src)
+            return
+        if self.pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="calibkit-stage")
+        cuts = np.linspace(0, dst.shape[0], min(self.threads, dst.shape[0]) + 1).astype(int)
+        list(self.pool.map(lambda ab: np.copyto(dst[ab[0]:ab[1]], src[ab[0]:ab[1]]), zip(cuts[:-1], cuts[1:])))
 
 
 def _apply_chunk(fn: Callable, items: list, arg) -> list:
