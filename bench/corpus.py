@@ -2,6 +2,7 @@
 (ort-int8, ort-fp16). Prints a markdown table: times, tensor counts, INT8/FP16 vs FP32 output cosine.
 
     python tools/corpus.py fetch && python bench/corpus.py > bench/corpus.md
+    python bench/corpus.py --only silero_vad,oww_silero_vad   # rows of those models only
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ def run(*args, cwd) -> tuple[int, float, str]:
 
 
 def main() -> None:
+    only = set(sys.argv[sys.argv.index("--only") + 1].split(",")) if "--only" in sys.argv[:-1] else None
     root = corpus.cache_dir()
     print("| model | exporter | calibrate s | calibrated | listed, not calibrated | export s | validate s | INT8 min output cosine | INT8 worst SQNR dB | FP16 min cosine |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for m in corpus.MODELS:
+        if only is not None and m["name"] not in only:
+            continue
         path = corpus.model_path(root, m)
         if not path.exists():
             print(f"| {m['name']} | absent: run tools/corpus.py fetch | | | | | | | | |")

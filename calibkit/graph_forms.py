@@ -27,7 +27,7 @@ _SCALAR_ATTRS = {
 }
 
 
-def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+def constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
     """The tensor a Constant node holds, named after its output; None for sparse/string forms."""
     for attr in node.attribute:
         if attr.name == "value":
@@ -50,7 +50,7 @@ def fold_constant_nodes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     kept: list[onnx.NodeProto] = []
     folded: list[onnx.TensorProto] = []
     for node in g.node:
-        tensor = _constant_tensor(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+        tensor = constant_tensor(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
         if tensor is None:
             kept.append(node)
         else:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from calibkit import cache as trt_cache
-from calibkit import methods, ort_tensors, store
+from calibkit import clipping, methods, ort_tensors, store
 from calibkit.collect import Collection, collect
 from calibkit.data import FeedStats, Preprocess, applied_preprocess, open_source, preprocess_fingerprint, run_batches
 from calibkit.errors import CalibkitError
@@ -34,6 +34,8 @@ class CalibrateResult:
     reused: str | None = None  # why stored histograms were used instead of inference
     collection: Collection | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    clip_warnings: list[clipping.ClipWarning] = field(default_factory=list)  # tensors clipping more than warn_clip, worst first
+    warn_clip: float = clipping.DEFAULT_WARN_CLIP
 
 
 def _data_fingerprint(source, specs, run_batch: int, feed_opts: dict, fp: str | None) -> str:
@@ -66,16 +68,20 @@ def calibrate(
     max_samples: int | None = None,
     devices: list[int] | None = None,
     workers: int = 0,
+    warn_clip: float = clipping.DEFAULT_WARN_CLIP,
 ) -> CalibrateResult:
     """``batch_axes``: input -> sample axis (None: passed whole), overriding what the model
-    says; ``rebatch=False`` runs the source's feeds as given; ``max_samples`` stops the stream.
+    says; ``rebatch=False`` runs the source's feeds as given; ``max_samples`` stops the stream;
     ``devices``: GPU indices to shard the data over, one process each (multi_gpu.py);
-    ``workers``: processes decoding images (results never change with either)."""
+    ``workers``: processes decoding images (results never change with either); tensors whose
+    threshold clips more than ``warn_clip`` of their values are returned in ``clip_warnings``
+    and listed in scales.json."""
     t0 = time.perf_counter()
     model_path = Path(model)
     proto = load(model_path, keep_external=True)  # weights stay on disk: ORT reads them
     model_fp = fingerprint_file(model_path)
     methods.get(method)
+    warn_clip = clipping.check_limit(warn_clip)
     if cache_algorithm not in trt_cache.ALGORITHMS:
         raise CalibkitError(f"--cache-algorithm {cache_algorithm!r} must be one of {', '.join(trt_cache.ALGORITHMS)}")
     version = trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION
@@ -86,7 +92,7 @@ def calibrate(
         t_collect = time.perf_counter()
         table = compute(hset, method, config, device=device)
         t_thresh = time.perf_counter()
-        staged = stage_scales(table, hset, model_path, model_fp, version_code, cache_algorithm)
+        staged = stage_scales(table, hset, model_path, model_fp, version_code, cache_algorithm, warn_clip)
         outputs: dict[str, Path] = {}
         if fresh:
             outputs["histograms"] = store.save(hset, HISTOGRAMS, tx)
@@ -101,10 +107,15 @@ def calibrate(
         reused,
         collection,
         {"collect": t_collect - t0, "threshold": t_thresh - t_collect, "total": time.perf_counter() - t0},
+        clipping.warnings(table, warn_clip),
+        warn_clip,
     )
 
 
-def stage_scales(table: ScaleTable, hset: store.HistogramSet, model_path: Path, model_fp: str, version_code: int, algorithm: str) -> dict[str, str]:
+def stage_scales(
+    table: ScaleTable, hset: store.HistogramSet, model_path: Path, model_fp: str, version_code: int, algorithm: str,
+    warn_clip: float = clipping.DEFAULT_WARN_CLIP,
+) -> dict[str, str]:
     """Validate ``table`` and render its files ({name: text}); raises before anything is written."""
     cache = trt_cache.Cache(version_code, algorithm, table.scales())
     cache_name = f"{model_path.stem}.cache"
@@ -114,6 +125,7 @@ def stage_scales(table: ScaleTable, hset: store.HistogramSet, model_path: Path, 
         "preprocess": ({"fingerprint": hset.meta.get("preprocess_fingerprint"), **hset.meta["preprocess"]} if hset.meta.get("preprocess") else None),
         "cache": {"file": cache_name, "header": cache.header()},
         "uncalibrated": dict(hset.meta.get("uncalibrated") or {}),
+        "clip_warnings": clipping.summary(clipping.warnings(table, warn_clip), warn_clip),
     }
     check_table(table)  # nothing is published unless every value is usable
     return {

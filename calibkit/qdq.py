@@ -10,6 +10,9 @@ quantization. Two placements:
   ONNX Runtime runs it as dequantize -> float kernels (exact INT8 emulation).
 - ``ort``: outputs and pooling/elementwise ops quantized too, so ONNX Runtime's CPU provider
   fuses the patterns into real INT8 kernels (QLinearConv, QGemm, ...).
+
+Ops inside If/Loop/Scan bodies, which the quantizer leaves alone, get the ``trt`` placement
+from calibkit/qdq_subgraph.py (with ORT's scale conventions); those without scales stay float.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ def _quiet():
 
 
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy where every node has a unique name (ORT excludes nodes by name)."""
+    """A copy where every node has a unique name (ORT excludes nodes by name), in bodies too."""
+    from calibkit.qdq_subgraph import name_body_nodes
+
     m = onnx.ModelProto()
     m.CopyFrom(model)
     seen: set[str] = set()
@@ -52,18 +57,21 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
         if not node.name or node.name in seen:
             node.name = f"{node.op_type}_{i}"
         seen.add(node.name)
+    name_body_nodes(m)
     return m
 
 
 def excluded_nodes(model: onnx.ModelProto, pattern: str | None) -> list[str]:
-    """Names of nodes whose name or first output matches ``pattern``."""
+    """Names of nodes (in bodies too) whose name or first output matches ``pattern``."""
+    from calibkit.qdq_subgraph import body_nodes
+
     if not pattern:
         return []
     try:
         rx = re.compile(pattern)
     except re.error as exc:
         raise CalibkitError(f"--exclude-nodes {pattern!r} is not a valid regular expression: {exc}") from None
-    hits = [n.name for n in model.graph.node if rx.search(n.name) or (n.output and rx.search(n.output[0]))]
+    hits = [n.name for n in [*model.graph.node, *body_nodes(model)] if rx.search(n.name) or (n.output and rx.search(n.output[0]))]
     if not hits:
         raise CalibkitError(f"--exclude-nodes {pattern!r} matches no node name or output; check `calibkit inspect` of the model's scales")
     return hits
@@ -82,7 +90,7 @@ def export_qdq(
     """Write the Q/DQ model atomically (with ``<name>.data`` beside it for external-data or
     large models); returns its path. ``model`` is a ModelProto or the path of an .onnx file
     (then its weights are never loaded here). ``notes`` collects what was normalised."""
-    from calibkit import graph_forms, qdq_io, qdq_post
+    from calibkit import graph_forms, qdq_io, qdq_post, qdq_subgraph
 
     if placement not in PLACEMENTS:
         raise CalibkitError(f"--placement {placement!r} must be one of {', '.join(PLACEMENTS)}")
@@ -106,7 +114,7 @@ def export_qdq(
     ops = [o for o in COMPUTE_OPS + (ORT_EXTRA_OPS if placement == "ort" else ()) if o not in skip_types]
     if not ops:
         raise CalibkitError("--exclude-op-types leaves no op type to quantize")
-    present = {n.op_type for n in named.graph.node}
+    present = {n.op_type for n in [*named.graph.node, *qdq_subgraph.body_nodes(named)]}
     if not present & set(ops):
         raise CalibkitError(f"the model has none of the quantizable op types ({', '.join(ops)}); nothing to export")
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
@@ -137,6 +145,10 @@ def export_qdq(
             done.append(f"{len(joins)} residual Add inputs quantized (Conv+Add fusion)")
         if half and qdq_post.float16_scales(qdq, half):
             done.append("float16 activation scales (float16 graph)")
+        inner = qdq_subgraph.quantize_bodies(qdq, amax, ops, exclude_nodes, staged.parent)
+        done.extend(inner.notes())
+        if placement == "ort" and inner.quantized:
+            done.append("ops inside bodies get the trt placement (inputs of Conv/Gemm/MatMul only)")
         onnx.save_model(qdq, str(staged))
         qdq_io.check_written(staged)
         if notes is not None:

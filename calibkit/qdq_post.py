@@ -22,21 +22,16 @@ WEIGHTED = ("Conv", "ConvTranspose")
 _PASS_THROUGH = ("BatchNormalization",)
 
 
-def value_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element types of graph inputs and inferred tensors (best effort)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # inference is best effort
-        inferred = model
-    out: dict[str, int] = {}
-    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            out[vi.name] = vi.type.tensor_type.elem_type
-    return out
-
-
 def fp16_activations(model: onnx.ModelProto) -> set[str]:
-    return {n for n, t in value_types(model).items() if t == TensorProto.FLOAT16}
+    """float16 tensors of the graph and of every If/Loop/Scan body."""
+    from calibkit.subgraphs import tensor_types
+
+    return {n for n, t in tensor_types(model).items() if t == TensorProto.FLOAT16}
+
+
+def fp16_scale(scale: np.ndarray) -> np.ndarray:
+    """A float32 scale as float16, never rounded to zero."""
+    return np.maximum(np.asarray(scale).astype(np.float16), np.float16(FP16_TINY))
 
 
 def float16_scales(qdq: onnx.ModelProto, half: set[str]) -> int:
@@ -49,7 +44,7 @@ def float16_scales(qdq: onnx.ModelProto, half: set[str]) -> int:
         init = inits.get(node.input[1])
         if init is None or init.data_type != TensorProto.FLOAT:
             continue
-        scale = np.maximum(numpy_helper.to_array(init).astype(np.float16), np.float16(FP16_TINY))
+        scale = fp16_scale(numpy_helper.to_array(init))
         init.CopyFrom(numpy_helper.from_array(scale, init.name))
         changed += 1
     return changed
@@ -84,8 +79,10 @@ def residual_inputs(model: onnx.ModelProto, amax: dict[str, float], skipped: set
     return found
 
 
-def quantize_residuals(qdq: onnx.ModelProto, joins: dict[str, str], amax: dict[str, float], dtype: int = TensorProto.FLOAT) -> int:
-    """Insert (or reuse) a Q/DQ pair on each join's skip edge; returns how many edges changed."""
+def quantize_residuals(qdq, joins: dict[str, str], amax: dict[str, float], dtype: int = TensorProto.FLOAT, fresh=None) -> int:
+    """Insert (or reuse) a Q/DQ pair on each join's skip edge; returns how many edges changed.
+    ``qdq``: anything with a ``graph`` (a model, or a body wrapped); ``fresh(base)``: an unused
+    name prefix for the new pair (default ``base`` itself)."""
     g = qdq.graph
     dq_of = {}
     q_src = {n.output[0]: n.input[0] for n in g.node if n.op_type == "QuantizeLinear"}
@@ -103,7 +100,7 @@ def quantize_residuals(qdq: onnx.ModelProto, joins: dict[str, str], amax: dict[s
         if add is None or skip not in add.input:
             continue
         if skip not in dq_of:
-            base = f"{skip}_residual"
+            base = fresh(f"{skip}_residual") if fresh else f"{skip}_residual"
             scale = np.array(int8_scale(amax[skip]), dtype=np.float16 if dtype == TensorProto.FLOAT16 else np.float32)
             g.initializer.extend([numpy_helper.from_array(scale, f"{base}_scale"), numpy_helper.from_array(np.array(0, np.int8), f"{base}_zero_point")])
             before[add_name] = [

@@ -5,38 +5,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from calibkit import methods
 from calibkit.atomic import write_text
+from calibkit.clipping import saturated_fraction
 from calibkit.errors import CalibkitError
+from calibkit.int8 import DEGENERATE_AMAX, FLOAT32_MAX, TINY_AMAX, as_float32, int8_scale  # noqa: F401  (re-exported)
+from calibkit.methods.auto import expected_mse
 from calibkit.store import HistogramSet
 
 FORMAT = "calibkit-scales"
 VERSION = 1
-DEGENERATE_AMAX = 1.0  # tensors with no non-zero finite value: any positive scale is exact
-
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-TINY_AMAX = float(np.finfo(np.float32).tiny) * 127.0  # below this, amax / 127 is not a normal float32
-
-
-def as_float32(x: float) -> float:
-    """``x`` rounded to float32 (inf beyond its range, never an OverflowError)."""
-    if not math.isfinite(x) or abs(x) > FLOAT32_MAX:
-        return math.copysign(math.inf, x) if not math.isnan(x) else math.nan
-    return struct.unpack("<f", struct.pack("<f", x))[0]
-
-
-def int8_scale(amax: float) -> float:
-    """float32(amax) / 127 in float32 arithmetic (one rounding), as ORT and TensorRT compute it."""
-    return float(np.float32(amax) / np.float32(127.0))
 
 
 @dataclass
@@ -84,7 +67,11 @@ def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 
 
     def one(name: str) -> dict[str, Any]:
         h = hset.tensors[name]
-        amax = as_float32(float(pre[name] if pre is not None else spec.amax(h, cfg)))
+        if pre is not None:
+            raw, detail = pre[name], {}
+        else:
+            raw, detail = spec.detail(h, cfg) if spec.detail else (spec.amax(h, cfg), {})
+        amax = as_float32(float(raw))
         if amax == math.inf or h.amax > FLOAT32_MAX:
             raise CalibkitError(
                 f"tensor {name!r} reaches |x| = {h.amax:.4g}, beyond the float32 range: no INT8 scale can represent it; "
@@ -108,9 +95,11 @@ def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 
             "count": h.count,
             "nan": h.nan,
             "inf": h.inf,
-            "clipped": h.clipped_fraction(amax),
+            "clipped": saturated_fraction(h, amax),
+            "expected_mse": float(expected_mse(h, [amax])[0]),
             "range_exp": h.exp,
             "degenerate": degenerate,
+            **detail,
         }
 
     threads = threads or min(8, os.cpu_count() or 1)  # numpy releases the GIL in the heavy parts
@@ -119,7 +108,7 @@ def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 
     return ScaleTable(method, methods.config_params(cfg), dict(zip(names, rows)))
 
 
-STAT_KEYS = ("min", "max", "absmax", "count", "nan", "inf", "clipped")  # optional per-tensor statistics
+STAT_KEYS = ("min", "max", "absmax", "count", "nan", "inf", "clipped", "expected_mse")  # optional per-tensor statistics
 
 
 def _finite(x: Any) -> bool:
@@ -178,7 +167,7 @@ def read(path: str | Path) -> ScaleTable:
         raise CalibkitError(f"{p}: \"tensors\" must map each tensor name to an object with amax and scale; re-run calibrate")
     if not isinstance(m, dict) or not isinstance(m.get("params", {}), dict):
         raise CalibkitError(f"{p}: \"method\" must be an object with name and params; re-run calibrate")
-    for key in ("model", "data", "preprocess", "cache"):
+    for key in ("model", "data", "preprocess", "cache", "clip_warnings"):
         if raw.get(key) is not None and not isinstance(raw[key], dict):
             raise CalibkitError(f"{p}: \"{key}\" must be an object or null; re-run calibrate")
     for name, t in tensors.items():

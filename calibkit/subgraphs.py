@@ -20,7 +20,7 @@ SUBGRAPH_OPS = {"If", "Loop", "Scan"}
 MAX_DEPTH = 8
 
 
-def _types(model: onnx.ModelProto) -> dict[str, int]:
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:
@@ -40,7 +40,7 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+def subgraphs_of(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
     out = []
     for a in node.attribute:
         if a.type == onnx.AttributeProto.GRAPH:
@@ -56,18 +56,18 @@ def _body_floats(g: onnx.GraphProto, types: dict[str, int], reason: str, out: di
             for o in node.output:
                 if o and types.get(o, TensorProto.FLOAT) in FLOAT_TYPES:
                     out.setdefault(o, reason)
-        for attr, sub in _subgraphs(node):
+        for attr, sub in subgraphs_of(node):
             _body_floats(sub, types, f"inside {node.op_type} {attr} of node {node.name or node.output[0]!r}: not calibrated", out)
 
 
 def uncalibrated(model: onnx.ModelProto, types: dict[str, int] | None = None, why: dict[str, str] | None = None) -> dict[str, str]:
     """{tensor: reason} for every float tensor produced inside a subgraph of ``model``.
     ``why``: node name -> a more specific reason (e.g. the If condition depends on the data)."""
-    types = types if types is not None else _types(model)
+    types = types if types is not None else tensor_types(model)
     out: dict[str, str] = {}
     for node in model.graph.node:
         label = node.name or node.output[0]
-        for attr, sub in _subgraphs(node):
+        for attr, sub in subgraphs_of(node):
             reason = (why or {}).get(label) or "not calibrated"
             _body_floats(sub, types, f"inside {node.op_type} {attr} of node {label!r}: {reason}", out)
     return out
@@ -80,12 +80,12 @@ def _sample_dependent(model: onnx.ModelProto, sampled: set[str]) -> set[str]:
         names = set()
         for n in g.node:
             names.update(n.input)
-            for _, sub in _subgraphs(n):
+            for _, sub in subgraphs_of(n):
                 names |= refs(sub)
         return names
 
     for node in model.graph.node:
-        used = set(node.input) | set().union(*(refs(g) for _, g in _subgraphs(node)))
+        used = set(node.input) | set().union(*(refs(g) for _, g in subgraphs_of(node)))
         if used & dep:
             dep.update(o for o in node.output if o)
     return dep
@@ -95,7 +95,7 @@ def _produced(g: onnx.GraphProto) -> set[str]:
     names = {i.name for i in g.initializer} | {i.name for i in g.input}
     for n in g.node:
         names.update(o for o in n.output if o)
-        for _, sub in _subgraphs(n):
+        for _, sub in subgraphs_of(n):
             names |= _produced(sub)
     return names
 
@@ -109,7 +109,7 @@ def _inline(model: onnx.ModelProto, node_index: int, take_then: bool) -> onnx.Mo
     for j, n in enumerate(graph.node):
         if j != node_index:
             outside.update(o for o in n.output if o)
-            for _, sub in _subgraphs(n):
+            for _, sub in subgraphs_of(n):
                 outside |= _produced(sub)
     if _produced(branch) & outside or branch.sparse_initializer:
         return None
@@ -135,7 +135,7 @@ def inline_constant_ifs(model: onnx.ModelProto, sampled: set[str], evaluate) -> 
     branches not taken)."""
     guards: dict[str, bool] = {}
     skipped: dict[str, str] = {}
-    original_types = _types(model)
+    original_types = tensor_types(model)
     for _ in range(MAX_DEPTH):
         dep = _sample_dependent(model, sampled)
         todo = [(i, n) for i, n in enumerate(model.graph.node) if n.op_type == "If" and n.input[0] not in dep]

@@ -141,3 +141,29 @@ def loop_net(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits,
     )
     return save(graph, path)
+
+
+def state_scalar_net(path: Path, seed: int = 0) -> Path:
+    """state [2, N, 4] (samples on axis 1, declared so only --batch-axis state:1 says so) and
+    sr int64 [] only, no [N, ...] input: y [N, 3] = MatMul(state[1] * sr / 16000 + state[0], w)
+    (class scores); state_out = state * 0.5."""
+    w = numpy_helper.from_array(np.random.default_rng(seed).normal(0, 1, (4, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Gather", ["state", "zero"], ["s0"], axis=0),
+        helper.make_node("Gather", ["state", "one"], ["s1"], axis=0),
+        helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["srf", "k"], ["srn"]),
+        helper.make_node("Mul", ["s1", "srn"], ["s1n"]),
+        helper.make_node("Add", ["s0", "s1n"], ["z"]),
+        helper.make_node("MatMul", ["z", "w"], ["y"]),
+        helper.make_node("Mul", ["state", "half"], ["state_out"]),
+    ]
+    inits = [w, numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(1, np.int64), "one"),
+             numpy_helper.from_array(np.array(16000.0, np.float32), "k"), numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    graph = helper.make_graph(
+        nodes, "state_scalar",
+        [helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", 4]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]), helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, "N", 4])],
+        inits,
+    )
+    return save(graph, path)

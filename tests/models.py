@@ -112,3 +112,61 @@ def scale_net(path: Path, factor: float = 1e5) -> Path:
         [f, w],
     )
     return _save(graph, path)
+
+
+def hostile_net(path: Path, seed: int = 0) -> Path:
+    """Four Conv+Relu layers, GAP, Gemm; conv1's channel 0 is ~500x the others, so the
+    per-tensor INT8 scale of conv2's input either crushes channels 1..7 or clips channel 0.
+    conv2 reads channel 0 with tiny weights, so the layers after it see normal ranges: conv2
+    is the one layer INT8 hurts."""
+    rng = np.random.default_rng(seed)
+    c = 8
+    w1 = rng.normal(0, 0.5, (c, 3, 3, 3)).astype(np.float32)
+    w1[0] *= 500.0
+    w2 = rng.normal(0, 0.3, (c, c, 3, 3)).astype(np.float32)
+    w2[:, 0] /= 500.0
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    for k in (3, 4):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.3, (c, c, 3, 3)).astype(np.float32), f"w{k}"))
+    inits.append(numpy_helper.from_array(rng.normal(0, 0.5, (c, 5)).astype(np.float32), "wf"))
+    nodes = []
+    prev = "x"
+    for k in range(1, 5):
+        nodes += [helper.make_node("Conv", [prev, f"w{k}"], [f"c{k}"], pads=[1, 1, 1, 1], name=f"conv{k}"),
+                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}")]
+        prev = f"r{k}"
+    nodes += [helper.make_node("GlobalAveragePool", [prev], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+              helper.make_node("Gemm", ["flat", "wf"], ["y"], name="fc")]
+    graph = helper.make_graph(
+        nodes, "hostile_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        inits,
+    )
+    return _save(graph, path)
+
+
+def tail_net(path: Path, width: int = 64, seed: int = 0) -> Path:
+    """tail = x * 2 -> MatMul -> y: 'tail' carries whatever tail the data has into a quantized MatMul."""
+    rng = np.random.default_rng(seed)
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    w = numpy_helper.from_array(rng.normal(0, 1 / np.sqrt(width), (width, 16)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["tail"], name="mul"), helper.make_node("MatMul", ["tail", "w"], ["y"], name="mm")],
+        "tail_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        [two, w],
+    )
+    return _save(graph, path)
+
+
+def heavy_tail(n: int, width: int = 64, seed: int = 0, tail: float = 0.03, spread: float = 20.0) -> np.ndarray:
+    """[n, width] values: N(0, 0.1) with a ``tail`` fraction of Laplace(0, ``spread``) values
+    scattered through them (entropy clips more than 1% of such a tensor)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 0.1, (n, width))
+    hit = rng.random((n, width)) < tail
+    x[hit] = rng.laplace(0, spread, int(hit.sum()))
+    return x.astype(np.float32)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from calibkit.cli.main import cli
-from calibkit.cli.options import data_options, preprocess_from, user_errors
+from calibkit.cli.options import data_options, feed_from, feed_options, preprocess_from, user_errors
 
 
 @cli.command()
@@ -27,6 +27,7 @@ from calibkit.cli.options import data_options, preprocess_from, user_errors
 @click.option("--print-trtexec", is_flag=True, help="Print the equivalent trtexec command (no TensorRT needed) instead of building.")
 @click.option("--trt-major", type=click.Choice(["10", "11"]), help="TensorRT major version for --print-trtexec (default: the installed one).")
 @data_options
+@feed_options
 @user_errors
 def build(model, engine, int8, cache, qdq, fp16, shapes, keep_fp16, from_report, timing_cache, calibrator, write_cache, workspace_mb, print_trtexec, trt_major, **kw) -> None:
     """Build a TensorRT engine with calibkit's INT8 scales (10.x and 11.x).
@@ -50,7 +51,7 @@ def build(model, engine, int8, cache, qdq, fp16, shapes, keep_fp16, from_report,
         Path(model), eng, int8=int8, cache=Path(cache) if cache else None, qdq=Path(qdq) if qdq else None, fp16=fp16,
         shapes=parse_shapes(shapes), keep_fp16=layers, timing_cache=Path(timing_cache) if timing_cache else eng.with_suffix(".timing.cache"),
         data=kw.pop("data"), preprocess=preprocess_from(kw), calibrator=calibrator, batch_size=kw.get("batch_size") or 8,
-        write_cache=Path(write_cache) if write_cache else None, workspace_mb=workspace_mb,
+        write_cache=Path(write_cache) if write_cache else None, workspace_mb=workspace_mb, **feed_from(kw),
     )
     if print_trtexec:
         from calibkit.trt.build import trtexec_line

@@ -22,6 +22,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         import calibkit.cli.build_cmd  # noqa: F401  (registers build)
+        import calibkit.cli.sensitivity_cmd  # noqa: F401  (registers sensitivity/fallback)
         import calibkit.cli.validate_cmds  # noqa: F401  (registers validate/compare/export-qdq)
         from calibkit.cli.main import cli
     except KeyboardInterrupt as exc:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from calibkit import __version__
-from calibkit.cli.options import data_options, feed_from, feed_options, method_from, method_options, preprocess_from, user_errors
+from calibkit.cli.options import data_options, feed_from, feed_options, method_from, method_options, preprocess_from, user_errors, warn_clip_option
 
 DEMO_OUT = "calibkit-demo"
 
@@ -28,6 +28,7 @@ def cli() -> None:
 @data_options
 @feed_options
 @method_options
+@warn_clip_option
 @click.option("--histograms", type=click.Path(dir_okay=False), help="Re-threshold stored histograms (no inference).")
 @click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), help="Output directory (default: current dir; the bare demo writes ./calibkit-demo).")
 @click.option("--recollect", is_flag=True, help="Run inference even when matching stored histograms exist.")
@@ -37,7 +38,7 @@ def cli() -> None:
 @click.option("--devices", metavar="0,1|all", help="GPUs to shard the data over, one process each; the result equals one GPU's at the same --batch-size.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="Processes decoding and preprocessing images (order kept: results never change).")
 @user_errors
-def calibrate(model, output_dir, histograms, recollect, force, trt_version, cache_algorithm, devices, workers, **kw) -> None:
+def calibrate(model, output_dir, histograms, recollect, force, trt_version, cache_algorithm, devices, workers, warn_clip, **kw) -> None:
     """Collect histograms of every activation and write INT8 scales.
 
     \b
@@ -86,6 +87,7 @@ def calibrate(model, output_dir, histograms, recollect, force, trt_version, cach
             on_source=lambda s: set_total(_total(s.num_samples(), feed["max_samples"])),
             devices=_devices(devices),
             workers=workers,
+            warn_clip=warn_clip,
             **feed,
         )
     print_calibration(result)

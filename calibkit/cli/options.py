@@ -107,6 +107,15 @@ method_options = compose(
 )
 
 
+def warn_clip_option(fn: Callable) -> Callable:
+    from calibkit.clipping import DEFAULT_WARN_CLIP
+
+    return click.option(
+        "--warn-clip", "warn_clip", type=float, default=DEFAULT_WARN_CLIP, show_default=True, metavar="FRACTION",
+        help="Warn, per tensor, when a threshold clips more than this fraction of the tensor's values (1: never).",
+    )(fn)
+
+
 def method_from(kw: dict):
     spec = kw.pop("method")
     name, cfg = methods.parse_spec(spec)
@@ -118,6 +127,28 @@ def method_from(kw: dict):
         params = {**dataclasses.asdict(cfg), **overrides}
         cfg = methods.make_config(name, **params)
     return name, cfg
+
+
+# Where independent evaluations run (sensitivity, fallback search): see calibkit.executor.
+parallel_options = compose(
+    click.option("--workers", metavar="N", default=None, help=(
+        "Run evaluations in N worker processes (N Ray actors with --ray). Default 1 (this process); "
+        "with --ray every CPU of the cluster. Never changes results."
+    )),
+    click.option("--ray", "ray_address", metavar="ADDRESS|auto", help=(
+        "Run evaluations on Ray: auto uses RAY_ADDRESS or starts a local cluster for the run; "
+        "or a cluster's HOST:PORT. Needs pip install 'calibkit[ray]'."
+    )),
+)
+
+
+def parallel_from(kw: dict) -> dict:
+    """--workers/--ray -> executor.make() keyword arguments (a bad --workers is a CalibkitError)."""
+    from calibkit.executor import check_workers
+
+    workers = kw.pop("workers", None)
+    ray = kw.pop("ray_address", None)
+    return {"workers": None if workers is None else check_workers(workers), "ray": ray}
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -133,7 +164,7 @@ def user_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt as exc:
             from calibkit.publish import PUBLISHED
 
-            done = ", ".join(sorted({str(d) for d in PUBLISHED}))
+            done = ", ".join(sorted({str(d) for d in PUBLISHED if d.exists()}))  # scratch sets (temp dirs) are gone
             said = f"complete output sets published before it: {done}" if done else "nothing from this run was published; previous outputs are unchanged"
             click.echo(f"calibkit: interrupted; {said}", err=True)
             raise SystemExit(128 + getattr(exc, "signum", 2)) from None

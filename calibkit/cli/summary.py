@@ -6,7 +6,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from calibkit.cli.progress import out, table
+from calibkit.cli.progress import err, out, table
 from calibkit.errors import CalibkitError
 
 
@@ -36,8 +36,41 @@ def print_calibration(result) -> None:
     bad = nonfinite(t)
     if bad:
         out.print(table("tensors with NaN/Inf (excluded from histograms)", ["tensor", "NaN", "Inf"], [list(b) for b in bad]))
+    picks = auto_choices(t)
+    if picks:
+        out.print("auto chose, per tensor (least expected INT8 MSE): " + ", ".join(f"{m} {n}" for m, n in picks))
     for kind, path in result.outputs.items():
         out.print(f"wrote {kind:13s} {path}")
+    print_clip_warnings(result.clip_warnings, result.warn_clip, result.outputs.get("scales"))
+
+
+def auto_choices(t) -> list[tuple[str, int]]:
+    """(method, tensors) an auto table chose, most used first; [] for other methods."""
+    from collections import Counter
+
+    if t.method != "auto":
+        return []
+    counts = Counter(str(v.get("method", "?")) for v in t.tensors.values())
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def print_clip_warnings(ws, limit: float, where=None, shown: int | None = None) -> None:
+    """Every clip warning (up to ``shown``) on stdout, and a one-line pointer on stderr."""
+    from calibkit.clipping import SHOWN
+
+    if not ws:
+        return
+    shown = SHOWN if shown is None else shown
+    head = f"WARNING: {len(ws)} tensor(s) clip more than {limit:.4g} ({limit:.4%}) of their values (--warn-clip):"
+    lines = [f"  {w.message()}" for w in ws[:shown]]
+    if len(ws) > shown:
+        lines.append(f"  ... and {len(ws) - shown} more" + (f" (every one under \"clip_warnings\" in {where})" if where else ""))
+    out.print("\n".join([head, *lines]))
+    err.print(f"calibkit: warning: {len(ws)} tensor(s) clip more than {limit:.4%} of their values; worst {ws[0].tensor!r} ({ws[0].clipped:.4%}); see the warnings above")
+
+
+def _num(v) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
 def inspect_file(path: Path, limit: int) -> None:
@@ -58,8 +91,22 @@ def inspect_file(path: Path, limit: int) -> None:
 
         st = scales.read(path)
         out.print(f"{path}: method {st.method} {st.params}, {len(st.tensors)} tensors, model {st.meta.get('model', {}).get('name')}")
-        rows = [[n, f"{v['amax']:.6g}", f"{st.scales()[n]:.6g}", f"{float(v.get('clipped') or 0):.4%}"] for n, v in list(st.tensors.items())[:limit]]
-        out.print(table("scales", ["tensor", "amax", "scale", "clipped"], rows))
+        auto = st.method == "auto"
+        rows = [
+            [n, f"{v['amax']:.6g}", f"{st.scales()[n]:.6g}", f"{float(v.get('clipped') or 0):.4%}", _num(v.get("expected_mse")), *([str(v.get("method", "?"))] if auto else [])]
+            for n, v in list(st.tensors.items())[:limit]
+        ]
+        out.print(table("scales", ["tensor", "amax", "scale", "clipped", "expected MSE", *(["chosen"] if auto else [])], rows))
+        if len(st.tensors) > limit:
+            out.print(f"... {len(st.tensors) - limit} more (--limit)")
+        picks = auto_choices(st)
+        if picks:
+            out.print("auto chose: " + ", ".join(f"{m} {n}" for m, n in picks))
+        from calibkit import clipping
+
+        recorded = (st.meta.get("clip_warnings") or {}).get("limit")
+        warn = recorded if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and 0 <= recorded <= 1 else clipping.DEFAULT_WARN_CLIP
+        print_clip_warnings(clipping.warnings(st, warn), warn, path, shown=limit)
         return
     from calibkit import cache
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from calibkit.cli.main import DEMO_OUT, cli
-from calibkit.cli.options import compose, data_options, preprocess_from, user_errors
+from calibkit.cli.options import compose, data_options, feed_from, feed_options, preprocess_from, user_errors, warn_clip_option
 
 DEFAULT_METHODS = "entropy,percentile:99.99,percentile:99.999,minmax,mse"
 
@@ -67,6 +67,10 @@ def _print(res) -> None:
             out.print(f"FAIL {c['label']}: {f}")
     for w in doc.get("warnings", []):
         out.print(f"check your data: {w}")
+    for label, cw in (doc.get("clip_warnings") or {}).items():
+        if cw["count"]:
+            n, limit = cw["count"], cw["limit"]
+            out.print(f"WARNING: {label} clips more than {limit:.4%} of the values of {n} tensor(s) (--warn-clip; all in the results JSON and report); worst: {cw['tensors'][0]['message']}")
     for u in doc.get("unavailable", []):
         out.print(f"unavailable: {u['backend']}: {u['reason']}")
     for c in doc["candidates"]:
@@ -83,9 +87,15 @@ def _run_reporting(fn, **kwargs):
     from calibkit.cli.progress import sample_progress
     from calibkit.errors import ThresholdFailed
 
+    cap = kwargs.get("max_samples")
+
+    def total(source):
+        n = source.num_samples()
+        return min(n, cap) if n is not None and cap else (n or cap)
+
     with sample_progress("validating") as (set_total, update):
         try:
-            res = fn(progress=update, on_source=lambda s: set_total(s.num_samples()), **kwargs)
+            res = fn(progress=update, on_source=lambda s: set_total(total(s)), **kwargs)
         except ThresholdFailed as exc:
             _print(exc.result)
             raise
@@ -99,6 +109,7 @@ def _run_reporting(fn, **kwargs):
 @click.option("--emulate-fp16", is_flag=True, help="Use the float16-rounding emulation for ort-fp16 even where ORT can run the FP16 graph.")
 @gate_options
 @data_options
+@feed_options
 @user_errors
 def validate(model, scales, backends, emulate_fp16, **kw) -> None:
     """Run INT8/FP16 candidates against the ONNX Runtime FP32 reference; write an HTML report.
@@ -121,11 +132,12 @@ def validate(model, scales, backends, emulate_fp16, **kw) -> None:
         kw["report"] = str(Path("reports") / f"{Path(model).stem}.html")
     gates = _gates(kw)
     pre = preprocess_from(kw)
+    feed = feed_from(kw)
     _run_reporting(
         run, model=model, scales=scales, data=kw["data"], labels=kw["labels"], metric=kw["metric"],
         backends=[b.strip() for b in backends.split(",") if b.strip()], report=kw["report"], results=kw["results"], gates=gates,
         preprocess=pre, batch_size=kw["batch_size"], device=kw["device"], exclude_nodes=kw["exclude_nodes"], emulate_fp16=emulate_fp16, force=kw["force"],
-        allow_preprocess_mismatch=kw["allow_preprocess_mismatch"],
+        allow_preprocess_mismatch=kw["allow_preprocess_mismatch"], **feed,
     )
 
 
@@ -150,10 +162,12 @@ def _demo_defaults(kw):
 @click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), help="Write each method's scales.json, cache and TensorsData to DIR/<method>/ (default: <report>.methods/).")
 @click.option("--export-qdq", "export_qdq", is_flag=True, help="Also write each method's Q/DQ model (as validated) to DIR/<method>/.")
 @click.option("--trt-version", help="TensorRT version for the caches' header (default: installed TensorRT, else 10.16.1).")
+@warn_clip_option
 @gate_options
 @data_options
+@feed_options
 @user_errors
-def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt_version, **kw) -> None:
+def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt_version, warn_clip, **kw) -> None:
     """Score several threshold methods from one stored histogram set in one validation pass.
 
     The report ranks methods by task accuracy, then output SQNR. With no MODEL: the demo.
@@ -176,11 +190,12 @@ def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt
     gates = _gates(kw)
     pre = preprocess_from(kw)
     methods_ = [m.strip() for m in method_list.split(",") if m.strip()]
+    feed = feed_from(kw)
     _run_reporting(
         run, model=model, histograms=histograms, data=kw["data"], method_specs=methods_, labels=kw["labels"], metric=kw["metric"], backend=backend,
         report=kw["report"], results=kw["results"], gates=gates, preprocess=pre, batch_size=kw["batch_size"], device=kw["device"],
         exclude_nodes=kw["exclude_nodes"], force=kw["force"], allow_preprocess_mismatch=kw["allow_preprocess_mismatch"],
-        output_dir=output_dir, export_qdq=export_qdq, trt_version=trt_version,
+        output_dir=output_dir, export_qdq=export_qdq, trt_version=trt_version, warn_clip=warn_clip, **feed,
     )
 
 
@@ -190,10 +205,11 @@ def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Q/DQ model to write.")
 @click.option("--placement", type=click.Choice(["trt", "ort"]), default="trt", show_default=True, help="trt: inputs of Conv/Gemm/MatMul (TensorRT 11); ort: outputs too (real INT8 on ORT CPU).")
 @click.option("--exclude-nodes", metavar="REGEX", help="Nodes (name or first output) to keep in float.")
+@click.option("--exclude-list", type=click.Path(dir_okay=False), help="File of node names to keep in float, one per line (`calibkit fallback` writes exclude-nodes.txt).")
 @click.option("--exclude-op-types", metavar="OPS", help="Comma-separated op types to keep in float, e.g. Gemm.")
 @click.option("--force", is_flag=True, help="Accept scales whose model fingerprint differs.")
 @user_errors
-def export_qdq(model, scales, output, placement, exclude_nodes, exclude_op_types, force) -> None:
+def export_qdq(model, scales, output, placement, exclude_nodes, exclude_list, exclude_op_types, force) -> None:
     """Write a Q/DQ (explicitly quantized) ONNX model from calibkit scales.
 
     Constant-node weights and opsets below 13 are normalised in a copy; float16 graphs get
@@ -211,17 +227,25 @@ def export_qdq(model, scales, output, placement, exclude_nodes, exclude_op_types
     from calibkit.qdq import activation_qdq
     from calibkit.qdq import export_qdq as run
     from calibkit.qdq_io import read_light
+    from calibkit.qdq_subgraph import body_activation_count
 
     start = time.perf_counter()
-    read_light(model)  # one-line errors for a missing or unreadable model
+    light = read_light(model)  # one-line errors for a missing or unreadable model
+    if exclude_list:
+        if exclude_nodes:
+            raise click.UsageError("give --exclude-nodes or --exclude-list, not both")
+        from calibkit.sensitivity.exclusions import read_list
+
+        exclude_nodes = read_list(exclude_list, light)
     table = scales_io.read(scales)
     check_fingerprint(table.meta.get("model", {}).get("fingerprint"), fingerprint_file(model), f"scales {scales}", force)
     ops = [o.strip() for o in exclude_op_types.split(",")] if exclude_op_types else None
     notes: list[str] = []
     path = run(model, table.amax(), output, placement=placement, exclude_nodes=exclude_nodes, exclude_op_types=ops, notes=notes)
-    q = activation_qdq(onnx.load(str(path), load_external_data=False))
+    written = onnx.load(str(path), load_external_data=False)
+    q = len(activation_qdq(written)) + body_activation_count(written)
     data = Path(f"{path}.data")
     for note in notes:
         out.print(f"note: {note}")
     extra = f" + {data.name}" if data.exists() else ""
-    out.print(f"wrote {path}{extra}: {len(q)} quantized activations ({placement} placement, method {table.method}), weights per-channel INT8, {time.perf_counter() - start:.1f} s")
+    out.print(f"wrote {path}{extra}: {q} quantized activations ({placement} placement, method {table.method}), weights per-channel INT8, {time.perf_counter() - start:.1f} s")

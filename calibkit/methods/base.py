@@ -17,6 +17,7 @@ from calibkit.errors import CalibkitError
 from calibkit.histogram import TensorHistogram
 
 AmaxFn = Callable[[TensorHistogram, Any], float]
+DetailFn = Callable[[TensorHistogram, Any], tuple[float, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,15 @@ class Method:
     config_cls: type
     amax: AmaxFn
     summary: str
+    detail: DetailFn | None = None  # (amax, per-tensor fields for scales.json), for methods that explain a choice
 
 
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, config_cls: type, summary: str) -> Callable[[AmaxFn], AmaxFn]:
+def register(name: str, config_cls: type, summary: str, detail: DetailFn | None = None) -> Callable[[AmaxFn], AmaxFn]:
     def deco(fn: AmaxFn) -> AmaxFn:
-        REGISTRY[name] = Method(name, config_cls, fn, summary)
+        REGISTRY[name] = Method(name, config_cls, fn, summary, detail)
         return fn
 
     return deco
@@ -92,10 +94,22 @@ def config_params(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def spec_of(name: str, config: Any) -> str:
+    """The spec that :func:`parse_spec` reads back as ``(name, config)``, options at their
+    defaults left out: ``entropy``, ``percentile:99.9``, ``entropy:levels=64``."""
+    fields = dataclasses.fields(config)
+    shown = [f for f in fields if getattr(config, f.name) != f.default]
+    if not shown:
+        return name
+    if len(fields) == 1:
+        return f"{name}:{getattr(config, fields[0].name)!r}"
+    return f"{name}:" + ",".join(f"{f.name}={getattr(config, f.name)!r}" for f in shown)
+
+
 def pick_near_min(screen: np.ndarray, exact: Callable[[int], float], last: bool, band: float = 1e-6) -> int:
     """Index of the minimum of ``exact`` over candidates, screened by the vectorised ``screen``.
 
-    ``screen`` approximates ``exact`` to ~1e-13; only candidates within ``band`` (relative)
+    ``screen`` approximates ``exact`` to ~1e-11 or better; only candidates within ``band`` (relative)
     of its minimum are recomputed exactly, and ties among those go to the last (or first).
     """
     finite = np.isfinite(screen)

@@ -7,6 +7,7 @@ i in [start_bin, NUM_BINS); ties go to the smaller amax.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,14 +31,57 @@ def _error(counts: np.ndarray, centers: np.ndarray, amax: np.ndarray) -> np.ndar
     return ((fq - centers) ** 2 * counts).sum(axis=-1)
 
 
+@functools.lru_cache(maxsize=4)
+def _levels(start_bin: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(candidate bins i, first bin of levels 1..127 per candidate, weights 2m-1), exact integers.
+
+    With ``r = s / w = (i + 0.5) / 127``, bin ``j`` rounds to level ``k`` from
+    ``j = ceil((k - 0.5) r - 0.5) = ceil(((2k-1)(2i+1) - 254) / 508)`` on (half-way ties
+    cannot occur for bin centres: (2k-1)(2i+1) is odd, 254(2j+1) even).
+    """
+    i = np.arange(start_bin, NUM_BINS, dtype=np.int64)
+    m = np.arange(1, 128, dtype=np.int64)
+    num = (2 * m - 1) * (2 * i[:, None] + 1) - 254
+    edges = np.clip(-(-num // 508), 0, NUM_BINS).astype(np.intp)
+    for a in (i, edges):
+        a.flags.writeable = False
+    return i, edges, (2 * m - 1).astype(np.float64)
+
+
+def _screen(counts: np.ndarray, start_bin: int) -> np.ndarray:
+    """error / bin_width**2 of every candidate ``i >= start_bin``, in O(127) per candidate.
+
+    Level ``k`` (127: clipped) holds bins ``[e_k, e_k+1)`` and costs ``sum n_j (j - u_k)**2``,
+    ``u_k = k r - 0.5``. Summed over levels by parts, with ``P0, P1`` the prefix sums of
+    ``n_j, n_j j`` and ``u_127 = i``:
+    ``error = sum_j n_j (j - i)**2 + r (2 sum_m P1[e_m] + sum_m P0[e_m]) - r**2 sum_m (2m-1) P0[e_m]``,
+    every sum an integer (exact in float64 below 2**53), combined in extended precision.
+    """
+    i, edges, weights = _levels(start_bin)
+    n = counts.astype(np.int64)
+    j = np.arange(NUM_BINS, dtype=np.int64)
+    s0, s1, s2 = int(n.sum()), int((n * j).sum()), int((n * j * j).sum())
+    p0 = np.concatenate(([0], np.cumsum(n))).astype(np.float64)
+    p1 = np.concatenate(([0], np.cumsum(n * j))).astype(np.float64)
+    g0 = p0[edges]
+    a = 2.0 * p1[edges].sum(axis=1) + g0.sum(axis=1)
+    b = g0 @ weights
+    ld = np.longdouble
+    if s2 < (1 << 62) // NUM_BINS:  # sum n (j - i)**2 exactly in int64
+        t = (s2 - 2 * i * s1 + i * i * s0).astype(ld)
+    else:
+        il = i.astype(ld)
+        t = ld(s2) - 2 * il * ld(s1) + il * il * ld(s0)
+    r = (i.astype(ld) + ld(0.5)) / ld(127)
+    return np.asarray(t + r * a.astype(ld) - r * r * b.astype(ld), dtype=np.float64)
+
+
 def select_bin(hist: TensorHistogram, cfg: MSEConfig) -> int:
     """Index ``i`` of the chosen bin centre."""
     counts = hist.counts.astype(np.float64)
     centers = (np.arange(NUM_BINS) + 0.5) * hist.bin_width
     cand = np.arange(cfg.start_bin, NUM_BINS)
-    used = counts > 0
-    c, w = centers[used], counts[used]
-    screen = np.concatenate([_error(w, c, centers[chunk]) for chunk in np.array_split(cand, 8)])
+    screen = _screen(hist.counts, cfg.start_bin) * hist.bin_width**2
     k = pick_near_min(screen, lambda j: float(_error(counts, centers, centers[cand[j]:cand[j] + 1])[0]), last=False)
     return int(cand[k])
 

@@ -82,7 +82,8 @@ def layer_rows(doc: dict) -> list[dict]:
     return rows
 
 
-def render(doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: str) -> str:
+def render(doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: str, extra: str = "") -> str:
+    """The validation report; ``extra``: an HTML section (already escaped) placed before the candidates."""
     cands = doc["candidates"]
     colors = figures.palette([c["label"] for c in cands])
     figs = {"layers": figures.layer_sqnr(cands, colors), "accuracy": figures.accuracy_bars(cands, colors)}
@@ -111,7 +112,14 @@ def render(doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: 
         thresholds=thresholds,
         errors=errors,
         fallback=fallback,
+        extra=extra,
         fmt=fmt,
         esc=html.escape,
     )
 
+
+
+def page(title: str, body: str) -> str:
+    """A self-contained page in the report's style around ``body`` (already escaped HTML)."""
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    return env.get_template("page.html.j2").render(title=title, body=body)

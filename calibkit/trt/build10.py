@@ -37,8 +37,8 @@ def _calibrator(spec: BuildSpec, version: str):
     model = load(spec.onnx)
     opt = {name: s[1] for name, s in spec.shapes.items()}
     feed = CalibrationFeed(
-        input_specs(model), KINDS[spec.calibrator][1], batch_size=spec.batch_size, data=spec.data, preprocess=spec.preprocess,
-        opt_shapes=opt, cache_in=spec.cache, cache_out=spec.write_cache, trt_version=version,
+        input_specs(model, spec.batch_axes), KINDS[spec.calibrator][1], batch_size=spec.batch_size, data=spec.data, preprocess=spec.preprocess,
+        opt_shapes=opt, cache_in=spec.cache, cache_out=spec.write_cache, trt_version=version, rebatch=spec.rebatch, max_samples=spec.max_samples,
     )
     return make_calibrator(spec.calibrator, feed)
 

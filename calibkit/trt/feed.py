@@ -36,6 +36,8 @@ class CalibrationFeed:
         cache_out: str | Path | None = None,
         trt_version: str | None = None,
         device: DeviceMemory | None = None,
+        rebatch: bool = True,
+        max_samples: int | None = None,
     ) -> None:
         if data is None and cache_in is None:
             raise CalibkitError("INT8 calibration needs --data (TensorRT calibrates) or --cache (calibkit's scales)")
@@ -43,11 +45,13 @@ class CalibrationFeed:
         self.algorithm = algorithm
         self.opt_shapes = opt_shapes or {}
         fixed = {s.fixed_batch for s in specs} - {None}
-        opt_batch = {shape[0] for shape in self.opt_shapes.values()}
+        axis = {s.name: s.axis for s in specs}
+        opt_batch = {shape[axis[name]] for name, shape in self.opt_shapes.items() if axis.get(name) is not None and axis[name] < len(shape)}
         self.batch_size = int(next(iter(fixed | opt_batch), batch_size))
         if len(fixed | opt_batch) > 1:
             raise CalibkitError(f"the calibration batch is ambiguous: model/--shapes OPT give batch sizes {sorted(fixed | opt_batch)}")
         self.data, self.preprocess = data, preprocess
+        self.rebatch, self.max_samples = rebatch, max_samples
         self.cache_in = Path(cache_in) if cache_in else None
         self.cache_out = Path(cache_out) if cache_out else None
         self.trt_version = trt_version or cache_io.DEFAULT_TRT_VERSION
@@ -73,8 +77,8 @@ class CalibrationFeed:
     # -- batches -------------------------------------------------------------------------
     def _iterate(self) -> Iterator[dict[str, np.ndarray]]:
         source = open_source(self.data, self.specs, self.preprocess)
-        for feed in run_batches(source, self.specs, self.batch_size, self.stats):
-            n = len(next(iter(feed.values())))
+        for feed in run_batches(source, self.specs, self.batch_size, self.stats, rebatch=self.rebatch, max_samples=self.max_samples):
+            n = feed.samples  # the feed's own count: a state [2, N, H] or a scalar input may come first
             if n != self.batch_size:  # TensorRT calibrates at one shape: a short last batch is dropped
                 self.skipped += n
                 continue

@@ -32,6 +32,9 @@ class BuildSpec:
     batch_size: int = 8
     write_cache: Path | None = None
     workspace_mb: int | None = None
+    batch_axes: dict[str, int | None] = field(default_factory=dict)  # how --data is cut, as for calibrate
+    rebatch: bool = True
+    max_samples: int | None = None
 
     def check(self) -> BuildSpec:
         if not self.onnx.is_file():
@@ -47,6 +50,8 @@ class BuildSpec:
             raise CalibkitError("--int8 needs --cache (calibkit's scales) or --data (TensorRT 10 calibrates)")
         if self.cache is not None and not self.cache.is_file():
             raise CalibkitError(f"cache {self.cache} not found; write it with `calibkit calibrate`")
+        if self.data is None and (self.batch_axes or not self.rebatch or self.max_samples is not None):
+            raise CalibkitError("--batch-axis/--no-rebatch/--max-samples say how --data is cut for TensorRT's calibration; give --data or drop them")
         if self.keep_fp16 and not (self.int8 or self.qdq):
             raise CalibkitError("--keep-fp16/--from-report keep layers out of INT8; add --int8 or --qdq")
         self._check_shapes()
@@ -74,7 +79,7 @@ class BuildSpec:
     def _check_shapes(self) -> None:
         from calibkit.onnx_model import input_specs, load
 
-        specs = {s.name: s for s in input_specs(load(self.onnx))}
+        specs = {s.name: s for s in input_specs(load(self.onnx), self.batch_axes)}  # also checks --batch-axis
         for name, (lo, _, _) in self.shapes.items():
             if name not in specs:
                 raise CalibkitError(f"--shapes names {name!r} but the model's inputs are: {', '.join(specs)}")

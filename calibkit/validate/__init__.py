@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from calibkit import clipping, store
 from calibkit import scales as scales_io
-from calibkit import store
 from calibkit.data import Preprocess, resolve_preprocess
 from calibkit.errors import CalibkitError, ThresholdFailed
 from calibkit.onnx_model import check_fingerprint, fingerprint_file, load
@@ -47,6 +47,18 @@ def _sibling_histograms(path: Path, model_fp: str) -> store.HistogramSet | None:
 def method_dir(spec: str) -> str:
     """A method spec as a directory name: ``percentile:99.9`` -> ``percentile-99.9``."""
     return "".join(c if c.isalnum() or c in "._" else "-" for c in spec)
+
+
+def _recorded_limit(table) -> float:
+    """The --warn-clip a scales.json was written with (the default for older files)."""
+    limit = (table.meta.get("clip_warnings") or {}).get("limit")
+    ok = isinstance(limit, (int, float)) and not isinstance(limit, bool) and 0.0 <= limit <= 1.0
+    return float(limit) if ok else clipping.DEFAULT_WARN_CLIP
+
+
+def _clip_doc(ws: list[clipping.ClipWarning], limit: float) -> dict:
+    """A method's clip warnings as results.json records them (every tensor, worst first)."""
+    return {"limit": limit, "count": len(ws), "tensors": [{**w.to_dict(), "message": w.message()} for w in ws]}
 
 
 def _advise(doc: dict, model: str | Path, scales_of: Callable[[dict], Path | None]) -> None:
@@ -116,7 +128,11 @@ def validate(
     allow_preprocess_mismatch: bool = False,
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
+    batch_axes: dict[str, int | None] | None = None,
+    rebatch: bool = True,
+    max_samples: int | None = None,
 ) -> ValidationResult:
+    """``batch_axes``/``rebatch``/``max_samples``: how the data is cut, as for ``calibrate``."""
     model_path = Path(model)
     proto = load(model_path)
     model_fp = fingerprint_file(model_path)
@@ -133,11 +149,14 @@ def validate(
     with tempfile.TemporaryDirectory(prefix="calibkit-validate-") as tmp:
         specs = [(b, table.amax() if table else None, table.method if table and "int8" in b else None) for b in backends]
         cands, unavailable = _candidates(specs, proto, out_names, Path(tmp), device, exclude_nodes, emulate_fp16)
-        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source)
+        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source, batch_axes, rebatch, max_samples)
         prov = {"scales": str(scales) if scales else None, "method": f"{table.method} {table.params}" if table else None,
                 "calibration data fingerprint": table.meta.get("data", {}).get("fingerprint") if table else None}
         doc = R.document(ev, proto, {"name": model_path.name, "fingerprint": model_fp}, gates, device, prov)
         doc["unavailable"] = unavailable
+        if table is not None:
+            limit = _recorded_limit(table)
+            doc["clip_warnings"] = {table.method: _clip_doc(clipping.warnings(table, limit), limit)}
         hists = _sibling_histograms(Path(scales), model_fp) if scales else None
         _advise(doc, model, lambda c: Path(scales) if scales and c.get("method") else None)
         return _finish(doc, ev, hists, f"calibkit validation: {model_path.name}", report, results)
@@ -165,6 +184,10 @@ def compare(
     trt_version: str | None = None,
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
+    warn_clip: float = clipping.DEFAULT_WARN_CLIP,
+    batch_axes: dict[str, int | None] | None = None,
+    rebatch: bool = True,
+    max_samples: int | None = None,
 ) -> ValidationResult:
     """Score ``method_specs`` on one validation pass; each method's scales.json, TensorRT cache
     and TensorsData (and with ``export_qdq`` its Q/DQ model) go to ``output_dir/<method>/``
@@ -187,22 +210,25 @@ def compare(
         raise CalibkitError("--methods lists the same method twice")
     out_dir = Path(output_dir) if output_dir else Path(report).parent / f"{Path(report).stem}.methods"
     version = trt_cache.encode_version(trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION)
-    specs, staged = [], {}
+    warn_clip = clipping.check_limit(warn_clip)
+    specs, staged, clip = [], {}, {}
     for spec in method_specs:
         name, cfg = methods.parse_spec(spec)
         table = scales_io.compute(hs, name, cfg)
-        staged[spec] = stage_scales(table, hs, model_path, model_fp, version, "EntropyCalibration2")
+        staged[spec] = stage_scales(table, hs, model_path, model_fp, version, "EntropyCalibration2", warn_clip)
         specs.append((backend, table.amax(), spec))
+        clip[spec] = _clip_doc(clipping.warnings(table, warn_clip), warn_clip)
     out_names = [o.name for o in proto.graph.output]
     with tempfile.TemporaryDirectory(prefix="calibkit-compare-") as tmp:
         cands, _ = _candidates(specs, proto, out_names, Path(tmp), device, exclude_nodes, False)
-        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source)
+        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source, batch_axes, rebatch, max_samples)
         prov = {"histograms": str(histograms), "calibration data fingerprint": hs.meta.get("data_fingerprint"), "calibration samples": hs.samples}
         doc = R.document(ev, proto, {"name": model_path.name, "fingerprint": model_fp}, gates, device, prov)
         doc["unavailable"] = []
         # compare passes when the best method passes: it answers "which method", not "all of them"
         doc["pass"] = bool(doc["candidates"][1:]) and doc["candidates"][1]["pass"]
         doc["method_outputs"] = {spec: str(out_dir / method_dir(spec)) for spec in method_specs}
+        doc["clip_warnings"] = clip
         _advise(doc, model, lambda c: out_dir / method_dir(c["method"]) / "scales.json" if c.get("method") in staged else None)
         qdq_of = {c.method: c.model_path for c in cands}
 

@@ -60,6 +60,7 @@ class Evaluation:
     task_metric: str | None
     seconds: float
     classes: int | None = None  # class-score width when accuracy is top-1 vs labels
+    feed: dict = field(default_factory=dict)  # how the data was cut: batch_axes, rebatch, max_samples, limited
 
 
 def _fp32_names(model: onnx.ModelProto, tensors: set[str]) -> dict[str, str]:
@@ -112,9 +113,14 @@ def evaluate(
     device: str = "auto",
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
+    batch_axes: dict[str, int | None] | None = None,
+    rebatch: bool = True,
+    max_samples: int | None = None,
 ) -> Evaluation:
+    """``batch_axes``/``rebatch``/``max_samples``: as for ``calibrate`` (inputs not ``[N, ...]``,
+    feeds run as given, a stop after that many samples); a batch's sample count is the feed's."""
     t0 = time.perf_counter()
-    specs = input_specs(model)
+    specs = input_specs(model, batch_axes)
     source = open_source(data, specs, preprocess)
     if on_source:
         on_source(source)
@@ -125,7 +131,7 @@ def evaluate(
     out_names = ref.output_names
     lab = _labels(labels)
     n_known = source.num_samples()
-    if lab is not None and n_known is not None and len(lab) != n_known:
+    if lab is not None and n_known is not None and len(lab) != n_known and (max_samples is None or len(lab) < min(n_known, max_samples)):
         raise CalibkitError(f"labels {labels} have {len(lab)} entries but {source.description} has {n_known} samples; they must match one to one")
     metric_fn = load_function(metric, default="metric")[1] if metric else None
     ref_res = CandidateResult(ref.label, ref.backend, ref.note, None)
@@ -136,8 +142,8 @@ def evaluate(
     stats = FeedStats()
     offset = 0
     cls_index = None
-    for feed in run_batches(source, specs, batch_size or VALIDATION_BATCH, stats):
-        n = len(next(iter(feed.values())))
+    for feed in run_batches(source, specs, batch_size or VALIDATION_BATCH, stats, rebatch=rebatch, max_samples=max_samples):
+        n = feed.samples  # not len() of an input: a state [2, N, H] or a 0-d scalar may come first
         t = time.perf_counter()
         ref_out = ref.run(feed)
         ref_out_shapes = [o.shape for o in ref_out]
@@ -177,11 +183,13 @@ def evaluate(
         offset += n
         if progress:
             progress(offset)
-    if lab is not None and offset != len(lab):
+    if lab is not None and offset != len(lab) and not (stats.limited and offset < len(lab)):  # --max-samples: the first labels
         raise CalibkitError(f"labels {labels} have {len(lab)} entries but the data has {offset} samples; they must match one to one")
     task = f"metric {metric}" if metric_fn else ("top-1 accuracy vs labels" if lab is not None else None)
     classes = int(ref_out_shapes[cls_index][1]) if cls_index is not None and metric_fn is None else None
-    return Evaluation(ref_res, results, offset, source.fingerprint() or "streamed:" + stats.streamed_fingerprint(), source.description, task, time.perf_counter() - t0, classes)
+    feed_info = {"batch_axes": {s.name: s.axis for s in specs}, "rebatch": rebatch, "max_samples": max_samples, "limited": stats.limited}
+    fingerprint = source.fingerprint() if not stats.limited else None
+    return Evaluation(ref_res, results, offset, fingerprint or "streamed:" + stats.streamed_fingerprint(), source.description, task, time.perf_counter() - t0, classes, feed_info)
 
 
 def _score(fn, names, outputs, labels, n, where) -> np.ndarray:

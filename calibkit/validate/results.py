@@ -255,7 +255,7 @@ def document(ev: Evaluation, model: onnx.ModelProto, model_info: dict, gates: Ga
         "format": FORMAT,
         "version": VERSION,
         "model": model_info,
-        "data": {"source": ev.data_description, "fingerprint": ev.data_fingerprint, "samples": ev.samples, "task_metric": ev.task_metric},
+        "data": {"source": ev.data_description, "fingerprint": ev.data_fingerprint, "samples": ev.samples, "task_metric": ev.task_metric, "feed": ev.feed},
         "provenance": provenance,
         "gates": applied,
         "gates_default": default,

@@ -12,7 +12,6 @@ import math
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 
 FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 NOT_ACTIVATIONS = {"Constant"}
@@ -52,17 +51,8 @@ def _feed(session, val_npz):
     return feed
 
 
-# Open gaps (issue 9): strict, so a fix turns them into failures that say "remove me".
-KNOWN_GAPS = {
-    name: "every Conv/MatMul is inside If branches; export-qdq quantizes the top-level graph only"
-    for name in ("silero_vad", "silero_vad_op18_ifless", "oww_silero_vad")
-}
-
-
-def test_calibrate_export_validate(corpus_model, model_files, corpus_cli, tmp_path, request):
+def test_calibrate_export_validate(corpus_model, model_files, corpus_cli, tmp_path):
     model, calib, val = model_files
-    if corpus_model["name"] in KNOWN_GAPS:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_GAPS[corpus_model["name"]], strict=True))
     out = tmp_path / "calib"
 
     cal = corpus_cli("calibrate", model, "--data", calib, "--method", "entropy", "-o", out, "--device", "cpu")

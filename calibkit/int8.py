@@ -1,0 +1,31 @@
+"""INT8 number helpers shared by the methods and scales.json: float32 amax, scale, limits."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+DEGENERATE_AMAX = 1.0  # tensors with no non-zero finite value: any positive scale is exact
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+TINY_AMAX = float(np.finfo(np.float32).tiny) * 127.0  # below this, amax / 127 is not a normal float32
+
+
+def as_float32(x: float) -> float:
+    """``x`` rounded to float32 (inf beyond its range, never an OverflowError)."""
+    if not math.isfinite(x) or abs(x) > FLOAT32_MAX:
+        return math.copysign(math.inf, x) if not math.isnan(x) else math.nan
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def int8_scale(amax: float) -> float:
+    """float32(amax) / 127 in float32 arithmetic (one rounding), as ORT and TensorRT compute it."""
+    return float(np.float32(amax) / np.float32(127.0))
+
+
+def usable_amax(amax: float) -> float:
+    """The amax a scale table stores for a method's raw ``amax``: float32, and
+    ``DEGENERATE_AMAX`` when it is not a positive normal number (an all-zero tensor)."""
+    a = as_float32(float(amax))
+    return a if (math.isfinite(a) and a >= TINY_AMAX) else DEGENERATE_AMAX

@@ -1,0 +1,213 @@
+"""The validation set, its FP32 reference, and one evaluation of a configuration.
+
+``ValSet`` holds the validation feeds in memory (sensitivity runs use a validation subset, not
+the training set) with the FP32 outputs and per-sample task scores computed once and cached on
+disk under a fingerprint of the model, the data and the feed options, so ``sensitivity`` and
+``fallback`` (and a re-run) never recompute them. Workers get the switchable model, the feeds
+and the reference once (``setup``), then each ``task`` is one pass with a set of layers kept
+in float. Sessions run single-threaded so results do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from calibkit.data import FeedStats, Preprocess, open_source, run_batches
+from calibkit.data.script import load_function
+from calibkit.errors import CalibkitError
+from calibkit.onnx_model import input_specs
+from calibkit.validate.engine import VALIDATION_BATCH, _class_output, _labels, _score
+from calibkit.validate.metrics import Agreement
+
+REF_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CALIBKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "calibkit")
+    return Path(root)
+
+
+@dataclass
+class ValSet:
+    feeds: list[dict[str, np.ndarray]]
+    samples: list[int]
+    reference: list[list[np.ndarray]]  # per batch, per output
+    ref_scores: np.ndarray | None  # per sample
+    labels: np.ndarray | None
+    metric: str | None
+    output_names: list[str]
+    class_index: int | None
+    fingerprint: str
+    description: str
+
+    @property
+    def n(self) -> int:
+        return int(sum(self.samples))
+
+    @property
+    def task(self) -> str | None:
+        return f"metric {self.metric}" if self.metric else ("top-1 accuracy vs labels" if self.labels is not None else None)
+
+
+def load_valset(model: onnx.ModelProto, model_fp: str, data, preprocess: Preprocess | None, labels: str | None, metric: str | None,
+                feed_opts: dict | None = None, batch_size: int | None = None, device: str = "cpu") -> tuple[ValSet, bool]:
+    """The validation set with its FP32 reference; (valset, whether the reference came from the cache)."""
+    from calibkit.validate.backends import session
+
+    feed_opts = feed_opts or {}
+    specs = input_specs(model, feed_opts.get("batch_axes"))
+    source = open_source(data, specs, preprocess)
+    stats = FeedStats()
+    feeds, counts = [], []
+    for b in run_batches(source, specs, batch_size or VALIDATION_BATCH, stats, rebatch=feed_opts.get("rebatch", True), max_samples=feed_opts.get("max_samples")):
+        feeds.append({k: np.ascontiguousarray(v) for k, v in b.items()})
+        counts.append(int(b.samples))
+    lab = _labels(labels)
+    if lab is not None and stats.limited:
+        lab = lab[: sum(counts)]  # --max-samples: the first N labels, as validate uses them
+    if lab is not None and len(lab) != sum(counts):
+        raise CalibkitError(f"labels {labels} have {len(lab)} entries but {source.description} has {sum(counts)} samples; they must match one to one")
+    data_fp = source.fingerprint() or "streamed:" + stats.streamed_fingerprint()
+    metric_id = _metric_id(metric)
+    key = hashlib.sha256(json.dumps([REF_FORMAT, model_fp, data_fp, counts, metric_id, _labels_id(lab)], sort_keys=True).encode()).hexdigest()[:24]
+    out_names = [o.name for o in model.graph.output]
+    path = cache_dir() / "reference" / f"{key}.npz"
+    cached = _read_ref(path, len(feeds), len(out_names))
+    if cached is None:
+        sess = session(model, device=device, where="the FP32 model")
+        ref = [sess.run(out_names, f) for f in feeds]
+        fn = load_function(metric, default="metric")[1] if metric else None
+        scores = _task_scores(ref, out_names, lab, fn, metric, counts)
+        _write_ref(path, ref, scores)
+    else:
+        ref, scores = cached
+    cls = _class_output(out_names, ref[0]) if lab is not None and metric is None else None
+    vs = ValSet(feeds, counts, ref, scores, None if lab is None else np.asarray(lab), metric, out_names, cls, key, source.description)
+    return vs, cached is not None
+
+
+def _metric_id(metric: str | None) -> str | None:
+    if not metric:
+        return None
+    path = Path(metric.partition(".py:")[0] + ".py") if ".py:" in metric else Path(metric)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    return f"{metric}:{digest}"
+
+
+def _labels_id(lab) -> str | None:
+    return None if lab is None else hashlib.sha256(np.ascontiguousarray(lab).tobytes()).hexdigest()
+
+
+def _task_scores(outs: list[list[np.ndarray]], names: list[str], lab, fn, metric: str | None, counts: list[int]) -> np.ndarray | None:
+    if lab is None and fn is None:
+        return None
+    cls = _class_output(names, outs[0]) if fn is None else None
+    parts, start = [], 0
+    for o, n in zip(outs, counts):
+        batch_labels = None if lab is None else np.asarray(lab[start : start + n])
+        if fn is None:
+            parts.append((np.nan_to_num(o[cls], nan=-np.inf).argmax(1) == batch_labels.reshape(-1)).astype(np.float64))
+        else:
+            parts.append(_score(fn, names, o, batch_labels, n, metric))
+        start += n
+    return np.concatenate(parts)
+
+
+def _read_ref(path: Path, batches: int, outputs: int):
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ref = [[z[f"b{i}_o{j}"] for j in range(outputs)] for i in range(batches)]
+            scores = z["scores"] if "scores" in z.files else None
+        return ref, scores
+    except (OSError, KeyError, ValueError, EOFError):
+        return None  # a damaged cache entry is recomputed
+
+
+def _write_ref(path: Path, ref, scores) -> None:
+    arrays = {f"b{i}_o{j}": a for i, outs in enumerate(ref) for j, a in enumerate(outs)}
+    if scores is not None:
+        arrays["scores"] = scores
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, path)
+    except OSError:
+        pass  # the cache is an optimisation: an unwritable cache dir only costs a recomputation
+
+
+# ---- worker side -------------------------------------------------------------------------
+_STATE: dict = {}
+
+
+def payload(model: onnx.ModelProto, vs: ValSet) -> bytes:
+    """Everything a worker needs, serialised once (shipped once per worker)."""
+    return pickle.dumps({"model": model.SerializeToString(), "vs": vs}, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def setup(blob: bytes) -> None:
+    from calibkit.providers import session
+
+    state = pickle.loads(blob)
+    vs: ValSet = state["vs"]
+    _STATE.clear()
+    _STATE["vs"] = vs
+    _STATE["sess"] = session(state["model"], device="cpu", threads=1, where="the switchable INT8 model")
+    _STATE["metric_fn"] = load_function(vs.metric, default="metric")[1] if vs.metric else None
+    _STATE["n_switch"] = sum(1 for i in onnx.load_from_string(state["model"]).graph.input if i.name.startswith("calibkit_int8_"))
+
+
+def task(kept: tuple[int, ...]) -> dict:
+    """Run the validation set with every unit quantized except ``kept``; returns the metrics."""
+    from calibkit.sensitivity.switch import switch_name
+
+    vs: ValSet = _STATE["vs"]
+    sess = _STATE["sess"]
+    keep = set(kept)
+    switches = {switch_name(i): np.array(i not in keep) for i in range(_STATE["n_switch"])}
+    agree = [Agreement() for _ in vs.output_names]
+    outs = []
+    for feed, ref in zip(vs.feeds, vs.reference):
+        out = sess.run(vs.output_names, {**feed, **switches})
+        for a, r, c in zip(agree, ref, out):
+            a.add(r, c)
+        if vs.ref_scores is not None:
+            outs.append(out)
+    cos = {name: _num(a.cosine) for name, a in zip(vs.output_names, agree)}
+    result = {"cosine": cos, "min_cosine": _min(cos.values())}
+    if vs.ref_scores is not None:
+        fn = _STATE["metric_fn"]
+        scores = _task_scores(outs, vs.output_names, vs.labels, fn, vs.metric, vs.samples) if fn else _top1(outs, vs)
+        result["task"] = _num(100.0 * float(scores.sum()) / len(scores))
+    return result
+
+
+def _top1(outs, vs: ValSet) -> np.ndarray:
+    parts, start = [], 0
+    for o, n in zip(outs, vs.samples):
+        parts.append(np.nan_to_num(o[vs.class_index], nan=-np.inf).argmax(1) == vs.labels[start : start + n].reshape(-1))
+        start += n
+    return np.concatenate(parts).astype(np.float64)
+
+
+def _num(v: float) -> float | None:
+    return float(v) if v is not None and math.isfinite(v) else None  # None: NaN/inf, fails every target
+
+
+def _min(values) -> float | None:
+    vals = list(values)
+    return None if not vals or any(v is None for v in vals) else min(vals)
