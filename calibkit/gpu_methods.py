@@ -170,6 +170,7 @@ def entropy_bins(cp, counts, cfg, host_counts: np.ndarray) -> list[int]:
     t1.record()
     kl[empty] = cp.inf
     picks, near = _near(cp, kl, last=True)
+    t1.synchronize()
     KERNEL_MS["entropy"] = cp.cuda.get_elapsed_time(t0, t1)
     hb = host_counts.astype(np.float64)
     hb[:, 0] = hb[:, 1]
@@ -187,6 +188,7 @@ def mse_bins(cp, counts, widths, cfg, host_counts: np.ndarray, host_widths: np.n
                                         (counts.astype(cp.float64), widths, np.int32(cfg.start_bin), err))
     t1.record()
     picks, near = _near(cp, err, last=False)
+    t1.synchronize()
     KERNEL_MS["mse"] = cp.cuda.get_elapsed_time(t0, t1)
     picks = cp.where(counts.sum(axis=1) == 0, 0, picks)  # no data: the host returns amax, no search
     idx = np.arange(NUM_BINS)
