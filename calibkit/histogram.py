@@ -6,6 +6,9 @@ count is fixed, the bin of a value at range ``2**exp`` is ``floor(|x| * 2**(11-e
 exact floating-point product, and growing the range by ``2**k`` folds groups of ``2**k``
 adjacent bins exactly. So a histogram built batch by batch, in any order or split into
 shards merged later, is bit-for-bit the histogram of all the data at once.
+
+The binning pass runs in a compiled kernel when numba is installed (``hist_kernel.py``); the
+NumPy code here is the reference it is tested against, and the fallback.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from calibkit import hist_kernel
 
 NUM_BINS = 2048
 BINS_LOG2 = 11
@@ -58,6 +63,16 @@ def fold(counts: np.ndarray, k: int, xp=np):
     else:
         out[: NUM_BINS >> k] = counts.reshape(NUM_BINS >> k, 1 << k).sum(axis=1)
     return out
+
+
+def bin_numpy(flat: np.ndarray, scale: float) -> np.ndarray:
+    """Reference binning: counts of ``trunc(|x| * scale)`` in ``flat``'s dtype (finite values,
+    all below 2048 after scaling)."""
+    a, idx = _SCRATCH.get(flat.size, flat.dtype)
+    np.abs(flat, out=a)
+    np.multiply(a, a.dtype.type(scale), out=a)
+    np.copyto(idx, a, casting="unsafe")  # truncation == floor for |x| >= 0
+    return np.bincount(idx, minlength=NUM_BINS)
 
 
 @dataclass
@@ -112,11 +127,9 @@ class TensorHistogram:
         if e > self.exp:
             self.counts = fold(self.counts, e - self.exp)
             self.exp = e
-        a, idx = _SCRATCH.get(flat.size, flat.dtype)
-        np.abs(flat, out=a)
-        np.multiply(a, a.dtype.type(math.ldexp(1.0, BINS_LOG2 - self.exp)), out=a)
-        np.copyto(idx, a, casting="unsafe")  # truncation == floor for |x| >= 0
-        binned = np.bincount(idx, minlength=NUM_BINS)
+        scale = math.ldexp(1.0, BINS_LOG2 - self.exp)
+        fn = hist_kernel.kernel()
+        binned = hist_kernel.bin_counts(fn, flat, scale) if fn is not None else bin_numpy(flat, scale)
         self.counts += binned if weight == 1 else binned * weight
 
     def merge(self, other: TensorHistogram) -> TensorHistogram:

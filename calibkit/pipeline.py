@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,7 @@ class CalibrateResult:
     warn_clip: float = clipping.DEFAULT_WARN_CLIP
 
 
-def _data_fingerprint(source, specs, run_batch: int, feed_opts: dict) -> str:
-    fp = source.fingerprint()
+def _data_fingerprint(source, specs, run_batch: int, feed_opts: dict, fp: str | None) -> str:
     if fp is not None:
         return fp
     stats = FeedStats()
@@ -66,12 +66,16 @@ def calibrate(
     batch_axes: dict[str, int | None] | None = None,
     rebatch: bool = True,
     max_samples: int | None = None,
+    devices: list[int] | None = None,
+    workers: int = 0,
     warn_clip: float = clipping.DEFAULT_WARN_CLIP,
 ) -> CalibrateResult:
     """``batch_axes``: input -> sample axis (None: passed whole), overriding what the model
     says; ``rebatch=False`` runs the source's feeds as given; ``max_samples`` stops the stream;
-    tensors whose threshold clips more than ``warn_clip`` of their values are returned in
-    ``clip_warnings`` and listed in scales.json."""
+    ``devices``: GPU indices to shard the data over, one process each (multi_gpu.py);
+    ``workers``: processes decoding images (results never change with either); tensors whose
+    threshold clips more than ``warn_clip`` of their values are returned in ``clip_warnings``
+    and listed in scales.json."""
     t0 = time.perf_counter()
     model_path = Path(model)
     proto = load(model_path, keep_external=True)  # weights stay on disk: ORT reads them
@@ -83,10 +87,10 @@ def calibrate(
     version = trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION
     version_code = trt_cache.encode_version(version)
     with Transaction(Path(output_dir), "calibrate") as tx:
-        feed_opts = {"batch_axes": batch_axes or {}, "rebatch": rebatch, "max_samples": max_samples}
+        feed_opts = {"batch_axes": batch_axes or {}, "rebatch": rebatch, "max_samples": max_samples, "devices": devices, "workers": workers}
         hset, reused, collection, fresh = _histograms(tx, model_path, proto, model_fp, data, histograms, batch_size, preprocess, recollect, force, device, progress, on_source, feed_opts)
         t_collect = time.perf_counter()
-        table = compute(hset, method, config)
+        table = compute(hset, method, config, device=device)
         t_thresh = time.perf_counter()
         staged = stage_scales(table, hset, model_path, model_fp, version_code, cache_algorithm, warn_clip)
         outputs: dict[str, Path] = {}
@@ -153,21 +157,35 @@ def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, pr
     if on_source:
         on_source(source)
     hist_path = tx.directory / HISTOGRAMS
-    rehashable = source.fingerprint() is not None or getattr(source, "rehashable", False)
-    if hist_path.is_file() and not recollect and rehashable:
-        try:
-            old = store.load(hist_path)
-        except CalibkitError:
-            old = None
-        same_feed = old is not None and all(old.meta.get(k, d) == v for (k, v), d in zip(_feed_meta(feed_opts).items(), ({}, True, None)))
-        if same_feed and old.meta.get("model_fingerprint") == model_fp and old.meta.get("preprocess_fingerprint") == preprocess_fingerprint(source):
-            if old.meta.get("data_fingerprint") == _data_fingerprint(source, specs, run_batch, feed_opts):
-                return old, f"{hist_path} (model, data and preprocessing fingerprints match; --recollect to redo)", None, False
-    collection = collect(
-        proto, source, run_batch, device=device, progress=progress, model_name=model_path.name, specs=specs,
-        rebatch=feed_opts["rebatch"], max_samples=feed_opts["max_samples"],
-        external_dir=str(model_path.parent) if has_external(proto) else None,
-    )
+    # The file fingerprint is computed once, in a thread, while the data streams through the model.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calibkit-fingerprint") as pool:
+        fingerprint = pool.submit(source.fingerprint)
+        rehashable = getattr(source, "rehashable", False) or getattr(source, "hashes_files", False)
+        if hist_path.is_file() and not recollect and (rehashable or fingerprint.result() is not None):
+            try:
+                old = store.load(hist_path)
+            except CalibkitError:
+                old = None
+            same_feed = old is not None and all(old.meta.get(k, d) == v for (k, v), d in zip(_feed_meta(feed_opts).items(), ({}, True, None)))
+            if same_feed and old.meta.get("model_fingerprint") == model_fp and old.meta.get("preprocess_fingerprint") == preprocess_fingerprint(source):
+                if old.meta.get("data_fingerprint") == _data_fingerprint(source, specs, run_batch, feed_opts, fingerprint.result()):
+                    return old, f"{hist_path} (model, data and preprocessing fingerprints match; --recollect to redo)", None, False
+        if feed_opts["workers"] and hasattr(source, "workers"):
+            source.workers = feed_opts["workers"]
+        if feed_opts["devices"] is not None and feed_opts["devices"] != [0]:
+            from calibkit.multi_gpu import collect_sharded
+
+            if device == "cpu":
+                raise CalibkitError("--devices shards the data over GPUs; it cannot be combined with --device cpu")
+            collection = collect_sharded(str(model_path), data, pre, source, feed_opts, run_batch, feed_opts["devices"], feed_opts["workers"])
+        else:
+            collection = collect(
+                proto, source, run_batch, device=device, progress=progress, model_name=model_path.name, specs=specs,
+                rebatch=feed_opts["rebatch"], max_samples=feed_opts["max_samples"],
+                external_dir=str(model_path.parent) if has_external(proto) else None,
+                hash_stream=not getattr(source, "hashes_files", False),
+            )
+        data_fp = fingerprint.result()
     stats = collection.stats
     applied = applied_preprocess(source)
     hset = store.HistogramSet(
@@ -175,7 +193,7 @@ def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, pr
         {
             "model_name": model_path.name,
             "model_fingerprint": model_fp,
-            "data_fingerprint": source.fingerprint() or "streamed:" + stats.streamed_fingerprint(),
+            "data_fingerprint": data_fp or "streamed:" + stats.streamed_fingerprint(),
             "data": source.description,
             "preprocess": applied.to_dict() if applied is not None else None,
             "preprocess_fingerprint": preprocess_fingerprint(source),

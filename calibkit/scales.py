@@ -45,15 +45,32 @@ class ScaleTable:
         return write_text(path, self.dumps(), tx)
 
 
-def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 0) -> ScaleTable:
-    """Run ``method`` on every tensor (threads share the numpy work; the result is order-free)."""
+def device_amaxes(hset: HistogramSet, method: str, cfg: Any, device: str) -> dict[str, float] | None:
+    """Every tensor's amax from one batched GPU computation (the same choices as the host
+    methods: calibkit/gpu_methods.py), or None: CPU asked, no GPU/CuPy, or a method it lacks."""
+    if device == "cpu" or not hset.tensors:
+        return None
+    from calibkit import gpu_methods
+
+    if method not in gpu_methods.SUPPORTED or methods.get(method).amax is not gpu_methods.HOST_AMAX.get(method) or not gpu_methods.available():
+        return None
+    return gpu_methods.amaxes(hset.tensors, method, cfg)
+
+
+def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 0, device: str = "cpu") -> ScaleTable:
+    """Run ``method`` on every tensor (threads share the numpy work; the result is order-free).
+    ``device`` "auto"/"cuda": the built-in methods' bins are chosen on the GPU when one is usable."""
     spec = methods.get(method)
     cfg = config if config is not None else spec.config_cls()
     names = list(hset.tensors)
+    pre = device_amaxes(hset, method, cfg, device)
 
     def one(name: str) -> dict[str, Any]:
         h = hset.tensors[name]
-        raw, detail = spec.detail(h, cfg) if spec.detail else (spec.amax(h, cfg), {})
+        if pre is not None:
+            raw, detail = pre[name], {}
+        else:
+            raw, detail = spec.detail(h, cfg) if spec.detail else (spec.amax(h, cfg), {})
         amax = as_float32(float(raw))
         if amax == math.inf or h.amax > FLOAT32_MAX:
             raise CalibkitError(

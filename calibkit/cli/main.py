@@ -35,8 +35,10 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="Accept --histograms whose model fingerprint differs.")
 @click.option("--trt-version", help="TensorRT version for the cache header (default: installed TensorRT, else 10.16.1).")
 @click.option("--cache-algorithm", default="EntropyCalibration2", show_default=True, help="Cache header algorithm; EntropyCalibration2 is what trtexec --calib accepts.")
+@click.option("--devices", metavar="0,1|all", help="GPUs to shard the data over, one process each; the result equals one GPU's at the same --batch-size.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, help="Processes decoding and preprocessing images (order kept: results never change).")
 @user_errors
-def calibrate(model, output_dir, histograms, recollect, force, trt_version, cache_algorithm, warn_clip, **kw) -> None:
+def calibrate(model, output_dir, histograms, recollect, force, trt_version, cache_algorithm, devices, workers, warn_clip, **kw) -> None:
     """Collect histograms of every activation and write INT8 scales.
 
     \b
@@ -83,10 +85,19 @@ def calibrate(model, output_dir, histograms, recollect, force, trt_version, cach
             device=kw["device"],
             progress=update,
             on_source=lambda s: set_total(_total(s.num_samples(), feed["max_samples"])),
+            devices=_devices(devices),
+            workers=workers,
             warn_clip=warn_clip,
             **feed,
         )
     print_calibration(result)
+
+
+def _devices(text: str | None) -> list[int] | None:
+    from calibkit.multi_gpu import parse_devices
+    from calibkit.providers import cuda_device_count
+
+    return parse_devices(text, cuda_device_count()) if text is not None else None
 
 
 def _total(known: int | None, limit: int | None) -> int | None:

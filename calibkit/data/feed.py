@@ -143,12 +143,14 @@ def run_batches(
     stats: FeedStats,
     rebatch: bool = True,
     max_samples: int | None = None,
+    hash_stream: bool = True,
 ) -> Iterator[Batch]:
     """Validated feeds of exactly ``run_batch`` samples (but the last of each shape run).
 
     ``run_batch`` may be a callable, asked again before each batch is cut (the collector
     sizes batches from the activation bytes of the first one); it is never taken below 1,
     and no batch is ever empty. ``max_samples`` stops the stream after that many samples.
+    ``hash_stream=False`` skips the streamed fingerprint (sources that hash their files).
     """
     asked = run_batch if callable(run_batch) else (lambda: run_batch)
     fixed = {s.fixed_batch for s in specs} - {None}
@@ -193,7 +195,8 @@ def run_batches(
             n = max_samples - stats.samples
             feed = _cut(feed, specs, 0, n) if sampled else feed
             stats.limited = True
-        hash_feed(stats.digest, feed, specs)
+        if hash_stream:
+            hash_feed(stats.digest, feed, specs)
         stats.samples += n
         if not rebatch:
             stats.batches += 1

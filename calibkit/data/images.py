@@ -125,6 +125,9 @@ def list_images(root: Path) -> list[Path]:
 
 
 class ImageFolderSource:
+    hashes_files = True  # fingerprint() hashes the files: no streamed hash needed
+    workers = 0  # > 1: decode and preprocess in that many processes (--workers)
+
     def __init__(self, root: Path, input_name: str, pre: Preprocess, model_shape: tuple = ()) -> None:
         from PIL import Image  # noqa: F401  (fail early with a clear error if Pillow is absent)
 
@@ -148,33 +151,43 @@ class ImageFolderSource:
         return hash_files(self.files, self.root)
 
     def load(self, path: Path) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
-
-        pre = self.pre
-        try:
-            with Image.open(path) as im:
-                im = im.convert("L" if pre.channels == "L" else "RGB")
-                if pre.size is not None:
-                    h, w = pre.size
-                    if pre.resize:
-                        r = pre.resize / min(im.size)
-                        im = im.resize((max(w, round(im.size[0] * r)), max(h, round(im.size[1] * r))), Image.BILINEAR)
-                        left, top = (im.size[0] - w) // 2, (im.size[1] - h) // 2
-                        im = im.crop((left, top, left + w, top + h))
-                    elif im.size != (w, h):
-                        im = im.resize((w, h), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.float32)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise CalibkitError(f"cannot read image {path}: {exc}") from None
-        if a.ndim == 2:
-            a = a[:, :, None]
-        if pre.channels == "BGR":
-            a = a[:, :, ::-1]
-        a = (a * np.float32(pre.scale) - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
-        if pre.layout == "NCHW":
-            a = a.transpose(2, 0, 1)
-        return np.ascontiguousarray(a, dtype=np.float32)
+        return load_image(path, self.pre)
 
     def batches(self) -> Iterator[Feed]:
+        if self.workers > 1:  # decoded in worker processes, in order (results do not change)
+            from calibkit.prefetch import ordered_map
+
+            for a in ordered_map(load_image, self.files, self.pre, workers=self.workers):
+                yield {self.input_name: a[None]}
+            return
         for path in self.files:
             yield {self.input_name: self.load(path)[None]}
+
+
+def load_image(path: Path, pre: Preprocess) -> np.ndarray:
+    """One image file -> preprocessed float32 array (module level: worker processes run it)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if pre.channels == "L" else "RGB")
+            if pre.size is not None:
+                h, w = pre.size
+                if pre.resize:
+                    r = pre.resize / min(im.size)
+                    im = im.resize((max(w, round(im.size[0] * r)), max(h, round(im.size[1] * r))), Image.BILINEAR)
+                    left, top = (im.size[0] - w) // 2, (im.size[1] - h) // 2
+                    im = im.crop((left, top, left + w, top + h))
+                elif im.size != (w, h):
+                    im = im.resize((w, h), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.float32)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise CalibkitError(f"cannot read image {path}: {exc}") from None
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if pre.channels == "BGR":
+        a = a[:, :, ::-1]
+    a = (a * np.float32(pre.scale) - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    if pre.layout == "NCHW":
+        a = a.transpose(2, 0, 1)
+    return np.ascontiguousarray(a, dtype=np.float32)

@@ -1,0 +1,76 @@
+"""Reading data in parallel (CPU): image workers, prefetching and shards never change results."""
+
+from __future__ import annotations
+
+import models
+import numpy as np
+import pytest
+from PIL import Image
+
+from calibkit.data import Preprocess, open_source
+from calibkit.errors import CalibkitError
+from calibkit.multi_gpu import parse_devices, shard, shard_ranges
+from calibkit.onnx_model import input_specs, load
+from calibkit.prefetch import prefetch
+
+
+def _images(root, n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    root.mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (20 + i % 3, 24, 3), dtype=np.uint8)).save(root / f"im{i:03d}.png")
+    return root
+
+
+def test_image_workers_give_the_same_cache(tmp_path, cli):
+    model = models.conv_net(tmp_path / "m.onnx", hw=16)
+    data = _images(tmp_path / "imgs", 23)
+    cli("calibrate", model, "--data", data, "--device", "cpu", "-o", tmp_path / "a")
+    cli("calibrate", model, "--data", data, "--device", "cpu", "--workers", "2", "-o", tmp_path / "b")
+    assert (tmp_path / "a/m.cache").read_bytes() == (tmp_path / "b/m.cache").read_bytes()
+    assert (tmp_path / "a/scales.json").read_text() == (tmp_path / "b/scales.json").read_text()
+
+
+def test_prefetch_keeps_order_and_raises_where_it_failed():
+    def gen():
+        yield from range(10)
+        raise CalibkitError("bad item 10")
+
+    got = []
+    with pytest.raises(CalibkitError, match="bad item 10"):
+        for x in prefetch(gen(), depth=2):
+            got.append(x)
+    assert got == list(range(10))
+    assert [s for _, s in prefetch(range(5), stage=lambda x: x * x)] == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.parametrize("total,batch,shards", [(100, 8, 2), (37, 8, 3), (5, 8, 4), (64, 32, 2), (1, 1, 1)])
+def test_shard_ranges_cover_and_align(total, batch, shards):
+    r = shard_ranges(total, batch, shards)
+    assert r[0][0] == 0 and r[-1][1] == total and len(r) <= shards
+    assert all(a % batch == 0 and a < b for a, b in r) and all(r[i][1] == r[i + 1][0] for i in range(len(r) - 1))
+
+
+def test_shards_of_sources_are_the_slices(tmp_path):
+    model = models.conv_net(tmp_path / "m.onnx", hw=16)
+    specs = input_specs(load(model))
+    x = np.random.default_rng(1).normal(0, 1, (50, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", x=x)
+    for path in ("x.npy", "x.npz"):
+        src = open_source(str(tmp_path / path), specs, Preprocess())
+        got = np.concatenate([f["x"] for f in shard(src, specs, 13, 41).batches()])
+        assert got.tobytes() == x[13:41].tobytes()
+    imgs = open_source(str(_images(tmp_path / "imgs", 9)), specs, Preprocess())
+    assert [f["x"].tobytes() for f in shard(imgs, specs, 2, 5).batches()] == [f["x"].tobytes() for f in list(imgs.batches())[2:5]]
+
+
+def test_devices_option_checked(tmp_path, cli):
+    assert parse_devices("0,1", 2) == [0, 1] and parse_devices("all", 3) == [0, 1, 2] and parse_devices(None, 0) is None
+    for bad, visible in [("0,0", 2), ("2", 2), ("x", 2), ("all", 0)]:
+        with pytest.raises(CalibkitError, match="--devices"):
+            parse_devices(bad, visible)
+    model = models.conv_net(tmp_path / "m.onnx", hw=16)
+    np.save(tmp_path / "x.npy", np.zeros((4, 3, 16, 16), np.float32))
+    proc = cli("calibrate", model, "--data", tmp_path / "x.npy", "--devices", "5", expect=None)
+    assert proc.returncode != 0 and "--devices" in proc.stderr and "Traceback" not in proc.stderr
