@@ -26,14 +26,19 @@ DTYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1, np.dtype(np.float64)
 CHUNK = 1 << 19  # elements per block (fewer blocks: fewer global atomics flushing counts)
 THREADS = 256
 
-_MODULES: dict[int, object] = {}
+VARIANTS = (0, 1, 2, 3)  # the kernel's counting variants (gpu_kernels.py); all bit-identical
+VARIANT = 1  # the one used unless a caller names another (bench/gpu.py times them all)
+
+_MODULES: dict[tuple[int, int], object] = {}
 
 
-def _module(cp):
-    dev = cp.cuda.Device().id
-    if dev not in _MODULES:
-        _MODULES[dev] = cp.RawModule(code=SOURCE, options=("-std=c++14",))
-    return _MODULES[dev]
+def module(cp, variant: int | None = None):
+    """The compiled kernels of ``variant`` on the current device (compiled once, cached)."""
+    variant = VARIANT if variant is None else variant
+    key = (cp.cuda.Device().id, variant)
+    if key not in _MODULES:
+        _MODULES[key] = cp.RawModule(code=SOURCE, options=("-std=c++14", f"-DVARIANT={variant}"))
+    return _MODULES[key]
 
 
 def _enc(v: float) -> int:
@@ -73,7 +78,7 @@ class Table:
 class FusedHistograms:
     """Histograms of ``names`` accumulated on the current CUDA device."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], variant: int | None = None) -> None:
         import cupy as cp
 
         self.cp = cp
@@ -91,7 +96,7 @@ class FusedHistograms:
         self.over, self.redo = cp.zeros(t, dtype=cp.int32), cp.zeros(t, dtype=cp.int32)
         self.scratch = cp.zeros((t, NUM_BINS), dtype=cp.uint64)  # one run's counts at the current range
         cp.cuda.get_current_stream().synchronize()  # the fills above, before other streams use them
-        mod = _module(cp)
+        mod = module(cp, variant)
         self.k_pass, self.k_range, self.k_redo = (mod.get_function(k) for k in ("fused_pass", "fused_range", "fused_redo"))
 
     def table(self, arrays: dict) -> Table:

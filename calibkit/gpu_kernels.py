@@ -14,6 +14,25 @@ SOURCE = r"""
 #include <cuda_fp16.h>
 typedef unsigned long long u64;
 typedef long long i64;
+// VARIANT (compile-time; all count the same values, so all are bit-identical; benches time them):
+//   0: min/max of float tensors kept in double, one shared histogram per block
+//   1: min/max kept in float (exact for float32/16 values), one shared histogram
+//   2: as 1, with 4 interleaved copies of the shared histogram (lane & 3): fewer same-address conflicts
+//   3: as 1, lanes with the same bin found by __match_any_sync and counted by one atomic
+#ifndef VARIANT
+#define VARIANT 1
+#endif
+#if VARIANT == 2
+#define COPIES 4
+#else
+#define COPIES 1
+#endif
+#define HIDX(b, lane) ((b) * COPIES + ((lane) & (COPIES - 1)))
+#if VARIANT == 0
+typedef double acc_t;
+#else
+typedef float acc_t;
+#endif
 #define NUM_BINS 2048
 #define BINS_LOG2 11
 #define E_MIN (-40)
@@ -35,10 +54,10 @@ struct Acc {
 };
 
 // Bin of one value (-1: not binned), stats updated. Warp-converged callers only.
-__device__ __forceinline__ int see_f(float v, float scale, Acc& a) {
+__device__ __forceinline__ int see_f(float v, float scale, Acc& a, acc_t& lo, acc_t& hi) {
     unsigned b = __float_as_uint(v);
     if ((b & 0x7f800000u) == 0x7f800000u) { if (b & 0x007fffffu) a.nan++; else a.inf++; return -1; }
-    a.lo = fmin(a.lo, (double)v); a.hi = fmax(a.hi, (double)v);
+    lo = fmin(lo, (acc_t)v); hi = fmax(hi, (acc_t)v);
     float m = fabsf(v) * scale;                              // exact: a power of two
     if (m >= 2048.0f) { a.over = true; return -1; }
     return (int)m;
@@ -55,19 +74,32 @@ __device__ __forceinline__ int see_d(double v, double scale, Acc& a) {
 // Count bin b (or nothing for -1) in shared memory: a warp whose lanes agree adds once; the
 // zero bin (ReLU outputs) is counted by ballot; other bins by one shared atomic per lane.
 __device__ __forceinline__ void count(int b, unsigned* h, int lane) {
+#if VARIANT == 3
+    unsigned peers = __match_any_sync(FULL, b);
+    if (b >= 0 && lane == __ffs(peers) - 1) atomicAdd(&h[b], (unsigned)__popc(peers));
+#else
     int b0 = __shfl_sync(FULL, b, 0);
     if (__all_sync(FULL, b == b0)) {
-        if (lane == 0 && b0 >= 0) atomicAdd(&h[b0], 32u);
+        if (lane == 0 && b0 >= 0) atomicAdd(&h[HIDX(b0, 0)], 32u);
         return;
     }
     unsigned zero = __ballot_sync(FULL, b == 0);
-    if (lane == 0 && zero) atomicAdd(&h[0], (unsigned)__popc(zero));
-    if (b > 0) atomicAdd(&h[b], 1u);
+    if (lane == 0 && zero) atomicAdd(&h[HIDX(0, 0)], (unsigned)__popc(zero));
+    if (b > 0) atomicAdd(&h[HIDX(b, lane)], 1u);
+#endif
+}
+
+// The block's count of bin i (summed over its copies).
+__device__ __forceinline__ unsigned bin_total(const unsigned* h, int i) {
+    unsigned v = 0;
+    for (int r = 0; r < COPIES; r++) v += h[i * COPIES + r];
+    return v;
 }
 
 // Walk chunk c of its tensor: every value's bin counted into h (warp-converged loop).
 __device__ __forceinline__ void walk(const void* base, int dt, i64 start, int len, double scale, unsigned* h, Acc& a, bool bin) {
     int lane = threadIdx.x & 31;
+    acc_t lo = (acc_t)POS_INF, hi = -(acc_t)POS_INF;
     if (dt == 0) {
         const float* p = (const float*)base + start;
         float s = (float)scale;
@@ -77,17 +109,17 @@ __device__ __forceinline__ void walk(const void* base, int dt, i64 start, int le
             for (int i = threadIdx.x; i - lane < n4; i += blockDim.x) {
                 float4 v = i < n4 ? __ldcs(p4 + i) : make_float4(__int_as_float(0x7fc00000), __int_as_float(0x7fc00000), __int_as_float(0x7fc00000), __int_as_float(0x7fc00000));
                 unsigned nan0 = a.nan;
-                int b0 = see_f(v.x, s, a), b1 = see_f(v.y, s, a), b2 = see_f(v.z, s, a), b3 = see_f(v.w, s, a);
+                int b0 = see_f(v.x, s, a, lo, hi), b1 = see_f(v.y, s, a, lo, hi), b2 = see_f(v.z, s, a, lo, hi), b3 = see_f(v.w, s, a, lo, hi);
                 if (i >= n4) a.nan = nan0;                   // padding lanes count nothing
                 if (bin) { count(b0, h, lane); count(b1, h, lane); count(b2, h, lane); count(b3, h, lane); }
             }
             for (int i = (n4 << 2) + threadIdx.x; i - lane < len; i += blockDim.x) {
-                int b = i < len ? see_f(p[i], s, a) : -1;
+                int b = i < len ? see_f(p[i], s, a, lo, hi) : -1;
                 if (bin) count(b, h, lane);
             }
         } else {
             for (int i = threadIdx.x; i - lane < len; i += blockDim.x) {
-                int b = i < len ? see_f(p[i], s, a) : -1;
+                int b = i < len ? see_f(p[i], s, a, lo, hi) : -1;
                 if (bin) count(b, h, lane);
             }
         }
@@ -95,7 +127,7 @@ __device__ __forceinline__ void walk(const void* base, int dt, i64 start, int le
         const __half* p = (const __half*)base + start;
         float s = (float)scale;
         for (int i = threadIdx.x; i - lane < len; i += blockDim.x) {
-            int b = i < len ? see_f(__half2float(p[i]), s, a) : -1;
+            int b = i < len ? see_f(__half2float(p[i]), s, a, lo, hi) : -1;
             if (bin) count(b, h, lane);
         }
     } else {
@@ -105,6 +137,7 @@ __device__ __forceinline__ void walk(const void* base, int dt, i64 start, int le
             if (bin) count(b, h, lane);
         }
     }
+    a.lo = fmin(a.lo, (double)lo); a.hi = fmax(a.hi, (double)hi);
 }
 
 __device__ __forceinline__ double scale_of(int e) { return ldexp(1.0, BINS_LOG2 - e); }  // exact in float too
@@ -112,10 +145,10 @@ __device__ __forceinline__ double scale_of(int e) { return ldexp(1.0, BINS_LOG2 
 extern "C" __global__ void fused_pass(const u64* ptr, const int* dtype, const int* slot,
         const int* c_tensor, const i64* c_start, const int* c_len, const int* exps,
         u64* run_lo, u64* run_hi, u64* run_nan, u64* run_inf, int* over, u64* scratch) {
-    __shared__ unsigned h[NUM_BINS];
+    __shared__ unsigned h[NUM_BINS * COPIES];
     __shared__ double s_lo[32], s_hi[32];
     __shared__ unsigned s_nan[32], s_inf[32];
-    for (int i = threadIdx.x; i < NUM_BINS; i += blockDim.x) h[i] = 0;
+    for (int i = threadIdx.x; i < NUM_BINS * COPIES; i += blockDim.x) h[i] = 0;
     __syncthreads();
     int c = blockIdx.x, t = c_tensor[c], s = slot[t];
     Acc a = {POS_INF, -POS_INF, 0u, 0u, false};
@@ -142,8 +175,10 @@ extern "C" __global__ void fused_pass(const u64* ptr, const int* dtype, const in
     }
     if (any_over) return;                                    // the tensor is binned again anyway
     u64* out = scratch + (i64)s * NUM_BINS;
-    for (int i = threadIdx.x; i < NUM_BINS; i += blockDim.x)
-        if (h[i]) atomicAdd(&out[i], (u64)h[i]);
+    for (int i = threadIdx.x; i < NUM_BINS; i += blockDim.x) {
+        unsigned v = bin_total(h, i);
+        if (v) atomicAdd(&out[i], (u64)v);
+    }
 }
 
 extern "C" __global__ void fused_range(const i64* size, const int* slot,
@@ -198,14 +233,38 @@ extern "C" __global__ void fused_redo(const u64* ptr, const int* dtype, const in
         const int* c_tensor, const i64* c_start, const int* c_len, const int* exps, const int* redo, u64* counts) {
     int c = blockIdx.x, t = c_tensor[c], s = slot[t];
     if (!redo[s]) return;
-    __shared__ unsigned h[NUM_BINS];
-    for (int i = threadIdx.x; i < NUM_BINS; i += blockDim.x) h[i] = 0;
+    __shared__ unsigned h[NUM_BINS * COPIES];
+    for (int i = threadIdx.x; i < NUM_BINS * COPIES; i += blockDim.x) h[i] = 0;
     __syncthreads();
     Acc a = {POS_INF, -POS_INF, 0u, 0u, false};
     walk((const void*)ptr[t], dtype[t], c_start[c], c_len[c], scale_of(exps[s]), h, a, true);
     __syncthreads();
     u64* out = counts + (i64)s * NUM_BINS;
-    for (int i = threadIdx.x; i < NUM_BINS; i += blockDim.x)
-        if (h[i]) atomicAdd(&out[i], (u64)h[i]);
+    for (int i = threadIdx.x; i < NUM_BINS; i += blockDim.x) {
+        unsigned v = bin_total(h, i);
+        if (v) atomicAdd(&out[i], (u64)v);
+    }
+}
+
+// Benches only: the floor on the same buffers, every float32 value read once (float4, as
+// fused_pass) for its |x| max per chunk, nothing counted.
+extern "C" __global__ void read_floor(const u64* ptr, const int* dtype, const int* c_tensor, const i64* c_start, const int* c_len, unsigned* out) {
+    int c = blockIdx.x, t = c_tensor[c];
+    if (dtype[t] != 0) return;
+    const float* p = (const float*)ptr[t] + c_start[c];
+    int len = c_len[c];
+    float m = 0.0f;
+    if ((((size_t)p) & 15) == 0) {
+        const float4* p4 = (const float4*)p;
+        for (int i = threadIdx.x; i < (len >> 2); i += blockDim.x) {
+            float4 v = __ldcs(p4 + i);
+            m = fmaxf(m, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+        }
+        for (int i = ((len >> 2) << 2) + threadIdx.x; i < len; i += blockDim.x) m = fmaxf(m, fabsf(p[i]));
+    } else {
+        for (int i = threadIdx.x; i < len; i += blockDim.x) m = fmaxf(m, fabsf(p[i]));
+    }
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(FULL, m, o));
+    if ((threadIdx.x & 31) == 0) atomicMax(&out[c], __float_as_uint(m));
 }
 """

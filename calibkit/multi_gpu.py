@@ -4,6 +4,9 @@ Shards start at multiples of the run batch, so every GPU runs exactly the batche
 run would (the same padding, the same shapes), and histograms merge exactly: the result is
 the one-GPU result. Workers are plain local processes (``spawn``), one per GPU, each seeing
 only its GPU (``CUDA_VISIBLE_DEVICES``); nothing CUDA is imported here before that is set.
+With ``--ray`` they are Ray actors of one GPU each (calibkit.executor; Ray sets each actor's
+CUDA_VISIBLE_DEVICES): a local cluster started for the run hands out the listed GPUs only; on
+a running cluster the list only says how many shards there are.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from multiprocessing import get_context
 from calibkit.errors import CalibkitError
 
 
-def parse_devices(text: str | None, visible: int) -> list[int] | None:
-    """``"0,1"`` / ``"all"`` -> GPU indices (None: not given)."""
+def parse_devices(text: str | None, visible: int, check_visible: bool = True) -> list[int] | None:
+    """``"0,1"`` / ``"all"`` -> GPU indices (None: not given); ``check_visible=False`` (a Ray
+    cluster's GPUs): indices are checked for form only."""
     if text is None:
         return None
     if text.strip() == "all":
@@ -30,7 +34,7 @@ def parse_devices(text: str | None, visible: int) -> list[int] | None:
         ids = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise CalibkitError(f"--devices {text!r}: expected GPU indices like 0,1 or 'all'") from None
-    bad = [i for i in ids if not 0 <= i < visible]
+    bad = [i for i in ids if i < 0 or (check_visible and i >= visible)]
     if not ids or bad or len(set(ids)) != len(ids):
         raise CalibkitError(f"--devices {text!r}: {visible} CUDA device(s) visible; give distinct indices in 0..{visible - 1} or 'all'")
     return ids
@@ -114,8 +118,33 @@ def _collect_shard(model: str, data, pre, feed_opts: dict, run_batch: int, start
     return col
 
 
-def collect_sharded(model: str, data, pre, source, feed_opts: dict, run_batch: int | None, devices: list[int], workers: int = 0):
-    """One process per GPU over contiguous shards; their collections merged (exact)."""
+def _shard_task(args: tuple):
+    """Executor task (a Ray actor of one GPU): one shard's collection."""
+    return _collect_shard(*args)
+
+
+def _on_ray(ray: str, devices: list[int], jobs: list[tuple]) -> list:
+    from calibkit import executor
+    from calibkit.providers import cuda_device_count
+
+    flag = f"--devices {','.join(map(str, devices))} --ray {ray}"
+    local = ray == "auto" and not os.environ.get("RAY_ADDRESS")
+    if local:
+        visible = cuda_device_count()
+        if visible == 0 or max(devices) >= visible:
+            raise CalibkitError(f"{flag}: --ray auto starts a Ray cluster on this machine, which has {visible} CUDA device(s) visible; "
+                                "list visible GPUs, or give --ray the HOST:PORT of a cluster with GPUs")
+    try:
+        with executor.make(workers=len(jobs), ray=ray, gpus=1, visible_gpus=",".join(map(str, devices)) if local else None) as ex:
+            return ex.run(_shard_task, jobs)
+    except CalibkitError as exc:
+        raise CalibkitError(f"{flag}: {exc}") from None
+
+
+def collect_sharded(model: str, data, pre, source, feed_opts: dict, run_batch: int | None, devices: list[int], workers: int = 0,
+                    ray: str | None = None):
+    """One process per GPU over contiguous shards (Ray actors with ``ray``); their collections
+    merged (exact)."""
     from calibkit.collect import CUDA_RUN_BATCH, Collection
     from calibkit.data import FeedStats
 
@@ -129,14 +158,18 @@ def collect_sharded(model: str, data, pre, source, feed_opts: dict, run_batch: i
     run_batch = run_batch or CUDA_RUN_BATCH
     ranges = shard_ranges(total, run_batch, len(devices))
     t0 = time.perf_counter()
-    ctx = get_context("spawn")
-    pools = [ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_use_gpu, initargs=(d,)) for d in devices[: len(ranges)]]
-    try:
-        futures = [pool.submit(_collect_shard, str(model), str(data), pre, feed_opts, run_batch, a, b, workers) for pool, (a, b) in zip(pools, ranges)]
-        parts = [f.result() for f in futures]
-    finally:
-        for pool in pools:
-            pool.shutdown(cancel_futures=True)
+    jobs = [(str(model), str(data), pre, feed_opts, run_batch, a, b, workers) for a, b in ranges]
+    if ray is not None:
+        parts = _on_ray(ray, devices, jobs)
+    else:
+        ctx = get_context("spawn")
+        pools = [ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_use_gpu, initargs=(d,)) for d in devices[: len(ranges)]]
+        try:
+            futures = [pool.submit(_collect_shard, *job) for pool, job in zip(pools, jobs)]
+            parts = [f.result() for f in futures]
+        finally:
+            for pool in pools:
+                pool.shutdown(cancel_futures=True)
     tensors = parts[0].tensors
     for part in parts[1:]:
         if list(part.tensors) != list(tensors):

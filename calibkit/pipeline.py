@@ -68,12 +68,14 @@ def calibrate(
     max_samples: int | None = None,
     devices: list[int] | None = None,
     workers: int = 0,
+    ray: str | None = None,
     warn_clip: float = clipping.DEFAULT_WARN_CLIP,
 ) -> CalibrateResult:
     """``batch_axes``: input -> sample axis (None: passed whole), overriding what the model
     says; ``rebatch=False`` runs the source's feeds as given; ``max_samples`` stops the stream;
     ``devices``: GPU indices to shard the data over, one process each (multi_gpu.py);
-    ``workers``: processes decoding images (results never change with either); tensors whose
+    ``workers``: processes decoding images; ``ray``: run the ``devices`` shards as Ray actors
+    ("auto" or HOST:PORT; results never change with any of these); tensors whose
     threshold clips more than ``warn_clip`` of their values are returned in ``clip_warnings``
     and listed in scales.json."""
     t0 = time.perf_counter()
@@ -87,7 +89,7 @@ def calibrate(
     version = trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION
     version_code = trt_cache.encode_version(version)
     with Transaction(Path(output_dir), "calibrate") as tx:
-        feed_opts = {"batch_axes": batch_axes or {}, "rebatch": rebatch, "max_samples": max_samples, "devices": devices, "workers": workers}
+        feed_opts = {"batch_axes": batch_axes or {}, "rebatch": rebatch, "max_samples": max_samples, "devices": devices, "workers": workers, "ray": ray}
         hset, reused, collection, fresh = _histograms(tx, model_path, proto, model_fp, data, histograms, batch_size, preprocess, recollect, force, device, progress, on_source, feed_opts)
         t_collect = time.perf_counter()
         table = compute(hset, method, config, device=device)
@@ -172,12 +174,15 @@ def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, pr
                     return old, f"{hist_path} (model, data and preprocessing fingerprints match; --recollect to redo)", None, False
         if feed_opts["workers"] and hasattr(source, "workers"):
             source.workers = feed_opts["workers"]
-        if feed_opts["devices"] is not None and feed_opts["devices"] != [0]:
+        if feed_opts.get("ray") is not None and feed_opts["devices"] is None:
+            raise CalibkitError(f"--ray {feed_opts['ray']}: calibrate uses Ray only to run the --devices shards; give --devices too")
+        if feed_opts["devices"] is not None and (feed_opts["devices"] != [0] or feed_opts.get("ray") is not None):
             from calibkit.multi_gpu import collect_sharded
 
             if device == "cpu":
                 raise CalibkitError("--devices shards the data over GPUs; it cannot be combined with --device cpu")
-            collection = collect_sharded(str(model_path), data, pre, source, feed_opts, run_batch, feed_opts["devices"], feed_opts["workers"])
+            collection = collect_sharded(str(model_path), data, pre, source, feed_opts, run_batch, feed_opts["devices"], feed_opts["workers"],
+                                         ray=feed_opts.get("ray"))
         else:
             collection = collect(
                 proto, source, run_batch, device=device, progress=progress, model_name=model_path.name, specs=specs,

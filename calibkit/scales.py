@@ -102,7 +102,10 @@ def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 
             **detail,
         }
 
-    threads = threads or min(8, os.cpu_count() or 1)  # numpy releases the GIL in the heavy parts
+    # numpy releases the GIL in the heavy parts of the host methods; with the amaxes already chosen on
+    # the GPU only small per-tensor statistics are left, and threads cost more than they save there
+    # (H200 host: 39-58 ms on one thread vs 83-109 ms on eight for ~400 tensors; bench/gpu.h200.log)
+    threads = threads or (1 if pre is not None else min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=threads) as pool:
         rows = list(pool.map(one, names))
     return ScaleTable(method, methods.config_params(cfg), dict(zip(names, rows)))

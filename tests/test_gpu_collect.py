@@ -20,7 +20,7 @@ if cuda_device_count() == 0:
     pytest.skip("no NVIDIA GPU visible", allow_module_level=True)
 
 from calibkit import gpu_methods, methods, store  # noqa: E402
-from calibkit.gpu_fused import FusedHistograms  # noqa: E402
+from calibkit.gpu_fused import VARIANTS, FusedHistograms  # noqa: E402
 from calibkit.histogram import NUM_BINS, TensorHistogram  # noqa: E402
 from calibkit.scales import compute  # noqa: E402
 
@@ -56,9 +56,10 @@ def _runs(rng):
     return runs
 
 
-def test_fused_reducer_bit_identical_to_host():
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fused_reducer_bit_identical_to_host(variant):
     runs = _runs(np.random.default_rng(0))
-    fh = FusedHistograms(list(runs[0]))
+    fh = FusedHistograms(list(runs[0]), variant)
     host: dict[str, TensorHistogram] = {}
     for run in runs:
         fh.update({k: cp.asarray(v) for k, v in run.items()})

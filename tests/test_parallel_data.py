@@ -74,3 +74,35 @@ def test_devices_option_checked(tmp_path, cli):
     np.save(tmp_path / "x.npy", np.zeros((4, 3, 16, 16), np.float32))
     proc = cli("calibrate", model, "--data", tmp_path / "x.npy", "--devices", "5", expect=None)
     assert proc.returncode != 0 and "--devices" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_devices_on_ray_without_gpus_is_a_clear_error(tmp_path, cli, monkeypatch):
+    """--devices with --ray auto on a machine without (those) GPUs: one line naming both options,
+    before a Ray cluster is started; --ray without --devices is refused too."""
+    from calibkit.providers import cuda_device_count
+
+    if cuda_device_count() >= 2:
+        pytest.skip("this machine has the GPUs: the device run covers --devices --ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    model = models.conv_net(tmp_path / "m.onnx", hw=16)
+    np.save(tmp_path / "x.npy", np.zeros((16, 3, 16, 16), np.float32))
+    proc = cli("calibrate", model, "--data", tmp_path / "x.npy", "--devices", "0,1", "--ray", "auto", "--batch-size", "8", "-o", tmp_path / "o", expect=None)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--devices 0,1 --ray auto" in proc.stderr and "CUDA device(s) visible" in proc.stderr, proc.stderr
+    proc = cli("calibrate", model, "--data", tmp_path / "x.npy", "--ray", "auto", "-o", tmp_path / "p", expect=None)
+    assert proc.returncode == 1 and "give --devices too" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_ray_executor_counts_cluster_gpus(monkeypatch):
+    """On a running cluster without GPUs, GPU actors are refused with a one-line message."""
+    ray = pytest.importorskip("ray")
+    from calibkit import executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if ray.is_initialized():
+        pytest.skip("a Ray cluster is already connected")
+    with pytest.raises(CalibkitError, match=r"a local Ray cluster has 0 GPU\(s\); 1 worker\(s\) need 1 each"):
+        with executor.make(workers=1, ray="auto", gpus=1, visible_gpus=""):
+            pass
+    assert not ray.is_initialized()

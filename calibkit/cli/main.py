@@ -37,8 +37,11 @@ def cli() -> None:
 @click.option("--cache-algorithm", default="EntropyCalibration2", show_default=True, help="Cache header algorithm; EntropyCalibration2 is what trtexec --calib accepts.")
 @click.option("--devices", metavar="0,1|all", help="GPUs to shard the data over, one process each; the result equals one GPU's at the same --batch-size.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="Processes decoding and preprocessing images (order kept: results never change).")
+@click.option("--ray", "ray_address", metavar="ADDRESS|auto", help=(
+    "Run the --devices shards as Ray actors of one GPU each: auto uses RAY_ADDRESS or starts a local cluster; "
+    "or a cluster's HOST:PORT. Needs pip install 'calibkit[ray]'."))
 @user_errors
-def calibrate(model, output_dir, histograms, recollect, force, trt_version, cache_algorithm, devices, workers, warn_clip, **kw) -> None:
+def calibrate(model, output_dir, histograms, recollect, force, trt_version, cache_algorithm, devices, workers, ray_address, warn_clip, **kw) -> None:
     """Collect histograms of every activation and write INT8 scales.
 
     \b
@@ -85,19 +88,23 @@ def calibrate(model, output_dir, histograms, recollect, force, trt_version, cach
             device=kw["device"],
             progress=update,
             on_source=lambda s: set_total(_total(s.num_samples(), feed["max_samples"])),
-            devices=_devices(devices),
+            devices=_devices(devices, ray_address),
             workers=workers,
+            ray=ray_address,
             warn_clip=warn_clip,
             **feed,
         )
     print_calibration(result)
 
 
-def _devices(text: str | None) -> list[int] | None:
+def _devices(text: str | None, ray: str | None = None) -> list[int] | None:
     from calibkit.multi_gpu import parse_devices
     from calibkit.providers import cuda_device_count
 
-    return parse_devices(text, cuda_device_count()) if text is not None else None
+    if text is None:
+        return None
+    # On a Ray cluster the GPUs are the cluster's: indices are checked there (multi_gpu._on_ray).
+    return parse_devices(text, cuda_device_count(), check_visible=ray is None or text.strip() == "all")
 
 
 def _total(known: int | None, limit: int | None) -> int | None:

@@ -40,12 +40,15 @@ def check_workers(value: Any, option: str = "--workers") -> int:
     return value
 
 
-def make(workers: int | str | None = None, ray: str | None = None, setup: Callable[..., Any] | None = None, setup_args: Sequence[Any] = ()) -> Executor:
+def make(workers: int | str | None = None, ray: str | None = None, setup: Callable[..., Any] | None = None, setup_args: Sequence[Any] = (),
+         gpus: int = 0, visible_gpus: str | None = None) -> Executor:
     """The executor for ``--workers``/``--ray``.
 
     ``workers``: processes (local) or actors (Ray); None means 1 locally and every CPU of the
     Ray cluster. ``ray``: None for local processes, ``"auto"`` (RAY_ADDRESS if set, else a local
-    cluster started for the run and shut down after) or a cluster's ``HOST:PORT``."""
+    cluster started for the run and shut down after) or a cluster's ``HOST:PORT``.
+    ``gpus`` (Ray only): GPUs per actor (Ray sets each actor's CUDA_VISIBLE_DEVICES);
+    ``visible_gpus``: the CUDA_VISIBLE_DEVICES a local cluster started for the run may use."""
     n = None if workers is None else check_workers(workers)
     if ray is not None:
         ray = str(ray).strip()
@@ -53,7 +56,9 @@ def make(workers: int | str | None = None, ray: str | None = None, setup: Callab
             raise CalibkitError("--ray '': give auto or the HOST:PORT of a Ray cluster")
         from calibkit.executor.ray_exec import RayExecutor
 
-        return RayExecutor(ray, n, setup, setup_args)
+        return RayExecutor(ray, n, setup, setup_args, gpus=gpus, visible_gpus=visible_gpus)
+    if gpus:
+        raise ValueError("GPUs per worker need Ray")  # local GPU workers: calibkit.multi_gpu pins them itself
     from calibkit.executor.local import InProcess, ProcessPool
 
     if n is None or n == 1:

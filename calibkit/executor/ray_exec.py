@@ -66,13 +66,17 @@ def _payload_bytes(value: Any, depth: int = 0) -> int:
     return 0
 
 
-def _start_local(ray, workers: int, setup_args: Sequence[Any]) -> str:
-    """Start a light local cluster: ``workers`` CPUs, a small object store, logs in a temp folder."""
+def _start_local(ray, workers: int, setup_args: Sequence[Any], visible_gpus: str | None = None) -> str:
+    """Start a light local cluster: ``workers`` CPUs, a small object store, logs in a temp folder;
+    ``visible_gpus``: the only GPUs it may hand out (CUDA_VISIBLE_DEVICES while it starts)."""
     import logging
 
     temp = tempfile.mkdtemp(prefix="calibkit-ray-")
     store = max(MIN_OBJECT_STORE, 2 * _payload_bytes(setup_args) + 64 * 1024 * 1024)
     path = os.pathsep.join(p for p in sys.path if p)
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible_gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpus  # the raylet inherits it and counts these GPUs only
     try:
         ray.init(
             num_cpus=workers, include_dashboard=False, object_store_memory=store, _temp_dir=temp,
@@ -81,6 +85,12 @@ def _start_local(ray, workers: int, setup_args: Sequence[Any]) -> str:
         )
     except Exception as exc:
         raise CalibkitError(f"--ray auto: could not start a local Ray cluster: {type(exc).__name__}: {exc} (logs in {temp})") from None
+    finally:
+        if visible_gpus is not None:
+            if saved is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = saved
     return temp
 
 
@@ -112,8 +122,10 @@ def _connect(ray, address: str) -> None:
 class RayExecutor(Executor):
     kind = "ray"
 
-    def __init__(self, address: str, workers: int | None, setup: Callable[..., Any] | None = None, setup_args: Sequence[Any] = ()) -> None:
+    def __init__(self, address: str, workers: int | None, setup: Callable[..., Any] | None = None, setup_args: Sequence[Any] = (),
+                 gpus: int = 0, visible_gpus: str | None = None) -> None:
         self.ray = import_ray()
+        self.gpus, self.visible_gpus = gpus, visible_gpus
         self.address = address
         self._requested = workers
         self.workers = workers or 0
@@ -139,13 +151,16 @@ class RayExecutor(Executor):
                 _connect(ray, target)
                 self.where = f"the Ray cluster at {target}"
             else:
-                self.temp_dir = _start_local(ray, self._requested or os.cpu_count() or 1, self._setup_args)
+                self.temp_dir = _start_local(ray, self._requested or os.cpu_count() or 1, self._setup_args, self.visible_gpus)
                 self._started = True
                 self.where = "a local Ray cluster"
             cpus = int(ray.cluster_resources().get("CPU", 0))
             self.workers = self._requested or max(cpus, 1)
             if self.workers > cpus:
                 raise CalibkitError(f"--workers {self.workers}: {self.where} has {cpus} CPUs; ask for at most {cpus}")
+            have = int(ray.cluster_resources().get("GPU", 0))
+            if self.gpus and have < self.workers * self.gpus:
+                raise CalibkitError(f"{self.where} has {have} GPU(s); {self.workers} worker(s) need {self.gpus} each")
             self._args_ref = ray.put(self._setup_args)
         except BaseException:
             self.close(abort=True)
@@ -169,7 +184,7 @@ class RayExecutor(Executor):
 
     # ------------------------------------------------------------------ work
     def _grow(self, n: int) -> None:
-        cls = self.ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_Worker)
+        cls = self.ray.remote(num_cpus=1, num_gpus=self.gpus, max_restarts=0, max_task_retries=0)(_Worker)
         while len(self._actors) < n:
             self._actors.append(cls.remote(self._setup, self._args_ref))
 
