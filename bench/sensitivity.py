@@ -108,7 +108,7 @@ def main() -> None:
             res = sensitivity(model, scales, val, tmp / f"sens-{workers}-{ray}", workers=workers, ray=ray, **task)
             wall = time.perf_counter() - t0
             n = res.doc["evaluations"]["run"]
-            rate = res.doc["evaluations"]["per_second_after_startup"] or float("nan")
+            rate = res.doc["execution"]["per_second_after_startup"] or float("nan")
             base = base or (wall, rate)
             print(f"{label:30s} {n} evaluations, {wall:6.1f} s end to end ({base[0] / wall:4.2f}x vs 1 worker); "
                   f"after start-up {rate:6.2f} evaluations/s ({rate / base[1]:4.2f}x); top layer {res.doc['layers'][0]['layer']}")

@@ -88,15 +88,20 @@ def test_signal_at_a_random_moment_leaves_old_or_new_set(two_sets, tmp_path, sig
 
 def test_interrupt_during_collection_says_nothing_was_published(tmp_path, conv_model):
     loader = tmp_path / "slow.py"
-    loader.write_text("import time, numpy as np\n"
+    started = tmp_path / "collecting"
+    loader.write_text("import pathlib, time, numpy as np\n"
                       "def load_data():\n"
-                      "    for i in range(200):\n"
+                      "    for i in range(400):\n"
+                      f"        if i == 3: pathlib.Path({str(started)!r}).touch()\n"
                       "        time.sleep(0.05)\n"
                       "        yield {'x': np.full((1, 3, 8, 8), i % 7, np.float32)}\n")
     out = tmp_path / "o"
     proc = subprocess.Popen([sys.executable, "-m", "calibkit", "calibrate", str(conv_model), "--data", str(loader), "-o", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    time.sleep(3.0)
+    deadline = time.monotonic() + 120  # a loaded machine can take long to start; interrupt only once collection runs
+    while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists(), "calibrate never started collecting"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -117,6 +117,8 @@ def fallback(model, scales, output_dir, data, **kw) -> None:
 def _print_fallback(res, out, fmt) -> None:
     doc = res.doc
     ver = doc["verification"]
+    if doc.get("target_default"):
+        out.print(f"target: the default gates ({doc['target_text']}); set --min-cosine / --max-accuracy-drop to choose")
     out.print(("PASS: " if doc["pass"] else "FAIL: ") + doc["verdict"])
     for key in ("fp32", "before", "after"):
         c = ver[key]
@@ -124,9 +126,11 @@ def _print_fallback(res, out, fmt) -> None:
         cos = "reference" if key == "fp32" else f"worst output cosine {fmt(c['min_cosine'], 6)}"
         out.print(f"  {c['label']}: {cos}{acc}")
     kept = doc["exclude_nodes"]
-    out.print(f"kept in float ({len(kept)}): {', '.join(kept) if kept else 'none'}")
+    out.print(f"ONNX nodes kept in float ({len(kept)}, of {len(doc['search']['kept'])} layers): {', '.join(kept) if kept else 'none'}")
     ev = doc["evaluations"]
-    out.print(f"{ev['spent']} evaluations ({ev['reused_from_earlier_runs']} reused from an earlier run), {doc['seconds']:.1f} s")
+    ex = doc["execution"]
+    where = f"Ray ({ex['ray']})" if ex["ray"] else f"{ex['workers'] or 1} worker(s)"
+    out.print(f"{ev['spent']} evaluations ({ev['reused_from_earlier_runs']} reused from an earlier run), {doc['seconds']:.1f} s on {where}")
     for name, cmd in doc.get("commands", {}).items():
         out.print(f"{name}: {cmd}")
     out.print(f"wrote {res.report}, {res.json}, {res.qdq}, {res.exclude_list}, {res.keep_fp16}")

@@ -25,21 +25,31 @@ VERSION = 1
 
 
 class Journal:
-    def __init__(self, path: str | os.PathLike, fingerprint: str) -> None:
+    def __init__(self, path: str | os.PathLike, fingerprint: str, on_wait: Callable[[], None] | None = None) -> None:
+        """``on_wait``: called once if another run holds the journal, then this one waits for it
+        (and reuses what it finished); without it, a held journal is an error."""
         self.path = Path(path)
         self.fingerprint = str(fingerprint)
         self.note: str | None = None
         self._values: dict[str, Any] = {}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise CalibkitError(f"{self.path}: cannot open the evaluation journal ({exc.strerror}); choose a writable output folder") from None
+            raise CalibkitError(f"{self.path}: cannot open the evaluation journal ({exc.strerror}); "
+                                "make that folder writable or point CALIBKIT_CACHE at a writable one") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self._fd)
-            raise CalibkitError(f"{self.path}: another calibkit run is using this evaluation journal; wait for it or use another output folder") from None
+            if on_wait is None:
+                os.close(self._fd)
+                raise CalibkitError(f"{self.path}: another calibkit run is using this evaluation journal; wait for it or use another CALIBKIT_CACHE") from None
+            on_wait()
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(self._fd)
+                raise
         self._load()
 
     # ------------------------------------------------------------------ reading

@@ -78,15 +78,15 @@ def sensitivity(
     """Rank every quantized layer unit by how much INT8 in it costs; writes ``sensitivity.json``
     and ``sensitivity.html`` to ``output_dir``."""
     t0 = time.perf_counter()
-    model_path, model_fp, table, _, s = _open(model, scales, data, labels, metric, preprocess, feed_opts, batch_size, workers, ray, force, allow_preprocess_mismatch)
-    gates, default = target.applied(s.vs.task is not None)
-    sens, ev, close = _rank(s, gates, progress)
-    close()
-    doc = SR.sensitivity_doc(s, sens, ev, table, {"name": model_path.name, "fingerprint": model_fp}, gates, default, str(scales))
-    doc["seconds"] = round(time.perf_counter() - t0, 3)
     out = Path(output_dir)
-    html = SR.page(f"calibkit sensitivity: {model_path.name}", SR.section(doc, s, _hists(scales, model_fp)))
-    with Transaction(out, "sensitivity", command="sensitivity") as tx:
+    with Transaction(out, "sensitivity", command="sensitivity") as tx:  # locks the folder for the whole run
+        model_path, model_fp, table, _, s = _open(model, scales, data, labels, metric, preprocess, feed_opts, batch_size, workers, ray, force, allow_preprocess_mismatch)
+        gates, default = target.applied(s.vs.task is not None)
+        sens, ev, close = _rank(s, gates, progress)
+        close()
+        doc = SR.sensitivity_doc(s, sens, ev, table, {"name": model_path.name, "fingerprint": model_fp}, gates, default, str(scales))
+        doc["seconds"] = round(time.perf_counter() - t0, 3)
+        html = SR.page(f"calibkit sensitivity: {model_path.name}", SR.section(doc, s, _hists(scales, model_fp)))
         j = SR.write_json(doc, out / "sensitivity.json", tx)
         r = tx.write_text(out / "sensitivity.html", html)
         tx.commit()
@@ -106,10 +106,18 @@ def fallback(
     progress: Callable[[int, int], None] | None = None, device: str = "cpu",
 ) -> FallbackResult:
     """The fewest layers to keep in float so ``target`` holds, verified by a full validation."""
+    t0 = time.perf_counter()
+    out = Path(output_dir)
+    with Transaction(out, "fallback", command="fallback") as tx:  # locks the folder for the whole run
+        return _fallback(tx, out, t0, model, scales, data, labels, metric, target, preprocess, feed_opts, batch_size, workers, ray, force,
+                         allow_preprocess_mismatch, progress, device)
+
+
+def _fallback(tx, out, t0, model, scales, data, labels, metric, target, preprocess, feed_opts, batch_size, workers, ray, force,
+              allow_preprocess_mismatch, progress, device) -> FallbackResult:
     from calibkit.validate import results as R
     from calibkit.validate.engine import evaluate
 
-    t0 = time.perf_counter()
     model_path, model_fp, table, preprocess, s = _open(model, scales, data, labels, metric, preprocess, feed_opts, batch_size, workers, ray, force, allow_preprocess_mismatch)
     gates, default = target.applied(s.vs.task is not None)
     sens, ev, close = _rank(s, gates, progress)
@@ -117,7 +125,6 @@ def fallback(
         fb = _search.search(ev, sens, gates)
     finally:
         close()
-    out = Path(output_dir)
     qdq_name = f"{model_path.stem}.fallback.qdq.onnx"
     model_info = {"name": model_path.name, "fingerprint": model_fp}
     with tempfile.TemporaryDirectory(prefix="calibkit-fallback-") as tmp:
@@ -131,17 +138,16 @@ def fallback(
         paths = {"json": out / "fallback.json", "report": out / "report.html", "qdq": out / qdq_name, "exclude": out / "exclude-nodes.txt", "keep": out / "keep-fp16.txt"}
         doc["commands"] = _commands(model_path, scales, paths, nodes)
         html = SR.fallback_page(doc, v, vdoc, s, _hists(scales, model_fp), f"calibkit fallback: {model_path.name}")
-        with Transaction(out, "fallback", command="fallback") as tx:
-            from calibkit.qdq_io import copy_into
+        from calibkit.qdq_io import copy_into
 
-            tx.write_with(paths["qdq"], lambda fh: copy_into(after.model_path, fh))
-            text = "".join(f"{n}\n" for n in nodes)
-            tx.write_text(paths["exclude"], text)
-            tx.write_text(paths["keep"], text)
-            R.write(vdoc, out / "report.results.json", tx)
-            SR.write_json(doc, paths["json"], tx)
-            tx.write_text(paths["report"], html)
-            tx.commit()
+        tx.write_with(paths["qdq"], lambda fh: copy_into(after.model_path, fh))
+        text = "".join(f"{n}\n" for n in nodes)
+        tx.write_text(paths["exclude"], text)
+        tx.write_text(paths["keep"], text)
+        R.write(vdoc, out / "report.results.json", tx)
+        SR.write_json(doc, paths["json"], tx)
+        tx.write_text(paths["report"], html)
+        tx.commit()
     res = FallbackResult(doc, paths["json"], paths["report"], paths["qdq"], paths["exclude"], paths["keep"])
     if not doc["pass"]:
         err = ThresholdFailed(doc["verdict"] + f"; see {paths['report']}")

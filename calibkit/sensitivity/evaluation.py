@@ -86,6 +86,7 @@ def load_valset(model: onnx.ModelProto, model_fp: str, data, preprocess: Preproc
     if cached is None:
         sess = session(model, device=device, where="the FP32 model")
         ref = [sess.run(out_names, f) for f in feeds]
+        _check_finite(ref, out_names, source.description)
         fn = load_function(metric, default="metric")[1] if metric else None
         scores = _task_scores(ref, out_names, lab, fn, metric, counts)
         _write_ref(path, ref, scores)
@@ -94,6 +95,14 @@ def load_valset(model: onnx.ModelProto, model_fp: str, data, preprocess: Preproc
     cls = _class_output(out_names, ref[0]) if lab is not None and metric is None else None
     vs = ValSet(feeds, counts, ref, scores, None if lab is None else np.asarray(lab), metric, out_names, cls, key, source.description)
     return vs, cached is not None
+
+
+def _check_finite(ref: list[list[np.ndarray]], names: list[str], where: str) -> None:
+    for j, name in enumerate(names):
+        bad = sum(int(np.count_nonzero(~np.isfinite(outs[j]))) for outs in ref if np.issubdtype(outs[j].dtype, np.floating))
+        if bad:
+            raise CalibkitError(f"the FP32 model's output {name!r} holds {bad} NaN/inf values on {where}: no layer can be judged against it; "
+                                "check the data (NaN/inf in an input?) and its preprocessing")
 
 
 def _metric_id(metric: str | None) -> str | None:

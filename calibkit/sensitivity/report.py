@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html as H
 import json
+import math
 from pathlib import Path
 
 from calibkit.atomic import write_text
@@ -61,8 +62,8 @@ def _common(s, sens: Sensitivity, ev, table, model_info: dict, gates: dict, defa
              "only_this_int8": _metrics(ls.only, ref_task), "all_but_this_int8": _metrics(ls.all_but, ref_task)}
             for k, ls in enumerate(sens.ranked)
         ],
-        "evaluations": {"spent": ev.spent, "run": ev.ran, "reused_from_earlier_runs": ev.reused, "workers": s.workers, "ray": s.ray,
-                        "per_second_after_startup": ev.steady_rate},
+        "evaluations": {"spent": ev.spent, "run": ev.ran, "reused_from_earlier_runs": ev.reused},
+        "execution": {"workers": s.workers, "ray": s.ray, "per_second_after_startup": ev.steady_rate},  # not written: files do not depend on it
         "reference_from_cache": s.ref_cached,
     }
 
@@ -82,8 +83,11 @@ def fallback_doc(s, sens, ev, fb: Fallback, table, model_info, gates, default, s
     doc["exclude_nodes"] = nodes
     doc["verification"] = {"pass": after["pass"], "failures": after["failures"], "after": _cand(after), "before": _cand(before), "fp32": _cand(vdoc["candidates"][0])}
     doc["pass"] = bool(fb.met and after["pass"])
-    want = " and ".join(f"worst output cosine >= {v:g}" if k == "min_cosine" else f"task drop <= {v:g} points" for k, v in gates.items())
-    if not fb.met:
+    want = " and ".join(f"worst output cosine >= {v:.10g}" if k == "min_cosine" else f"task drop <= {v:.10g} points" for k, v in gates.items())
+    doc["target_text"] = want
+    if not fb.met and fb.kept and len(fb.kept) == len(s.sw.units):
+        doc["verdict"] = f"only the float model meets the target ({want}): no configuration with any of the {len(s.sw.units)} layers in INT8 does"
+    elif not fb.met:
         doc["verdict"] = f"no set of layers kept in float meets the target ({want}); best reached keeps {len(fb.kept)} of {len(s.sw.units)} layers in float"
     elif not after["pass"]:
         doc["verdict"] = f"the search's configuration failed full validation: {'; '.join(after['failures'])}"
@@ -99,8 +103,24 @@ def _cand(c: dict) -> dict:
             "min_cosine": min((x for x in cos if isinstance(x, (int, float))), default=None)}
 
 
+RUNTIME = ("execution", "seconds")  # how this run went (workers, Ray, speed): in the result, not in the files
+
+
 def write_json(doc: dict, path: Path, tx) -> Path:
-    return write_text(path, json.dumps(doc, indent=1, allow_nan=False, default=_num) + "\n", tx)
+    """The document as written: the same bytes whatever --workers/--ray and however fast."""
+    doc = {k: v for k, v in doc.items() if k not in RUNTIME}
+    return write_text(path, json.dumps(_finite_or_null(doc), indent=1, allow_nan=False, default=_num) + "\n", tx)
+
+
+def _finite_or_null(x):
+    """NaN/inf (a metric that failed) are written as null: JSON has no NaN, and null fails every target."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite_or_null(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_null(v) for v in x]
+    return x
 
 
 def _num(v):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,10 @@ class Session:
         from calibkit import executor as executors
         from calibkit.executor.journal import Journal
 
-        journal = Journal(E.cache_dir() / "evaluations" / f"{self.key}.jsonl", fingerprint=self.key)
+        def waiting() -> None:
+            print("calibkit: another run is evaluating this model on this data; waiting for it (its evaluations will be reused)", file=sys.stderr, flush=True)
+
+        journal = Journal(E.cache_dir() / "evaluations" / f"{self.key}.jsonl", fingerprint=self.key, on_wait=waiting)
         known = {tuple(json.loads(k)): journal.get(k) for k in journal.keys()}
         state: dict = {}
 

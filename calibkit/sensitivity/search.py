@@ -221,4 +221,7 @@ def search(ev: Evaluator, sens: Sensitivity, gates: dict) -> Fallback:
                     changed = True
                     break
         size //= 2
+    if len(kept) == n:  # only the float model meets it: no INT8 left, not a fallback
+        steps.append({"step": "every layer kept in float: no INT8 left", "kept": n, "meets": False, "min_cosine": None, "task": None})
+        return Fallback(kept, ev([tuple(kept)])[0], False, steps)
     return Fallback(kept, ev([tuple(kept)])[0], True, steps)

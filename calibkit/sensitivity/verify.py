@@ -42,14 +42,14 @@ def verify(s, table, kept: list[int], order: list[int], met: bool, gates: dict, 
         d = tmp / f"try{attempt}"
         d.mkdir()
         after = B.make("ort-int8", s.model, names, d, table.amax(), device=device, method=table.method, exclude_nodes=regex(nodes))
-        after.label = f"INT8 + fallback ({len(kept)} kept in float)"
+        after.label = f"INT8 + fallback (layers kept in float: {len(kept)})"
         ev = run([before, after])
         doc = R.document(ev, s.model, model_info, gate_obj, device, {"scales": scales})
         doc["unavailable"] = []
         a = next(c for c in doc["candidates"] if c["label"] == after.label)
         doc["pass"], doc["best"] = bool(a["pass"]), after.label
         steps.append({"step": "full validation of the exported model", "kept": len(kept), "meets": a["pass"], "min_cosine": _worst(a), "task": a.get("accuracy")})
-        if a["pass"] or not met or not spare:
+        if a["pass"] or not met or not spare or attempt == MAX_EXTRA:
             break
         kept = kept + [spare.pop(0)]
     return Verified(kept, nodes, ev, doc, after)

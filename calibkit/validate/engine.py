@@ -199,4 +199,8 @@ def _score(fn, names, outputs, labels, n, where) -> np.ndarray:
         raise CalibkitError(f"metric {where} raised {type(exc).__name__}: {exc}") from None
     if s.size != n:
         raise CalibkitError(f"metric {where} must return one score per sample ({n}), got {s.size}")
+    bad = np.flatnonzero(~np.isfinite(s))
+    if bad.size:
+        raise CalibkitError(f"metric {where} returned a NaN/inf score for {bad.size} of {n} samples (first: sample {int(bad[0])} of its batch); "
+                            "return a finite score per sample (count a NaN output as a miss)")
     return s
