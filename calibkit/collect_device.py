@@ -152,6 +152,12 @@ class DeviceCollector:
         n = feed.samples
         if len(self.sets) < 2 or (self.p.pad and n < self.run_batch) or self._signature(feed) != self.signature:
             return feed, pinned, None
+        bs = self._copy_into_next_set(pinned)
+        bs.copied = self.copy_stream.record()
+        return feed, pinned, bs
+
+    def _copy_into_next_set(self, pinned: dict) -> BufferSet:
+        """The next buffer set in turn, once free, with the inputs' copy queued on the copy stream."""
         bs = self.sets[self.turn]
         self.turn = (self.turn + 1) % len(self.sets)
         if bs.done is not None:
@@ -159,8 +165,7 @@ class DeviceCollector:
         with self.copy_stream:
             for k, a in bs.inputs.items():
                 a.set(pinned[k], stream=self.copy_stream)
-        bs.copied = self.copy_stream.record()
-        return feed, pinned, bs
+        return bs
 
     def execute(self, staged) -> None:
         feed, pinned, bs = staged
@@ -207,13 +212,7 @@ class DeviceCollector:
             self.signature = sig
             self._make_sets(run_feed, values)
             return
-        bs = self.sets[self.turn]
-        self.turn = (self.turn + 1) % len(self.sets)
-        if bs.done is not None:
-            bs.done.synchronize()  # the reduction that read this set two runs ago
-        with self.copy_stream:
-            for k, a in bs.inputs.items():
-                a.set(pinned[k], stream=self.copy_stream)
+        bs = self._copy_into_next_set(pinned)
         self.copy_stream.synchronize()
 
         if not padded:

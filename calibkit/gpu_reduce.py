@@ -118,16 +118,3 @@ class DeviceHistograms:
                 h.exp = E_MIN
             out[name] = h
         return out
-
-
-def ortvalue_to_cupy(value):
-    """Wrap a CUDA OrtValue as a CuPy array without copying (keeps the OrtValue alive)."""
-    import cupy as cp
-
-    dtype = {"tensor(float)": cp.float32, "tensor(float16)": cp.float16, "tensor(double)": cp.float64}.get(value.data_type())
-    if dtype is None:
-        return None
-    shape = tuple(value.shape())
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    mem = cp.cuda.UnownedMemory(value.data_ptr(), nbytes, owner=value)
-    return cp.ndarray(shape, dtype=dtype, memptr=cp.cuda.MemoryPointer(mem, 0))

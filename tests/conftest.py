@@ -45,3 +45,14 @@ def conv_data(tmp_path: Path) -> Path:
     path = tmp_path / "calib.npz"
     np.savez(path, x=x)
     return path
+
+
+@pytest.fixture
+def hostile(tmp_path: Path, cli):
+    """models.hostile_net calibrated on 64 samples: (model, scales.json, 48-sample validation .npz)."""
+    model = models.hostile_net(tmp_path / "h.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "cal.npz", x=rng.normal(0, 1, (64, 3, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "val.npz", x=rng.normal(0, 1, (48, 3, 8, 8)).astype(np.float32))
+    cli("calibrate", model, "--data", tmp_path / "cal.npz", "-o", tmp_path / "cal")
+    return model, tmp_path / "cal" / "scales.json", tmp_path / "val.npz"

@@ -4,7 +4,6 @@ the search's decisions are right on known results, outputs and errors are the CL
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import models
 import numpy as np
@@ -17,16 +16,6 @@ from calibkit import scales as scales_io
 from calibkit.sensitivity import search as S
 from calibkit.sensitivity import switch
 from calibkit.sensitivity.exclusions import regex
-
-
-@pytest.fixture
-def hostile(tmp_path: Path, cli):
-    model = models.hostile_net(tmp_path / "h.onnx")
-    rng = np.random.default_rng(1)
-    np.savez(tmp_path / "cal.npz", x=rng.normal(0, 1, (64, 3, 8, 8)).astype(np.float32))
-    np.savez(tmp_path / "val.npz", x=rng.normal(0, 1, (48, 3, 8, 8)).astype(np.float32))
-    cli("calibrate", model, "--data", tmp_path / "cal.npz", "-o", tmp_path / "cal")
-    return model, tmp_path / "cal" / "scales.json", tmp_path / "val.npz"
 
 
 @pytest.fixture(autouse=True)
