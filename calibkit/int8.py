@@ -24,8 +24,13 @@ def int8_scale(amax: float) -> float:
     return float(np.float32(amax) / np.float32(127.0))
 
 
+def degenerate(amax: float) -> bool:
+    """No usable INT8 scale from this (float32) amax: not a positive normal number after / 127."""
+    return not (math.isfinite(amax) and amax >= TINY_AMAX)
+
+
 def usable_amax(amax: float) -> float:
     """The amax a scale table stores for a method's raw ``amax``: float32, and
     ``DEGENERATE_AMAX`` when it is not a positive normal number (an all-zero tensor)."""
     a = as_float32(float(amax))
-    return a if (math.isfinite(a) and a >= TINY_AMAX) else DEGENERATE_AMAX
+    return DEGENERATE_AMAX if degenerate(a) else a

@@ -14,7 +14,7 @@ from calibkit import methods
 from calibkit.atomic import write_text
 from calibkit.clipping import saturated_fraction
 from calibkit.errors import CalibkitError
-from calibkit.int8 import DEGENERATE_AMAX, FLOAT32_MAX, TINY_AMAX, as_float32, int8_scale  # noqa: F401  (re-exported)
+from calibkit.int8 import DEGENERATE_AMAX, FLOAT32_MAX, TINY_AMAX, as_float32, degenerate, int8_scale, usable_amax  # noqa: F401  (re-exported)
 from calibkit.methods.auto import expected_mse
 from calibkit.store import HistogramSet
 
@@ -82,9 +82,8 @@ def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 
                 f"tensor {name!r} held only NaN/Inf ({h.nan} NaN, {h.inf} Inf, no finite value) over the whole calibration data: "
                 "no scale can be derived; check the data and preprocessing (or the model) before calibrating"
             )
-        degenerate = not (math.isfinite(amax) and amax >= TINY_AMAX)
-        if degenerate:
-            amax = DEGENERATE_AMAX
+        unusable = degenerate(amax)
+        amax = usable_amax(amax)
         scale = int8_scale(amax)
         return {
             "amax": amax,
@@ -98,7 +97,7 @@ def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 
             "clipped": saturated_fraction(h, amax),
             "expected_mse": float(expected_mse(h, [amax])[0]),
             "range_exp": h.exp,
-            "degenerate": degenerate,
+            "degenerate": unusable,
             **detail,
         }
 

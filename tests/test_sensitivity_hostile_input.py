@@ -97,19 +97,24 @@ def test_second_run_into_the_same_folder_fails_at_once(hostile, tmp_path):
 def test_two_runs_over_the_same_evaluations_wait_and_reuse(hostile, tmp_path):
     model, scales, val = hostile
     env = {**os.environ, "COLUMNS": "80", "CALIBKIT_CACHE": str(tmp_path / "shared")}
-    (tmp_path / "slow.py").write_text("import time\ndef metric(outputs, labels):\n    time.sleep(0.2)\n    return (labels == labels).astype(float)\n")
+    started = tmp_path / "evaluating"
+    # the metric is slow (11 evaluations >= 5.5 s) and marks when the first run's evaluations begin
+    (tmp_path / "slow.py").write_text(f"import pathlib, time\ndef metric(outputs, labels):\n    pathlib.Path({str(started)!r}).touch()\n"
+                                      "    time.sleep(0.5)\n    return (labels == labels).astype(float)\n")
     np.save(tmp_path / "labels.npy", np.zeros(48, np.int64))
     common = [model, "--scales", scales, "--data", val, "--labels", tmp_path / "labels.npy", "--metric", f"{tmp_path / 'slow.py'}:metric"]
     a = _popen(["sensitivity", *common, "-o", tmp_path / "a"], env)
-    time.sleep(1.0)
+    deadline = time.monotonic() + 120
+    while not started.exists() and a.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     b = subprocess.run([sys.executable, "-m", "calibkit", "sensitivity", *map(str, common), "-o", tmp_path / "b"], capture_output=True, text=True, env=env, timeout=300)
     a.communicate(timeout=300)
     assert a.returncode == 0 and b.returncode == 0, b.stderr
+    assert "waiting for it" in b.stderr  # a held the journal when b reached it
     da = json.loads((tmp_path / "a" / "sensitivity.json").read_text())
     db = json.loads((tmp_path / "b" / "sensitivity.json").read_text())
     assert da["layers"] == db["layers"]
-    if "waiting for it" in b.stderr:  # b started while a held the journal: it ran nothing itself
-        assert db["evaluations"]["reused_from_earlier_runs"] == db["evaluations"]["spent"]
+    assert db["evaluations"]["reused_from_earlier_runs"] == db["evaluations"]["spent"]  # b ran nothing itself
 
 
 def test_written_results_do_not_depend_on_workers(hostile, tmp_path, cli, monkeypatch):

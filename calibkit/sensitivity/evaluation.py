@@ -200,17 +200,9 @@ def task(kept: tuple[int, ...]) -> dict:
     result = {"cosine": cos, "min_cosine": _min(cos.values())}
     if vs.ref_scores is not None:
         fn = _STATE["metric_fn"]
-        scores = _task_scores(outs, vs.output_names, vs.labels, fn, vs.metric, vs.samples) if fn else _top1(outs, vs)
+        scores = _task_scores(outs, vs.output_names, vs.labels, fn, vs.metric, vs.samples)
         result["task"] = _num(100.0 * float(scores.sum()) / len(scores))
     return result
-
-
-def _top1(outs, vs: ValSet) -> np.ndarray:
-    parts, start = [], 0
-    for o, n in zip(outs, vs.samples):
-        parts.append(np.nan_to_num(o[vs.class_index], nan=-np.inf).argmax(1) == vs.labels[start : start + n].reshape(-1))
-        start += n
-    return np.concatenate(parts).astype(np.float64)
 
 
 def _num(v: float) -> float | None:

@@ -31,15 +31,14 @@ def _metrics(r: dict, ref_task) -> dict:
 
 def best_methods(hist, table_method: str) -> dict:
     """Each candidate method's threshold on this histogram (``auto``'s candidates) with its
-    expected INT8 error; the lowest error is the method that would suit the tensor best."""
-    from calibkit.methods.auto import candidates, expected_mse
+    expected INT8 error and saturated fraction; ``auto``'s choice is the method that would suit
+    the tensor best."""
+    from calibkit.clipping import saturated_fraction
+    from calibkit.methods.auto import AutoConfig, choose
 
-    specs = candidates()
-    amaxes = [float(m.amax(hist, cfg)) for _, (m, cfg) in specs]
-    errors = expected_mse(hist, amaxes)
-    rows = {spec: {"amax": a, "expected_mse": float(e), "clipped": float(hist.clipped_fraction(a))} for (spec, _), a, e in zip(specs, amaxes, errors)}
-    best = min(rows, key=lambda k: rows[k]["expected_mse"])  # first in the fixed order on ties
-    return {"best": best, "calibrated_with": table_method, "methods": rows}
+    _, detail = choose(hist, AutoConfig())
+    rows = {spec: {**r, "clipped": float(saturated_fraction(hist, r["amax"]))} for spec, r in detail["candidates"].items()}
+    return {"best": detail["method"], "calibrated_with": table_method, "methods": rows}
 
 
 def _common(s, sens: Sensitivity, ev, table, model_info: dict, gates: dict, default: bool, scales: str) -> dict:
