@@ -102,7 +102,7 @@ def run_plain(model: Path, data: Path, batch: int, out: Path) -> dict:
 
 
 def run_calibkit(model: Path, data: Path, batch: int, out: Path) -> dict:
-    from calibkit.pipeline import calibrate
+    from calibkit.calibration import calibrate
 
     t = time.perf_counter()
     # calibkit picks its own run batch (that is the product default); ``batch`` feeds the others
@@ -161,8 +161,8 @@ def spawn(name: str, model: Path, data: Path, batch: int, out: Path) -> dict:
 
 def threshold_microbench(reps: int = 50) -> float:
     """Mean ms for entropy on a dense 2048-bin histogram (normal + heavy tail)."""
-    from calibkit.histogram import TensorHistogram
     from calibkit.methods import entropy
+    from calibkit.numerics.histogram import TensorHistogram
 
     rng = np.random.default_rng(0)
     hs = []

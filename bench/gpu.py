@@ -26,14 +26,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calibkit import methods  # noqa: E402
-from calibkit.collect import plan  # noqa: E402
-from calibkit.collect_device import ORT_TYPES, DeviceCollector, drive  # noqa: E402
+from calibkit.artifacts.histograms import HistogramSet  # noqa: E402
+from calibkit.artifacts.scales import compute  # noqa: E402
+from calibkit.calibration import calibrate  # noqa: E402
+from calibkit.collect.cuda.driver import ORT_TYPES, DeviceCollector, drive  # noqa: E402
+from calibkit.collect.plan import plan  # noqa: E402
+from calibkit.collect.prefetch import PinnedStager  # noqa: E402
 from calibkit.data import Batch, IterableSource  # noqa: E402
-from calibkit.onnx_model import input_specs, load  # noqa: E402
-from calibkit.pipeline import calibrate  # noqa: E402
-from calibkit.prefetch import PinnedStager  # noqa: E402
-from calibkit.scales import compute  # noqa: E402
-from calibkit.store import HistogramSet  # noqa: E402
+from calibkit.graph.model import input_specs, load  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
@@ -64,7 +64,7 @@ def make_images(path: Path, n: int, hw: tuple[int, int], seed: int, norm: str) -
 def ort_session(model: Path, calibkit_opts: bool):
     import onnxruntime as ort
 
-    from calibkit.providers import session
+    from calibkit.sessions import session
 
     if calibkit_opts:
         return session(load(model), device="cuda")
@@ -158,8 +158,8 @@ def case(name: str, model: Path, hw, samples: int, batch: int, norm: str, tmp: P
         f = Batch({"x": np.ascontiguousarray(x[s : s + batch])})
         f.samples = f["x"].shape[0]
         feeds.append(f)
-    from calibkit import gpu_fused
-    from calibkit.gpu_fused import FusedHistograms
+    from calibkit.collect.cuda import fused as gpu_fused
+    from calibkit.collect.cuda.fused import FusedHistograms
 
     col = DeviceCollector(p, batch)
     col.run(feeds[0], stager(feeds[0]))  # first run: unbound (learns the shapes, allocates the sets)
@@ -208,7 +208,7 @@ def case(name: str, model: Path, hw, samples: int, batch: int, norm: str, tmp: P
           f"({(r['exposed_ms'] + r['floor_ms']) / (t_plain * 1e3):.2f}x); ORT's exposed outputs alone {r['exposed_ms'] / (t_plain * 1e3):.2f}x", flush=True)
     # 4. bit-identity: the fused reducer vs the host reducer on the same activations
     if host_check:
-        from calibkit.gpu_fused import host_reference
+        from calibkit.collect.cuda.fused import host_reference
 
         run()
         arrays = {k: v for k, v in keep.items() if v.dtype == np.float32}
@@ -236,7 +236,7 @@ def case(name: str, model: Path, hw, samples: int, batch: int, norm: str, tmp: P
         host = compute(hset, m, cfg, device="cpu")
         t_host = time.perf_counter() - t
         equal = sum(1 for k in hists if dev.tensors[k]["amax"] == host.tensors[k]["amax"])
-        from calibkit import gpu_methods
+        from calibkit.methods import cuda as gpu_methods
 
         resolved = {**gpu_methods.STATS, "kernel_ms": gpu_methods.KERNEL_MS.get(m)} if m in ("entropy", "mse") else {}
         split = {}

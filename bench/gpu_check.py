@@ -23,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import calibration as bench  # noqa: E402
 
-from calibkit import cache, demo  # noqa: E402
+from calibkit import demo
+from calibkit.artifacts import trt_cache as cache  # noqa: E402
+from calibkit.calibration import calibrate  # noqa: E402
 from calibkit.data import Preprocess  # noqa: E402
-from calibkit.pipeline import calibrate  # noqa: E402
-from calibkit.providers import cuda_device_count, providers_for  # noqa: E402
+from calibkit.sessions import cuda_device_count, providers_for  # noqa: E402
 
 
 def plain(model: Path, data: Path, device: str, batch: int = 32) -> float:
@@ -76,7 +77,7 @@ def main() -> None:
             return calibrate(model, output_dir=tmp / tag, device="cuda", recollect=True, **kw).outputs["cache"].read_bytes()
 
         # the GPU reducer against the host reducer on the same CUDA activations
-        from calibkit import gpu_reduce
+        from calibkit.collect.cuda import reduce as gpu_reduce
 
         real = gpu_reduce.available
         gpu_reduce.available = lambda: False
@@ -91,7 +92,7 @@ def main() -> None:
         x = np.load(data)["input"]
         np.savez(tmp / "s0.npz", input=x[:100])
         np.savez(tmp / "s1.npz", input=x[100:])
-        from calibkit import store
+        from calibkit.artifacts import histograms as store
 
         calibrate(model, data=str(tmp / "s0.npz"), output_dir=tmp / "s0", device="cuda")
         calibrate(model, data=str(tmp / "s1.npz"), output_dir=tmp / "s1", device="cuda")

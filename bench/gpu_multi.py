@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu import make_images  # noqa: E402
 
-from calibkit.multi_gpu import shard_ranges  # noqa: E402
-from calibkit.providers import cuda_device_count  # noqa: E402
+from calibkit.collect.sharded import shard_ranges  # noqa: E402
+from calibkit.sessions import cuda_device_count  # noqa: E402
 
 
 def cli(*args) -> float:

@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from calibkit import cache as cache_io
 from calibkit import demo
+from calibkit.artifacts import trt_cache as cache_io
 
 
 def main() -> int:

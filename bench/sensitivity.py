@@ -23,7 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
 METRIC = '''
 import hashlib
@@ -51,7 +51,7 @@ def metric(outputs, labels):
 def _hostile(tmp: Path, samples: int):
     import models
 
-    from calibkit.pipeline import calibrate
+    from calibkit.calibration import calibrate
 
     model = models.hostile_net(tmp / "hostile.onnx")
     rng = np.random.default_rng(1)
@@ -67,7 +67,7 @@ def _corpus(tmp: Path, name: str, samples: int, method: str):
     sys.path.insert(0, str(ROOT / "tools"))
     import corpus
 
-    from calibkit.pipeline import calibrate
+    from calibkit.calibration import calibrate
 
     root = corpus.cache_dir()
     model = corpus.model_path(root, corpus.by_name(name))

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import click
 
-from calibkit.cli.main import cli
 from calibkit.cli.options import data_options, feed_from, feed_options, preprocess_from, user_errors
 
 
-@cli.command()
+@click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--engine", required=True, type=click.Path(dir_okay=False), help="Serialized engine (.plan) to write.")
 @click.option("--int8", is_flag=True, help="INT8 from --cache (calibkit's scales; any method) or --data (TensorRT 10 calibrates).")

@@ -11,6 +11,8 @@ from calibkit import methods
 from calibkit.data.images import CHANNELS, LAYOUTS, Preprocess
 from calibkit.errors import CalibkitError
 
+DEMO_OUT = "calibkit-demo"  # where the bare demo commands write
+
 
 def compose(*decorators: Callable) -> Callable:
     def apply(fn: Callable) -> Callable:
@@ -58,7 +60,7 @@ feed_options = compose(
 
 def feed_from(kw: dict) -> dict:
     """--batch-axis/--no-rebatch/--max-samples -> calibrate() keyword arguments."""
-    from calibkit.batch_axes import parse_batch_axes
+    from calibkit.graph.batch_axes import parse_batch_axes
 
     return {
         "batch_axes": parse_batch_axes(kw.pop("batch_axis", ()) or ()),
@@ -108,7 +110,7 @@ method_options = compose(
 
 
 def warn_clip_option(fn: Callable) -> Callable:
-    from calibkit.clipping import DEFAULT_WARN_CLIP
+    from calibkit.numerics.clipping import DEFAULT_WARN_CLIP
 
     return click.option(
         "--warn-clip", "warn_clip", type=float, default=DEFAULT_WARN_CLIP, show_default=True, metavar="FRACTION",
@@ -162,7 +164,7 @@ def user_errors(fn: Callable) -> Callable:
             click.echo(f"calibkit: error: {exc}", err=True)
             raise SystemExit(getattr(exc, "exit_code", 1)) from None
         except KeyboardInterrupt as exc:
-            from calibkit.publish import PUBLISHED
+            from calibkit.outputs.publish import PUBLISHED
 
             done = ", ".join(sorted({str(d) for d in PUBLISHED if d.exists()}))  # scratch sets (temp dirs) are gone
             said = f"complete output sets published before it: {done}" if done else "nothing from this run was published; previous outputs are unchanged"

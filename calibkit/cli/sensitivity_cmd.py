@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import click
 
-from calibkit.cli.main import cli
 from calibkit.cli.options import compose, data_options, feed_from, feed_options, parallel_from, parallel_options, preprocess_from, user_errors
 
 search_options = compose(
@@ -63,7 +62,7 @@ def _args(kw: dict) -> dict:
             "batch_size": kw.pop("batch_size"), "force": kw.pop("force"), "allow_preprocess_mismatch": kw.pop("allow_preprocess_mismatch")}
 
 
-@cli.command()
+@click.command()
 @search_options
 def sensitivity(model, scales, output_dir, data, **kw) -> None:
     """Rank quantized layers by the output/task error INT8 in each one causes.
@@ -86,7 +85,7 @@ def sensitivity(model, scales, output_dir, data, **kw) -> None:
     out.print(f"wrote {res.json} and {res.report}")
 
 
-@cli.command()
+@click.command()
 @search_options
 def fallback(model, scales, output_dir, data, **kw) -> None:
     """Find the fewest layers to keep in float so a target holds, and verify it.

@@ -11,7 +11,7 @@ from calibkit.errors import CalibkitError
 
 
 def print_calibration(result) -> None:
-    from calibkit.scales import most_clipped, nonfinite
+    from calibkit.artifacts.scales import most_clipped, nonfinite
 
     t = result.table
     hs = result.histograms
@@ -56,7 +56,7 @@ def auto_choices(t) -> list[tuple[str, int]]:
 
 def print_clip_warnings(ws, limit: float, where=None, shown: int | None = None) -> None:
     """Every clip warning (up to ``shown``) on stdout, and a one-line pointer on stderr."""
-    from calibkit.clipping import SHOWN
+    from calibkit.numerics.clipping import SHOWN
 
     if not ws:
         return
@@ -77,7 +77,7 @@ def inspect_file(path: Path, limit: int) -> None:
     if not path.is_file():
         raise CalibkitError(f"{path} not found")
     if zipfile.is_zipfile(path):
-        from calibkit import store
+        from calibkit.artifacts import histograms as store
 
         hs = store.load(path)
         out.print(f"{path}: {len(hs.tensors)} tensors, {hs.samples} samples, model {hs.meta.get('model_name')} {hs.meta.get('model_fingerprint')}")
@@ -87,7 +87,7 @@ def inspect_file(path: Path, limit: int) -> None:
         return
     head = path.read_bytes()[:64].lstrip()
     if head.startswith(b"{"):
-        from calibkit import scales
+        from calibkit.artifacts import scales
 
         st = scales.read(path)
         out.print(f"{path}: method {st.method} {st.params}, {len(st.tensors)} tensors, model {st.meta.get('model', {}).get('name')}")
@@ -102,13 +102,13 @@ def inspect_file(path: Path, limit: int) -> None:
         picks = auto_choices(st)
         if picks:
             out.print("auto chose: " + ", ".join(f"{m} {n}" for m, n in picks))
-        from calibkit import clipping
+        from calibkit.numerics import clipping
 
         recorded = (st.meta.get("clip_warnings") or {}).get("limit")
         warn = recorded if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and 0 <= recorded <= 1 else clipping.DEFAULT_WARN_CLIP
         print_clip_warnings(clipping.warnings(st, warn), warn, path, shown=limit)
         return
-    from calibkit import cache
+    from calibkit.artifacts import trt_cache as cache
 
     c = cache.read(path)
     out.print(f"{path}: header {c.header()} (TensorRT version code {c.version}, algorithm {c.algorithm}), {len(c.scales)} tensors")

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from calibkit.cli.main import DEMO_OUT, cli
-from calibkit.cli.options import compose, data_options, feed_from, feed_options, preprocess_from, user_errors, warn_clip_option
+from calibkit.cli.options import DEMO_OUT, compose, data_options, feed_from, feed_options, preprocess_from, user_errors, warn_clip_option
 
 DEFAULT_METHODS = "entropy,percentile:99.99,percentile:99.999,minmax,mse"
 
@@ -102,7 +101,7 @@ def _run_reporting(fn, **kwargs):
     _print(res)
 
 
-@cli.command()
+@click.command()
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @click.option("--scales", type=click.Path(dir_okay=False), help="scales.json from `calibkit calibrate`.")
 @click.option("--backends", default="ort-int8,ort-fp16", show_default=True, help="Comma-separated: ort-int8, ort-int8-cpu, ort-fp16, ort-fp32, trt-int8, trt-fp16.")
@@ -143,9 +142,9 @@ def validate(model, scales, backends, emulate_fp16, **kw) -> None:
 
 def _demo_defaults(kw):
     from calibkit import demo
+    from calibkit.calibration import calibrate
     from calibkit.cli.progress import err
     from calibkit.data import Preprocess
-    from calibkit.pipeline import calibrate
 
     err.print(f"calibkit: no model given: the shipped demo {demo.MODEL.name}, calibrated on {demo.CALIB}, validated on {demo.VAL}")
     calibrate(demo.MODEL, demo.CALIB, preprocess=Preprocess.from_file(demo.PREPROCESS), output_dir=DEMO_OUT)
@@ -154,7 +153,7 @@ def _demo_defaults(kw):
     return f"{DEMO_OUT}/scales.json", kw
 
 
-@cli.command()
+@click.command()
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @click.option("--histograms", type=click.Path(dir_okay=False), help="histograms.npz from `calibkit calibrate`.")
 @click.option("--methods", "method_list", default=DEFAULT_METHODS, show_default=True, help="Comma-separated method specs.")
@@ -199,7 +198,7 @@ def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt
     )
 
 
-@cli.command(name="export-qdq")
+@click.command(name="export-qdq")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--scales", required=True, type=click.Path(dir_okay=False), help="scales.json from `calibkit calibrate`.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Q/DQ model to write.")
@@ -221,13 +220,13 @@ def export_qdq(model, scales, output, placement, exclude_nodes, exclude_list, ex
 
     import onnx
 
-    from calibkit import scales as scales_io
+    from calibkit.artifacts import scales as scales_io
     from calibkit.cli.progress import out
-    from calibkit.onnx_model import check_fingerprint, fingerprint_file
-    from calibkit.qdq import activation_qdq
-    from calibkit.qdq import export_qdq as run
-    from calibkit.qdq_io import read_light
-    from calibkit.qdq_subgraph import body_activation_count
+    from calibkit.graph.model import check_fingerprint, fingerprint_file
+    from calibkit.qdq.bodies import body_activation_count
+    from calibkit.qdq.export import activation_qdq
+    from calibkit.qdq.export import export_qdq as run
+    from calibkit.qdq.files import read_light
 
     start = time.perf_counter()
     light = read_light(model)  # one-line errors for a missing or unreadable model

@@ -10,7 +10,7 @@ from calibkit.data.feed import Batch, FeedStats, check_feed, run_batches
 from calibkit.data.images import ImageFolderSource, Preprocess, list_images
 from calibkit.data.script import ScriptSource
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import InputSpec
+from calibkit.graph.model import InputSpec
 
 __all__ = [
     "applied_preprocess", "is_image_folder", "preprocess_fingerprint", "resolve_preprocess", "Batch", "DataSource", "Feed",

@@ -20,7 +20,7 @@ import numpy as np
 
 from calibkit.data.base import DataSource, Feed, hash_feed
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import InputSpec
+from calibkit.graph.model import InputSpec
 
 
 class Batch(dict):

@@ -155,7 +155,7 @@ class ImageFolderSource:
 
     def batches(self) -> Iterator[Feed]:
         if self.workers > 1:  # decoded in worker processes, in order (results do not change)
-            from calibkit.prefetch import ordered_map
+            from calibkit.collect.prefetch import ordered_map
 
             for a in ordered_map(load_image, self.files, self.pre, workers=self.workers):
                 yield {self.input_name: a[None]}

@@ -58,7 +58,7 @@ def make(workers: int | str | None = None, ray: str | None = None, setup: Callab
 
         return RayExecutor(ray, n, setup, setup_args, gpus=gpus, visible_gpus=visible_gpus)
     if gpus:
-        raise ValueError("GPUs per worker need Ray")  # local GPU workers: calibkit.multi_gpu pins them itself
+        raise ValueError("GPUs per worker need Ray")  # local GPU workers: calibkit.collect.sharded pins them itself
     from calibkit.executor.local import InProcess, ProcessPool
 
     if n is None or n == 1:

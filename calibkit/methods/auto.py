@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from calibkit.histogram import TensorHistogram
-from calibkit.int8 import as_float32, int8_scale, usable_amax
 from calibkit.methods.base import REGISTRY, make_config, register, spec_of
+from calibkit.numerics.formats import as_float32, int8_scale, usable_amax
+from calibkit.numerics.histogram import TensorHistogram
 
 PERCENTILES = (99.9, 99.99, 99.999)
 

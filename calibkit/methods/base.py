@@ -1,6 +1,6 @@
 """Registry of threshold methods: name -> (typed config class, bin selector).
 
-A method turns one :class:`~calibkit.histogram.TensorHistogram` into an ``amax``. Adding a
+A method turns one :class:`~calibkit.numerics.histogram.TensorHistogram` into an ``amax``. Adding a
 method is one module that calls :func:`register`; ``--method`` choices come from here.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from calibkit.errors import CalibkitError
-from calibkit.histogram import TensorHistogram
+from calibkit.numerics.histogram import TensorHistogram
 
 AmaxFn = Callable[[TensorHistogram, Any], float]
 DetailFn = Callable[[TensorHistogram, Any], tuple[float, dict[str, Any]]]

@@ -16,8 +16,8 @@ import numpy as np
 from scipy.special import xlogy
 from scipy.stats import entropy as kl_divergence
 
-from calibkit.histogram import NUM_BINS, TensorHistogram
 from calibkit.methods.base import edge_amax, pick_near_min, register
+from calibkit.numerics.histogram import NUM_BINS, TensorHistogram
 
 
 @dataclass(frozen=True)

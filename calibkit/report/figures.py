@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from calibkit import methods
-from calibkit.histogram import NUM_BINS, TensorHistogram
+from calibkit.numerics.histogram import NUM_BINS, TensorHistogram
 
 COMPARE_METHODS = ("entropy", "percentile", "minmax", "mse")
 

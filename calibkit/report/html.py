@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from calibkit.artifacts.histograms import HistogramSet
 from calibkit.report import figures
-from calibkit.store import HistogramSet
 from calibkit.validate.engine import Evaluation
 from calibkit.validate.metrics import with_noise
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from calibkit import scales as scales_io
+from calibkit.artifacts import scales as scales_io
 from calibkit.data import Preprocess, resolve_preprocess
 from calibkit.errors import CalibkitError, ThresholdFailed
-from calibkit.onnx_model import check_fingerprint, fingerprint_file, load
-from calibkit.publish import Transaction
+from calibkit.graph.model import check_fingerprint, fingerprint_file, load
+from calibkit.outputs.publish import Transaction
 from calibkit.sensitivity import report as SR
 from calibkit.sensitivity import search as _search
 from calibkit.sensitivity.run import Session, open_session
@@ -138,7 +138,7 @@ def _fallback(tx, out, t0, model, scales, data, labels, metric, target, preproce
         paths = {"json": out / "fallback.json", "report": out / "report.html", "qdq": out / qdq_name, "exclude": out / "exclude-nodes.txt", "keep": out / "keep-fp16.txt"}
         doc["commands"] = _commands(model_path, scales, paths, nodes)
         html = SR.fallback_page(doc, v, vdoc, s, _hists(scales, model_fp), f"calibkit fallback: {model_path.name}")
-        from calibkit.qdq_io import copy_into
+        from calibkit.qdq.files import copy_into
 
         tx.write_with(paths["qdq"], lambda fh: copy_into(after.model_path, fh))
         text = "".join(f"{n}\n" for n in nodes)

@@ -25,7 +25,7 @@ import onnx
 from calibkit.data import FeedStats, Preprocess, open_source, run_batches
 from calibkit.data.script import load_function
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import input_specs
+from calibkit.graph.model import input_specs
 from calibkit.validate.engine import VALIDATION_BATCH, _class_output, _labels, _score
 from calibkit.validate.metrics import Agreement
 
@@ -169,7 +169,7 @@ def payload(model: onnx.ModelProto, vs: ValSet) -> bytes:
 
 
 def setup(blob: bytes) -> None:
-    from calibkit.providers import session
+    from calibkit.sessions import session
 
     state = pickle.loads(blob)
     vs: ValSet = state["vs"]

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from calibkit.atomic import write_text
+from calibkit.outputs.atomic import write_text
 from calibkit.report import figures
 from calibkit.report import html as R
 from calibkit.sensitivity.search import Fallback, Sensitivity, drop
@@ -33,8 +33,8 @@ def best_methods(hist, table_method: str) -> dict:
     """Each candidate method's threshold on this histogram (``auto``'s candidates) with its
     expected INT8 error and saturated fraction; ``auto``'s choice is the method that would suit
     the tensor best."""
-    from calibkit.clipping import saturated_fraction
     from calibkit.methods.auto import AutoConfig, choose
+    from calibkit.numerics.clipping import saturated_fraction
 
     _, detail = choose(hist, AutoConfig())
     rows = {spec: {**r, "clipped": float(saturated_fraction(hist, r["amax"]))} for spec, r in detail["candidates"].items()}

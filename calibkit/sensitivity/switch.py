@@ -21,8 +21,10 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from calibkit import graph_forms, qdq, qdq_post
 from calibkit.errors import CalibkitError
+from calibkit.graph import forms as graph_forms
+from calibkit.qdq import export as qdq
+from calibkit.qdq import post as qdq_post
 
 SWITCH_PREFIX = "calibkit_int8_"
 

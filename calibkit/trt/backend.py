@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from calibkit import cache as cache_io
+from calibkit.artifacts import trt_cache as cache_io
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import input_specs
+from calibkit.graph.model import input_specs
 
 
 class LazyEngine:
@@ -53,7 +53,7 @@ class LazyEngine:
 def candidate(backend: str, model: onnx.ModelProto, output_names: list[str], workdir: Path, amax: dict[str, float] | None, method: str | None):
     """A validate Candidate, or ``Unavailable`` with the reason when TensorRT cannot run here."""
     from calibkit.trt import installed_major, unavailable_reason
-    from calibkit.validate.backends import Candidate, Unavailable
+    from calibkit.validate.candidate import Candidate, Unavailable
 
     why = unavailable_reason()
     if why:

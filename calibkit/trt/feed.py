@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from calibkit import cache as cache_io
-from calibkit.atomic import write_bytes
+from calibkit.artifacts import trt_cache as cache_io
 from calibkit.data import FeedStats, Preprocess, open_source, run_batches
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import InputSpec
+from calibkit.graph.model import InputSpec
+from calibkit.outputs.atomic import write_bytes
 from calibkit.trt.device import DeviceMemory, open_device
 from calibkit.trt.staging import Stager
 

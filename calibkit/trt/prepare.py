@@ -12,9 +12,9 @@ from pathlib import Path
 
 import onnx
 
-from calibkit import cache as cache_io
-from calibkit.atomic import write_bytes
+from calibkit.artifacts import trt_cache as cache_io
 from calibkit.errors import CalibkitError
+from calibkit.outputs.atomic import write_bytes
 from calibkit.trt.spec import BuildSpec
 
 
@@ -58,7 +58,7 @@ def topo_sort(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def prepare_v11(spec: BuildSpec) -> Path:
     """Write (beside the engine) and return the model a strongly typed build parses."""
-    from calibkit.qdq import export_qdq
+    from calibkit.qdq.export import export_qdq
 
     stem = spec.engine.with_suffix("")
     if spec.int8 and spec.cache is None:

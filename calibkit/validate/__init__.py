@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from calibkit import clipping, store
-from calibkit import scales as scales_io
+from calibkit.artifacts import histograms as store
+from calibkit.artifacts import scales as scales_io
 from calibkit.data import Preprocess, resolve_preprocess
 from calibkit.errors import CalibkitError, ThresholdFailed
-from calibkit.onnx_model import check_fingerprint, fingerprint_file, load
-from calibkit.publish import Transaction
-from calibkit.qdq_io import copy_into
+from calibkit.graph.model import check_fingerprint, fingerprint_file, load
+from calibkit.numerics import clipping
+from calibkit.outputs.publish import Transaction
+from calibkit.qdq.files import copy_into
 from calibkit.validate import backends as B
 from calibkit.validate import results as R
 from calibkit.validate.engine import evaluate
@@ -192,9 +193,9 @@ def compare(
     """Score ``method_specs`` on one validation pass; each method's scales.json, TensorRT cache
     and TensorsData (and with ``export_qdq`` its Q/DQ model) go to ``output_dir/<method>/``
     (default: ``<report>.methods/`` beside the report), published with the report as one set."""
-    from calibkit import cache as trt_cache
     from calibkit import methods
-    from calibkit.pipeline import stage_scales, write_scales
+    from calibkit.artifacts import trt_cache
+    from calibkit.calibration import stage_scales, write_scales
 
     if backend not in ("ort-int8", "ort-int8-cpu"):
         raise CalibkitError(f"compare --backend {backend!r}: methods are compared on ort-int8 or ort-int8-cpu")

@@ -8,46 +8,18 @@ after its Q/DQ pair.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import with_outputs
-from calibkit.providers import session
-from calibkit.qdq import activation_qdq, export_qdq
+from calibkit.graph.model import with_outputs
+from calibkit.qdq.export import activation_qdq, export_qdq
+from calibkit.sessions import session
 from calibkit.validate import fp16
+from calibkit.validate.candidate import Candidate, Unavailable  # noqa: F401  (Unavailable: raised by backends)
 
 BACKENDS = ("ort-fp32", "ort-int8", "ort-int8-cpu", "ort-fp16", "trt-int8", "trt-fp16")
-
-
-class Unavailable(CalibkitError):
-    """The backend cannot run here; the message says why."""
-
-
-@dataclass
-class Candidate:
-    label: str  # shown in reports: "ort-int8 (entropy)"
-    backend: str
-    sess: object
-    output_names: list[str]
-    note: str = ""
-    method: str | None = None
-    layer_sess: object = None  # INT8: session exposing activations and their dequantized values
-    layers: dict[str, tuple[str, float]] = field(default_factory=dict)  # tensor -> (dq output, scale)
-    model_path: Path | None = None
-
-    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.sess.run(self.output_names, feed)
-
-    def run_layers(self, feed: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """{tensor: (value before Q/DQ, dequantized value)} for every quantized activation."""
-        names = [n for t, (dq, _) in self.layers.items() for n in (t, dq) if n not in feed]
-        values = dict(zip(names, self.layer_sess.run(names, feed)))
-        values.update(feed)  # a quantized graph input is its own "before" value
-        return {t: (values[t], values[dq]) for t, (dq, _) in self.layers.items()}
 
 
 def trt_reason() -> str:

@@ -20,7 +20,7 @@ import onnx
 from calibkit.data import FeedStats, Preprocess, open_source, run_batches
 from calibkit.data.script import load_function
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import input_specs
+from calibkit.graph.model import input_specs
 from calibkit.validate.backends import Candidate, reference
 from calibkit.validate.metrics import Agreement, Latency, OutputMetrics
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calibkit.histogram import TensorHistogram
 from calibkit.methods.percentile import PercentileConfig, percentile_amax
+from calibkit.numerics.histogram import TensorHistogram
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from calibkit import __version__
-from calibkit.atomic import write_text
+from calibkit.outputs.atomic import write_text
 from calibkit.validate.engine import CandidateResult, Evaluation
 
 FORMAT = "calibkit-results"
@@ -180,7 +180,7 @@ def fallback_advice(model: onnx.ModelProto, r: CandidateResult, gates: Gates) ->
 def environment(device: str) -> dict:
     import onnxruntime as ort
 
-    from calibkit.providers import cuda_device_count, providers_for
+    from calibkit.sessions import cuda_device_count, providers_for
     from calibkit.validate.backends import trt_reason
 
     env = {
@@ -202,7 +202,7 @@ def environment(device: str) -> dict:
 def gpu_name() -> str | None:
     import ctypes
 
-    from calibkit.providers import cuda_device_count
+    from calibkit.sessions import cuda_device_count
 
     if cuda_device_count() == 0:
         return None

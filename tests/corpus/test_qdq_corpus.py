@@ -14,14 +14,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+from qdq_models import check_trt_placement  # noqa: E402
 from test_corpus import _feed  # noqa: E402
-from test_qdq_transformer import check_trt_placement  # noqa: E402
 
-from calibkit import scales as scales_io  # noqa: E402
-from calibkit.pipeline import calibrate  # noqa: E402
-from calibkit.qdq import activation_qdq, export_qdq  # noqa: E402
-from calibkit.qdq_subgraph import body_activation_count  # noqa: E402
+from calibkit.artifacts import scales as scales_io  # noqa: E402
+from calibkit.calibration import calibrate  # noqa: E402
+from calibkit.qdq.bodies import body_activation_count  # noqa: E402
+from calibkit.qdq.export import activation_qdq, export_qdq  # noqa: E402
 
 CASES = {
     "ppocrv4_det": {"note": "Constant nodes"},
