@@ -240,7 +240,7 @@ def case(name: str, model: Path, hw, samples: int, batch: int, norm: str, tmp: P
 
         resolved = {**gpu_methods.STATS, "kernel_ms": gpu_methods.KERNEL_MS.get(m)} if m in ("entropy", "mse") else {}
         split = {}
-        if m in gpu_methods.SUPPORTED:  # what bounds it: the batched amaxes vs the per-tensor statistics every method's table holds
+        if methods.get(m).cuda is not None:  # what bounds it: the batched amaxes vs the per-tensor statistics every method's table holds
             t = time.perf_counter()
             gpu_methods.amaxes(hists, m, cfg)
             split["amaxes_ms"] = (time.perf_counter() - t) * 1e3

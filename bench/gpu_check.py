@@ -77,14 +77,14 @@ def main() -> None:
             return calibrate(model, output_dir=tmp / tag, device="cuda", recollect=True, **kw).outputs["cache"].read_bytes()
 
         # the GPU reducer against the host reducer on the same CUDA activations
-        from calibkit.collect.cuda import reduce as gpu_reduce
+        from calibkit.collect.cuda import driver as gpu_driver
 
-        real = gpu_reduce.available
-        gpu_reduce.available = lambda: False
+        real = gpu_driver.available
+        gpu_driver.available = lambda: False
         t = time.perf_counter()
         host_reduced = cuda_cache("cuda_host", data=str(data))
         t_host = time.perf_counter() - t
-        gpu_reduce.available = real
+        gpu_driver.available = real
         print(f"CUDA, host reducer: {t_host:.2f} s; caches GPU-reduced vs host-reduced: {'byte-identical' if host_reduced == cuda_cache('cuda', data=str(data)) else 'DIFFER'}")
         out["gpu_vs_host_reducer_identical"] = host_reduced == cuda_cache("cuda_again", data=str(data))
         out["cuda_host_reducer_s"] = t_host

@@ -52,7 +52,7 @@ def device_amaxes(hset: HistogramSet, method: str, cfg: Any, device: str) -> dic
         return None
     from calibkit.methods import cuda as gpu_methods
 
-    if method not in gpu_methods.SUPPORTED or methods.get(method).amax is not gpu_methods.HOST_AMAX.get(method) or not gpu_methods.available():
+    if methods.get(method).cuda is None or not gpu_methods.available():
         return None
     return gpu_methods.amaxes(hset.tensors, method, cfg)
 

@@ -53,9 +53,9 @@ def check_name(name: str, where: str = "cache") -> None:
 
 def installed_trt_version() -> str | None:
     """The version of an importable ``tensorrt``, without importing it unless present."""
-    import importlib.util
+    from calibkit import optional
 
-    if importlib.util.find_spec("tensorrt") is None:
+    if not optional.available("tensorrt"):
         return None
     try:
         import tensorrt

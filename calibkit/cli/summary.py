@@ -8,6 +8,7 @@ from pathlib import Path
 
 from calibkit.cli.progress import err, out, table
 from calibkit.errors import CalibkitError
+from calibkit.numerics.formats import INT8
 
 
 def print_calibration(result) -> None:
@@ -112,7 +113,7 @@ def inspect_file(path: Path, limit: int) -> None:
 
     c = cache.read(path)
     out.print(f"{path}: header {c.header()} (TensorRT version code {c.version}, algorithm {c.algorithm}), {len(c.scales)} tensors")
-    rows = [[n, f"{s:.6g}", f"{s * 127:.6g}"] for n, s in list(c.scales.items())[:limit]]
+    rows = [[n, f"{s:.6g}", f"{s * INT8.qmax:.6g}"] for n, s in list(c.scales.items())[:limit]]
     out.print(table("cache", ["tensor", "scale", "amax"], rows))
     if len(c.scales) > limit:
         out.print(f"... {len(c.scales) - limit} more (--limit)")

@@ -79,12 +79,10 @@ def collect(
         yield from batches
 
     if on_cuda:
-        from calibkit.collect.cuda import reduce as gpu_reduce
+        from calibkit.collect.cuda import driver
 
-        if gpu_reduce.available():
-            from calibkit.collect.cuda.driver import collect_device
-
-            hists = collect_device(p, stream(), stats, size["n"], progress)
+        if driver.available():
+            hists = driver.collect_device(p, stream(), stats, size["n"], progress)
         else:
             hists = _collect_host(p, stream(), stats, size, run_batch or size["n"], progress)
     else:

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from calibkit import optional
 from calibkit.errors import CalibkitError
 from calibkit.executor.base import Executor, call, run_setup
 
@@ -24,11 +25,7 @@ MIN_OBJECT_STORE = 80 * 1024 * 1024
 
 
 def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise CalibkitError(NEEDS_RAY) from None
-    return ray
+    return optional.require("ray", NEEDS_RAY)
 
 
 class _Worker:

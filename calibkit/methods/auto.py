@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from calibkit.methods.base import REGISTRY, make_config, register, spec_of
-from calibkit.numerics.formats import as_float32, int8_scale, usable_amax
+from calibkit.numerics.formats import INT8, as_float32, int8_scale, usable_amax
 from calibkit.numerics.histogram import TensorHistogram
 
 PERCENTILES = (99.9, 99.99, 99.999)
@@ -52,7 +52,7 @@ def expected_mse(hist: TensorHistogram, amaxes: list[float] | np.ndarray) -> np.
     w = hist.bin_width
     c = (nz * w + np.minimum((nz + 1) * w, hist.amax)) / 2.0
     s = np.array([int8_scale(a) for a in amaxes])[:, None]
-    q = np.clip(np.rint(c / s), -127.0, 127.0) * s
+    q = np.clip(np.rint(c / s), -INT8.qmax, INT8.qmax) * s
     return ((q - c) ** 2 * n).sum(axis=1) / total
 
 

@@ -18,6 +18,7 @@ from calibkit.numerics.histogram import TensorHistogram
 
 AmaxFn = Callable[[TensorHistogram, Any], float]
 DetailFn = Callable[[TensorHistogram, Any], tuple[float, dict[str, Any]]]
+BatchFn = Callable[[dict[str, TensorHistogram], Any], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Method:
     amax: AmaxFn
     summary: str
     detail: DetailFn | None = None  # (amax, per-tensor fields for scales.json), for methods that explain a choice
+    cuda: BatchFn | None = None  # the same choices for many histograms in one GPU computation (methods/cuda.py)
 
 
 REGISTRY: dict[str, Method] = {}
@@ -38,6 +40,14 @@ def register(name: str, config_cls: type, summary: str, detail: DetailFn | None 
         return fn
 
     return deco
+
+
+def attach_cuda(name: str, host_amax: AmaxFn, fn: BatchFn) -> None:
+    """Give the built-in method ``name`` its batched GPU implementation. A method registered
+    again under that name (another ``amax``) keeps none: it runs on the host."""
+    method = REGISTRY.get(name)
+    if method is not None and method.amax is host_amax:
+        REGISTRY[name] = dataclasses.replace(method, cuda=fn)
 
 
 def names() -> list[str]:

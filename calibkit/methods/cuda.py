@@ -17,7 +17,6 @@ float64 sums) and none runs where a single one is left.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -28,7 +27,8 @@ from calibkit.methods import entropy as host_entropy
 from calibkit.methods import minmax as host_minmax
 from calibkit.methods import mse as host_mse
 from calibkit.methods import percentile as host_percentile
-from calibkit.methods.base import edge_amax
+from calibkit.methods.base import attach_cuda, edge_amax, get
+from calibkit.numerics.formats import INT8
 from calibkit.numerics.histogram import NUM_BINS, TensorHistogram
 
 BAND = 1e-6  # pick_near_min's band
@@ -77,27 +77,28 @@ extern "C" __global__ void mse_err(const double* counts, const double* width, in
     if (k >= n) return;
     double w = width[t];
     double amax = (start_bin + k + 0.5) * w;
-    double step = amax / 127.0;
+    double step = amax / QMAX;
     double e = 0.0;
     for (int j = 0; j < 2048; j++) {
         if (h[j] == 0.0) continue;
         double c = (j + 0.5) * w;
         double q = rint(c / step);
-        q = q < -127.0 ? -127.0 : (q > 127.0 ? 127.0 : q);
+        q = q < -QMAX ? -QMAX : (q > QMAX ? QMAX : q);
         double d = q * step - c;
         e += d * d * h[j];
     }
     err[(long long)t * n + k] = e;
 }
 """
+_SOURCE = f"#define QMAX {INT8.qmax!r}\n" + _SOURCE  # the INT8 grid (numerics/formats.py)
 _MODULES: dict[int, Any] = {}
 
 
 def available() -> bool:
-    from calibkit.collect.cuda import reduce as gpu_reduce
+    from calibkit import optional
     from calibkit.sessions import cuda_device_count
 
-    return gpu_reduce.available() and cuda_device_count() > 0
+    return optional.available("cupy") and cuda_device_count() > 0
 
 
 def _module(cp):
@@ -155,7 +156,7 @@ def _resolve(picks: np.ndarray, near, exact, last: bool, none: int) -> list[int]
 def kl_exact(bins: np.ndarray, i: int, levels: int) -> float:
     """``entropy._kl_exact`` without scipy.stats.entropy's call overhead: the same numpy
     operations in the same order (normalise q, normalise p, rel_entr, sum), so the same value."""
-    p, q = host_entropy._pq(bins, i, levels)
+    p, q = host_entropy.pq(bins, i, levels)
     if q.sum() == 0 or np.any((q == 0) & (p > 0)):
         return float("inf")
     q = q / np.sum(q)
@@ -209,7 +210,7 @@ def mse_bins(cp, counts, widths, cfg, host_counts: np.ndarray, host_widths: np.n
     def exact(r: int, j: int) -> float:
         centers = (idx + 0.5) * host_widths[r]
         c = cfg.start_bin + j
-        return float(host_mse._error(host_counts[r].astype(np.float64), centers, centers[c : c + 1])[0])
+        return float(host_mse.fq_error(host_counts[r].astype(np.float64), centers, centers[c : c + 1])[0])
 
     return [cfg.start_bin + k for k in _resolve(picks.get(), near, exact, False, 0)]
 
@@ -223,30 +224,44 @@ def percentile_bins(cp, counts, cfg) -> list[int]:
     return cp.where(total == 0, NUM_BINS, end).get().tolist()
 
 
-def amaxes(hists: dict[str, TensorHistogram], method: str, cfg) -> dict[str, float]:
-    """{tensor: amax} for every histogram, computed in one batch on the current GPU."""
+def _entropy(hists: dict[str, TensorHistogram], cfg) -> dict[str, float]:
     import cupy as cp
 
-    names = list(hists)
-    if method == "minmax" or not names:
-        return {n: hists[n].amax for n in names}
-    host_counts = np.stack([hists[n].counts for n in names])
-    counts = cp.asarray(host_counts)
-    if method == "entropy":
-        bins = entropy_bins(cp, counts, cfg, host_counts)
-        return {n: edge_amax(hists[n], b) for n, b in zip(names, bins)}
-    if method == "percentile":
-        bins = percentile_bins(cp, counts, cfg)
-        return {n: edge_amax(hists[n], b) for n, b in zip(names, bins)}
-    if method == "mse":
-        widths = np.array([hists[n].bin_width for n in names])
-        bins = mse_bins(cp, counts, cp.asarray(widths), cfg, host_counts, widths)
-        return {n: (hists[n].amax if int(hists[n].counts.sum()) == 0 else min((b + 0.5) * hists[n].bin_width, hists[n].amax))
-                for n, b in zip(names, bins)}
-    raise KeyError(method)
+    host_counts = np.stack([h.counts for h in hists.values()])
+    bins = entropy_bins(cp, cp.asarray(host_counts), cfg, host_counts)
+    return {n: edge_amax(h, b) for (n, h), b in zip(hists.items(), bins)}
 
 
-SUPPORTED = ("entropy", "mse", "percentile", "minmax")
-HOST_AMAX = {"entropy": host_entropy.entropy_amax, "mse": host_mse.mse_amax, "percentile": host_percentile.percentile_amax,
-             "minmax": host_minmax.minmax_amax}  # a method re-registered under these names stays on the host
-assert math.isfinite(BAND)
+def _percentile(hists: dict[str, TensorHistogram], cfg) -> dict[str, float]:
+    import cupy as cp
+
+    bins = percentile_bins(cp, cp.asarray(np.stack([h.counts for h in hists.values()])), cfg)
+    return {n: edge_amax(h, b) for (n, h), b in zip(hists.items(), bins)}
+
+
+def _mse(hists: dict[str, TensorHistogram], cfg) -> dict[str, float]:
+    import cupy as cp
+
+    host_counts = np.stack([h.counts for h in hists.values()])
+    widths = np.array([h.bin_width for h in hists.values()])
+    bins = mse_bins(cp, cp.asarray(host_counts), cp.asarray(widths), cfg, host_counts, widths)
+    return {n: (h.amax if int(h.counts.sum()) == 0 else min((b + 0.5) * h.bin_width, h.amax)) for (n, h), b in zip(hists.items(), bins)}
+
+
+def _minmax(hists: dict[str, TensorHistogram], cfg) -> dict[str, float]:
+    return {n: h.amax for n, h in hists.items()}
+
+
+attach_cuda("entropy", host_entropy.entropy_amax, _entropy)
+attach_cuda("percentile", host_percentile.percentile_amax, _percentile)
+attach_cuda("mse", host_mse.mse_amax, _mse)
+attach_cuda("minmax", host_minmax.minmax_amax, _minmax)
+
+
+def amaxes(hists: dict[str, TensorHistogram], method: str, cfg) -> dict[str, float]:
+    """{tensor: amax} for every histogram, computed in one batch on the current GPU by the
+    method's registered CUDA implementation (KeyError: it has none)."""
+    fn = get(method).cuda
+    if fn is None:
+        raise KeyError(method)
+    return fn(hists, cfg) if hists else {}

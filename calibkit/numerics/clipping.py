@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from calibkit.errors import CalibkitError
+from calibkit.numerics.formats import INT8
 
 DEFAULT_WARN_CLIP = 0.001  # 0.1% of a tensor's values
 SHOWN = 20  # warnings printed in full; the rest are counted (all are in scales.json)
@@ -21,7 +22,7 @@ def saturated_fraction(hist, amax: float) -> float:
     """Fraction of ``hist``'s values that saturate INT8 under ``amax``: |x| past the top
     level's rounding interval, ``amax * 127.5 / 127`` (values between amax and that round to
     127 with or without clipping), to the histogram's bin resolution."""
-    return hist.clipped_fraction(amax * (127.5 / 127.0))
+    return hist.clipped_fraction(amax * ((INT8.qmax + 0.5) / INT8.qmax))
 
 
 def check_limit(limit: Any, option: str = "--warn-clip") -> float:

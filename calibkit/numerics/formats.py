@@ -1,15 +1,36 @@
-"""INT8 number helpers shared by the methods and scales.json: float32 amax, scale, limits."""
+"""The number formats calibkit quantizes to, owned here and nowhere else.
+
+``INT8`` is symmetric signed INT8 as TensorRT and ONNX Runtime use it: levels -127..127, zero
+point 0, scale = float32(amax) / 127 computed in float32 (one rounding). Its ONNX element type
+and ONNX Runtime ``QuantType`` name are here too, so exporters, methods and readers share one
+grid. Helpers for the float32 amax a scale table stores follow."""
 
 from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
+
+@dataclass(frozen=True)
+class NumberFormat:
+    name: str
+    qmax: float  # largest representable magnitude, in steps: amax maps to it
+    onnx_type: int  # onnx.TensorProto element type of the quantized tensor
+    ort_quant_type: str  # onnxruntime.quantization.QuantType member name
+
+    def scale(self, amax: float) -> float:
+        """float32(amax) / qmax in float32 arithmetic (one rounding), as ORT and TensorRT compute it."""
+        return float(np.float32(amax) / np.float32(self.qmax))
+
+
+INT8 = NumberFormat("int8", 127.0, 3, "QInt8")  # 3: onnx.TensorProto.INT8 (onnx is not imported here)
+
 DEGENERATE_AMAX = 1.0  # tensors with no non-zero finite value: any positive scale is exact
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-TINY_AMAX = float(np.finfo(np.float32).tiny) * 127.0  # below this, amax / 127 is not a normal float32
+TINY_AMAX = float(np.finfo(np.float32).tiny) * INT8.qmax  # below this, amax / 127 is not a normal float32
 
 
 def as_float32(x: float) -> float:
@@ -21,7 +42,7 @@ def as_float32(x: float) -> float:
 
 def int8_scale(amax: float) -> float:
     """float32(amax) / 127 in float32 arithmetic (one rounding), as ORT and TensorRT compute it."""
-    return float(np.float32(amax) / np.float32(127.0))
+    return INT8.scale(amax)
 
 
 def degenerate(amax: float) -> bool:

@@ -27,8 +27,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from calibkit.graph.forms import constant_tensor
 from calibkit.graph.subgraphs import subgraphs_of, tensor_types
+from calibkit.numerics.formats import INT8 as FORMAT
+from calibkit.qdq.placement import ACTIVATION_INPUTS, COMPUTE_OPS, RESIDUAL_WEIGHTED, weight_axis
 
-INT8 = TensorProto.INT8
+INT8 = FORMAT.onnx_type
 FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
 KIND = {"If": "If branches", "Loop": "Loop bodies", "Scan": "Scan bodies"}
 
@@ -116,15 +118,14 @@ def _roles(node: onnx.NodeProto, scopes) -> list[tuple[int, str, onnx.TensorProt
     """(input index, 'act' or 'weight', the constant, ORT's default channel axis) per quantized input."""
     if node.op_type == "MatMul":
         out = []
-        for i in (0, 1):
+        for i in ACTIVATION_INPUTS["MatMul"]:
             t = _const(node.input[i], scopes)
-            out.append((i, "act" if t is None else "weight", t, 1))
+            out.append((i, "act" if t is None else "weight", t, weight_axis(node)))
         return out
     if len(node.input) < 2 or _const(node.input[0], scopes) is not None:
         return []
     w = _const(node.input[1], scopes)
-    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-    axis = {"Conv": 0, "ConvTranspose": 1}.get(node.op_type, 0 if trans_b else 1)
+    axis = weight_axis(node)
     return [(0, "act", None, None), (1, "act" if w is None else "weight", w, axis)]
 
 
@@ -201,7 +202,7 @@ class _Quantizer:
         kept_float = {n.name for n in g.node if self.excluded(n)}  # Adds too: no residual join
         for idx, node in enumerate(g.node):
             if node.op_type not in self.ops or node.name in kept_float:
-                if node.op_type in ("Conv", "ConvTranspose"):
+                if node.op_type in RESIDUAL_WEIGHTED:
                     kept_float.add(node.name)
                 continue
             roles = _roles(node, scopes)
@@ -266,7 +267,7 @@ def quantize_bodies(
 ) -> BodyReport:
     """Insert Q/DQ for ``ops`` (Conv/ConvTranspose/Gemm/MatMul) in every body of ``model``, in place.
     ``data_dir``: where the model's external weights lie."""
-    q = _Quantizer(model, amax, [o for o in ops if o in ("Conv", "ConvTranspose", "Gemm", "MatMul")], exclude, data_dir)
+    q = _Quantizer(model, amax, [o for o in ops if o in COMPUTE_OPS], exclude, data_dir)
     if not q.ops:
         return q.report
     for kind, body, outer in list(bodies(model.graph)):  # deepest first: a parent's rebuild copies its bodies

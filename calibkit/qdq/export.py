@@ -28,10 +28,9 @@ import onnx
 
 from calibkit.artifacts import tensors_data as ort_tensors
 from calibkit.errors import CalibkitError
+from calibkit.numerics.formats import INT8
+from calibkit.qdq.placement import COMPUTE_OPS, ORT_EXTRA_OPS, PLACEMENTS, activation_inputs, quantized_ops
 
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-ORT_EXTRA_OPS = ("Add", "Mul", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Concat")
-PLACEMENTS = ("trt", "ort")
 FP16_MIN_OPSET = 19  # QuantizeLinear takes float16 input (and a float16 scale) from opset 19
 
 
@@ -114,7 +113,7 @@ def export_qdq(
     unknown = sorted(skip_types - known)
     if unknown:
         raise CalibkitError(f"--exclude-op-types {unknown[0]!r} is not quantized anyway; quantized op types: {', '.join(sorted(known))}")
-    ops = [o for o in COMPUTE_OPS + (ORT_EXTRA_OPS if placement == "ort" else ()) if o not in skip_types]
+    ops = quantized_ops(placement, skip_types)
     if not ops:
         raise CalibkitError("--exclude-op-types leaves no op type to quantize")
     present = {n.op_type for n in [*named.graph.node, *qdq_subgraph.body_nodes(named)]}
@@ -170,8 +169,8 @@ def _quantize(src: Path, staged: Path, ops, skipped, extra, cache: Path, externa
                 str(staged),
                 None,
                 quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
+                activation_type=getattr(QuantType, INT8.ort_quant_type),
+                weight_type=getattr(QuantType, INT8.ort_quant_type),
                 per_channel=True,
                 calibrate_method=CalibrationMethod.MinMax,
                 op_types_to_quantize=ops,
@@ -192,8 +191,7 @@ def needed_activations(model: onnx.ModelProto, ops) -> list[str]:
     need: list[str] = []
     for node in model.graph.node:
         if node.op_type in ops:
-            data_inputs = node.input[:1] if node.op_type in ("Conv", "ConvTranspose", "Gemm") else node.input[:2]
-            need += [i for i in data_inputs if i in calib and i not in need]
+            need += [i for i in activation_inputs(node) if i in calib and i not in need]
     return need
 
 

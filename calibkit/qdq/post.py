@@ -16,10 +16,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from calibkit.artifacts.scales import int8_scale
+from calibkit.qdq.placement import RESIDUAL_JOIN, weighted_source
 
 FP16_TINY = float(np.finfo(np.float16).smallest_subnormal)
-WEIGHTED = ("Conv", "ConvTranspose")
-_PASS_THROUGH = ("BatchNormalization",)
 
 
 def fp16_activations(model: onnx.ModelProto) -> set[str]:
@@ -54,23 +53,16 @@ def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in graph.node for o in n.output}
 
 
-def _weighted_source(name: str, prod: dict[str, onnx.NodeProto], skipped: set[str]) -> bool:
-    node = prod.get(name)
-    while node is not None and node.op_type in _PASS_THROUGH:
-        node = prod.get(node.input[0])
-    return node is not None and node.op_type in WEIGHTED and node.name not in skipped
-
-
 def residual_inputs(model: onnx.ModelProto, amax: dict[str, float], skipped: set[str] = frozenset()) -> dict[str, str]:
     """{Add node name: skip input to quantize} for Conv(+BN) + Add residual joins; a Conv kept
     in float (``skipped``) makes no join, and neither does a skipped Add."""
     prod = _producers(model.graph)
     found: dict[str, str] = {}
     for node in model.graph.node:
-        if node.op_type != "Add" or len(node.input) != 2 or node.name in skipped:
+        if node.op_type != RESIDUAL_JOIN or len(node.input) != 2 or node.name in skipped:
             continue
         a, b = node.input
-        wa, wb = _weighted_source(a, prod, skipped), _weighted_source(b, prod, skipped)
+        wa, wb = weighted_source(a, prod, skipped) is not None, weighted_source(b, prod, skipped) is not None
         if wa == wb:
             continue
         skip = b if wa else a

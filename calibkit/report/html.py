@@ -10,6 +10,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from calibkit.artifacts.histograms import HistogramSet
+from calibkit.numerics.formats import INT8
 from calibkit.report import figures
 from calibkit.validate.engine import Evaluation
 from calibkit.validate.metrics import with_noise
@@ -92,7 +93,7 @@ def render(doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: 
     if int8 and hists is not None:
         for t in figures.worst_layers(cands, k=WORST_LAYERS)[: WORST_LAYERS * 2]:
             if t in hists.tensors:
-                used = {c["label"]: c["layers"][t]["scale"] * 127 for c in int8 if t in c["layers"] and c["layers"][t]["scale"]}
+                used = {c["label"]: c["layers"][t]["scale"] * INT8.qmax for c in int8 if t in c["layers"] and c["layers"][t]["scale"]}
                 thresholds.append({"tensor": t, "uri": figures.threshold_plot(t, hists.tensors[t], used, colors)})
     errors = []
     if ev is not None:

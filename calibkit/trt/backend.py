@@ -13,6 +13,7 @@ import onnx
 from calibkit.artifacts import trt_cache as cache_io
 from calibkit.errors import CalibkitError
 from calibkit.graph.model import input_specs
+from calibkit.numerics.formats import INT8
 
 
 class LazyEngine:
@@ -37,7 +38,7 @@ class LazyEngine:
                 shapes[spec.name] = ((1, *opt[1:]), opt, opt)
         spec = BuildSpec(model_path, self.workdir / f"trt-{tag}.plan", shapes=shapes, fp16=tag == "fp16")
         if tag == "int8":
-            scales = {t: a / 127.0 for t, a in (self.amax or {}).items() if np.isfinite(a) and a > 0}
+            scales = {t: a / INT8.qmax for t, a in (self.amax or {}).items() if np.isfinite(a) and a > 0}
             version = installed_version() or cache_io.DEFAULT_TRT_VERSION
             spec.cache = cache_io.Cache(cache_io.encode_version(version), "EntropyCalibration2", scales).write(self.workdir / "trt-int8.cache")
             spec.int8 = True

@@ -14,6 +14,7 @@ import onnx
 
 from calibkit.artifacts import trt_cache as cache_io
 from calibkit.errors import CalibkitError
+from calibkit.numerics.formats import INT8
 from calibkit.outputs.atomic import write_bytes
 from calibkit.trt.spec import BuildSpec
 
@@ -24,7 +25,7 @@ def keep_regex(layers: list[str]) -> str | None:
 
 def amax_from_cache(path: Path) -> dict[str, float]:
     """amax = scale * 127 for every tensor of a calibration cache."""
-    return {name: scale * 127.0 for name, scale in cache_io.read(path).scales.items()}
+    return {name: scale * INT8.qmax for name, scale in cache_io.read(path).scales.items()}
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

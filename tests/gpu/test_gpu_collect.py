@@ -92,13 +92,13 @@ def test_fixed_table_reused_over_refilled_buffers():
 
 
 def _collect(tmp_path, reducer: str, samples: int, batch: int, monkeypatch):
-    from calibkit.collect.cuda import reduce as gpu_reduce
+    from calibkit.collect.cuda import driver as gpu_driver
     from calibkit.collect.host import collect
     from calibkit.data import Preprocess, open_source
     from calibkit.graph.model import input_specs, load
 
     if reducer == "host":
-        monkeypatch.setattr(gpu_reduce, "available", lambda: False)
+        monkeypatch.setattr(gpu_driver, "available", lambda: False)
     model = models.conv_net(tmp_path / "conv.onnx", channels=3, hw=32)
     rng = np.random.default_rng(5)
     np.save(tmp_path / "x.npy", rng.normal(0, 1, (samples, 3, 32, 32)).astype(np.float32))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from calibkit import optional
 from calibkit.collect.plan import Plan, check_guards, ort_run, pad_batch
 from calibkit.collect.prefetch import PinnedStager, prefetch
 from calibkit.data import FeedStats
@@ -28,6 +29,11 @@ ORT_TYPES = {
     "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
 }
 FLOATS = (np.float16, np.float32, np.float64)
+
+
+def available() -> bool:
+    """The CUDA collector can run: CuPy is installed (it is imported only when used)."""
+    return optional.available("cupy")
 
 
 def ortvalue_to_cupy(value):
