@@ -175,7 +175,7 @@ def setup(blob: bytes) -> None:
     vs: ValSet = state["vs"]
     _STATE.clear()
     _STATE["vs"] = vs
-    _STATE["sess"] = session(state["model"], device="cpu", threads=1, where="the switchable INT8 model")
+    _STATE["sess"] = session(state["model"], device="cpu", threads=1, where="the switchable INT8 model", exact_qdq=True)
     _STATE["metric_fn"] = load_function(vs.metric, default="metric")[1] if vs.metric else None
     _STATE["n_switch"] = sum(1 for i in onnx.load_from_string(state["model"]).graph.input if i.name.startswith("calibkit_int8_"))
 

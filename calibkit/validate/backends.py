@@ -70,10 +70,11 @@ def make(
         layers = activation_qdq(qdq)
         # The Q/DQ model runs on the CPU provider: real INT8 kernels for the "ort" placement,
         # dequantize -> float kernels (exact INT8 numerics) for the TensorRT placement.
-        sess = session(qdq, device="cpu", where=f"the Q/DQ model {path.name}")
+        exact = placement == "trt"
+        sess = session(qdq, device="cpu", where=f"the Q/DQ model {path.name}", exact_qdq=exact)
         graph_inputs = {i.name for i in qdq.graph.input}
         names = [n for t, (dq, _) in layers.items() for n in (t, dq) if n not in graph_inputs]
-        layer_sess = session(with_outputs(qdq, names), device="cpu", where=path.name) if names else None
+        layer_sess = session(with_outputs(qdq, names), device="cpu", where=path.name, exact_qdq=exact) if names else None
         how = "TensorRT Q/DQ placement, dequantize->FP32 kernels on ORT CPU" if placement == "trt" else "ORT placement, real INT8 kernels on ORT CPU"
         label = f"{backend} ({method})" if method else backend
         return Candidate(label, backend, sess, output_names, note=how, method=method, layer_sess=layer_sess, layers=layers, model_path=path)
