@@ -1,7 +1,7 @@
 """calibkit: INT8 calibration workbench for TensorRT and ONNX Runtime.
 
-    from calibkit import calibrate
-    result = calibrate("model.onnx", data="calib.npz", method="entropy", output_dir="out")
+from calibkit import calibrate
+result = calibrate("model.onnx", data="calib.npz", method="entropy", output_dir="out")
 """
 
 from calibkit.errors import CalibkitError

@@ -20,6 +20,7 @@ from calibkit.artifacts import trt_cache
 from calibkit.artifacts.scales import ScaleTable, check_table, compute
 from calibkit.collect.host import Collection, collect
 from calibkit.data import FeedStats, Preprocess, applied_preprocess, open_source, preprocess_fingerprint, run_batches
+from calibkit.data.options import FeedOptions
 from calibkit.errors import CalibkitError
 from calibkit.graph.model import check_fingerprint, fingerprint_file, has_external, input_specs, load
 from calibkit.numerics import clipping
@@ -37,15 +38,17 @@ class CalibrateResult:
     reused: str | None = None  # why stored histograms were used instead of inference
     collection: Collection | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    clip_warnings: list[clipping.ClipWarning] = field(default_factory=list)  # tensors clipping more than warn_clip, worst first
+    clip_warnings: list[clipping.ClipWarning] = field(
+        default_factory=list
+    )  # tensors clipping more than warn_clip, worst first
     warn_clip: float = clipping.DEFAULT_WARN_CLIP
 
 
-def _data_fingerprint(source, specs, run_batch: int, feed_opts: dict, fp: str | None) -> str:
+def _data_fingerprint(source, specs, run_batch: int, feed: FeedOptions, fp: str | None) -> str:
     if fp is not None:
         return fp
     stats = FeedStats()
-    for _ in run_batches(source, specs, run_batch or 64, stats, rebatch=feed_opts["rebatch"], max_samples=feed_opts["max_samples"]):
+    for _ in run_batches(source, specs, run_batch or 64, stats, feed):
         pass
     return "streamed:" + stats.streamed_fingerprint()
 
@@ -66,16 +69,13 @@ def calibrate(
     device: str = "auto",
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
-    batch_axes: dict[str, int | None] | None = None,
-    rebatch: bool = True,
-    max_samples: int | None = None,
+    feed: FeedOptions | None = None,
     devices: list[int] | None = None,
     workers: int = 0,
     ray: str | None = None,
     warn_clip: float = clipping.DEFAULT_WARN_CLIP,
 ) -> CalibrateResult:
-    """``batch_axes``: input -> sample axis (None: passed whole), overriding what the model
-    says; ``rebatch=False`` runs the source's feeds as given; ``max_samples`` stops the stream;
+    """``feed``: how the data is cut into runs (FeedOptions: batch axes, rebatch, max_samples);
     ``devices``: GPU indices to shard the data over, one process each (multi_gpu.py);
     ``workers``: processes decoding images; ``ray``: run the ``devices`` shards as Ray actors
     ("auto" or HOST:PORT; results never change with any of these); tensors whose
@@ -92,8 +92,24 @@ def calibrate(
     version = trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION
     version_code = trt_cache.encode_version(version)
     with Transaction(Path(output_dir), "calibrate") as tx:
-        feed_opts = {"batch_axes": batch_axes or {}, "rebatch": rebatch, "max_samples": max_samples, "devices": devices, "workers": workers, "ray": ray}
-        hset, reused, collection, fresh = _histograms(tx, model_path, proto, model_fp, data, histograms, batch_size, preprocess, recollect, force, device, progress, on_source, feed_opts)
+        run = {"devices": devices, "workers": workers, "ray": ray}
+        hset, reused, collection, fresh = _histograms(
+            tx,
+            model_path,
+            proto,
+            model_fp,
+            data,
+            histograms,
+            batch_size,
+            preprocess,
+            recollect,
+            force,
+            device,
+            progress,
+            on_source,
+            FeedOptions.of(feed),
+            run,
+        )
         t_collect = time.perf_counter()
         table = compute(hset, method, config, device=device)
         t_thresh = time.perf_counter()
@@ -118,7 +134,12 @@ def calibrate(
 
 
 def stage_scales(
-    table: ScaleTable, hset: store.HistogramSet, model_path: Path, model_fp: str, version_code: int, algorithm: str,
+    table: ScaleTable,
+    hset: store.HistogramSet,
+    model_path: Path,
+    model_fp: str,
+    version_code: int,
+    algorithm: str,
     warn_clip: float = clipping.DEFAULT_WARN_CLIP,
 ) -> dict[str, str]:
     """Validate ``table`` and render its files ({name: text}); raises before anything is written."""
@@ -126,8 +147,16 @@ def stage_scales(
     cache_name = f"{model_path.stem}.cache"
     table.meta = {
         "model": {"name": model_path.name, "fingerprint": model_fp},
-        "data": {"fingerprint": hset.meta.get("data_fingerprint"), "source": hset.meta.get("data"), "samples": hset.samples},
-        "preprocess": ({"fingerprint": hset.meta.get("preprocess_fingerprint"), **hset.meta["preprocess"]} if hset.meta.get("preprocess") else None),
+        "data": {
+            "fingerprint": hset.meta.get("data_fingerprint"),
+            "source": hset.meta.get("data"),
+            "samples": hset.samples,
+        },
+        "preprocess": (
+            {"fingerprint": hset.meta.get("preprocess_fingerprint"), **hset.meta["preprocess"]}
+            if hset.meta.get("preprocess")
+            else None
+        ),
         "cache": {"file": cache_name, "header": cache.header()},
         "uncalibrated": dict(hset.meta.get("uncalibrated") or {}),
         "clip_warnings": clipping.summary(clipping.warnings(table, warn_clip), warn_clip),
@@ -145,18 +174,29 @@ def write_scales(tx: Transaction, staged: dict, directory: Path) -> dict[str, Pa
     return {kind: tx.write_text(directory / name, text) for kind, (name, text) in staged.items()}
 
 
-def _feed_meta(feed_opts: dict) -> dict:
-    axes = {k: ("none" if v is None else v) for k, v in sorted(feed_opts["batch_axes"].items())}
-    return {"batch_axes": axes, "rebatch": feed_opts["rebatch"], "max_samples": feed_opts["max_samples"]}
-
-
-def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, preprocess, recollect, force, device, progress, on_source, feed_opts):
+def _histograms(
+    tx,
+    model_path,
+    proto,
+    model_fp,
+    data,
+    histograms,
+    run_batch,
+    preprocess,
+    recollect,
+    force,
+    device,
+    progress,
+    on_source,
+    feed: FeedOptions,
+    run: dict,
+):
     """(histogram set, why it was reused or None, the Collection or None, whether it is new)."""
     if histograms is not None:
         hset = store.load(histograms)
         check_fingerprint(hset.meta.get("model_fingerprint"), model_fp, f"histograms {histograms}", force)
         return hset, f"stored histograms {histograms}", None, False
-    specs = input_specs(proto, feed_opts["batch_axes"])
+    specs = input_specs(proto, feed.batch_axes)
     pre = preprocess or Preprocess()
     source = open_source(data, specs, pre)
     if on_source:
@@ -171,25 +211,47 @@ def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, pr
                 old = store.load(hist_path)
             except CalibkitError:
                 old = None
-            same_feed = old is not None and all(old.meta.get(k, d) == v for (k, v), d in zip(_feed_meta(feed_opts).items(), ({}, True, None)))
-            if same_feed and old.meta.get("model_fingerprint") == model_fp and old.meta.get("preprocess_fingerprint") == preprocess_fingerprint(source):
-                if old.meta.get("data_fingerprint") == _data_fingerprint(source, specs, run_batch, feed_opts, fingerprint.result()):
-                    return old, f"{hist_path} (model, data and preprocessing fingerprints match; --recollect to redo)", None, False
-        if feed_opts["workers"] and hasattr(source, "workers"):
-            source.workers = feed_opts["workers"]
-        if feed_opts.get("ray") is not None and feed_opts["devices"] is None:
-            raise CalibkitError(f"--ray {feed_opts['ray']}: calibrate uses Ray only to run the --devices shards; give --devices too")
-        if feed_opts["devices"] is not None and (feed_opts["devices"] != [0] or feed_opts.get("ray") is not None):
+            same_feed = old is not None and all(
+                old.meta.get(k, d) == v for (k, v), d in zip(feed.meta().items(), ({}, True, None))
+            )
+            if (
+                same_feed
+                and old.meta.get("model_fingerprint") == model_fp
+                and old.meta.get("preprocess_fingerprint") == preprocess_fingerprint(source)
+            ):
+                if old.meta.get("data_fingerprint") == _data_fingerprint(
+                    source, specs, run_batch, feed, fingerprint.result()
+                ):
+                    return (
+                        old,
+                        f"{hist_path} (model, data and preprocessing fingerprints match; --recollect to redo)",
+                        None,
+                        False,
+                    )
+        if run["workers"] and hasattr(source, "workers"):
+            source.workers = run["workers"]
+        if run["ray"] is not None and run["devices"] is None:
+            raise CalibkitError(
+                f"--ray {run['ray']}: calibrate uses Ray only to run the --devices shards; give --devices too"
+            )
+        if run["devices"] is not None and (run["devices"] != [0] or run["ray"] is not None):
             from calibkit.collect.sharded import collect_sharded
 
             if device == "cpu":
                 raise CalibkitError("--devices shards the data over GPUs; it cannot be combined with --device cpu")
-            collection = collect_sharded(str(model_path), data, pre, source, feed_opts, run_batch, feed_opts["devices"], feed_opts["workers"],
-                                         ray=feed_opts.get("ray"))
+            collection = collect_sharded(
+                str(model_path), data, pre, source, feed, run_batch, run["devices"], run["workers"], ray=run["ray"]
+            )
         else:
             collection = collect(
-                proto, source, run_batch, device=device, progress=progress, model_name=model_path.name, specs=specs,
-                rebatch=feed_opts["rebatch"], max_samples=feed_opts["max_samples"],
+                proto,
+                source,
+                run_batch,
+                device=device,
+                progress=progress,
+                model_name=model_path.name,
+                specs=specs,
+                feed=feed,
                 external_dir=str(model_path.parent) if has_external(proto) else None,
                 hash_stream=not getattr(source, "hashes_files", False),
             )
@@ -207,7 +269,7 @@ def _histograms(tx, model_path, proto, model_fp, data, histograms, run_batch, pr
             "preprocess_fingerprint": preprocess_fingerprint(source),
             "samples": stats.samples,
             "dropped_samples": stats.dropped,
-            **_feed_meta(feed_opts),
+            **feed.meta(),
             "samples_limited": stats.limited,
             "uncalibrated": collection.uncalibrated,
         },

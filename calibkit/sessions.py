@@ -44,8 +44,14 @@ def providers_for(device: str = "auto") -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def session(model: onnx.ModelProto | bytes, device: str = "auto", threads: int = 0, where: str = "model", external_dir: str | None = None,
-            exact_qdq: bool = False):
+def session(
+    model: onnx.ModelProto | bytes,
+    device: str = "auto",
+    threads: int = 0,
+    where: str = "model",
+    external_dir: str | None = None,
+    exact_qdq: bool = False,
+):
     """An InferenceSession on the chosen provider, quiet unless something is wrong.
 
     ``exact_qdq``: run a Q/DQ model as written (dequantize -> float kernels), the INT8 numerics

@@ -37,17 +37,23 @@ class HistogramSet:
     def merge(self, other: HistogramSet, where: str = "histograms") -> HistogramSet:
         mine, theirs = self.meta.get("model_fingerprint"), other.meta.get("model_fingerprint")
         if mine != theirs:
-            raise CalibkitError(f"{where} comes from another model ({theirs} vs {mine}); merge histograms of one model only")
+            raise CalibkitError(
+                f"{where} comes from another model ({theirs} vs {mine}); merge histograms of one model only"
+            )
         dup = sorted({f for f, _ in _shards(self.meta)} & {f for f, _ in _shards(other.meta)})
         if dup:
-            raise CalibkitError(f"{where} holds data already merged (shard fingerprint {dup[0]}); each shard may be merged once")
+            raise CalibkitError(
+                f"{where} holds data already merged (shard fingerprint {dup[0]}); each shard may be merged once"
+            )
         for name, h in other.tensors.items():
             if name in self.tensors:
                 self.tensors[name].merge(h)
             else:
                 self.tensors[name] = h.copy()
         self.meta["samples"] = self.samples + other.samples
-        self.meta["dropped_samples"] = int(self.meta.get("dropped_samples", 0)) + int(other.meta.get("dropped_samples", 0))
+        self.meta["dropped_samples"] = int(self.meta.get("dropped_samples", 0)) + int(
+            other.meta.get("dropped_samples", 0)
+        )
         if self.meta.get("preprocess_fingerprint") != other.meta.get("preprocess_fingerprint"):
             self.meta["preprocess_fingerprint"] = "mixed"
         # Order-free provenance, so merging A+B and B+A gives the same bytes.
@@ -77,7 +83,9 @@ def save(hset: HistogramSet, path: str | Path, tx=None) -> Path:
         "exp": np.array([h.exp for h in hs], dtype=np.int32),
         "minmax": np.array([[h.min, h.max] for h in hs], dtype=np.float64).reshape(-1, 2),
         "tallies": np.array([[h.count, h.nan, h.inf] for h in hs], dtype=np.int64).reshape(-1, 3),
-        "meta": np.frombuffer(json.dumps({"format": FORMAT, "version": VERSION, **hset.meta}, sort_keys=True).encode(), dtype=np.uint8),
+        "meta": np.frombuffer(
+            json.dumps({"format": FORMAT, "version": VERSION, **hset.meta}, sort_keys=True).encode(), dtype=np.uint8
+        ),
     }
 
     def writer(fh) -> None:
@@ -93,12 +101,23 @@ def save(hset: HistogramSet, path: str | Path, tx=None) -> Path:
 def _check(p: Path, names, counts, exps, minmax, tallies) -> None:
     n = len(names) if names.ndim == 1 else -1
     shapes_ok = (
-        n >= 0 and counts.ndim == 2 and counts.shape[1:] == (NUM_BINS,) and len(counts) == n and exps.shape == (n,)
-        and minmax.shape == (n, 2) and tallies.shape == (n, 3)
+        n >= 0
+        and counts.ndim == 2
+        and counts.shape[1:] == (NUM_BINS,)
+        and len(counts) == n
+        and exps.shape == (n,)
+        and minmax.shape == (n, 2)
+        and tallies.shape == (n, 3)
     )
     if not shapes_ok:
         raise CalibkitError(f"{p} is corrupt: histogram arrays have inconsistent shapes; recollect with --recollect")
-    if names.dtype.kind != "U" or counts.dtype.kind not in "iu" or exps.dtype.kind not in "iu" or tallies.dtype.kind not in "iu" or minmax.dtype.kind != "f":
+    if (
+        names.dtype.kind != "U"
+        or counts.dtype.kind not in "iu"
+        or exps.dtype.kind not in "iu"
+        or tallies.dtype.kind not in "iu"
+        or minmax.dtype.kind != "f"
+    ):
         raise CalibkitError(f"{p} is corrupt: histogram arrays have the wrong types; recollect with --recollect")
     if len(set(names.tolist())) != n:
         raise CalibkitError(f"{p} is corrupt: a tensor name appears twice; recollect with --recollect")
@@ -111,7 +130,9 @@ def _check(p: Path, names, counts, exps, minmax, tallies) -> None:
             bad = "negative counts"
         elif int(counts[i].sum()) != int(count):
             bad = f"bin counts sum to {int(counts[i].sum())} but count is {int(count)}"
-        elif count and not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi and max(-lo, hi, 0.0) < math.ldexp(1.0, exp)):
+        elif count and not (
+            math.isfinite(lo) and math.isfinite(hi) and lo <= hi and max(-lo, hi, 0.0) < math.ldexp(1.0, exp)
+        ):
             bad = f"min/max {lo}/{hi} are not finite values within the range 2^{exp}"
         elif not count and not (lo == math.inf and hi == -math.inf):
             bad = f"min/max {lo}/{hi} given for a tensor with no values"
@@ -130,28 +151,47 @@ def load(path: str | Path) -> HistogramSet:
     try:
         with np.load(p, allow_pickle=False) as z:
             if "meta" not in z.files:
-                raise CalibkitError(f"{p} is not a calibkit histogram file (no metadata); pass the histograms.npz calibkit wrote")
+                raise CalibkitError(
+                    f"{p} is not a calibkit histogram file (no metadata); pass the histograms.npz calibkit wrote"
+                )
             meta = json.loads(bytes(z["meta"]).decode())
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-                raise CalibkitError(f"{p} is not a calibkit histogram file (format {got!r}); pass the histograms.npz calibkit wrote")
+                raise CalibkitError(
+                    f"{p} is not a calibkit histogram file (format {got!r}); pass the histograms.npz calibkit wrote"
+                )
             shards = meta.get("shards", [])
-            shards_ok = isinstance(shards, list) and all(isinstance(x, list) and len(x) == 2 and all(isinstance(v, str) for v in x) for x in shards)
-            ints_ok = all(isinstance(meta.get(k, 0), int) and not isinstance(meta.get(k, 0), bool) for k in ("version", "samples", "dropped_samples"))
+            shards_ok = isinstance(shards, list) and all(
+                isinstance(x, list) and len(x) == 2 and all(isinstance(v, str) for v in x) for x in shards
+            )
+            ints_ok = all(
+                isinstance(meta.get(k, 0), int) and not isinstance(meta.get(k, 0), bool)
+                for k in ("version", "samples", "dropped_samples")
+            )
             if not (ints_ok and shards_ok):
                 raise CalibkitError(f"{p} is corrupt: its metadata has the wrong types; recollect with --recollect")
             if meta.get("version", 0) > VERSION:
-                raise CalibkitError(f"{p} has histogram format version {meta['version']}; this calibkit reads up to {VERSION}: upgrade calibkit")
+                raise CalibkitError(
+                    f"{p} has histogram format version {meta['version']}; this calibkit reads up to {VERSION}: upgrade calibkit"
+                )
             names, counts, exps = z["names"], z["counts"], z["exp"]
             minmax, tallies = z["minmax"], z["tallies"]
     except CalibkitError:
         raise
     except Exception as exc:
-        raise CalibkitError(f"{p} is not a readable calibkit histogram file ({type(exc).__name__}); recollect with --recollect") from None
+        raise CalibkitError(
+            f"{p} is not a readable calibkit histogram file ({type(exc).__name__}); recollect with --recollect"
+        ) from None
     _check(p, names, counts, exps, minmax, tallies)
     verify(p)
     tensors = {
-        str(n): TensorHistogram(counts[i].astype(np.int64), int(exps[i]), float(minmax[i, 0]), float(minmax[i, 1]), *(int(t) for t in tallies[i]))
+        str(n): TensorHistogram(
+            counts[i].astype(np.int64),
+            int(exps[i]),
+            float(minmax[i, 0]),
+            float(minmax[i, 1]),
+            *(int(t) for t in tallies[i]),
+        )
         for i, n in enumerate(names)
     }
     meta.pop("format", None)

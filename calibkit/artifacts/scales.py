@@ -15,7 +15,14 @@ from calibkit.artifacts.histograms import HistogramSet
 from calibkit.errors import CalibkitError
 from calibkit.methods.auto import expected_mse
 from calibkit.numerics.clipping import saturated_fraction
-from calibkit.numerics.formats import DEGENERATE_AMAX, FLOAT32_MAX, TINY_AMAX, as_float32, degenerate, int8_scale, usable_amax  # noqa: F401  (re-exported)
+from calibkit.numerics.formats import (
+    FLOAT32_MAX,
+    TINY_AMAX,
+    as_float32,
+    degenerate,
+    int8_scale,
+    usable_amax,
+)  # noqa: F401  (re-exported)
 from calibkit.outputs.atomic import write_text
 
 FORMAT = "calibkit-scales"
@@ -36,7 +43,13 @@ class ScaleTable:
         return {n: t.get("scale") or int8_scale(t["amax"]) for n, t in self.tensors.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, **self.meta, "method": {"name": self.method, "params": self.params}, "tensors": self.tensors}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            **self.meta,
+            "method": {"name": self.method, "params": self.params},
+            "tensors": self.tensors,
+        }
 
     def dumps(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=False, allow_nan=False) + "\n"
@@ -125,14 +138,18 @@ def check_value(name: str, amax: Any, scale: Any, where: str) -> None:
     check_name(name, where)
     ok_amax = _finite(amax) and TINY_AMAX <= amax <= FLOAT32_MAX
     if not ok_amax:
-        raise CalibkitError(f"{where}: tensor {name!r} has amax {amax!r}; an amax must be a finite float32 number >= {TINY_AMAX:.3g} (re-run calibrate)")
+        raise CalibkitError(
+            f"{where}: tensor {name!r} has amax {amax!r}; an amax must be a finite float32 number >= {TINY_AMAX:.3g} (re-run calibrate)"
+        )
     if scale is not None:
         if not (_finite(scale) and scale > 0):
-            raise CalibkitError(f"{where}: tensor {name!r} has scale {scale!r}; scales must be finite and > 0 (re-run calibrate)")
+            raise CalibkitError(
+                f"{where}: tensor {name!r} has scale {scale!r}; scales must be finite and > 0 (re-run calibrate)"
+            )
         if scale != int8_scale(amax):
             raise CalibkitError(
                 f"{where}: tensor {name!r} has scale {scale!r} but amax {amax!r} gives {int8_scale(amax)!r} (scale = float32(amax) / 127 in float32); "
-                "when editing amax by hand, delete the tensor's \"scale\" field and it is derived, or re-run calibrate"
+                'when editing amax by hand, delete the tensor\'s "scale" field and it is derived, or re-run calibrate'
             )
 
 
@@ -152,13 +169,15 @@ def read(path: str | Path) -> ScaleTable:
     except IsADirectoryError:
         raise CalibkitError(f"scales {p} is a directory; pass the scales.json file") from None
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or an integer of > 4300 digits
-        raise CalibkitError(f"scales {p} is not valid JSON ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); re-run calibrate") from None
+        raise CalibkitError(
+            f"scales {p} is not valid JSON ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); re-run calibrate"
+        ) from None
     except RecursionError:
         raise CalibkitError(f"scales {p} is not valid JSON (nested too deeply); re-run calibrate") from None
     except OSError as exc:
         raise CalibkitError(f"cannot read scales {p}: {exc.strerror}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CalibkitError(f"{p} is not a calibkit scales.json (no \"format\": \"{FORMAT}\")")
+        raise CalibkitError(f'{p} is not a calibkit scales.json (no "format": "{FORMAT}")')
     version = raw.get("version", 0)
     if not isinstance(version, int) or isinstance(version, bool):
         raise CalibkitError(f"{p}: version {version!r} is not an integer; re-run calibrate")
@@ -166,28 +185,32 @@ def read(path: str | Path) -> ScaleTable:
         raise CalibkitError(f"{p} has scales format version {version}; upgrade calibkit")
     tensors, m = raw.get("tensors", {}), raw.get("method", {})
     if not isinstance(tensors, dict) or not all(isinstance(t, dict) for t in tensors.values()):
-        raise CalibkitError(f"{p}: \"tensors\" must map each tensor name to an object with amax and scale; re-run calibrate")
+        raise CalibkitError(
+            f'{p}: "tensors" must map each tensor name to an object with amax and scale; re-run calibrate'
+        )
     if not isinstance(m, dict) or not isinstance(m.get("params", {}), dict):
-        raise CalibkitError(f"{p}: \"method\" must be an object with name and params; re-run calibrate")
+        raise CalibkitError(f'{p}: "method" must be an object with name and params; re-run calibrate')
     for key in ("model", "data", "preprocess", "cache", "clip_warnings"):
         if raw.get(key) is not None and not isinstance(raw[key], dict):
-            raise CalibkitError(f"{p}: \"{key}\" must be an object or null; re-run calibrate")
+            raise CalibkitError(f'{p}: "{key}" must be an object or null; re-run calibrate')
     for name, t in tensors.items():
         check_value(name, t.get("amax"), t.get("scale"), str(p))
         for key in STAT_KEYS:
             if t.get(key) is not None and not _finite(t[key]):
-                raise CalibkitError(f"{p}: tensor {name!r} has {key} {t[key]!r}; it must be a finite number or null; re-run calibrate")
+                raise CalibkitError(
+                    f"{p}: tensor {name!r} has {key} {t[key]!r}; it must be a finite number or null; re-run calibrate"
+                )
     verify(p)
     meta = {k: v for k, v in raw.items() if k not in ("format", "version", "method", "tensors")}
     return ScaleTable(str(m.get("name", "?")), m.get("params", {}), tensors, meta)
 
 
 def most_clipped(table: ScaleTable, n: int = 5) -> list[tuple[str, float]]:
-    rows = sorted(((name, float(t.get("clipped") or 0.0)) for name, t in table.tensors.items()), key=lambda r: (-r[1], r[0]))
+    rows = sorted(
+        ((name, float(t.get("clipped") or 0.0)) for name, t in table.tensors.items()), key=lambda r: (-r[1], r[0])
+    )
     return [r for r in rows[:n] if r[1] > 0]
 
 
 def nonfinite(table: ScaleTable) -> list[tuple[str, int, int]]:
     return [(n, t.get("nan", 0), t.get("inf", 0)) for n, t in table.tensors.items() if t.get("nan") or t.get("inf")]
-
-

@@ -34,7 +34,9 @@ def encode_version(version: str) -> int:
     """``"10.16.1"`` -> 101601; ``"8.6.1"`` -> 8601 (TensorRT's own integer versions)."""
     m = _VERSION.match(str(version).strip())
     if not m or not 5 <= int(m.group(1)) <= 99:
-        raise CalibkitError(f"--trt-version {version!r} is not a TensorRT version like 10.16.1 (major 5-99, minor and patch 0-99)")
+        raise CalibkitError(
+            f"--trt-version {version!r} is not a TensorRT version like 10.16.1 (major 5-99, minor and patch 0-99)"
+        )
     major, minor, patch = (int(g) if g else 0 for g in m.groups())
     return major * 10000 + minor * 100 + patch if major >= 10 else major * 1000 + minor * 100 + patch
 
@@ -81,11 +83,15 @@ class Cache:
     def text(self) -> str:
         lines = [self.header()]
         if not _HEADER.match(self.header()) or self.algorithm not in ALGORITHMS:
-            raise CalibkitError(f"cache header {self.header()!r} would not read back; algorithm must be one of {', '.join(ALGORITHMS)}")
+            raise CalibkitError(
+                f"cache header {self.header()!r} would not read back; algorithm must be one of {', '.join(ALGORITHMS)}"
+            )
         for name, scale in self.scales.items():
             check_name(name, "TensorRT cache")
             if not (isinstance(scale, float) and math.isfinite(scale) and scale > 0):
-                raise CalibkitError(f"refusing to write scale {scale} for tensor {name!r}: scales must be finite and > 0")
+                raise CalibkitError(
+                    f"refusing to write scale {scale} for tensor {name!r}: scales must be finite and > 0"
+                )
             lines.append(f"{name}: {scale_hex(scale)}")
         return "\n".join(lines) + "\n"
 

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import click
 
-from calibkit.cli.options import DEMO_OUT, data_options, feed_from, feed_options, method_from, method_options, preprocess_from, user_errors, warn_clip_option
+from calibkit.cli.options import (
+    DEMO_OUT,
+    data_options,
+    feed_from,
+    feed_options,
+    method_from,
+    method_options,
+    preprocess_from,
+    user_errors,
+    warn_clip_option,
+)
 
 
 @click.command()
@@ -17,18 +27,59 @@ from calibkit.cli.options import DEMO_OUT, data_options, feed_from, feed_options
 @method_options
 @warn_clip_option
 @click.option("--histograms", type=click.Path(dir_okay=False), help="Re-threshold stored histograms (no inference).")
-@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), help="Output directory (default: current dir; the bare demo writes ./calibkit-demo).")
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    type=click.Path(file_okay=False),
+    help="Output directory (default: current dir; the bare demo writes ./calibkit-demo).",
+)
 @click.option("--recollect", is_flag=True, help="Run inference even when matching stored histograms exist.")
 @click.option("--force", is_flag=True, help="Accept --histograms whose model fingerprint differs.")
-@click.option("--trt-version", help="TensorRT version for the cache header (default: installed TensorRT, else 10.16.1).")
-@click.option("--cache-algorithm", default="EntropyCalibration2", show_default=True, help="Cache header algorithm; EntropyCalibration2 is what trtexec --calib accepts.")
-@click.option("--devices", metavar="0,1|all", help="GPUs to shard the data over, one process each; the result equals one GPU's at the same --batch-size.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, help="Processes decoding and preprocessing images (order kept: results never change).")
-@click.option("--ray", "ray_address", metavar="ADDRESS|auto", help=(
-    "Run the --devices shards as Ray actors of one GPU each: auto uses RAY_ADDRESS or starts a local cluster; "
-    "or a cluster's HOST:PORT. Needs pip install 'calibkit[ray]'."))
+@click.option(
+    "--trt-version", help="TensorRT version for the cache header (default: installed TensorRT, else 10.16.1)."
+)
+@click.option(
+    "--cache-algorithm",
+    default="EntropyCalibration2",
+    show_default=True,
+    help="Cache header algorithm; EntropyCalibration2 is what trtexec --calib accepts.",
+)
+@click.option(
+    "--devices",
+    metavar="0,1|all",
+    help="GPUs to shard the data over, one process each; the result equals one GPU's at the same --batch-size.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Processes decoding and preprocessing images (order kept: results never change).",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS|auto",
+    help=(
+        "Run the --devices shards as Ray actors of one GPU each: auto uses RAY_ADDRESS or starts a local cluster; "
+        "or a cluster's HOST:PORT. Needs pip install 'calibkit[ray]'."
+    ),
+)
 @user_errors
-def calibrate(model, output_dir, histograms, recollect, force, trt_version, cache_algorithm, devices, workers, ray_address, warn_clip, **kw) -> None:
+def calibrate(
+    model,
+    output_dir,
+    histograms,
+    recollect,
+    force,
+    trt_version,
+    cache_algorithm,
+    devices,
+    workers,
+    ray_address,
+    warn_clip,
+    **kw,
+) -> None:
     """Collect histograms of every activation and write INT8 scales.
 
     \b
@@ -74,12 +125,12 @@ def calibrate(model, output_dir, histograms, recollect, force, trt_version, cach
             cache_algorithm=cache_algorithm,
             device=kw["device"],
             progress=update,
-            on_source=lambda s: set_total(_total(s.num_samples(), feed["max_samples"])),
+            on_source=lambda s: set_total(_total(s.num_samples(), feed.max_samples)),
             devices=_devices(devices, ray_address),
             workers=workers,
             ray=ray_address,
             warn_clip=warn_clip,
-            **feed,
+            feed=feed,
         )
     print_calibration(result)
 

@@ -23,6 +23,8 @@ def main() -> None:
     try:
         from calibkit.cli.commands import cli
     except KeyboardInterrupt as exc:
-        sys.stderr.write("calibkit: interrupted while starting; nothing from this run was published; previous outputs are unchanged\n")
+        sys.stderr.write(
+            "calibkit: interrupted while starting; nothing from this run was published; previous outputs are unchanged\n"
+        )
         raise SystemExit(128 + getattr(exc, "signum", 2)) from None
     cli(prog_name="calibkit")

@@ -22,9 +22,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import onnx
 
-from calibkit.collect.plan import CUDA_RUN_BATCH, OVERLAP_LIMIT, Collection, Plan, auto_batch, ort_run, pad_batch, plan, reduce_batch
+from calibkit.collect.plan import (
+    CUDA_RUN_BATCH,
+    OVERLAP_LIMIT,
+    Collection,
+    Plan,
+    auto_batch,
+    ort_run,
+    pad_batch,
+    plan,
+    reduce_batch,
+)
 from calibkit.collect.runner import ActivationRunner
 from calibkit.data import DataSource, FeedStats, run_batches
+from calibkit.data.options import FeedOptions
 from calibkit.errors import CalibkitError
 from calibkit.graph.model import InputSpec, input_specs
 from calibkit.numerics import kernel as hist_kernel
@@ -41,8 +52,7 @@ def collect(
     model_name: str = "model",
     threads: int = 0,
     specs: list[InputSpec] | None = None,
-    rebatch: bool = True,
-    max_samples: int | None = None,
+    feed: FeedOptions | None = None,
     external_dir: str | None = None,
     pad: bool | None = None,
     hash_stream: bool = True,
@@ -69,9 +79,11 @@ def collect(
     size = {"n": run_batch or (CUDA_RUN_BATCH if padded_run else 1)}
     stats = FeedStats()
     start = time.perf_counter()
-    batches = run_batches(source, specs, lambda: size["n"], stats, rebatch=rebatch, max_samples=max_samples, hash_stream=hash_stream)
+    batches = run_batches(source, specs, lambda: size["n"], stats, feed, hash_stream=hash_stream)
     first = next(batches)  # run_batches raises a CalibkitError when there is no sample
-    p, names, listed = plan(model, specs, first, device, threads, model_name, source, external_dir, pad, rebatch)
+    p, names, listed = plan(
+        model, specs, first, device, threads, model_name, source, external_dir, pad, FeedOptions.of(feed).rebatch
+    )
     on_cuda = "CUDAExecutionProvider" in p.sess.get_providers()
 
     def stream():
@@ -91,7 +103,9 @@ def collect(
     return Collection(ordered, stats, time.perf_counter() - start, list(p.sess.get_providers()), listed, p.pad)
 
 
-def _collect_host(p: Plan, batches, stats: FeedStats, size: dict, run_batch: int | None, progress) -> dict[str, TensorHistogram]:
+def _collect_host(
+    p: Plan, batches, stats: FeedStats, size: dict, run_batch: int | None, progress
+) -> dict[str, TensorHistogram]:
     float_inputs = [s.name for s in p.specs if s.dtype.kind == "f"]
     hists = {n: TensorHistogram() for n in [*float_inputs, *(o for o in p.outputs if o not in p.guards)]}
     non_float: set[str] = set()

@@ -63,7 +63,9 @@ def ort_run(fn, model_name: str, source: DataSource):
     except Exception as exc:
         if not is_ort_error(exc):
             raise
-        raise CalibkitError(f"{model_name}: ONNX Runtime failed on a batch from {source.description}: {ort_message(exc)}") from None
+        raise CalibkitError(
+            f"{model_name}: ONNX Runtime failed on a batch from {source.description}: {ort_message(exc)}"
+        ) from None
 
 
 def pad_batch(feed: Batch, size: int, specs: list[InputSpec]) -> Batch:
@@ -87,7 +89,9 @@ def pad_batch(feed: Batch, size: int, specs: list[InputSpec]) -> Batch:
 def _probe_axes(sess, outputs: list[str], first: Batch, specs: list[InputSpec]) -> list[int | None | str]:
     """Batch axes by running one sample and the same sample twice and comparing shapes."""
     one = _cut(first, specs, 0, 1)
-    two = Batch({s.name: one[s.name] if s.axis is None else np.concatenate([one[s.name]] * 2, axis=s.axis) for s in specs})
+    two = Batch(
+        {s.name: one[s.name] if s.axis is None else np.concatenate([one[s.name]] * 2, axis=s.axis) for s in specs}
+    )
     try:
         small = [np.shape(v) for v in sess.run(outputs, dict(one))]
         large = [np.shape(v) for v in sess.run(outputs, dict(two))]
@@ -98,14 +102,30 @@ def _probe_axes(sess, outputs: list[str], first: Batch, specs: list[InputSpec]) 
     return axes_from_shapes(small, large, 1, 2)
 
 
-def plan(model: onnx.ModelProto, specs: list[InputSpec], first: Batch, device: str, threads: int, model_name: str, source: DataSource,
-         external_dir: str | None, pad: bool | None, rebatch: bool) -> tuple[Plan, list[str], dict[str, str]]:
+def plan(
+    model: onnx.ModelProto,
+    specs: list[InputSpec],
+    first: Batch,
+    device: str,
+    threads: int,
+    model_name: str,
+    source: DataSource,
+    external_dir: str | None,
+    pad: bool | None,
+    rebatch: bool,
+) -> tuple[Plan, list[str], dict[str, str]]:
     """Inline constant Ifs, build the exposed session, find batch axes. Returns the plan, the
     calibration tensor names (graph order) and {tensor: why not calibrated}."""
     sampled = {s.name for s in specs if s.axis is not None}
 
     def evaluate(m: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
-        sess = session(with_outputs(m, names, drop_shapes=True), device=device, threads=threads, where=model_name, external_dir=external_dir)
+        sess = session(
+            with_outputs(m, names, drop_shapes=True),
+            device=device,
+            threads=threads,
+            where=model_name,
+            external_dir=external_dir,
+        )
         return dict(zip(names, ort_run(lambda: sess.run(names, dict(first)), model_name, source)))
 
     work, guards, skipped = inline_constant_ifs(model, sampled, evaluate)
@@ -142,7 +162,9 @@ def check_guards(p: Plan, values: dict[str, np.ndarray]) -> None:
             )
 
 
-def reduce_batch(p: Plan, hists: dict[str, TensorHistogram], non_float: set[str], values: list, feed: Batch, n: int, padded: bool) -> None:
+def reduce_batch(
+    p: Plan, hists: dict[str, TensorHistogram], non_float: set[str], values: list, feed: Batch, n: int, padded: bool
+) -> None:
     """Reduce one run: each activation whole (padding removed along its batch axis); tensors
     without a batch axis count once per sample."""
     got = dict(zip(p.outputs, values))

@@ -13,11 +13,19 @@ def is_ort_error(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("onnxruntime")
 
 
-def exposed_session(model: onnx.ModelProto, outputs: list[str], device: str, threads: int, where: str, external_dir: str | None = None):
+def exposed_session(
+    model: onnx.ModelProto, outputs: list[str], device: str, threads: int, where: str, external_dir: str | None = None
+):
     """A session of ``model`` returning ``outputs`` too. Declared output shapes are dropped
     (real exports declare wrong ones, and ORT checks bound buffers against them); weights left
     on disk (external data) are read by ORT from ``external_dir``, never copied into the graph."""
-    return session(with_outputs(model, outputs, drop_shapes=True), device=device, threads=threads, where=where, external_dir=external_dir)
+    return session(
+        with_outputs(model, outputs, drop_shapes=True),
+        device=device,
+        threads=threads,
+        where=where,
+        external_dir=external_dir,
+    )
 
 
 class ActivationRunner:

@@ -36,7 +36,9 @@ def parse_devices(text: str | None, visible: int, check_visible: bool = True) ->
         raise CalibkitError(f"--devices {text!r}: expected GPU indices like 0,1 or 'all'") from None
     bad = [i for i in ids if i < 0 or (check_visible and i >= visible)]
     if not ids or bad or len(set(ids)) != len(ids):
-        raise CalibkitError(f"--devices {text!r}: {visible} CUDA device(s) visible; give distinct indices in 0..{visible - 1} or 'all'")
+        raise CalibkitError(
+            f"--devices {text!r}: {visible} CUDA device(s) visible; give distinct indices in 0..{visible - 1} or 'all'"
+        )
     return ids
 
 
@@ -100,20 +102,29 @@ def _use_gpu(index: int) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
 
 
-def _collect_shard(model: str, data, pre, feed_opts: dict, run_batch: int, start: int, stop: int, workers: int):
+def _collect_shard(model: str, data, pre, feed, run_batch: int, start: int, stop: int, workers: int):
     """In a worker: collect samples ``[start, stop)`` on its one visible GPU."""
     from calibkit.collect.host import collect
     from calibkit.data import open_source
+    from calibkit.data.options import FeedOptions
     from calibkit.graph.model import has_external, input_specs, load
 
     proto = load(model, keep_external=True)
-    specs = input_specs(proto, feed_opts["batch_axes"])
+    specs = input_specs(proto, feed.batch_axes)
     source = open_source(data, specs, pre)
     if workers and hasattr(source, "workers"):
         source.workers = workers
-    col = collect(proto, shard(source, specs, start, stop), run_batch, device="cuda", model_name=os.path.basename(model), specs=specs,
-                  rebatch=feed_opts["rebatch"], external_dir=os.path.dirname(os.path.abspath(model)) if has_external(proto) else None,
-                  hash_stream=False)
+    col = collect(
+        proto,
+        shard(source, specs, start, stop),
+        run_batch,
+        device="cuda",
+        model_name=os.path.basename(model),
+        specs=specs,
+        feed=FeedOptions(feed.batch_axes, feed.rebatch),
+        external_dir=os.path.dirname(os.path.abspath(model)) if has_external(proto) else None,
+        hash_stream=False,
+    )
     col.stats.digest = None  # not picklable; file sources need no streamed hash
     return col
 
@@ -132,38 +143,56 @@ def _on_ray(ray: str, devices: list[int], jobs: list[tuple]) -> list:
     if local:
         visible = cuda_device_count()
         if visible == 0 or max(devices) >= visible:
-            raise CalibkitError(f"{flag}: --ray auto starts a Ray cluster on this machine, which has {visible} CUDA device(s) visible; "
-                                "list visible GPUs, or give --ray the HOST:PORT of a cluster with GPUs")
+            raise CalibkitError(
+                f"{flag}: --ray auto starts a Ray cluster on this machine, which has {visible} CUDA device(s) visible; "
+                "list visible GPUs, or give --ray the HOST:PORT of a cluster with GPUs"
+            )
     try:
-        with executor.make(workers=len(jobs), ray=ray, gpus=1, visible_gpus=",".join(map(str, devices)) if local else None) as ex:
+        with executor.make(
+            workers=len(jobs), ray=ray, gpus=1, visible_gpus=",".join(map(str, devices)) if local else None
+        ) as ex:
             return ex.run(_shard_task, jobs)
     except CalibkitError as exc:
         raise CalibkitError(f"{flag}: {exc}") from None
 
 
-def collect_sharded(model: str, data, pre, source, feed_opts: dict, run_batch: int | None, devices: list[int], workers: int = 0,
-                    ray: str | None = None):
+def collect_sharded(
+    model: str,
+    data,
+    pre,
+    source,
+    feed,
+    run_batch: int | None,
+    devices: list[int],
+    workers: int = 0,
+    ray: str | None = None,
+):
     """One process per GPU over contiguous shards (Ray actors with ``ray``); their collections
     merged (exact)."""
     from calibkit.collect.plan import CUDA_RUN_BATCH, Collection
     from calibkit.data import FeedStats
 
     if not isinstance(data, (str, os.PathLike)) or not getattr(source, "hashes_files", False):
-        raise CalibkitError("--devices needs data in files (a folder of images, .npz or .npy): a loader script cannot be split across processes")
+        raise CalibkitError(
+            "--devices needs data in files (a folder of images, .npz or .npy): a loader script cannot be split across processes"
+        )
     total = source.num_samples()
     if total is None:
         raise CalibkitError(f"--devices: the number of samples in {source.description} is unknown; use one device")
-    limited = feed_opts["max_samples"] is not None and feed_opts["max_samples"] < total
-    total = min(total, feed_opts["max_samples"] or total)
+    limited = feed.max_samples is not None and feed.max_samples < total
+    total = min(total, feed.max_samples or total)
     run_batch = run_batch or CUDA_RUN_BATCH
     ranges = shard_ranges(total, run_batch, len(devices))
     t0 = time.perf_counter()
-    jobs = [(str(model), str(data), pre, feed_opts, run_batch, a, b, workers) for a, b in ranges]
+    jobs = [(str(model), str(data), pre, feed, run_batch, a, b, workers) for a, b in ranges]
     if ray is not None:
         parts = _on_ray(ray, devices, jobs)
     else:
         ctx = get_context("spawn")
-        pools = [ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_use_gpu, initargs=(d,)) for d in devices[: len(ranges)]]
+        pools = [
+            ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_use_gpu, initargs=(d,))
+            for d in devices[: len(ranges)]
+        ]
         try:
             futures = [pool.submit(_collect_shard, *job) for pool, job in zip(pools, jobs)]
             parts = [f.result() for f in futures]
@@ -173,10 +202,17 @@ def collect_sharded(model: str, data, pre, source, feed_opts: dict, run_batch: i
     tensors = parts[0].tensors
     for part in parts[1:]:
         if list(part.tensors) != list(tensors):
-            raise CalibkitError(f"--devices: the shards saw different tensors ({len(tensors)} vs {len(part.tensors)}); calibrate on one device")
+            raise CalibkitError(
+                f"--devices: the shards saw different tensors ({len(tensors)} vs {len(part.tensors)}); calibrate on one device"
+            )
         for name, h in part.tensors.items():
             tensors[name].merge(h)
-    stats = FeedStats(samples=sum(p.stats.samples for p in parts), batches=sum(p.stats.batches for p in parts),
-                      dropped=sum(p.stats.dropped for p in parts), run_batch=run_batch, limited=limited)
+    stats = FeedStats(
+        samples=sum(p.stats.samples for p in parts),
+        batches=sum(p.stats.batches for p in parts),
+        dropped=sum(p.stats.dropped for p in parts),
+        run_batch=run_batch,
+        limited=limited,
+    )
     uncal = {k: v for p in parts for k, v in p.uncalibrated.items()}
     return Collection(tensors, stats, time.perf_counter() - t0, parts[0].providers, uncal, any(p.padded for p in parts))

@@ -50,7 +50,9 @@ def assign_sample_axes(specs: list, overrides: dict[str, int | None]):
     names = {s.name for s in specs}
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise CalibkitError(f"--batch-axis names {unknown[0]!r}, which is not a model input; inputs: {', '.join(sorted(names))}")
+        raise CalibkitError(
+            f"--batch-axis names {unknown[0]!r}, which is not a model input; inputs: {', '.join(sorted(names))}"
+        )
     heads = Counter(s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], str))
     batch_name = heads.most_common(1)[0][0] if heads else None
     axes: dict[str, int | None] = {}
@@ -115,7 +117,9 @@ def activation_axes(model: onnx.ModelProto, specs: list, names: list[str]) -> di
     return found
 
 
-def axes_from_shapes(small: list[tuple[int, ...]], large: list[tuple[int, ...]], n_small: int, n_large: int) -> list[int | None | str]:
+def axes_from_shapes(
+    small: list[tuple[int, ...]], large: list[tuple[int, ...]], n_small: int, n_large: int
+) -> list[int | None | str]:
     """Batch axis per tensor by comparing the shapes of runs of ``n_small`` and ``n_large``
     samples: the one axis whose size changed in proportion; None if none changed; "?" if unclear."""
     out: list[int | None | str] = []

@@ -133,7 +133,9 @@ def fingerprint_file(path: str | Path) -> str:
 def check_fingerprint(theirs: str | None, ours: str, what: str, force: bool) -> None:
     """Refuse an artifact (histograms, scales) made for another model, unless ``force``."""
     if theirs and theirs != ours and not force:
-        raise CalibkitError(f"{what} come from another model ({theirs}); recalibrate this model, or pass --force if the graph is really the same")
+        raise CalibkitError(
+            f"{what} come from another model ({theirs}); recalibrate this model, or pass --force if the graph is really the same"
+        )
 
 
 def _initializer_names(model: onnx.ModelProto) -> set[str]:

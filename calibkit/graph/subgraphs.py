@@ -33,7 +33,7 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
                 types[vi.name] = vi.type.tensor_type.elem_type
         for node in g.node:
             for a in node.attribute:
-                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
                     walk(sub)
 
     walk(inferred.graph)
@@ -57,10 +57,14 @@ def _body_floats(g: onnx.GraphProto, types: dict[str, int], reason: str, out: di
                 if o and types.get(o, TensorProto.FLOAT) in FLOAT_TYPES:
                     out.setdefault(o, reason)
         for attr, sub in subgraphs_of(node):
-            _body_floats(sub, types, f"inside {node.op_type} {attr} of node {node.name or node.output[0]!r}: not calibrated", out)
+            _body_floats(
+                sub, types, f"inside {node.op_type} {attr} of node {node.name or node.output[0]!r}: not calibrated", out
+            )
 
 
-def uncalibrated(model: onnx.ModelProto, types: dict[str, int] | None = None, why: dict[str, str] | None = None) -> dict[str, str]:
+def uncalibrated(
+    model: onnx.ModelProto, types: dict[str, int] | None = None, why: dict[str, str] | None = None
+) -> dict[str, str]:
     """{tensor: reason} for every float tensor produced inside a subgraph of ``model``.
     ``why``: node name -> a more specific reason (e.g. the If condition depends on the data)."""
     types = types if types is not None else tensor_types(model)
@@ -118,7 +122,9 @@ def _inline(model: onnx.ModelProto, node_index: int, take_then: bool) -> onnx.Mo
     new_nodes = list(m.graph.node[:node_index]) + list(branch.node)
     for out, bo in zip(node.output, branch.output):
         if out:
-            new_nodes.append(helper.make_node("Identity", [bo.name], [out], name=f"{node.name or out}__calibkit_inlined_{out}"))
+            new_nodes.append(
+                helper.make_node("Identity", [bo.name], [out], name=f"{node.name or out}__calibkit_inlined_{out}")
+            )
     new_nodes += list(m.graph.node[node_index + 1 :])
     del m.graph.node[:]
     m.graph.node.extend(new_nodes)
@@ -127,7 +133,9 @@ def _inline(model: onnx.ModelProto, node_index: int, take_then: bool) -> onnx.Mo
     return m
 
 
-def inline_constant_ifs(model: onnx.ModelProto, sampled: set[str], evaluate) -> tuple[onnx.ModelProto, dict[str, bool], dict[str, str]]:
+def inline_constant_ifs(
+    model: onnx.ModelProto, sampled: set[str], evaluate
+) -> tuple[onnx.ModelProto, dict[str, bool], dict[str, str]]:
     """Inline every If whose condition does not depend on the samples.
 
     ``evaluate(model, names)`` runs ``model`` on the first batch and returns those tensors.
@@ -150,7 +158,12 @@ def inline_constant_ifs(model: onnx.ModelProto, sampled: set[str], evaluate) -> 
                 continue
             label = node.name or node.output[0]
             other = next(a.g for a in node.attribute if a.name == ("else_branch" if cond else "then_branch"))
-            _body_floats(other, original_types, f"inside the If branch of node {label!r} the calibration data never takes ({node.input[0]} is {cond}): not calibrated", skipped)
+            _body_floats(
+                other,
+                original_types,
+                f"inside the If branch of node {label!r} the calibration data never takes ({node.input[0]} is {cond}): not calibrated",
+                skipped,
+            )
             guards[node.input[0]] = cond
             model = inlined
             changed = True
@@ -161,4 +174,8 @@ def inline_constant_ifs(model: onnx.ModelProto, sampled: set[str], evaluate) -> 
 
 def data_dependent_reasons(model: onnx.ModelProto, sampled: set[str]) -> dict[str, str]:
     dep = _sample_dependent(model, sampled)
-    return {n.name or n.output[0]: "its condition depends on the samples; not calibrated" for n in model.graph.node if n.op_type == "If" and n.input[0] in dep}
+    return {
+        n.name or n.output[0]: "its condition depends on the samples; not calibrated"
+        for n in model.graph.node
+        if n.op_type == "If" and n.input[0] in dep
+    }

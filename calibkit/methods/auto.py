@@ -36,8 +36,13 @@ def candidates() -> list[tuple[str, Any]]:
     for name in sorted(REGISTRY):
         if name == "auto":
             continue
-        configs = [make_config(name, percentile=p) for p in PERCENTILES] if name == "percentile" else [make_config(name)]
-        out.extend((f"percentile:{cfg.percentile!r}" if name == "percentile" else spec_of(name, cfg), (REGISTRY[name], cfg)) for cfg in configs)
+        configs = (
+            [make_config(name, percentile=p) for p in PERCENTILES] if name == "percentile" else [make_config(name)]
+        )
+        out.extend(
+            (f"percentile:{cfg.percentile!r}" if name == "percentile" else spec_of(name, cfg), (REGISTRY[name], cfg))
+            for cfg in configs
+        )
     return out
 
 
@@ -66,6 +71,8 @@ def choose(hist: TensorHistogram, cfg: AutoConfig) -> tuple[float, dict[str, Any
     return amaxes[k], {"method": cands[k][0], "criterion": "expected_mse", "candidates": table}
 
 
-@register("auto", AutoConfig, "per tensor, the candidate (other methods) with the least expected INT8 MSE", detail=choose)
+@register(
+    "auto", AutoConfig, "per tensor, the candidate (other methods) with the least expected INT8 MSE", detail=choose
+)
 def auto_amax(hist: TensorHistogram, cfg: AutoConfig) -> float:
     return choose(hist, cfg)[0]

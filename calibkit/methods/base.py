@@ -68,7 +68,9 @@ def make_config(name: str, **params: Any) -> Any:
     given = {k: v for k, v in params.items() if v is not None}
     unknown = sorted(set(given) - fields)
     if unknown:
-        raise CalibkitError(f"method {name!r} takes no option {unknown[0]!r}; its options: {', '.join(sorted(fields)) or 'none'}")
+        raise CalibkitError(
+            f"method {name!r} takes no option {unknown[0]!r}; its options: {', '.join(sorted(fields)) or 'none'}"
+        )
     try:
         return method.config_cls(**given)
     except (TypeError, ValueError) as exc:

@@ -126,7 +126,12 @@ def _near(cp, values, last: bool, tight: tuple[float, float] | None = None):
 
 
 KERNEL_MS: dict[str, float] = {}  # the last call's kernel time per method (benches)
-STATS = {"rows": 0, "resolved": 0, "exact_calls": 0, "exact_ms": 0.0}  # the last call's: rows, rows decided on the host, exact evaluations, their time
+STATS = {
+    "rows": 0,
+    "resolved": 0,
+    "exact_calls": 0,
+    "exact_ms": 0.0,
+}  # the last call's: rows, rows decided on the host, exact evaluations, their time
 
 
 def _resolve(picks: np.ndarray, near, exact, last: bool, none: int) -> list[int]:
@@ -171,7 +176,9 @@ def entropy_bins(cp, counts, cfg, host_counts: np.ndarray) -> list[int]:
     zero = cp.zeros((bins.shape[0], 1))
     s = cp.concatenate([zero, cp.cumsum(bins, axis=1)], axis=1)
     nz = cp.concatenate([zero, cp.cumsum(bins != 0, axis=1, dtype=cp.float64)], axis=1)
-    blogb = cp.concatenate([zero, cp.cumsum(cp.where(bins > 0, bins * cp.log(cp.maximum(bins, 1.0)), 0.0), axis=1)], axis=1)
+    blogb = cp.concatenate(
+        [zero, cp.cumsum(cp.where(bins > 0, bins * cp.log(cp.maximum(bins, 1.0)), 0.0), axis=1)], axis=1
+    )
     n_ends = NUM_BINS + 1 - cfg.start_bin
     kl = cp.empty((bins.shape[0], n_ends))
     empty = total == 0
@@ -179,8 +186,11 @@ def entropy_bins(cp, counts, cfg, host_counts: np.ndarray) -> list[int]:
     threads = 128
     t0, t1 = cp.cuda.Event(), cp.cuda.Event()
     t0.record()
-    _module(cp).get_function("entropy_kl")(((n_ends + threads - 1) // threads, bins.shape[0]), (threads,),
-                                           (bins, s, nz, blogb, total, np.int32(cfg.levels), np.int32(cfg.start_bin), np.int32(n_ends), kl))
+    _module(cp).get_function("entropy_kl")(
+        ((n_ends + threads - 1) // threads, bins.shape[0]),
+        (threads,),
+        (bins, s, nz, blogb, total, np.int32(cfg.levels), np.int32(cfg.start_bin), np.int32(n_ends), kl),
+    )
     t1.record()
     kl[empty] = cp.inf
     picks, near = _near(cp, kl, last=True, tight=TIGHT)
@@ -188,8 +198,12 @@ def entropy_bins(cp, counts, cfg, host_counts: np.ndarray) -> list[int]:
     KERNEL_MS["entropy"] = cp.cuda.get_elapsed_time(t0, t1)
     hb = host_counts.astype(np.float64)
     hb[:, 0] = hb[:, 1]
-    return [cfg.start_bin + k if k < n_ends else NUM_BINS for k in
-            _resolve(picks.get(), near, lambda r, j: kl_exact(hb[r], cfg.start_bin + j, cfg.levels), True, n_ends - 1)]
+    return [
+        cfg.start_bin + k if k < n_ends else NUM_BINS
+        for k in _resolve(
+            picks.get(), near, lambda r, j: kl_exact(hb[r], cfg.start_bin + j, cfg.levels), True, n_ends - 1
+        )
+    ]
 
 
 def mse_bins(cp, counts, widths, cfg, host_counts: np.ndarray, host_widths: np.ndarray) -> list[int]:
@@ -198,8 +212,11 @@ def mse_bins(cp, counts, widths, cfg, host_counts: np.ndarray, host_widths: np.n
     threads = 128
     t0, t1 = cp.cuda.Event(), cp.cuda.Event()
     t0.record()
-    _module(cp).get_function("mse_err")(((n + threads - 1) // threads, counts.shape[0]), (threads,),
-                                        (counts.astype(cp.float64), widths, np.int32(cfg.start_bin), err))
+    _module(cp).get_function("mse_err")(
+        ((n + threads - 1) // threads, counts.shape[0]),
+        (threads,),
+        (counts.astype(cp.float64), widths, np.int32(cfg.start_bin), err),
+    )
     t1.record()
     picks, near = _near(cp, err, last=False)
     t1.synchronize()
@@ -245,7 +262,10 @@ def _mse(hists: dict[str, TensorHistogram], cfg) -> dict[str, float]:
     host_counts = np.stack([h.counts for h in hists.values()])
     widths = np.array([h.bin_width for h in hists.values()])
     bins = mse_bins(cp, cp.asarray(host_counts), cp.asarray(widths), cfg, host_counts, widths)
-    return {n: (h.amax if int(h.counts.sum()) == 0 else min((b + 0.5) * h.bin_width, h.amax)) for (n, h), b in zip(hists.items(), bins)}
+    return {
+        n: (h.amax if int(h.counts.sum()) == 0 else min((b + 0.5) * h.bin_width, h.amax))
+        for (n, h), b in zip(hists.items(), bins)
+    }
 
 
 def _minmax(hists: dict[str, TensorHistogram], cfg) -> dict[str, float]:

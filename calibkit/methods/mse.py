@@ -83,7 +83,7 @@ def select_bin(hist: TensorHistogram, cfg: MSEConfig) -> int:
     centers = (np.arange(NUM_BINS) + 0.5) * hist.bin_width
     cand = np.arange(cfg.start_bin, NUM_BINS)
     screen = _screen(hist.counts, cfg.start_bin) * hist.bin_width**2
-    k = pick_near_min(screen, lambda j: float(fq_error(counts, centers, centers[cand[j]:cand[j] + 1])[0]), last=False)
+    k = pick_near_min(screen, lambda j: float(fq_error(counts, centers, centers[cand[j] : cand[j] + 1])[0]), last=False)
     return int(cand[k])
 
 

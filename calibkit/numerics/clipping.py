@@ -26,8 +26,14 @@ def saturated_fraction(hist, amax: float) -> float:
 
 
 def check_limit(limit: Any, option: str = "--warn-clip") -> float:
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not (math.isfinite(limit) and 0.0 <= limit <= 1.0):
-        raise CalibkitError(f"{option} {limit!r}: give a fraction of a tensor's values in [0, 1], e.g. 0.001 for 0.1% (1 turns the warnings off)")
+    if (
+        isinstance(limit, bool)
+        or not isinstance(limit, (int, float))
+        or not (math.isfinite(limit) and 0.0 <= limit <= 1.0)
+    ):
+        raise CalibkitError(
+            f"{option} {limit!r}: give a fraction of a tensor's values in [0, 1], e.g. 0.001 for 0.1% (1 turns the warnings off)"
+        )
     return float(limit)
 
 
@@ -48,7 +54,8 @@ class ClipWarning:
     def message(self) -> str:
         advice = (
             "auto chose it as the least expected INT8 error; check the accuracy with `calibkit compare` or keep the tensor's consumers in FP16"
-            if self.auto else "try --method percentile:99.99 or --method auto, and compare them with `calibkit compare`"
+            if self.auto
+            else "try --method percentile:99.99 or --method auto, and compare them with `calibkit compare`"
         )
         return (
             f"tensor {self.tensor!r}: {self.method} clips {self.clipped:.4%} of its values (amax {self.amax:.5g} vs max |x| {_g(self.absmax)}; "
@@ -56,7 +63,13 @@ class ClipWarning:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tensor": self.tensor, "method": self.method, "clipped": self.clipped, "amax": self.amax, "absmax": self.absmax}
+        return {
+            "tensor": self.tensor,
+            "method": self.method,
+            "clipped": self.clipped,
+            "amax": self.amax,
+            "absmax": self.absmax,
+        }
 
 
 def warnings(table, limit: float = DEFAULT_WARN_CLIP) -> list[ClipWarning]:
@@ -75,7 +88,11 @@ def warnings(table, limit: float = DEFAULT_WARN_CLIP) -> list[ClipWarning]:
             auto = table.method == "auto" and isinstance(t.get("method"), str)
             label = f"auto ({t['method']})" if auto else spec
             absmax = t.get("absmax")
-            absmax = float(absmax) if isinstance(absmax, (int, float)) and not isinstance(absmax, bool) and math.isfinite(absmax) else None
+            absmax = (
+                float(absmax)
+                if isinstance(absmax, (int, float)) and not isinstance(absmax, bool) and math.isfinite(absmax)
+                else None
+            )
             out.append(ClipWarning(name, label, c, float(t["amax"]), absmax, limit, auto))
     out.sort(key=lambda w: (-w.clipped, w.tensor))
     return out

@@ -80,7 +80,9 @@ def kernel():
             return None  # being loaded by warm()'s thread: do not wait for it
         fn = _load()
     if fn is None and mode == "numba":
-        raise CalibkitError(f"CALIBKIT_KERNEL=numba but the compiled reducer cannot be loaded ({_state.get('why')}); pip install 'calibkit[fast]' or unset it")
+        raise CalibkitError(
+            f"CALIBKIT_KERNEL=numba but the compiled reducer cannot be loaded ({_state.get('why')}); pip install 'calibkit[fast]' or unset it"
+        )
     return fn
 
 

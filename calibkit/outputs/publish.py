@@ -114,10 +114,14 @@ class Transaction:
         if parent not in self.stages:
             ensure_dir(parent)
             home = parent.parent if parent.name == META else parent
-            if home.resolve() != self.directory.resolve() and not any(lk.path.parent.parent == home for lk in self.other_locks):
+            if home.resolve() != self.directory.resolve() and not any(
+                lk.path.parent.parent == home for lk in self.other_locks
+            ):
                 lock = _Lock(home)
                 if not lock.acquire(0.0, purpose=f"calibkit {self.command}"):
-                    raise CalibkitError(f"{home} is in use by another calibkit run ({lock.holder()}); wait for it to finish or write elsewhere")
+                    raise CalibkitError(
+                        f"{home} is in use by another calibkit run ({lock.holder()}); wait for it to finish or write elsewhere"
+                    )
                 self.other_locks.append(lock)
             meta = parent if parent.name == META else parent / META
             try:
@@ -177,7 +181,13 @@ class Transaction:
     def commit(self) -> dict[str, Path]:
         files = {self._relative(t): sha256_file(s) for t, s in self.staged.items()}
         files.update({self._relative(t): sha256_file(t) for t in self.kept if t.is_file()})
-        manifest = {"format": "calibkit-manifest", "version": 1, "run_id": self.run_id, "command": self.command, "files": dict(sorted(files.items()))}
+        manifest = {
+            "format": "calibkit-manifest",
+            "version": 1,
+            "run_id": self.run_id,
+            "command": self.command,
+            "files": dict(sorted(files.items())),
+        }
         meta = self.directory / META
         staged_manifest = self.path(meta / f"{self.name}.manifest.json")
         moves = [(str(s), str(t)) for t, s in self.staged.items() if t != meta / f"{self.name}.manifest.json"]

@@ -56,7 +56,9 @@ def _fsync_dir(path: Path) -> None:
 
 def _oserror(exc: OSError, what: Path) -> CalibkitError:
     if exc.errno == errno.ENOSPC:
-        return CalibkitError(f"no space left on the device writing {what}; nothing was published (the previous outputs are unchanged): free space or choose another -o")
+        return CalibkitError(
+            f"no space left on the device writing {what}; nothing was published (the previous outputs are unchanged): free space or choose another -o"
+        )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return CalibkitError(f"cannot write {what}: {exc.strerror}; choose a writable output path")
     return CalibkitError(f"cannot write {what}: {exc.strerror or exc}; nothing was published")
@@ -69,7 +71,9 @@ def ensure_dir(path: Path) -> Path:
     except FileExistsError:
         raise CalibkitError(f"output path {path} exists and is not a directory; choose another -o") from None
     except OSError as exc:
-        raise CalibkitError(f"cannot create output directory {path}: {exc.strerror}; choose a writable path with -o") from exc
+        raise CalibkitError(
+            f"cannot create output directory {path}: {exc.strerror}; choose a writable path with -o"
+        ) from exc
     if not os.access(path, os.W_OK):
         raise CalibkitError(f"output directory {path} is not writable; choose another with -o")
     return path
@@ -151,7 +155,9 @@ def recover(directory: Path, wait: float = LOCK_WAIT) -> None:
     if not lock.acquire(wait if pending else 0.0):
         if not pending:
             return  # a run is writing: its staging is not stale
-        raise CalibkitError(f"{directory} is being published by another calibkit run ({lock.holder()}); try again when it has finished")
+        raise CalibkitError(
+            f"{directory} is being published by another calibkit run ({lock.holder()}); try again when it has finished"
+        )
     try:
         for j in _journals(directory):
             _roll_forward(j)

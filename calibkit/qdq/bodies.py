@@ -43,7 +43,10 @@ class BodyReport:
 
     def notes(self) -> list[str]:
         out = [f"{n} ops inside {KIND.get(k, k + ' bodies')} quantized" for k, n in sorted(self.quantized.items())]
-        out += [f"{n} ops inside {KIND.get(k, k + ' bodies')} left in float: not calibrated" for k, n in sorted(self.left_float.items())]
+        out += [
+            f"{n} ops inside {KIND.get(k, k + ' bodies')} left in float: not calibrated"
+            for k, n in sorted(self.left_float.items())
+        ]
         if self.residuals:
             out.append(f"{self.residuals} residual Add inputs inside bodies quantized (Conv+Add fusion)")
         return out
@@ -163,7 +166,10 @@ class _Quantizer:
             scale = fp16_scale(scale)
         s, z = self.names.fresh(f"{t}_scale"), self.names.fresh(f"{t}_zero_point")
         stype = TensorProto.FLOAT16 if scale.dtype == np.float16 else TensorProto.FLOAT
-        inits += [helper.make_tensor(z, INT8, zp.shape, zp.ravel().tolist()), helper.make_tensor(s, stype, scale.shape, scale.ravel().tolist())]
+        inits += [
+            helper.make_tensor(z, INT8, zp.shape, zp.ravel().tolist()),
+            helper.make_tensor(s, stype, scale.shape, scale.ravel().tolist()),
+        ]
         q, dq = self.names.fresh(f"{t}_QuantizeLinear_Output"), self.names.fresh(f"{t}_DequantizeLinear_Output")
         nodes += [
             helper.make_node("QuantizeLinear", [t, s, z], [q], self.names.fresh(f"{t}_QuantizeLinear")),
@@ -173,23 +179,42 @@ class _Quantizer:
 
     def weight_dq(self, w: onnx.TensorProto, axis: int, inits: list, nodes: list) -> str:
         """INT8 weight + DequantizeLinear, per channel on ``axis`` (per tensor where out of range), as ORT."""
-        from onnxruntime.quantization.quant_utils import compute_data_quant_params, normalize_axis, quantize_onnx_initializer
+        from onnxruntime.quantization.quant_utils import (
+            compute_data_quant_params,
+            normalize_axis,
+            quantize_onnx_initializer,
+        )
 
         data = numpy_helper.to_array(w, self.data_dir)
         ok, axis = normalize_axis(axis, data.ndim)
         if ok:
-            pairs = [compute_data_quant_params(data.take(c, axis).ravel(), INT8, True, reduce_range=False, min_real_range=None) for c in range(data.shape[axis])]
+            pairs = [
+                compute_data_quant_params(
+                    data.take(c, axis).ravel(), INT8, True, reduce_range=False, min_real_range=None
+                )
+                for c in range(data.shape[axis])
+            ]
             zp, scale = np.asarray([p[0] for p in pairs]), np.asarray([p[1] for p in pairs])
         else:
             axis = None
             zp, scale = compute_data_quant_params(data.ravel(), INT8, True, reduce_range=False, min_real_range=None)
         src = numpy_helper.from_array(data, w.name)
-        qw = quantize_onnx_initializer(src, INT8, zp, scale, axis, quant_weight_name=self.names.fresh(f"{w.name}_quantized"))
+        qw = quantize_onnx_initializer(
+            src, INT8, zp, scale, axis, quant_weight_name=self.names.fresh(f"{w.name}_quantized")
+        )
         s, z = self.names.fresh(f"{w.name}_scale"), self.names.fresh(f"{w.name}_zero_point")
         stype = TensorProto.FLOAT16 if scale.dtype == np.float16 else TensorProto.FLOAT
-        inits += [qw, helper.make_tensor(z, INT8, zp.shape, zp.ravel().tolist()), helper.make_tensor(s, stype, scale.shape, scale.ravel().tolist())]
+        inits += [
+            qw,
+            helper.make_tensor(z, INT8, zp.shape, zp.ravel().tolist()),
+            helper.make_tensor(s, stype, scale.shape, scale.ravel().tolist()),
+        ]
         dq = self.names.fresh(f"{w.name}_DequantizeLinear_Output")
-        nodes.append(helper.make_node("DequantizeLinear", [qw.name, s, z], [dq], self.names.fresh(f"{w.name}_DequantizeLinear"), axis=axis))
+        nodes.append(
+            helper.make_node(
+                "DequantizeLinear", [qw.name, s, z], [dq], self.names.fresh(f"{w.name}_DequantizeLinear"), axis=axis
+            )
+        )
         self.replaced.add(w.name)
         return dq
 
@@ -240,7 +265,11 @@ class _Quantizer:
         wrapped = SimpleNamespace(graph=g)
         joins = residual_inputs(wrapped, {t: a for t, a in self.amax.items() if t in self.ranges}, kept_float)
         for dtype in FLOATS:
-            part = {a: s for a, s in joins.items() if (self.types.get(s) == TensorProto.FLOAT16) == (dtype == TensorProto.FLOAT16)}
+            part = {
+                a: s
+                for a, s in joins.items()
+                if (self.types.get(s) == TensorProto.FLOAT16) == (dtype == TensorProto.FLOAT16)
+            }
             if part:
                 self.report.residuals += quantize_residuals(wrapped, part, self.amax, dtype, fresh=self.names.fresh)
 

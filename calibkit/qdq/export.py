@@ -70,9 +70,15 @@ def excluded_nodes(model: onnx.ModelProto, pattern: str | None) -> list[str]:
         rx = re.compile(pattern)
     except re.error as exc:
         raise CalibkitError(f"--exclude-nodes {pattern!r} is not a valid regular expression: {exc}") from None
-    hits = [n.name for n in [*model.graph.node, *body_nodes(model)] if rx.search(n.name) or (n.output and rx.search(n.output[0]))]
+    hits = [
+        n.name
+        for n in [*model.graph.node, *body_nodes(model)]
+        if rx.search(n.name) or (n.output and rx.search(n.output[0]))
+    ]
     if not hits:
-        raise CalibkitError(f"--exclude-nodes {pattern!r} matches no node name or output; check `calibkit inspect` of the model's scales")
+        raise CalibkitError(
+            f"--exclude-nodes {pattern!r} matches no node name or output; check `calibkit inspect` of the model's scales"
+        )
     return hits
 
 
@@ -112,7 +118,9 @@ def export_qdq(
     known = set(COMPUTE_OPS) | set(ORT_EXTRA_OPS)
     unknown = sorted(skip_types - known)
     if unknown:
-        raise CalibkitError(f"--exclude-op-types {unknown[0]!r} is not quantized anyway; quantized op types: {', '.join(sorted(known))}")
+        raise CalibkitError(
+            f"--exclude-op-types {unknown[0]!r} is not quantized anyway; quantized op types: {', '.join(sorted(known))}"
+        )
     ops = quantized_ops(placement, skip_types)
     if not ops:
         raise CalibkitError("--exclude-op-types leaves no op type to quantize")
@@ -125,7 +133,9 @@ def export_qdq(
     missing = [t for t in needed_activations(named, ops) if t not in amax]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise CalibkitError(f"the scales have no entry for activation {missing[0]!r}{more}, an input of a quantized op; recalibrate this model (scales from another graph?)")
+        raise CalibkitError(
+            f"the scales have no entry for activation {missing[0]!r}{more}, an input of a quantized op; recalibrate this model (scales from another graph?)"
+        )
     target = Path(out_path)
     if target.is_dir():
         raise CalibkitError(f"output {target} is a directory; pass a file path for the Q/DQ model")
@@ -180,7 +190,9 @@ def _quantize(src: Path, staged: Path, ops, skipped, extra, cache: Path, externa
                 use_external_data_format=external,
             )
     except (KeyError, ValueError) as exc:
-        raise CalibkitError(f"ONNX Runtime's quantizer refused the model: {str(exc).strip().splitlines()[0]}; recalibrate this model (scales from another graph?)") from None
+        raise CalibkitError(
+            f"ONNX Runtime's quantizer refused the model: {str(exc).strip().splitlines()[0]}; recalibrate this model (scales from another graph?)"
+        ) from None
 
 
 def needed_activations(model: onnx.ModelProto, ops) -> list[str]:

@@ -50,7 +50,11 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
         if t.data_location == TensorProto.EXTERNAL:
             total += int(next((e.value for e in t.external_data if e.key == "length"), 0) or 0)
         else:
-            total += len(t.raw_data) + 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (len(t.int64_data) + len(t.double_data))
+            total += (
+                len(t.raw_data)
+                + 4 * (len(t.float_data) + len(t.int32_data))
+                + 8 * (len(t.int64_data) + len(t.double_data))
+            )
     return total
 
 
@@ -62,7 +66,9 @@ def read_light(path: str | Path) -> onnx.ModelProto:
     model = read_graph(p)
     for loc in external_locations(model):
         if not (p.parent / loc).is_file():
-            raise CalibkitError(f"model {p} keeps weights in {loc}, which is not beside it; copy the data file next to the model")
+            raise CalibkitError(
+                f"model {p} keeps weights in {loc}, which is not beside it; copy the data file next to the model"
+            )
     return model
 
 
@@ -73,13 +79,17 @@ def stage_input(model: onnx.ModelProto, source_dir: Path | None, where: Path) ->
     for loc in external_locations(model):
         rel = Path(loc)
         if rel.is_absolute() or ".." in rel.parts or source_dir is None:
-            raise CalibkitError(f"external data location {loc!r} is not a file beside the model; re-save the model with relative external data")
+            raise CalibkitError(
+                f"external data location {loc!r} is not a file beside the model; re-save the model with relative external data"
+            )
         dst = where / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source_dir / rel, dst)  # onnx refuses hard-linked and symlinked data files
     path = where / "model.onnx"
     if tensor_bytes(model) > LARGE_BYTES and not external_locations(model):
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data")
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data"
+        )
     else:
         onnx.save_model(model, str(path))
     return path
@@ -99,7 +109,9 @@ def check_written(path: Path) -> None:
         ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise CalibkitError(f"the exported Q/DQ model does not load in ONNX Runtime ({first}); nothing written, please report this model") from None
+        raise CalibkitError(
+            f"the exported Q/DQ model does not load in ONNX Runtime ({first}); nothing written, please report this model"
+        ) from None
 
 
 def publish(staged: Path, target: Path, tx=None) -> Path:

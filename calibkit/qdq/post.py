@@ -71,7 +71,9 @@ def residual_inputs(model: onnx.ModelProto, amax: dict[str, float], skipped: set
     return found
 
 
-def quantize_residuals(qdq, joins: dict[str, str], amax: dict[str, float], dtype: int = TensorProto.FLOAT, fresh=None) -> int:
+def quantize_residuals(
+    qdq, joins: dict[str, str], amax: dict[str, float], dtype: int = TensorProto.FLOAT, fresh=None
+) -> int:
     """Insert (or reuse) a Q/DQ pair on each join's skip edge; returns how many edges changed.
     ``qdq``: anything with a ``graph`` (a model, or a body wrapped); ``fresh(base)``: an unused
     name prefix for the new pair (default ``base`` itself)."""
@@ -94,10 +96,25 @@ def quantize_residuals(qdq, joins: dict[str, str], amax: dict[str, float], dtype
         if skip not in dq_of:
             base = fresh(f"{skip}_residual") if fresh else f"{skip}_residual"
             scale = np.array(int8_scale(amax[skip]), dtype=np.float16 if dtype == TensorProto.FLOAT16 else np.float32)
-            g.initializer.extend([numpy_helper.from_array(scale, f"{base}_scale"), numpy_helper.from_array(np.array(0, np.int8), f"{base}_zero_point")])
+            g.initializer.extend(
+                [
+                    numpy_helper.from_array(scale, f"{base}_scale"),
+                    numpy_helper.from_array(np.array(0, np.int8), f"{base}_zero_point"),
+                ]
+            )
             before[add_name] = [
-                helper.make_node("QuantizeLinear", [skip, f"{base}_scale", f"{base}_zero_point"], [f"{base}_q"], name=f"{base}_QuantizeLinear"),
-                helper.make_node("DequantizeLinear", [f"{base}_q", f"{base}_scale", f"{base}_zero_point"], [f"{base}_dq"], name=f"{base}_DequantizeLinear"),
+                helper.make_node(
+                    "QuantizeLinear",
+                    [skip, f"{base}_scale", f"{base}_zero_point"],
+                    [f"{base}_q"],
+                    name=f"{base}_QuantizeLinear",
+                ),
+                helper.make_node(
+                    "DequantizeLinear",
+                    [f"{base}_q", f"{base}_scale", f"{base}_zero_point"],
+                    [f"{base}_dq"],
+                    name=f"{base}_DequantizeLinear",
+                ),
             ]
             dq_of[skip] = f"{base}_dq"
         add.input[list(add.input).index(skip)] = dq_of[skip]
@@ -119,7 +136,9 @@ def float_consumers(qdq: onnx.ModelProto, quantized: set[str]) -> int:
     """
     g = qdq.graph
     q_src = {n.output[0]: n.input[0] for n in g.node if n.op_type == "QuantizeLinear"}
-    float_of = {n.output[0]: q_src[n.input[0]] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in q_src}
+    float_of = {
+        n.output[0]: q_src[n.input[0]] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in q_src
+    }
     outputs = {o.name for o in g.output}
     changed = 0
     for node in g.node:

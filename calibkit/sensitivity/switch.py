@@ -90,7 +90,9 @@ def units_of(named: onnx.ModelProto, amax: dict[str, float]) -> list[Unit]:
         if not tensors:
             continue  # no activation input to quantize (e.g. MatMul of two weights)
         extra = joins.get(node.name, [])
-        units.append(Unit(node.name, node.op_type, (node.name, *[a for a, _ in extra]), tuple(tensors + [s for _, s in extra])))
+        units.append(
+            Unit(node.name, node.op_type, (node.name, *[a for a, _ in extra]), tuple(tensors + [s for _, s in extra]))
+        )
     return units
 
 
@@ -99,7 +101,9 @@ def build(model: onnx.ModelProto, amax: dict[str, float]) -> Switchable:
     named = named_float(model)
     units = units_of(named, amax)
     if not units:
-        raise CalibkitError("the model has no quantizable layer (Conv, ConvTranspose, Gemm or MatMul on an activation); nothing to rank")
+        raise CalibkitError(
+            "the model has no quantizable layer (Conv, ConvTranspose, Gemm or MatMul on an activation); nothing to rank"
+        )
     with tempfile.TemporaryDirectory(prefix="calibkit-switch-") as tmp:
         path = qdq.export_qdq(named, amax, Path(tmp) / "full.qdq.onnx", placement="trt")
         full = onnx.load(str(path))
@@ -125,7 +129,9 @@ def _wire(full: onnx.ModelProto, named: onnx.ModelProto, units: list[Unit]) -> o
                 g.initializer.append(float_inits[f_in])
                 have.add(f_in)
             out = f"{q_in}__calibkit_switch_{i}_{k}"
-            before.setdefault(node.name, []).append(helper.make_node("Where", [switch_name(i), q_in, f_in], [out], name=f"{node.name}__calibkit_switch_{k}"))
+            before.setdefault(node.name, []).append(
+                helper.make_node("Where", [switch_name(i), q_in, f_in], [out], name=f"{node.name}__calibkit_switch_{k}")
+            )
             node.input[k] = out
     order = [m for n in g.node for m in [*before.get(n.name, []), n]]
     del g.node[:]

@@ -35,7 +35,9 @@ def _ort_note(sess) -> str:
 def reference(model: onnx.ModelProto, device: str, layer_tensors: list[str] | None = None) -> tuple[Candidate, object]:
     outs = [o.name for o in model.graph.output]
     sess = session(model, device=device, where="the FP32 model")
-    layer_sess = session(with_outputs(model, layer_tensors), device=device, where="the FP32 model") if layer_tensors else None
+    layer_sess = (
+        session(with_outputs(model, layer_tensors), device=device, where="the FP32 model") if layer_tensors else None
+    )
     return Candidate("ort-fp32", "ort-fp32", sess, outs, note=_ort_note(sess)), layer_sess
 
 
@@ -74,19 +76,43 @@ def make(
         sess = session(qdq, device="cpu", where=f"the Q/DQ model {path.name}", exact_qdq=exact)
         graph_inputs = {i.name for i in qdq.graph.input}
         names = [n for t, (dq, _) in layers.items() for n in (t, dq) if n not in graph_inputs]
-        layer_sess = session(with_outputs(qdq, names), device="cpu", where=path.name, exact_qdq=exact) if names else None
-        how = "TensorRT Q/DQ placement, dequantize->FP32 kernels on ORT CPU" if placement == "trt" else "ORT placement, real INT8 kernels on ORT CPU"
+        layer_sess = (
+            session(with_outputs(qdq, names), device="cpu", where=path.name, exact_qdq=exact) if names else None
+        )
+        how = (
+            "TensorRT Q/DQ placement, dequantize->FP32 kernels on ORT CPU"
+            if placement == "trt"
+            else "ORT placement, real INT8 kernels on ORT CPU"
+        )
         label = f"{backend} ({method})" if method else backend
-        return Candidate(label, backend, sess, output_names, note=how, method=method, layer_sess=layer_sess, layers=layers, model_path=path)
+        return Candidate(
+            label,
+            backend,
+            sess,
+            output_names,
+            note=how,
+            method=method,
+            layer_sess=layer_sess,
+            layers=layers,
+            model_path=path,
+        )
     # ort-fp16
     if not emulate_fp16:
         try:
             converted = fp16.convert(model)
             sess = session(converted, device=device, where="the FP16 model")
             where = _ort_note(sess)
-            note = f"float16 graph on {where}" + (" (CPU inserts float32 casts around ops lacking FP16 kernels)" if "CUDA" not in where else "")
+            note = f"float16 graph on {where}" + (
+                " (CPU inserts float32 casts around ops lacking FP16 kernels)" if "CUDA" not in where else ""
+            )
             return Candidate("ort-fp16", backend, sess, output_names, note=note)
         except CalibkitError:
             pass
     sess = session(fp16.emulate(model), device="cpu", where="the FP16-emulated model")
-    return Candidate("ort-fp16", backend, sess, output_names, note="EMULATED: weights and activations rounded through float16, FP32 accumulation")
+    return Candidate(
+        "ort-fp16",
+        backend,
+        sess,
+        output_names,
+        note="EMULATED: weights and activations rounded through float16, FP32 accumulation",
+    )

@@ -118,7 +118,6 @@ class OutputMetrics:
         return out
 
 
-
 @dataclass
 class Latency:
     """Per-batch wall times in 0.5%-wide log buckets: median/p99 within 0.5% without keeping

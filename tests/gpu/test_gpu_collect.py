@@ -28,7 +28,14 @@ from calibkit.numerics.histogram import NUM_BINS, TensorHistogram  # noqa: E402
 
 
 def same(a: TensorHistogram, b: TensorHistogram) -> bool:
-    return (a.exp, a.count, a.nan, a.inf, a.min, a.max) == (b.exp, b.count, b.nan, b.inf, b.min, b.max) and np.array_equal(a.counts, b.counts)
+    return (a.exp, a.count, a.nan, a.inf, a.min, a.max) == (
+        b.exp,
+        b.count,
+        b.nan,
+        b.inf,
+        b.min,
+        b.max,
+    ) and np.array_equal(a.counts, b.counts)
 
 
 def _runs(rng):
@@ -36,7 +43,7 @@ def _runs(rng):
     all-NaN, zeros, one sign, subnormal-range values, float16/64, sizes off the chunk size."""
     runs = []
     for r in range(4):
-        grow = 10.0 ** r
+        grow = 10.0**r
         f32 = rng.normal(0, grow, 300_001).astype(np.float32)
         f32[::997] = 0.0
         relu = np.maximum(rng.normal(0, 1, (7, 33, 65)), 0).astype(np.float32)
@@ -45,16 +52,21 @@ def _runs(rng):
         nan[rng.integers(0, 5000, 7)] = np.inf
         nan[3] = -np.inf
         jump = (rng.normal(0, 1, 4096) * (1e-3 if r < 2 else 1e4)).astype(np.float32)
-        runs.append({
-            "f32": f32, "relu": relu, "nan": nan, "jump": jump,
-            "allnan": np.full(17, np.nan, np.float32),
-            "zeros": np.zeros(1000, np.float32) if r != 3 else np.full(1000, -0.0, np.float32),
-            "neg": -np.abs(rng.normal(0, 1, 777)).astype(np.float32),
-            "tiny": (rng.normal(0, 1, 999) * 1e-20).astype(np.float32),
-            "f16": rng.normal(0, 3 * grow, (3, 1001)).astype(np.float16),
-            "f64": rng.normal(0, 1e6 * grow, 65537),
-            "one": np.array([r - 1.5], np.float32),
-        })
+        runs.append(
+            {
+                "f32": f32,
+                "relu": relu,
+                "nan": nan,
+                "jump": jump,
+                "allnan": np.full(17, np.nan, np.float32),
+                "zeros": np.zeros(1000, np.float32) if r != 3 else np.full(1000, -0.0, np.float32),
+                "neg": -np.abs(rng.normal(0, 1, 777)).astype(np.float32),
+                "tiny": (rng.normal(0, 1, 999) * 1e-20).astype(np.float32),
+                "f16": rng.normal(0, 3 * grow, (3, 1001)).astype(np.float16),
+                "f64": rng.normal(0, 1e6 * grow, 65537),
+                "one": np.array([r - 1.5], np.float32),
+            }
+        )
     return runs
 
 
@@ -81,7 +93,10 @@ def test_fixed_table_reused_over_refilled_buffers():
     tab = fh.table(bufs)
     host = {}
     for r in range(5):
-        vals = {"a": rng.normal(0, 2.0 ** r, (4, 3, 50, 50)).astype(np.float32), "b": rng.normal(0, 1, 70_000).astype(np.float16)}
+        vals = {
+            "a": rng.normal(0, 2.0**r, (4, 3, 50, 50)).astype(np.float32),
+            "b": rng.normal(0, 1, 70_000).astype(np.float16),
+        }
         for k, v in vals.items():
             bufs[k].set(v)
             host.setdefault(k, TensorHistogram()).update(v)
@@ -104,7 +119,9 @@ def _collect(tmp_path, reducer: str, samples: int, batch: int, monkeypatch):
     np.save(tmp_path / "x.npy", rng.normal(0, 1, (samples, 3, 32, 32)).astype(np.float32))
     proto = load(model)
     specs = input_specs(proto)
-    col = collect(proto, open_source(str(tmp_path / "x.npy"), specs, Preprocess()), run_batch=batch, device="cuda", specs=specs)
+    col = collect(
+        proto, open_source(str(tmp_path / "x.npy"), specs, Preprocess()), run_batch=batch, device="cuda", specs=specs
+    )
     monkeypatch.undo()
     return col
 
@@ -147,7 +164,9 @@ def _corpus_sets() -> list[dict[str, TensorHistogram]]:
     return [store.load(p).tensors for p in sorted(Path(root).rglob("histograms.npz"))]
 
 
-@pytest.mark.parametrize("spec", ["entropy", "entropy:levels=64,start_bin=64", "percentile", "percentile:99.9", "mse", "minmax"])
+@pytest.mark.parametrize(
+    "spec", ["entropy", "entropy:levels=64,start_bin=64", "percentile", "percentile:99.9", "mse", "minmax"]
+)
 def test_gpu_thresholds_equal_host(spec):
     name, cfg = methods.parse_spec(spec)
     sets = [_synthetic(), *_corpus_sets()]
@@ -185,7 +204,9 @@ def test_sharded_over_processes_equals_one_gpu(tmp_path, samples):
     np.save(tmp_path / "x.npy", np.random.default_rng(9).normal(0, 1, (samples, 3, 32, 32)).astype(np.float32))
     devices = [0, 1] if cuda_device_count() >= 2 else [0, 0]
     one = calibrate(model, data=str(tmp_path / "x.npy"), output_dir=tmp_path / "one", batch_size=8, device="cuda")
-    many = calibrate(model, data=str(tmp_path / "x.npy"), output_dir=tmp_path / "many", batch_size=8, device="cuda", devices=devices)
+    many = calibrate(
+        model, data=str(tmp_path / "x.npy"), output_dir=tmp_path / "many", batch_size=8, device="cuda", devices=devices
+    )
     assert all(same(one.histograms.tensors[k], many.histograms.tensors[k]) for k in one.histograms.tensors)
     assert one.outputs["cache"].read_bytes() == many.outputs["cache"].read_bytes()
     assert many.collection.stats.samples == samples

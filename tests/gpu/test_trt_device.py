@@ -60,7 +60,11 @@ def test_stage_every_dtype_roundtrip(dev, dtype):
 
 def test_pointers_follow_names_order(dev):
     rng = np.random.default_rng(1)
-    feed = {"a": _random(np.float32, (4, 4), rng), "b": _random(np.int64, (4, 1), rng), "c": _random(np.float16, (4, 2), rng)}
+    feed = {
+        "a": _random(np.float32, (4, 4), rng),
+        "b": _random(np.int64, (4, 1), rng),
+        "c": _random(np.float16, (4, 2), rng),
+    }
     with Stager(dev) as st:
         names = ["c", "a", "b"]
         for name, ptr in zip(names, st.stage(feed, names)):
@@ -87,7 +91,9 @@ def test_no_leak_over_1000_batches(dev):
     assert st.allocated == 0
     dev.synchronize()
     free_after, _ = dev.mem_info()
-    print(f"{dev.name}: free before {free_before} after {free_after} of {total} bytes; peak staged {peak} bytes; 1000 batches")
+    print(
+        f"{dev.name}: free before {free_before} after {free_after} of {total} bytes; peak staged {peak} bytes; 1000 batches"
+    )
     assert free_after >= free_before - SLACK
 
 
@@ -96,7 +102,13 @@ def test_calibration_feed_stages_rebatched_data(dev, tmp_path):
     rng = np.random.default_rng(3)
     x = rng.normal(0, 1, (37, 3, 8, 8)).astype(np.float32)
     chunks = [x[:5], x[5:20], x[20:]]  # a source whose chunking differs from the batch
-    feed = CalibrationFeed(input_specs(load(model)), "EntropyCalibration2", batch_size=4, data=lambda: ({"x": c} for c in chunks), device=dev)
+    feed = CalibrationFeed(
+        input_specs(load(model)),
+        "EntropyCalibration2",
+        batch_size=4,
+        data=lambda: ({"x": c} for c in chunks),
+        device=dev,
+    )
     free_before, _ = dev.mem_info()
     got = []
     while (ptrs := feed.next_pointers(["x"])) is not None:

@@ -24,6 +24,7 @@ from calibkit.errors import CalibkitError  # noqa: E402
 
 # ---------------------------------------------------------------- a real ONNX workload
 
+
 def model_bytes() -> bytes:
     import models
 
@@ -58,7 +59,11 @@ def onnx_task(item: dict) -> dict:
             f.write(f"{os.getpid()} {item['sample']} {item['gain']}\n")
         time.sleep(item.get("sleep", 0.0))
     y = st["session"].run(None, {"x": st["xs"][item["sample"]] * np.float32(item["gain"])})[0]
-    return {"sha": hashlib.sha256(y.tobytes()).hexdigest(), "y": [float(v) for v in y.ravel()], "sum": float(y.astype(np.float64).sum())}
+    return {
+        "sha": hashlib.sha256(y.tobytes()).hexdigest(),
+        "y": [float(v) for v in y.ravel()],
+        "sum": float(y.astype(np.float64).sum()),
+    }
 
 
 def onnx_items(n: int = 8, sleep: float = 0.0) -> list[dict]:
@@ -103,6 +108,7 @@ def who(item: int) -> dict:
 
 # ---------------------------------------------------------------- failures
 
+
 def fail(item: str):
     if item == "calibkit":
         raise CalibkitError("layer conv1: scale is NaN; recalibrate")
@@ -122,6 +128,7 @@ def failing_setup(kind: str):
 
 
 # ---------------------------------------------------------------- slow tasks for the interrupt test
+
 
 def slow_setup(log: str) -> str:
     return log
@@ -151,7 +158,9 @@ def _children() -> list[str]:
 def main(argv: list[str]) -> int:
     if argv[0] == "interrupt":
         kind, logdir = argv[1], Path(argv[2])
-        ex = executor.make(workers=2, ray="auto" if kind == "ray" else None, setup=slow_setup, setup_args=(str(logdir / "tasks.log"),))
+        ex = executor.make(
+            workers=2, ray="auto" if kind == "ray" else None, setup=slow_setup, setup_args=(str(logdir / "tasks.log"),)
+        )
         try:
             with ex:
                 print("temp_dir", getattr(ex, "temp_dir", None), flush=True)

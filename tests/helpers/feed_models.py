@@ -43,7 +43,8 @@ def state_net(path: Path) -> Path:
     ]
     zero = numpy_helper.from_array(np.array(0, np.int64), "zero")
     graph = helper.make_graph(
-        nodes, "state",
+        nodes,
+        "state",
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
             helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 4]),
@@ -67,7 +68,8 @@ def transpose_net(path: Path) -> Path:
         helper.make_node("Div", ["relu", "mx"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "transpose",
+        nodes,
+        "transpose",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 5])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, "N", 5, 4])],
         [shape],
@@ -79,7 +81,8 @@ def wrong_rank_net(path: Path) -> Path:
     """Declares output y as [N] (rank 1) but produces [N, 3] (rank 2), like real exports do."""
     nodes = [helper.make_node("Relu", ["x"], ["y"])]
     graph = helper.make_graph(
-        nodes, "wrong_rank",
+        nodes,
+        "wrong_rank",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
     )
@@ -93,11 +96,16 @@ def if_net(path: Path) -> Path:
     """x [N,3], sr int64 []: y = If(sr == 16000, then: Relu(x)*3 -> 'big', else: Sigmoid(x))."""
     then = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["t_relu"]), helper.make_node("Mul", ["t_relu", "three"], ["t_out"])],
-        "then", [], [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(np.array(3.0, np.float32), "three")],
     )
     other = helper.make_graph(
-        [helper.make_node("Sigmoid", ["x"], ["e_out"])], "else", [], [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)],
+        [helper.make_node("Sigmoid", ["x"], ["e_out"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)],
     )
     k = numpy_helper.from_array(np.array(16000, np.int64), "k")
     nodes = [
@@ -106,8 +114,12 @@ def if_net(path: Path) -> Path:
         helper.make_node("Add", ["branch", "x"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "if_net",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        nodes,
+        "if_net",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
         [k],
     )
@@ -128,17 +140,26 @@ def loop_net(path: Path) -> Path:
             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
             helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, None),
         ],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None)],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, None),
+        ],
     )
-    inits = [numpy_helper.from_array(np.array(3, np.int64), "trips"), numpy_helper.from_array(np.array(True), "true"),
-             numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    inits = [
+        numpy_helper.from_array(np.array(3, np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "true"),
+        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+    ]
     nodes = [
         helper.make_node("Loop", ["trips", "true", "x"], ["acc"], body=body, name="loop"),
         helper.make_node("Mul", ["acc", "two"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "loop_net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits,
+        nodes,
+        "loop_net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        inits,
     )
     return save(graph, path)
 
@@ -158,12 +179,24 @@ def state_scalar_net(path: Path, seed: int = 0) -> Path:
         helper.make_node("MatMul", ["z", "w"], ["y"]),
         helper.make_node("Mul", ["state", "half"], ["state_out"]),
     ]
-    inits = [w, numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(1, np.int64), "one"),
-             numpy_helper.from_array(np.array(16000.0, np.float32), "k"), numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    inits = [
+        w,
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array(1, np.int64), "one"),
+        numpy_helper.from_array(np.array(16000.0, np.float32), "k"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+    ]
     graph = helper.make_graph(
-        nodes, "state_scalar",
-        [helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", 4]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]), helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, "N", 4])],
+        nodes,
+        "state_scalar",
+        [
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", 4]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, "N", 4]),
+        ],
         inits,
     )
     return save(graph, path)

@@ -13,7 +13,9 @@ from calibkit.errors import CalibkitError
 
 
 def fuzz(n: int):
-    return settings(max_examples=n, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    return settings(
+        max_examples=n, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+    )
 
 
 def note(what: str) -> None:
@@ -47,5 +49,32 @@ def put(name: str, data: bytes | str) -> Path:
 
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
-json_values = st.recursive(json_scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4), max_leaves=12)
-odd_numbers = st.sampled_from([0, -1, 0.0, -0.0, 1e-45, 1e-39, 1e39, 1e308, 10**40, -(10**40), 10**400, math.nan, math.inf, -math.inf, True, False, "1.0", None, [], {}])
+json_values = st.recursive(
+    json_scalars,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=12,
+)
+odd_numbers = st.sampled_from(
+    [
+        0,
+        -1,
+        0.0,
+        -0.0,
+        1e-45,
+        1e-39,
+        1e39,
+        1e308,
+        10**40,
+        -(10**40),
+        10**400,
+        math.nan,
+        math.inf,
+        -math.inf,
+        True,
+        False,
+        "1.0",
+        None,
+        [],
+        {},
+    ]
+)

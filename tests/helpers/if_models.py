@@ -35,10 +35,21 @@ def if_conv_net(path: Path, seed: int = 0) -> Path:
            else: Conv(x * 2, w_out) -> Relu -> Flatten -> MatMul(., Constant wm_else))."""
     w = _weights(seed)
     init = {k: numpy_helper.from_array(v, k) for k, v in w.items()}
-    inner_then = helper.make_graph([helper.make_node("MatMul", ["t_flat", "wm_then"], ["t_out"], name="then_matmul")], "inner_then", [], [_out("t_out")])
+    inner_then = helper.make_graph(
+        [helper.make_node("MatMul", ["t_flat", "wm_then"], ["t_out"], name="then_matmul")],
+        "inner_then",
+        [],
+        [_out("t_out")],
+    )
     inner_else = helper.make_graph(
-        [helper.make_node("Mul", ["t_flat", "half"], ["t_half"], name="inner_mul"), helper.make_node("MatMul", ["t_half", "wm_then"], ["t2_out"], name="inner_else_matmul")],
-        "inner_else", [], [_out("t2_out")], [numpy_helper.from_array(np.array(0.5, np.float32), "half")],
+        [
+            helper.make_node("Mul", ["t_flat", "half"], ["t_half"], name="inner_mul"),
+            helper.make_node("MatMul", ["t_half", "wm_then"], ["t2_out"], name="inner_else_matmul"),
+        ],
+        "inner_else",
+        [],
+        [_out("t2_out")],
+        [numpy_helper.from_array(np.array(0.5, np.float32), "half")],
     )
     then = helper.make_graph(
         [
@@ -47,7 +58,10 @@ def if_conv_net(path: Path, seed: int = 0) -> Path:
             helper.make_node("Flatten", ["t_relu"], ["t_flat"], name="then_flatten"),
             helper.make_node("If", ["is16k"], ["t_y"], then_branch=inner_then, else_branch=inner_else, name="inner_if"),
         ],
-        "then", [], [_out("t_y")], [init["wm_then"]],
+        "then",
+        [],
+        [_out("t_y")],
+        [init["wm_then"]],
     )
     other = helper.make_graph(
         [
@@ -58,7 +72,10 @@ def if_conv_net(path: Path, seed: int = 0) -> Path:
             helper.make_node("Constant", [], ["wm_else"], value=init["wm_else"], name="else_weight"),
             helper.make_node("MatMul", ["e_flat", "wm_else"], ["e_out"], name="else_matmul"),
         ],
-        "else", [], [_out("e_out")], [numpy_helper.from_array(np.array(2.0, np.float32), "two")],
+        "else",
+        [],
+        [_out("e_out")],
+        [numpy_helper.from_array(np.array(2.0, np.float32), "two")],
     )
     nodes = [
         helper.make_node("Conv", ["x", "w_top"], ["a"], pads=[1, 1, 1, 1], name="top_conv"),
@@ -66,9 +83,16 @@ def if_conv_net(path: Path, seed: int = 0) -> Path:
         helper.make_node("If", ["is16k"], ["y"], then_branch=then, else_branch=other, name="if_sr"),
     ]
     graph = helper.make_graph(
-        nodes, "if_conv_net",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]), helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4, 8, 8]), helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        nodes,
+        "if_conv_net",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4, 8, 8]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]),
+        ],
         [init["w_top"], init["w_out"], init["b_out"], numpy_helper.from_array(np.array(16000, np.int64), "k")],
     )
     return save(graph, path)
@@ -86,9 +110,13 @@ def flat_net(path: Path, seed: int = 0) -> Path:
         helper.make_node("MatMul", ["t_flat", "wm_then"], ["y"], name="then_matmul"),
     ]
     graph = helper.make_graph(
-        nodes, "flat_net",
+        nodes,
+        "flat_net",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4, 8, 8]), helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4, 8, 8]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]),
+        ],
         init,
     )
     return save(graph, path)
@@ -105,12 +133,23 @@ def loop_matmul_net(path: Path, seed: int = 0) -> Path:
             helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond"),
         ],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), _out("acc_in")],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            _out("acc_in"),
+        ],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), _out("acc_out")],
     )
-    inits = [w, numpy_helper.from_array(np.array(3, np.int64), "trips"), numpy_helper.from_array(np.array(True), "true")]
+    inits = [
+        w,
+        numpy_helper.from_array(np.array(3, np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "true"),
+    ]
     graph = helper.make_graph(
-        [helper.make_node("Loop", ["trips", "true", "x"], ["y"], body=body, name="loop")], "loop_matmul",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits,
+        [helper.make_node("Loop", ["trips", "true", "x"], ["y"], body=body, name="loop")],
+        "loop_matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
     )
     return save(graph, path)

@@ -35,7 +35,8 @@ def conv_net(path: Path, channels: int = 3, hw: int = 8, seed: int = 0, batch="N
         helper.make_node("Gemm", ["flat", "wf"], ["y"], name="fc"),
     ]
     graph = helper.make_graph(
-        nodes, "conv_net",
+        nodes,
+        "conv_net",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, channels, hw, hw])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])],
         [w1, b1, w2, wf],
@@ -54,13 +55,17 @@ def two_input_net(path: Path) -> Path:
         helper.make_node("Mul", ["sum", "idxf"], ["out"], name="mul"),
     ]
     graph = helper.make_graph(
-        nodes, "two_input",
+        nodes,
+        "two_input",
         [
             helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4]),
             helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 4]),
             helper.make_tensor_value_info("idx", TensorProto.INT64, ["N", 1]),
         ],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4]), helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+        [
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [2]),
+        ],
         [w],
     )
     return _save(graph, path)
@@ -72,7 +77,10 @@ def log_net(path: Path) -> Path:
         [helper.make_node("Log", ["x"], ["y"], name="log"), helper.make_node("Relu", ["x"], ["r"], name="relu")],
         "log_net",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]), helper.make_tensor_value_info("r", TensorProto.FLOAT, ["N", 3])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("r", TensorProto.FLOAT, ["N", 3]),
+        ],
     )
     return _save(graph, path)
 
@@ -83,7 +91,9 @@ def wide_net(path: Path, layers: int = 100, width: int = 64, seed: int = 0) -> P
     inits, nodes = [], []
     x = "x"
     for i in range(layers):
-        inits.append(numpy_helper.from_array((rng.normal(0, 1.2 / np.sqrt(width), (width, width))).astype(np.float32), f"w{i}"))
+        inits.append(
+            numpy_helper.from_array((rng.normal(0, 1.2 / np.sqrt(width), (width, width))).astype(np.float32), f"w{i}")
+        )
         inits.append(numpy_helper.from_array(rng.normal(0, 0.05, width).astype(np.float32), f"b{i}"))
         nodes += [
             helper.make_node("MatMul", [x, f"w{i}"], [f"mm{i}"]),
@@ -92,7 +102,8 @@ def wide_net(path: Path, layers: int = 100, width: int = 64, seed: int = 0) -> P
         ]
         x = f"relu{i}"
     graph = helper.make_graph(
-        nodes, "wide",
+        nodes,
+        "wide",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])],
         inits,
@@ -105,7 +116,11 @@ def scale_net(path: Path, factor: float = 1e5) -> Path:
     f = numpy_helper.from_array(np.array(factor, np.float32), "f")
     w = numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"), helper.make_node("Relu", ["m"], ["r"], name="relu"), helper.make_node("Mul", ["r", "f"], ["y"], name="mul")],
+        [
+            helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+            helper.make_node("Relu", ["m"], ["r"], name="relu"),
+            helper.make_node("Mul", ["r", "f"], ["y"], name="mul"),
+        ],
         "scale_net",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
@@ -132,14 +147,19 @@ def hostile_net(path: Path, seed: int = 0) -> Path:
     nodes = []
     prev = "x"
     for k in range(1, 5):
-        nodes += [helper.make_node("Conv", [prev, f"w{k}"], [f"c{k}"], pads=[1, 1, 1, 1], name=f"conv{k}"),
-                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}")]
+        nodes += [
+            helper.make_node("Conv", [prev, f"w{k}"], [f"c{k}"], pads=[1, 1, 1, 1], name=f"conv{k}"),
+            helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}"),
+        ]
         prev = f"r{k}"
-    nodes += [helper.make_node("GlobalAveragePool", [prev], ["gap"], name="gap"),
-              helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
-              helper.make_node("Gemm", ["flat", "wf"], ["y"], name="fc")]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [prev], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "wf"], ["y"], name="fc"),
+    ]
     graph = helper.make_graph(
-        nodes, "hostile_net",
+        nodes,
+        "hostile_net",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
         inits,
@@ -153,7 +173,10 @@ def tail_net(path: Path, width: int = 64, seed: int = 0) -> Path:
     two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
     w = numpy_helper.from_array(rng.normal(0, 1 / np.sqrt(width), (width, 16)).astype(np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["tail"], name="mul"), helper.make_node("MatMul", ["tail", "w"], ["y"], name="mm")],
+        [
+            helper.make_node("Mul", ["x", "two"], ["tail"], name="mul"),
+            helper.make_node("MatMul", ["tail", "w"], ["y"], name="mm"),
+        ],
         "tail_net",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],

@@ -45,7 +45,14 @@ def as_float16(src: Path, dst: Path) -> Path:
 
 def with_external_data(src: Path, dst: Path) -> Path:
     m = onnx.load(str(src))
-    onnx.save_model(m, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=dst.name + ".data", size_threshold=0)
+    onnx.save_model(
+        m,
+        str(dst),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=dst.name + ".data",
+        size_threshold=0,
+    )
     return dst
 
 
@@ -57,10 +64,20 @@ def attention_net(path: Path, vocab: int = 50, d: int = 16, seed: int = 0) -> Pa
     def w(name, *shape, s=0.3):
         return numpy_helper.from_array(rng.normal(0, s, shape).astype(np.float32), name)
 
-    inits = [w("emb", vocab, d, s=1.0), w("wq", d, d), w("bq", d, s=0.1), w("wk", d, d), w("wv", d, d), w("wo", d, d), w("wc", d, 3),
-             numpy_helper.from_array(np.ones(d, np.float32), "g1"), numpy_helper.from_array(np.zeros(d, np.float32), "b1"),
-             numpy_helper.from_array(np.ones(d, np.float32), "g2"), numpy_helper.from_array(np.zeros(d, np.float32), "b2"),
-             numpy_helper.from_array(np.array(1 / np.sqrt(d), np.float32), "inv_sqrt_d")]
+    inits = [
+        w("emb", vocab, d, s=1.0),
+        w("wq", d, d),
+        w("bq", d, s=0.1),
+        w("wk", d, d),
+        w("wv", d, d),
+        w("wo", d, d),
+        w("wc", d, 3),
+        numpy_helper.from_array(np.ones(d, np.float32), "g1"),
+        numpy_helper.from_array(np.zeros(d, np.float32), "b1"),
+        numpy_helper.from_array(np.ones(d, np.float32), "g2"),
+        numpy_helper.from_array(np.zeros(d, np.float32), "b2"),
+        numpy_helper.from_array(np.array(1 / np.sqrt(d), np.float32), "inv_sqrt_d"),
+    ]
     n = helper.make_node
     nodes = [
         n("Gather", ["emb", "ids"], ["x"], name="embed"),
@@ -81,7 +98,8 @@ def attention_net(path: Path, vocab: int = 50, d: int = 16, seed: int = 0) -> Pa
         n("Gemm", ["pooled", "wc"], ["logits"], name="classifier"),
     ]
     graph = helper.make_graph(
-        nodes, "attention",
+        nodes,
+        "attention",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "T"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
         inits,
@@ -99,7 +117,9 @@ def producers(m: onnx.ModelProto) -> dict[str, str]:
 
 def check_trt_placement(model: onnx.ModelProto, q: onnx.ModelProto, scales: dict[str, float]) -> dict[str, int]:
     """Assertions shared with the corpus test; returns counts by kind."""
-    inits = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    inits = {i.name for i in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output
+    }
     prod = producers(q)
     counts = {"act_matmul": 0}
     original = {n.name: n for n in model.graph.node}
@@ -107,7 +127,9 @@ def check_trt_placement(model: onnx.ModelProto, q: onnx.ModelProto, scales: dict
         src = original.get(n.name)
         if n.op_type == "MatMul" and src is not None and not any(i in inits for i in src.input):
             counts["act_matmul"] += 1
-            assert all(prod.get(i) == "DequantizeLinear" for i in n.input), f"MatMul {n.name} between activations: both inputs quantized"
+            assert all(prod.get(i) == "DequantizeLinear" for i in n.input), (
+                f"MatMul {n.name} between activations: both inputs quantized"
+            )
         if n.op_type in ("Softmax", "LayerNormalization"):
             assert prod.get(n.input[0]) != "DequantizeLinear", f"{n.op_type} {n.name} input stays float"
     for tensor, (_, scale) in activation_qdq(q).items():

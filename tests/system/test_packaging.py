@@ -29,10 +29,16 @@ def test_wheel_runs_the_bare_demo(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    where = _run([str(py), "-c", "import calibkit, calibkit.demo as d; print(calibkit.__file__); print(d.available())"], empty, env=env).stdout.split()
+    where = _run(
+        [str(py), "-c", "import calibkit, calibkit.demo as d; print(calibkit.__file__); print(d.available())"],
+        empty,
+        env=env,
+    ).stdout.split()
     assert str(venv) in where[0] and where[1] == "True", where
     r = _run([str(venv / "bin" / "calibkit"), "calibrate"], empty, env=env)
     assert "wrote scales" in r.stdout
-    assert (empty / "calibkit-demo" / "digits_cnn.cache").is_file() and (empty / "calibkit-demo" / "scales.json").is_file()
+    assert (empty / "calibkit-demo" / "digits_cnn.cache").is_file() and (
+        empty / "calibkit-demo" / "scales.json"
+    ).is_file()
     r = _run([str(venv / "bin" / "calibkit"), "validate", "--backends", "ort-int8"], empty, env=env)
     assert (empty / "calibkit-demo" / "report.html").is_file()

@@ -61,7 +61,18 @@ def test_rethreshold_from_histograms_runs_no_inference(cli, conv_model, conv_dat
     cli("calibrate", conv_model, "--data", conv_data, "-o", tmp_path / "o")
     hs = tmp_path / "o/histograms.npz"
     before = hs.read_bytes()
-    r = cli("calibrate", conv_model, "--histograms", hs, "--method", "percentile", "--percentile", "99.9", "-o", tmp_path / "p")
+    r = cli(
+        "calibrate",
+        conv_model,
+        "--histograms",
+        hs,
+        "--method",
+        "percentile",
+        "--percentile",
+        "99.9",
+        "-o",
+        tmp_path / "p",
+    )
     assert "no inference" in r.stdout and not (tmp_path / "p/histograms.npz").exists()
     p = json.loads((tmp_path / "p/scales.json").read_text())
     assert p["method"] == {"name": "percentile", "params": {"percentile": 99.9}}
@@ -85,7 +96,9 @@ def test_reuse_when_fingerprints_match(cli, conv_model, conv_data, tmp_path):
     np.savez(conv_data, x=x * 2)  # the data changed: collect again
     changed = cli("calibrate", conv_model, "--data", conv_data, "-o", out)
     assert "reused" not in changed.stdout
-    pre = cli("calibrate", conv_model, "--data", conv_data, "-o", out, "--scale", "0.5")  # image preprocessing: not applied to .npz
+    pre = cli(
+        "calibrate", conv_model, "--data", conv_data, "-o", out, "--scale", "0.5"
+    )  # image preprocessing: not applied to .npz
     assert "reused" in pre.stdout
 
 
@@ -100,7 +113,12 @@ def test_histograms_from_another_model_refused(cli, conv_model, conv_data, tmp_p
 def test_multi_input_model_skips_integer_tensors(cli, tmp_path):
     model = models.two_input_net(tmp_path / "two.onnx")
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", a=rng.normal(size=(10, 4)).astype(np.float32), b=rng.normal(size=(10, 4)).astype(np.float32), idx=np.ones((10, 1), np.int64))
+    np.savez(
+        tmp_path / "d.npz",
+        a=rng.normal(size=(10, 4)).astype(np.float32),
+        b=rng.normal(size=(10, 4)).astype(np.float32),
+        idx=np.ones((10, 1), np.int64),
+    )
     cli("calibrate", model, "--data", tmp_path / "d.npz", "-o", tmp_path / "o")
     names = list(cache.read(tmp_path / "o/two.cache").scales)
     assert names == ["a", "b", "mm", "sum", "idxf", "out"]

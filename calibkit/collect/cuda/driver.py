@@ -18,15 +18,24 @@ import numpy as np
 
 from calibkit import optional
 from calibkit.collect.plan import Plan, check_guards, ort_run, pad_batch
-from calibkit.collect.prefetch import PinnedStager, prefetch
 from calibkit.data import FeedStats
 from calibkit.data.feed import _take
+from calibkit.data.prefetch import PinnedStager, prefetch
 from calibkit.numerics.histogram import TensorHistogram
 
 ORT_TYPES = {
-    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64, "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32, "tensor(int16)": np.int16, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
-    "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
 }
 FLOATS = (np.float16, np.float32, np.float64)
 
@@ -52,7 +61,9 @@ def ortvalue_to_cupy(value):
 class BufferSet:
     """One run's bound device buffers: inputs, outputs, and the reduction table over them."""
 
-    def __init__(self, cp, sess, inputs: dict[str, tuple], outputs: dict[str, tuple], reduced: list[str], hists, device_id: int) -> None:
+    def __init__(
+        self, cp, sess, inputs: dict[str, tuple], outputs: dict[str, tuple], reduced: list[str], hists, device_id: int
+    ) -> None:
         self.inputs = {k: cp.empty(shape, dtype) for k, (shape, dtype) in inputs.items()}
         self.outputs = {k: cp.empty(shape, dtype) for k, (shape, dtype) in outputs.items()}
         self.binding = sess.io_binding()
@@ -116,10 +127,14 @@ class DeviceCollector:
                 return
             outs[name] = (tuple(v.shape()), dtype)
         ins = {k: (v.shape, v.dtype) for k, v in feed.items()}
-        size = sum(int(np.prod(sh, dtype=np.int64)) * np.dtype(dt).itemsize for sh, dt in [*ins.values(), *outs.values()])
+        size = sum(
+            int(np.prod(sh, dtype=np.int64)) * np.dtype(dt).itemsize for sh, dt in [*ins.values(), *outs.values()]
+        )
         free = self.cp.cuda.runtime.memGetInfo()[0]
         count = 2 if 2 * size < free // 2 else 1  # a second set (overlap) only where memory is plentiful
-        self.sets = [BufferSet(self.cp, self.p.sess, ins, outs, self.on_device, self.hists, self.device_id) for _ in range(count)]
+        self.sets = [
+            BufferSet(self.cp, self.p.sess, ins, outs, self.on_device, self.hists, self.device_id) for _ in range(count)
+        ]
         self.turn = 0
 
     # -- one run -------------------------------------------------------------------------
@@ -241,7 +256,9 @@ class DeviceCollector:
         return hists
 
 
-def collect_device(p: Plan, batches, stats: FeedStats, run_batch: int, progress, workers: int = 0) -> dict[str, TensorHistogram]:
+def collect_device(
+    p: Plan, batches, stats: FeedStats, run_batch: int, progress, workers: int = 0
+) -> dict[str, TensorHistogram]:
     stats.run_batch = run_batch
     col = DeviceCollector(p, run_batch)
     drive(col, batches, PinnedStager([s.name for s in p.specs]), progress, stats)

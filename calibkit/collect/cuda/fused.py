@@ -97,7 +97,9 @@ class FusedHistograms:
         self.scratch = cp.zeros((t, NUM_BINS), dtype=cp.uint64)  # one run's counts at the current range
         cp.cuda.get_current_stream().synchronize()  # the fills above, before other streams use them
         mod = module(cp, variant)
-        self.k_pass, self.k_range, self.k_redo = (mod.get_function(k) for k in ("fused_pass", "fused_range", "fused_redo"))
+        self.k_pass, self.k_range, self.k_redo = (
+            mod.get_function(k) for k in ("fused_pass", "fused_range", "fused_redo")
+        )
 
     def table(self, arrays: dict) -> Table:
         """A table over ``{name: cupy array}`` (C-contiguous float16/32/64)."""
@@ -116,10 +118,33 @@ class FusedHistograms:
             return
         with stream if stream is not None else contextlib.nullcontext():
             chunks = (tab.ptr, tab.dtype, tab.slot, tab.c_tensor, tab.c_start, tab.c_len, self.exps)
-            self.k_pass((tab.chunks,), (THREADS,), (*chunks, self.run_lo, self.run_hi, self.run_nan, self.run_inf, self.over, self.scratch))
-            self.k_range((tab.n,), (THREADS,), (tab.size, tab.slot, self.run_lo, self.run_hi, self.run_nan, self.run_inf, self.over, self.redo,
-                                                self.acc_lo, self.acc_hi, self.acc_count, self.acc_nan, self.acc_inf,
-                                                self.exps, self.counts, self.scratch))
+            self.k_pass(
+                (tab.chunks,),
+                (THREADS,),
+                (*chunks, self.run_lo, self.run_hi, self.run_nan, self.run_inf, self.over, self.scratch),
+            )
+            self.k_range(
+                (tab.n,),
+                (THREADS,),
+                (
+                    tab.size,
+                    tab.slot,
+                    self.run_lo,
+                    self.run_hi,
+                    self.run_nan,
+                    self.run_inf,
+                    self.over,
+                    self.redo,
+                    self.acc_lo,
+                    self.acc_hi,
+                    self.acc_count,
+                    self.acc_nan,
+                    self.acc_inf,
+                    self.exps,
+                    self.counts,
+                    self.scratch,
+                ),
+            )
             self.k_redo((tab.chunks,), (THREADS,), (*chunks, self.redo, self.counts))
 
     def update(self, arrays: dict, stream=None) -> None:
@@ -137,7 +162,9 @@ class FusedHistograms:
         count, nan, inf = self.acc_count.get(), self.acc_nan.get(), self.acc_inf.get()
         out = {}
         for name, s in self.slot.items():
-            h = TensorHistogram(counts[s].copy(), int(exps[s]), _dec(lo[s]), _dec(hi[s]), int(count[s]), int(nan[s]), int(inf[s]))
+            h = TensorHistogram(
+                counts[s].copy(), int(exps[s]), _dec(lo[s]), _dec(hi[s]), int(count[s]), int(nan[s]), int(inf[s])
+            )
             if h.count == 0:
                 h.exp = E_MIN
             out[name] = h

@@ -74,7 +74,9 @@ def test_tensors_data_loads_in_onnxruntime(tmp_path):
 def test_histogram_store_round_trip_is_byte_stable(tmp_path):
     h = TensorHistogram()
     h.update(np.array([1.0, -3.0, np.nan], np.float32))
-    hs = store.HistogramSet({"t": h, "u": TensorHistogram()}, {"model_fingerprint": "m", "data_fingerprint": "d", "samples": 3})
+    hs = store.HistogramSet(
+        {"t": h, "u": TensorHistogram()}, {"model_fingerprint": "m", "data_fingerprint": "d", "samples": 3}
+    )
     a = store.save(hs, tmp_path / "a.npz").read_bytes()
     back = store.load(tmp_path / "a.npz")
     b = store.save(back, tmp_path / "b.npz").read_bytes()

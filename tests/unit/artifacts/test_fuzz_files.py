@@ -51,14 +51,40 @@ def test_cache_parse_text(text):
 
 hex_scales = st.one_of(
     st.floats(width=32).map(lambda f: struct.pack(">f", f).hex()),
-    st.sampled_from(["00000000", "80000000", "00000001", "7f800000", "ff800000", "7fc00000", "3c010a14", "3C010A14", "3c010a1", "3c010a140", "zzzzzzzz"]),
+    st.sampled_from(
+        [
+            "00000000",
+            "80000000",
+            "00000001",
+            "7f800000",
+            "ff800000",
+            "7fc00000",
+            "3c010a14",
+            "3C010A14",
+            "3c010a1",
+            "3c010a140",
+            "zzzzzzzz",
+        ]
+    ),
     st.text("0123456789abcdef", min_size=7, max_size=9),
 )
 headers = st.one_of(
-    st.sampled_from(["TRT-101601-EntropyCalibration2", "TRT-8601-MinMaxCalibration", "TRT--1-EntropyCalibration2", "TRT-" + "9" * 5000 + "-X", "TRT-1-", "trt-1-x", ""]),
+    st.sampled_from(
+        [
+            "TRT-101601-EntropyCalibration2",
+            "TRT-8601-MinMaxCalibration",
+            "TRT--1-EntropyCalibration2",
+            "TRT-" + "9" * 5000 + "-X",
+            "TRT-1-",
+            "trt-1-x",
+            "",
+        ]
+    ),
     st.builds(lambda v, a: f"TRT-{v}-{a}", st.integers(), st.text(max_size=12)),
 )
-names = st.one_of(st.text(min_size=0, max_size=10), st.sampled_from(["a: b", "x:", ": ", "a\x00b", " ", "a\u2028b", "\udcff"]))
+names = st.one_of(
+    st.text(min_size=0, max_size=10), st.sampled_from(["a: b", "x:", ": ", "a\x00b", " ", "a\u2028b", "\udcff"])
+)
 
 
 @fuzz(300)
@@ -69,7 +95,12 @@ def test_cache_parse_lines(header, rows):
 
 
 @fuzz(150)
-@given(st.binary(max_size=300) | st.builds(lambda t: ("TRT-101601-EntropyCalibration2\n" + t).encode("utf-8", "surrogatepass"), st.text(max_size=60)))
+@given(
+    st.binary(max_size=300)
+    | st.builds(
+        lambda t: ("TRT-101601-EntropyCalibration2\n" + t).encode("utf-8", "surrogatepass"), st.text(max_size=60)
+    )
+)
 def test_cache_read_bytes(data):
     check_cache(outcome(cache.read, put("fuzz.cache", data)))
 
@@ -110,7 +141,11 @@ def _scales_doc(value):
 
 
 @fuzz(200)
-@given(json_values | json_values.map(_scales_doc) | st.dictionaries(st.text(max_size=6), json_values, max_size=3).map(lambda d: {"format": "calibkit-scales", **d}))
+@given(
+    json_values
+    | json_values.map(_scales_doc)
+    | st.dictionaries(st.text(max_size=6), json_values, max_size=3).map(lambda d: {"format": "calibkit-scales", **d})
+)
 def test_scales_read_json(doc):
     check_table(outcome(scales.read, put("fuzz_scales.json", json.dumps(doc))))
 
@@ -119,7 +154,19 @@ GOOD_AMAX = 2.5
 
 
 def _good_tensor():
-    return {"amax": GOOD_AMAX, "scale": scales.int8_scale(GOOD_AMAX), "min": -1.0, "max": 2.5, "absmax": 2.5, "count": 10, "nan": 0, "inf": 0, "clipped": 0.0, "range_exp": 2, "degenerate": False}
+    return {
+        "amax": GOOD_AMAX,
+        "scale": scales.int8_scale(GOOD_AMAX),
+        "min": -1.0,
+        "max": 2.5,
+        "absmax": 2.5,
+        "count": 10,
+        "nan": 0,
+        "inf": 0,
+        "clipped": 0.0,
+        "range_exp": 2,
+        "degenerate": False,
+    }
 
 
 @fuzz(200)
@@ -137,7 +184,12 @@ def test_scales_read_mutated(field, value, drop, name, top, top_value):
         t.pop(field)
     else:
         t[field] = value
-    doc = {"format": "calibkit-scales", "version": 1, "method": {"name": "entropy", "params": {"levels": 128}}, "tensors": {name: t}}
+    doc = {
+        "format": "calibkit-scales",
+        "version": 1,
+        "method": {"name": "entropy", "params": {"levels": 128}},
+        "tensors": {name: t},
+    }
     if top:
         doc[top] = top_value
     check_table(outcome(scales.read, put("fuzz_scales.json", json.dumps(doc))))
@@ -173,7 +225,14 @@ def check_pre(p: Preprocess | None) -> None:
 
 
 @fuzz(200)
-@given(json_values | st.dictionaries(st.sampled_from(["size", "resize", "scale", "mean", "std", "channels", "layout", "extra"]), json_values, max_size=4))
+@given(
+    json_values
+    | st.dictionaries(
+        st.sampled_from(["size", "resize", "scale", "mean", "std", "channels", "layout", "extra"]),
+        json_values,
+        max_size=4,
+    )
+)
 def test_preprocess_from_dict_json(raw):
     check_pre(outcome(Preprocess.from_dict, raw))
 
@@ -181,12 +240,34 @@ def test_preprocess_from_dict_json(raw):
 pre_values = st.one_of(
     odd_numbers,
     st.lists(st.one_of(st.integers(-2, 300), st.floats(), st.booleans(), st.text(max_size=2)), max_size=4),
-    st.sampled_from(["RGB", "BGR", "L", "rgb", "NCHW", "NHWC", [1, 2], [224, 224], [0.5, 0.5, 0.5], [0.5, 0.5], [1.0, 0.0, 1.0], "224"]),
+    st.sampled_from(
+        [
+            "RGB",
+            "BGR",
+            "L",
+            "rgb",
+            "NCHW",
+            "NHWC",
+            [1, 2],
+            [224, 224],
+            [0.5, 0.5, 0.5],
+            [0.5, 0.5],
+            [1.0, 0.0, 1.0],
+            "224",
+        ]
+    ),
 )
 
 
 @fuzz(300)
-@given(st.dictionaries(st.sampled_from(["size", "resize", "scale", "mean", "std", "channels", "layout"]), pre_values, min_size=1, max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(["size", "resize", "scale", "mean", "std", "channels", "layout"]),
+        pre_values,
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_preprocess_from_dict_fields(raw):
     check_pre(outcome(Preprocess.from_dict, raw))
 

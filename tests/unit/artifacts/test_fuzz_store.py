@@ -30,7 +30,10 @@ def _hset() -> store.HistogramSet:
     a.update(np.linspace(-3, 5, 1000, dtype=np.float32))
     b = TensorHistogram()
     b.update(np.array([np.nan, 1.0, np.inf], dtype=np.float32))
-    return store.HistogramSet({"a": a, "b": b, "empty": TensorHistogram()}, {"model_fingerprint": "sha256:x", "data_fingerprint": "sha256:d", "data": "d.npz", "samples": 3})
+    return store.HistogramSet(
+        {"a": a, "b": b, "empty": TensorHistogram()},
+        {"model_fingerprint": "sha256:x", "data_fingerprint": "sha256:d", "data": "d.npz", "samples": 3},
+    )
 
 
 GOOD_NPZ = store.save(_hset(), TMP / "good.npz").read_bytes()
@@ -71,7 +74,11 @@ meta_values = st.one_of(
     json_values,
     st.builds(
         lambda d: {"format": "calibkit-histograms", **d},
-        st.dictionaries(st.sampled_from(["version", "samples", "dropped_samples", "shards", "model_fingerprint", "data"]), odd_numbers | json_values, max_size=3),
+        st.dictionaries(
+            st.sampled_from(["version", "samples", "dropped_samples", "shards", "model_fingerprint", "data"]),
+            odd_numbers | json_values,
+            max_size=3,
+        ),
     ),
 )
 
@@ -80,7 +87,9 @@ def _mutate_array(a: np.ndarray, how: str, data) -> np.ndarray | None:
     if how == "drop":
         return None
     if how == "dtype":
-        dtype = np.dtype(data.draw(st.sampled_from(["<U3", "f4", "f8", "f2", "i1", "u8", "c8", "bool", "O", "S4", "m8[s]", "V8"])))
+        dtype = np.dtype(
+            data.draw(st.sampled_from(["<U3", "f4", "f8", "f2", "i1", "u8", "c8", "bool", "O", "S4", "m8[s]", "V8"]))
+        )
         try:
             return a.astype(dtype)
         except (ValueError, TypeError):
@@ -93,7 +102,11 @@ def _mutate_array(a: np.ndarray, how: str, data) -> np.ndarray | None:
         return np.asfortranarray(np.stack([a, a], axis=-1))
     if how == "value" and a.size and a.dtype.kind in "iuf":
         b = a.copy()
-        value = data.draw(st.sampled_from([-1, -2**31, 2**31 - 1, 0, 1, 1025, 1026, -300]) if a.dtype.kind in "iu" else st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -5.0, 1e300]))
+        value = data.draw(
+            st.sampled_from([-1, -(2**31), 2**31 - 1, 0, 1, 1025, 1026, -300])
+            if a.dtype.kind in "iu"
+            else st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -5.0, 1e300])
+        )
         b.flat[data.draw(st.integers(0, a.size - 1))] = np.array(value).astype(a.dtype)  # wraps for unsigned types
         return b
     if how == "dup" and a.dtype.kind == "U" and a.size > 1:
@@ -112,7 +125,9 @@ def test_store_load_mutated(data):
         if key == "meta" and data.draw(st.booleans()):
             arrays[key] = np.frombuffer(json.dumps(data.draw(meta_values)).encode(), dtype=np.uint8)
             continue
-        new = _mutate_array(arrays[key], data.draw(st.sampled_from(["drop", "dtype", "shape", "0-d", "fortran", "value", "dup"])), data)
+        new = _mutate_array(
+            arrays[key], data.draw(st.sampled_from(["drop", "dtype", "shape", "0-d", "fortran", "value", "dup"])), data
+        )
         if new is None:
             arrays.pop(key)
         else:

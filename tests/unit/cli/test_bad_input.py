@@ -31,9 +31,16 @@ def _named_net(path, name: str):
     """x -> MatMul -> <name> -> MatMul -> Relu -> z: a quantized activation with an arbitrary name."""
     w = numpy_helper.from_array(np.eye(3, dtype=np.float32) * 0.5, "w")
     g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], [name], name="mm"), helper.make_node("MatMul", [name, "w"], ["y"], name="mm2"),
-         helper.make_node("Relu", ["y"], ["z"], name="relu")],
-        "named", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])], [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3])], [w])
+        [
+            helper.make_node("MatMul", ["x", "w"], [name], name="mm"),
+            helper.make_node("MatMul", [name, "w"], ["y"], name="mm2"),
+            helper.make_node("Relu", ["y"], ["z"], name="relu"),
+        ],
+        "named",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3])],
+        [w],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, path)
@@ -62,7 +69,19 @@ def test_markup_and_tex_in_names_and_paths(cli, tmp_path, vec_data):
     shown = cli("inspect", out / "scales.json")  # every tensor listed: the name must print as is
     assert "[/bad]$\\alpha$[bold]" in shown.stdout
     rep = tmp_path / "r[/x].html"
-    r = cli("validate", model, "--scales", out / "scales.json", "--data", vec_data, "--backends", "ort-int8", "--report", rep, expect=None)
+    r = cli(
+        "validate",
+        model,
+        "--scales",
+        out / "scales.json",
+        "--data",
+        vec_data,
+        "--backends",
+        "ort-int8",
+        "--report",
+        rep,
+        expect=None,
+    )
     assert r.returncode in (0, 3), r.stderr
     assert "Traceback" not in r.stderr and rep.is_file() and "[/bad]$\\alpha$[bold]" in rep.read_text()
 
@@ -76,13 +95,19 @@ def test_model_cache_path_is_a_directory(cli, tmp_path, conv_model, conv_data):
 
 
 def test_float64_values_beyond_float32(cli, tmp_path):
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "d", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 2])],
-                          [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N", 2])])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "d",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N", 2])],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, tmp_path / "d.onnx")
     np.savez(tmp_path / "d.npz", x=np.array([[1e300, 1.0], [2.0, -3e299]]))
-    line = _one_line_error(_run(cli, "calibrate", tmp_path / "d.onnx", "--data", tmp_path / "d.npz", "-o", tmp_path / "o"))
+    line = _one_line_error(
+        _run(cli, "calibrate", tmp_path / "d.onnx", "--data", tmp_path / "d.npz", "-o", tmp_path / "o")
+    )
     assert "beyond the float32 range" in line and "'x'" in line
 
 
@@ -94,7 +119,19 @@ def test_mean_of_the_wrong_length(cli, tmp_path):
     imgs.mkdir()
     for i in range(3):
         Image.fromarray(np.full((8, 8, 3), i * 40, np.uint8)).save(imgs / f"{i}.png")
-    line = _one_line_error(_run(cli, "calibrate", models.conv_net(tmp_path / "rgb.onnx"), "--data", imgs, "--mean", "1,2", "-o", tmp_path / "o"))
+    line = _one_line_error(
+        _run(
+            cli,
+            "calibrate",
+            models.conv_net(tmp_path / "rgb.onnx"),
+            "--data",
+            imgs,
+            "--mean",
+            "1,2",
+            "-o",
+            tmp_path / "o",
+        )
+    )
     assert "mean must be 1 or 3" in line
 
 
@@ -111,15 +148,18 @@ def _edit(scales, fn):
     scales.write_text(json.dumps(doc))
 
 
-@pytest.mark.parametrize("edit,needle", [
-    (lambda d: d["tensors"]["c1"].update(amax=1e39), "has amax"),
-    (lambda d: d["tensors"]["c1"].update(scale=0.0), "has scale 0.0"),
-    (lambda d: d["tensors"]["c1"].update(scale=1.0), "delete the tensor's \"scale\" field"),
-    (lambda d: d["tensors"]["c1"].update(amax=float("nan")), "has amax"),
-    (lambda d: d.update(tensors=[1, 2]), "must map each tensor name"),
-    (lambda d: d.update(method="entropy"), "\"method\" must be an object"),
-    (lambda d: d["tensors"].pop("r1"), "no entry for activation 'r1'"),
-])
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda d: d["tensors"]["c1"].update(amax=1e39), "has amax"),
+        (lambda d: d["tensors"]["c1"].update(scale=0.0), "has scale 0.0"),
+        (lambda d: d["tensors"]["c1"].update(scale=1.0), 'delete the tensor\'s "scale" field'),
+        (lambda d: d["tensors"]["c1"].update(amax=float("nan")), "has amax"),
+        (lambda d: d.update(tensors=[1, 2]), "must map each tensor name"),
+        (lambda d: d.update(method="entropy"), '"method" must be an object'),
+        (lambda d: d["tensors"].pop("r1"), "no entry for activation 'r1'"),
+    ],
+)
 def test_bad_scales_json_in_export_qdq(cli, tmp_path, conv_model, conv_data, edit, needle):
     scales = _calibrated(cli, tmp_path, conv_model, conv_data)
     _edit(scales, edit)
@@ -131,7 +171,21 @@ def test_bad_scales_json_in_export_qdq(cli, tmp_path, conv_model, conv_data, edi
 def test_scales_not_covering_the_model_in_validate(cli, tmp_path, conv_model, conv_data):
     scales = _calibrated(cli, tmp_path, conv_model, conv_data)
     _edit(scales, lambda d: d["tensors"].pop("r1"))
-    line = _one_line_error(_run(cli, "validate", conv_model, "--scales", scales, "--data", conv_data, "--backends", "ort-int8", "--report", tmp_path / "r.html"))
+    line = _one_line_error(
+        _run(
+            cli,
+            "validate",
+            conv_model,
+            "--scales",
+            scales,
+            "--data",
+            conv_data,
+            "--backends",
+            "ort-int8",
+            "--report",
+            tmp_path / "r.html",
+        )
+    )
     assert "no entry for activation 'r1'" in line
 
 
@@ -142,7 +196,9 @@ def _hist_npz(tmp_path, mutate):
     h = TensorHistogram()
     h.update(np.linspace(-2, 3, 100, dtype=np.float32))
     p = tmp_path / "h.npz"
-    store.save(store.HistogramSet({"t": h}, {"samples": 1, "model_fingerprint": "sha256:x", "data_fingerprint": "sha256:d"}), p)
+    store.save(
+        store.HistogramSet({"t": h}, {"samples": 1, "model_fingerprint": "sha256:x", "data_fingerprint": "sha256:d"}), p
+    )
     z = dict(np.load(p))
     mutate(z)
     shutil.rmtree(tmp_path / ".calibkit")
@@ -150,12 +206,18 @@ def _hist_npz(tmp_path, mutate):
     return p
 
 
-@pytest.mark.parametrize("mutate,needle", [
-    (lambda z: z.update(exp=np.array([5000], np.int32)), "range exponent 5000"),
-    (lambda z: z.update(minmax=np.array([[np.nan, np.nan]])), "min/max nan/nan"),
-    (lambda z: z.update(counts=z["counts"] * -1), "negative counts"),
-    (lambda z: z.update(meta=np.frombuffer(b'{"format": "calibkit-histograms", "shards": 3}', np.uint8)), "metadata has the wrong types"),
-])
+@pytest.mark.parametrize(
+    "mutate,needle",
+    [
+        (lambda z: z.update(exp=np.array([5000], np.int32)), "range exponent 5000"),
+        (lambda z: z.update(minmax=np.array([[np.nan, np.nan]])), "min/max nan/nan"),
+        (lambda z: z.update(counts=z["counts"] * -1), "negative counts"),
+        (
+            lambda z: z.update(meta=np.frombuffer(b'{"format": "calibkit-histograms", "shards": 3}', np.uint8)),
+            "metadata has the wrong types",
+        ),
+    ],
+)
 def test_corrupt_histograms(cli, tmp_path, mutate, needle):
     p = _hist_npz(tmp_path, mutate)
     line = _one_line_error(_run(cli, "inspect", p))
@@ -172,7 +234,9 @@ def test_merging_one_shard_twice(cli, tmp_path, conv_model, conv_data):
 
 @pytest.mark.parametrize("version", ["-1", "abc", "10.x", "1000.0.0", "4.0"])
 def test_trt_version_that_would_not_read_back(cli, tmp_path, conv_model, conv_data, version):
-    line = _one_line_error(_run(cli, "calibrate", conv_model, "--data", conv_data, "-o", tmp_path / "o", f"--trt-version={version}"))
+    line = _one_line_error(
+        _run(cli, "calibrate", conv_model, "--data", conv_data, "-o", tmp_path / "o", f"--trt-version={version}")
+    )
     assert "--trt-version" in line
     assert not (tmp_path / "o").exists()
 
@@ -186,8 +250,12 @@ def test_every_written_cache_reads_back(cli, tmp_path, conv_model, conv_data):
 
 
 def test_ort_load_error_is_whole(cli, tmp_path, conv_data):
-    g = helper.make_graph([helper.make_node("NoSuchOp" + "X" * 300, ["x"], ["y"], domain="com.example")], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])])
+    g = helper.make_graph(
+        [helper.make_node("NoSuchOp" + "X" * 300, ["x"], ["y"], domain="com.example")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
     m.ir_version = 8
     onnx.save(m, tmp_path / "bad.onnx")
@@ -198,14 +266,23 @@ def test_ort_load_error_is_whole(cli, tmp_path, conv_data):
 def test_ort_message_keeps_the_reason():
     from calibkit.sessions import ort_message
 
-    msg = ("[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/onnxruntime/core/graph/model.cc:180 "
-           "onnxruntime::Model::Model(ModelProto&&, const PathString&, const IOnnxRuntimeOpSchemaRegistryList*, const logging::Logger&, "
-           "const ModelOptions&) Unsupported model IR version: 12, max supported IR version: 11")
-    assert ort_message(RuntimeError(msg)) == "Load model from m.onnx failed: Unsupported model IR version: 12, max supported IR version: 11"
+    msg = (
+        "[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/onnxruntime/core/graph/model.cc:180 "
+        "onnxruntime::Model::Model(ModelProto&&, const PathString&, const IOnnxRuntimeOpSchemaRegistryList*, const logging::Logger&, "
+        "const ModelOptions&) Unsupported model IR version: 12, max supported IR version: 11"
+    )
+    assert (
+        ort_message(RuntimeError(msg))
+        == "Load model from m.onnx failed: Unsupported model IR version: 12, max supported IR version: 11"
+    )
 
 
 def test_validate_without_scales_names_the_right_option(cli, tmp_path, conv_model, conv_data):
-    line = _one_line_error(_run(cli, "validate", conv_model, "--data", conv_data, "--backends", "ort-int8", "--report", tmp_path / "r.html"))
+    line = _one_line_error(
+        _run(
+            cli, "validate", conv_model, "--data", conv_data, "--backends", "ort-int8", "--report", tmp_path / "r.html"
+        )
+    )
     assert "--scales" in line and "--histograms" not in line
 
 
@@ -227,12 +304,41 @@ def test_all_nan_calibration_data_publishes_nothing(cli, tmp_path, conv_model):
 def test_labels_must_be_one_class_id_per_sample(cli, tmp_path, conv_model, conv_data):
     scales = _calibrated(cli, tmp_path, conv_model, conv_data)
     np.save(tmp_path / "lab2d.npy", np.zeros((37, 2)))
-    line = _one_line_error(_run(cli, "validate", conv_model, "--scales", scales, "--data", conv_data, "--labels", tmp_path / "lab2d.npy",
-                                "--backends", "ort-int8", "--report", tmp_path / "r.html"))
+    line = _one_line_error(
+        _run(
+            cli,
+            "validate",
+            conv_model,
+            "--scales",
+            scales,
+            "--data",
+            conv_data,
+            "--labels",
+            tmp_path / "lab2d.npy",
+            "--backends",
+            "ort-int8",
+            "--report",
+            tmp_path / "r.html",
+        )
+    )
     assert "one integer class id per sample" in line
 
 
-@pytest.mark.parametrize("opt,val", [("--min-sqnr", "nan"), ("--min-cosine", "inf"), ("--min-cosine", "2"), ("--max-accuracy-drop", "-1")])
+@pytest.mark.parametrize(
+    "opt,val", [("--min-sqnr", "nan"), ("--min-cosine", "inf"), ("--min-cosine", "2"), ("--max-accuracy-drop", "-1")]
+)
 def test_gate_values_must_be_finite(cli, tmp_path, conv_model, conv_data, opt, val):
-    r = cli("validate", conv_model, "--data", conv_data, "--backends", "ort-fp16", "--report", tmp_path / "r.html", opt, val, expect=2)
+    r = cli(
+        "validate",
+        conv_model,
+        "--data",
+        conv_data,
+        "--backends",
+        "ort-fp16",
+        "--report",
+        tmp_path / "r.html",
+        opt,
+        val,
+        expect=2,
+    )
     assert opt in r.stderr and "Traceback" not in r.stderr

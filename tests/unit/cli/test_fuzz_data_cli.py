@@ -82,7 +82,12 @@ def _write(kind: str, arrays: dict[str, bytes]) -> Path:
 
 
 @fuzz(100)
-@given(st.sampled_from(["npz", "npy"]), st.sampled_from(["conv", "two"]), st.binary(max_size=300) | st.binary(max_size=60).map(lambda b: _npy(np.zeros((2, 3, 4, 4), np.float32))[: len(b) + 20] + b))
+@given(
+    st.sampled_from(["npz", "npy"]),
+    st.sampled_from(["conv", "two"]),
+    st.binary(max_size=300)
+    | st.binary(max_size=60).map(lambda b: _npy(np.zeros((2, 3, 4, 4), np.float32))[: len(b) + 20] + b),
+)
 def test_source_arbitrary_bytes(kind, model, data):
     p = TMP / f"raw{next(SEQ)}.{kind}"
     p.write_bytes(data)
@@ -91,12 +96,21 @@ def test_source_arbitrary_bytes(kind, model, data):
 
 dtypes = st.sampled_from(["f4", "f8", "f2", "i8", "u1", "bool", "c8", "U3", "S2", "O", "m8[s]", "V4", [("a", "f4")]])
 shapes = st.one_of(
-    st.sampled_from([(), (0,), (0, 3, 4, 4), (2, 3, 4, 4), (5, 3, 4, 4), (2, 4), (3, 4), (3, 1), (2, 3, 4, 5), (1, 3, 4, 4, 1)]),
+    st.sampled_from(
+        [(), (0,), (0, 3, 4, 4), (2, 3, 4, 4), (5, 3, 4, 4), (2, 4), (3, 4), (3, 1), (2, 3, 4, 5), (1, 3, 4, 4, 1)]
+    ),
     st.lists(st.integers(0, 5), max_size=5).map(tuple),
 )
 valid_members = {  # arrays each model accepts, to mutate from
-    "conv": st.tuples(st.just("x"), st.sampled_from(["f4", "f8", "f2"]), st.integers(1, 9).map(lambda n: (n, 3, 4, 4)), st.booleans()),
-    "two": st.tuples(st.sampled_from(["a", "b", "idx"]), st.sampled_from(["f4", "i8", "i4", "u1"]), st.sampled_from([(3, 4), (3, 1), (4, 4)]), st.booleans()),
+    "conv": st.tuples(
+        st.just("x"), st.sampled_from(["f4", "f8", "f2"]), st.integers(1, 9).map(lambda n: (n, 3, 4, 4)), st.booleans()
+    ),
+    "two": st.tuples(
+        st.sampled_from(["a", "b", "idx"]),
+        st.sampled_from(["f4", "i8", "i4", "u1"]),
+        st.sampled_from([(3, 4), (3, 1), (4, 4)]),
+        st.booleans(),
+    ),
 }
 
 
@@ -119,18 +133,44 @@ def test_source_odd_arrays(data, kind, model, batch):
 
 # --------------------------------------------------------------------------- loader results
 py_leaf = st.one_of(
-    st.none(), st.booleans(), st.integers(-3, 3), st.floats(), st.text(max_size=3),
-    st.sampled_from([np.float32(1.0), np.zeros(()), np.zeros((2, 3, 4, 4), np.float32), np.zeros((2, 3, 4, 4), "U1"), np.zeros((2, 3, 4, 4), object),
-                     np.zeros((0, 3, 4, 4), np.float32), np.zeros((2, 4), np.float32), np.ones((2, 1), np.int64), np.zeros((3, 4), np.float64), np.zeros((2, 4), "c8")]),
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(),
+    st.text(max_size=3),
+    st.sampled_from(
+        [
+            np.float32(1.0),
+            np.zeros(()),
+            np.zeros((2, 3, 4, 4), np.float32),
+            np.zeros((2, 3, 4, 4), "U1"),
+            np.zeros((2, 3, 4, 4), object),
+            np.zeros((0, 3, 4, 4), np.float32),
+            np.zeros((2, 4), np.float32),
+            np.ones((2, 1), np.int64),
+            np.zeros((3, 4), np.float64),
+            np.zeros((2, 4), "c8"),
+        ]
+    ),
 )
-py_values = st.recursive(py_leaf, lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.sampled_from(["x", "a", "b", "idx", "z"]), kids, max_size=3), max_leaves=8)
+py_values = st.recursive(
+    py_leaf,
+    lambda kids: (
+        st.lists(kids, max_size=3) | st.dictionaries(st.sampled_from(["x", "a", "b", "idx", "z"]), kids, max_size=3)
+    ),
+    max_leaves=8,
+)
 
 
-valid_feeds = st.sampled_from([
-    {"x": np.ones((2, 3, 4, 4), np.float32)}, {"x": np.ones((3, 3, 4, 4), np.float64)}, {"x": np.zeros((0, 3, 4, 4), np.float32)},
-    {"a": np.ones((2, 4), np.float32), "b": np.ones((2, 4), np.float32), "idx": np.ones((2, 1), np.int32)},
-    {"a": [[1.0] * 4], "b": [[0.5] * 4], "idx": [[1]]},
-])
+valid_feeds = st.sampled_from(
+    [
+        {"x": np.ones((2, 3, 4, 4), np.float32)},
+        {"x": np.ones((3, 3, 4, 4), np.float64)},
+        {"x": np.zeros((0, 3, 4, 4), np.float32)},
+        {"a": np.ones((2, 4), np.float32), "b": np.ones((2, 4), np.float32), "idx": np.ones((2, 1), np.int32)},
+        {"a": [[1.0] * 4], "b": [[0.5] * 4], "idx": [[1]]},
+    ]
+)
 
 
 @fuzz(200)
@@ -165,24 +205,90 @@ def opt(name: str, values) -> st.SearchStrategy:
 
 
 junk = st.text(max_size=8)
-numbers = st.sampled_from(["0", "-1", "1", "nan", "inf", "-inf", "1e400", "99.99", "abc", "", "2.5", "128", "2048", "100000000000000000000"])
+numbers = st.sampled_from(
+    ["0", "-1", "1", "nan", "inf", "-inf", "1e400", "99.99", "abc", "", "2.5", "128", "2048", "100000000000000000000"]
+)
 method_specs = st.one_of(
-    st.sampled_from(["entropy", "minmax", "mse", "percentile", "percentile:abc", "percentile:nan", "percentile:0", "percentile:100", "entropy:levels=-3",
-                     "entropy:levels=2048,start_bin=2048", "entropy:foo=1", "mse:start_bin=0", "minmax:1", ":", "percentile:", "entropy:levels=1e3", "", " ", "percentile:99.9,"]),
+    st.sampled_from(
+        [
+            "entropy",
+            "minmax",
+            "mse",
+            "percentile",
+            "percentile:abc",
+            "percentile:nan",
+            "percentile:0",
+            "percentile:100",
+            "entropy:levels=-3",
+            "entropy:levels=2048,start_bin=2048",
+            "entropy:foo=1",
+            "mse:start_bin=0",
+            "minmax:1",
+            ":",
+            "percentile:",
+            "entropy:levels=1e3",
+            "",
+            " ",
+            "percentile:99.9,",
+        ]
+    ),
     st.builds(lambda m, a: f"{m}:{a}", st.sampled_from(["entropy", "percentile", "mse", "minmax"]), junk),
     junk,
 )
-versions = st.sampled_from(["10.16.1", "8.6.1", "4.0", "100.1", "10", "10.x", "", " 10.1 ", "9" * 5000, "10.100.1", "\u0661\u0660.1"]) | junk
-algorithms = st.sampled_from(["EntropyCalibration2", "MinMaxCalibration", "LegacyCalibration", "Entropy", "", "a b", "EntropyCalibration2\n"]) | junk
-floats_csv = st.sampled_from(["2.7,4", "0.5", "0.5,0.5,0.5", "1,2", "nan", "inf,1,1", "0", "0,0,0", "", ",", "a", "1e400", "224,224", "4,4", "-4,4", "nan,4", "inf,4", "0.5,0.5", "1e400,4"]) | junk
+versions = (
+    st.sampled_from(
+        ["10.16.1", "8.6.1", "4.0", "100.1", "10", "10.x", "", " 10.1 ", "9" * 5000, "10.100.1", "\u0661\u0660.1"]
+    )
+    | junk
+)
+algorithms = (
+    st.sampled_from(
+        ["EntropyCalibration2", "MinMaxCalibration", "LegacyCalibration", "Entropy", "", "a b", "EntropyCalibration2\n"]
+    )
+    | junk
+)
+floats_csv = (
+    st.sampled_from(
+        [
+            "2.7,4",
+            "0.5",
+            "0.5,0.5,0.5",
+            "1,2",
+            "nan",
+            "inf,1,1",
+            "0",
+            "0,0,0",
+            "",
+            ",",
+            "a",
+            "1e400",
+            "224,224",
+            "4,4",
+            "-4,4",
+            "nan,4",
+            "inf,4",
+            "0.5,0.5",
+            "1e400,4",
+        ]
+    )
+    | junk
+)
 
 
 @fuzz(25)
 @given(
-    st.lists(st.one_of(
-        opt("--method", method_specs), opt("--percentile", numbers), opt("--levels", numbers), opt("--start-bin", numbers),
-        opt("--trt-version", versions), opt("--cache-algorithm", algorithms), opt("--batch-size", numbers),
-    ), max_size=4).map(lambda xs: [a for x in xs for a in x]),
+    st.lists(
+        st.one_of(
+            opt("--method", method_specs),
+            opt("--percentile", numbers),
+            opt("--levels", numbers),
+            opt("--start-bin", numbers),
+            opt("--trt-version", versions),
+            opt("--cache-algorithm", algorithms),
+            opt("--batch-size", numbers),
+        ),
+        max_size=4,
+    ).map(lambda xs: [a for x in xs for a in x]),
 )
 def test_cli_calibrate_rethreshold(calibrated, extra):
     invoke(["calibrate", MODEL, "--histograms", calibrated / "histograms.npz", "-o", TMP / f"out{next(SEQ)}", *extra])
@@ -190,12 +296,22 @@ def test_cli_calibrate_rethreshold(calibrated, extra):
 
 @fuzz(15)
 @given(
-    st.lists(st.one_of(
-        opt("--batch-size", numbers), opt("--size", floats_csv), opt("--mean", floats_csv), opt("--std", floats_csv), opt("--scale", numbers),
-        opt("--resize", numbers), opt("--channels", st.sampled_from(["RGB", "L", "rgb", ""])), opt("--layout", st.sampled_from(["NCHW", "NHWC", "x"])),
-        opt("--preprocess", st.sampled_from([str(DATA), str(TMP), "missing.json"])), opt("--device", st.sampled_from(["cpu", "gpu"])),
-        opt("--data", st.sampled_from([str(DATA), str(TMP), str(MODEL), "missing.npz", "x.py:fn", ""])),
-    ), max_size=4).map(lambda xs: [a for x in xs for a in x]),
+    st.lists(
+        st.one_of(
+            opt("--batch-size", numbers),
+            opt("--size", floats_csv),
+            opt("--mean", floats_csv),
+            opt("--std", floats_csv),
+            opt("--scale", numbers),
+            opt("--resize", numbers),
+            opt("--channels", st.sampled_from(["RGB", "L", "rgb", ""])),
+            opt("--layout", st.sampled_from(["NCHW", "NHWC", "x"])),
+            opt("--preprocess", st.sampled_from([str(DATA), str(TMP), "missing.json"])),
+            opt("--device", st.sampled_from(["cpu", "gpu"])),
+            opt("--data", st.sampled_from([str(DATA), str(TMP), str(MODEL), "missing.npz", "x.py:fn", ""])),
+        ),
+        max_size=4,
+    ).map(lambda xs: [a for x in xs for a in x]),
 )
 def test_cli_calibrate_data(extra):
     if "--data" not in extra:
@@ -206,16 +322,40 @@ def test_cli_calibrate_data(extra):
 @fuzz(8)
 @given(
     st.sampled_from(["nope", "trt-int8", "trt-fp16,nope", ",", "", "ort-int8,bad", "ORT-FP32", "ort-fp32"]) | junk,
-    st.lists(st.one_of(
-        opt("--min-cosine", numbers), opt("--min-sqnr", numbers), opt("--max-accuracy-drop", numbers), opt("--fallback-sqnr", numbers),
-        opt("--exclude-nodes", st.sampled_from(["(", "[a-", "*", "conv1", "nomatch", "", "a{2,1}"])), opt("--batch-size", numbers),
-        opt("--labels", st.sampled_from([str(DATA), str(MODEL), "missing.npy"])), opt("--metric", st.sampled_from(["x.py", "m.py:fn", ""])),
-    ), max_size=3).map(lambda xs: [a for x in xs for a in x]),
+    st.lists(
+        st.one_of(
+            opt("--min-cosine", numbers),
+            opt("--min-sqnr", numbers),
+            opt("--max-accuracy-drop", numbers),
+            opt("--fallback-sqnr", numbers),
+            opt("--exclude-nodes", st.sampled_from(["(", "[a-", "*", "conv1", "nomatch", "", "a{2,1}"])),
+            opt("--batch-size", numbers),
+            opt("--labels", st.sampled_from([str(DATA), str(MODEL), "missing.npy"])),
+            opt("--metric", st.sampled_from(["x.py", "m.py:fn", ""])),
+        ),
+        max_size=3,
+    ).map(lambda xs: [a for x in xs for a in x]),
 )
 def test_cli_validate(calibrated, backends, extra):
     # Backends are mostly ones that cannot run here: a real validation renders a report (~2 s).
     n = next(SEQ)
-    invoke(["validate", MODEL, "--scales", calibrated / "scales.json", "--data", DATA, "--report", TMP / f"r{n}.html", "--results", TMP / f"r{n}.json", "--backends", backends, *extra])
+    invoke(
+        [
+            "validate",
+            MODEL,
+            "--scales",
+            calibrated / "scales.json",
+            "--data",
+            DATA,
+            "--report",
+            TMP / f"r{n}.html",
+            "--results",
+            TMP / f"r{n}.json",
+            "--backends",
+            backends,
+            *extra,
+        ]
+    )
 
 
 @fuzz(20)
@@ -225,16 +365,38 @@ def test_cli_validate(calibrated, backends, extra):
     st.sampled_from(["trt", "ort", "x"]),
 )
 def test_cli_export_qdq(calibrated, exclude_nodes, exclude_ops, placement):
-    invoke(["export-qdq", MODEL, "--scales", calibrated / "scales.json", "-o", TMP / f"q{next(SEQ)}.onnx", "--exclude-nodes", exclude_nodes,
-            "--exclude-op-types", exclude_ops, "--placement", placement])
+    invoke(
+        [
+            "export-qdq",
+            MODEL,
+            "--scales",
+            calibrated / "scales.json",
+            "-o",
+            TMP / f"q{next(SEQ)}.onnx",
+            "--exclude-nodes",
+            exclude_nodes,
+            "--exclude-op-types",
+            exclude_ops,
+            "--placement",
+            placement,
+        ]
+    )
 
 
 @fuzz(40)
-@given(st.sampled_from(["inspect", "merge"]), st.sampled_from([".cache", ".json", ".npz", ".onnx", ""]), st.binary(max_size=200))
+@given(
+    st.sampled_from(["inspect", "merge"]),
+    st.sampled_from([".cache", ".json", ".npz", ".onnx", ""]),
+    st.binary(max_size=200),
+)
 def test_cli_inspect_merge_bytes(calibrated, command, suffix, data):
     p = TMP / f"in{next(SEQ)}{suffix}"
     p.write_bytes(data)
-    args = ["inspect", p] if command == "inspect" else ["merge", p, calibrated / "histograms.npz", "-o", TMP / f"m{next(SEQ)}.npz"]
+    args = (
+        ["inspect", p]
+        if command == "inspect"
+        else ["merge", p, calibrated / "histograms.npz", "-o", TMP / f"m{next(SEQ)}.npz"]
+    )
     invoke(args)
 
 

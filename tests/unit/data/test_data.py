@@ -96,7 +96,9 @@ def test_multi_input_npz_and_int_casts(tmp_path):
 
 def test_loader_script(tmp_path):
     script = tmp_path / "loader.py"
-    script.write_text("import numpy as np\ndef load_data():\n    for i in range(3):\n        yield {'x': np.full((2, 3, 4, 4), i, np.float32)}\n")
+    script.write_text(
+        "import numpy as np\ndef load_data():\n    for i in range(3):\n        yield {'x': np.full((2, 3, 4, 4), i, np.float32)}\n"
+    )
     out, stats = feeds(open_source(f"{script}:load_data", SPEC))
     assert stats.samples == 6 and [len(o["x"]) for o in out] == [4, 2]
     (tmp_path / "bad.py").write_text("def load_data():\n    raise RuntimeError('disk gone')\n    yield\n")
@@ -108,7 +110,11 @@ def test_loader_script(tmp_path):
 
 def test_dynamic_shapes_start_new_batches():
     specs = [InputSpec("x", np.dtype(np.float32), ("N", "L"))]
-    data = [{"x": np.zeros((3, 5), np.float32)}, {"x": np.zeros((2, 7), np.float32)}, {"x": np.zeros((2, 7), np.float32)}]
+    data = [
+        {"x": np.zeros((3, 5), np.float32)},
+        {"x": np.zeros((2, 7), np.float32)},
+        {"x": np.zeros((2, 7), np.float32)},
+    ]
     out, _ = feeds(open_source(data, specs), specs, run_batch=8)
     assert [o["x"].shape for o in out] == [(3, 5), (4, 7)]
 

@@ -16,6 +16,7 @@ from calibkit import calibrate
 from calibkit.artifacts import histograms as store
 from calibkit.collect.host import collect
 from calibkit.data import FeedStats, open_source, run_batches
+from calibkit.data.options import FeedOptions
 from calibkit.errors import CalibkitError
 from calibkit.graph.batch_axes import activation_axes, parse_batch_axes
 from calibkit.graph.model import input_specs, load
@@ -29,16 +30,41 @@ def _meta(out):
     return store.load(out / "histograms.npz").meta
 
 
-@pytest.mark.parametrize("dims,used", [
-    ([-1, 3], 10), ([0, 3], 10), ([None, 3], 10), (["N", 3], 10), ([-1, -1], 10), ([4, 3], 8), ([1, 3], 10),
-])
+@pytest.mark.parametrize(
+    "dims,used",
+    [
+        ([-1, 3], 10),
+        ([0, 3], 10),
+        ([None, 3], 10),
+        (["N", 3], 10),
+        ([-1, -1], 10),
+        ([4, 3], 8),
+        ([1, 3], 10),
+    ],
+)
 def test_every_kind_of_dim_through_the_cli(tmp_path, cli, dims, used):
     # relu_net accepts an empty batch: a feeder that emitted one would loop forever (the hang)
     model = fm.relu_net(tmp_path / "m.onnx", dims)
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32))
     cli.cwd = tmp_path
-    proc = subprocess.run([sys.executable, "-m", "calibkit", "calibrate", str(model), "--data", str(tmp_path / "d.npz"), "-o", str(tmp_path / "o"),
-                           "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "calibkit",
+            "calibrate",
+            str(model),
+            "--data",
+            str(tmp_path / "d.npz"),
+            "-o",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     meta = _meta(tmp_path / "o")
     assert meta["samples"] - meta["dropped_samples"] == used
@@ -65,8 +91,13 @@ def test_sample_axes_from_the_model(tmp_path):
 
 def _state_data(path, n=10, seed=0):
     rng = np.random.default_rng(seed)
-    np.savez(path, x=rng.normal(size=(n, 4)).astype(np.float32), state=rng.normal(size=(2, n, 4)).astype(np.float32),
-             sr=np.array(16000, np.int64), h=rng.normal(size=(1, 4)).astype(np.float32))
+    np.savez(
+        path,
+        x=rng.normal(size=(n, 4)).astype(np.float32),
+        state=rng.normal(size=(2, n, 4)).astype(np.float32),
+        sr=np.array(16000, np.int64),
+        h=rng.normal(size=(1, 4)).astype(np.float32),
+    )
     return path
 
 
@@ -113,7 +144,9 @@ def test_padding_removed_along_each_tensors_batch_axis(tmp_path):
         assert np.array_equal(h.counts, padded.tensors[name].counts) and h.count == padded.tensors[name].count, name
     t = load(fm.transpose_net(tmp_path / "t.onnx"))
     np.savez(tmp_path / "t.npz", x=np.ones((5, 8, 5), np.float32))
-    assert not collect(t, open_source(tmp_path / "t.npz", input_specs(t)), 4, device="cpu", pad=True).padded  # 0-d mx: no padding
+    assert not collect(
+        t, open_source(tmp_path / "t.npz", input_specs(t)), 4, device="cpu", pad=True
+    ).padded  # 0-d mx: no padding
 
 
 def test_wrong_declared_output_rank(tmp_path, cli):
@@ -126,7 +159,9 @@ def test_wrong_declared_output_rank(tmp_path, cli):
 @pytest.mark.parametrize("sr,taken,skipped", [(16000, {"t_relu", "t_out"}, "e_out"), (8000, {"e_out"}, "t_relu")])
 def test_if_with_constant_condition_is_inlined(tmp_path, cli, sr, taken, skipped):
     model = fm.if_net(tmp_path / "i.onnx")
-    np.savez(tmp_path / "d.npz", x=np.random.default_rng(3).normal(size=(6, 3)).astype(np.float32), sr=np.array(sr, np.int64))
+    np.savez(
+        tmp_path / "d.npz", x=np.random.default_rng(3).normal(size=(6, 3)).astype(np.float32), sr=np.array(sr, np.int64)
+    )
     _cal(cli, model, tmp_path / "d.npz", tmp_path / "o")
     scales = json.loads((tmp_path / "o" / "scales.json").read_text())
     assert taken <= set(scales["tensors"])
@@ -135,7 +170,10 @@ def test_if_with_constant_condition_is_inlined(tmp_path, cli, sr, taken, skipped
 
 def test_if_condition_changing_is_an_error(tmp_path):
     model = fm.if_net(tmp_path / "i.onnx")
-    feeds = [{"x": np.ones((2, 3), np.float32), "sr": np.array(16000)}, {"x": np.ones((2, 3), np.float32), "sr": np.array(8000)}]
+    feeds = [
+        {"x": np.ones((2, 3), np.float32), "sr": np.array(16000)},
+        {"x": np.ones((2, 3), np.float32), "sr": np.array(8000)},
+    ]
     with pytest.raises(CalibkitError, match="If condition"):
         calibrate(model, data=feeds, output_dir=tmp_path / "o", device="cpu")
 
@@ -153,7 +191,9 @@ def test_loop_body_listed_not_dropped(tmp_path, cli):
 
 def test_max_samples_stops_an_endless_loader(tmp_path, cli, conv_model, conv_data):
     loader = tmp_path / "endless.py"
-    loader.write_text("import numpy as np\ndef load_data():\n    while True:\n        yield {'x': np.ones((3, 3, 8, 8), np.float32)}\n")
+    loader.write_text(
+        "import numpy as np\ndef load_data():\n    while True:\n        yield {'x': np.ones((3, 3, 8, 8), np.float32)}\n"
+    )
     _cal(cli, conv_model, f"{loader}:load_data", tmp_path / "o", "--max-samples", "7")
     assert _meta(tmp_path / "o")["samples"] == 7
     _cal(cli, conv_model, conv_data, tmp_path / "o2", "--max-samples", "5")
@@ -171,11 +211,18 @@ def test_zero_d_array_from_a_loader_is_one_line(tmp_path, cli, conv_model):
 def test_no_rebatch_runs_feeds_as_given(tmp_path):
     model = fm.state_net(tmp_path / "s.onnx")
     rng = np.random.default_rng(4)
-    feeds = [{"x": rng.normal(size=(n, 4)).astype(np.float32), "state": rng.normal(size=(2, n, 4)).astype(np.float32),
-              "sr": np.array(1, np.int64), "h": np.ones((1, 4), np.float32)} for n in (3, 1, 5)]
+    feeds = [
+        {
+            "x": rng.normal(size=(n, 4)).astype(np.float32),
+            "state": rng.normal(size=(2, n, 4)).astype(np.float32),
+            "sr": np.array(1, np.int64),
+            "h": np.ones((1, 4), np.float32),
+        }
+        for n in (3, 1, 5)
+    ]
     specs = input_specs(load(model))
     stats = FeedStats()
-    out = list(run_batches(open_source(feeds, specs), specs, 2, stats, rebatch=False))
+    out = list(run_batches(open_source(feeds, specs), specs, 2, stats, FeedOptions(rebatch=False)))
     assert [b.samples for b in out] == [3, 1, 5] and stats.samples == 9
-    r = calibrate(model, data=feeds, output_dir=tmp_path / "o", device="cpu", rebatch=False)
+    r = calibrate(model, data=feeds, output_dir=tmp_path / "o", device="cpu", feed=FeedOptions(rebatch=False))
     assert r.histograms.samples == 9

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calibkit.collect.prefetch import prefetch
 from calibkit.collect.sharded import parse_devices, shard, shard_ranges
 from calibkit.data import Preprocess, open_source
+from calibkit.data.prefetch import prefetch
 from calibkit.errors import CalibkitError
 from calibkit.graph.model import input_specs, load
 
@@ -62,7 +62,9 @@ def test_shards_of_sources_are_the_slices(tmp_path):
         got = np.concatenate([f["x"] for f in shard(src, specs, 13, 41).batches()])
         assert got.tobytes() == x[13:41].tobytes()
     imgs = open_source(str(_images(tmp_path / "imgs", 9)), specs, Preprocess())
-    assert [f["x"].tobytes() for f in shard(imgs, specs, 2, 5).batches()] == [f["x"].tobytes() for f in list(imgs.batches())[2:5]]
+    assert [f["x"].tobytes() for f in shard(imgs, specs, 2, 5).batches()] == [
+        f["x"].tobytes() for f in list(imgs.batches())[2:5]
+    ]
 
 
 def test_devices_option_checked(tmp_path, cli):
@@ -86,7 +88,21 @@ def test_devices_on_ray_without_gpus_is_a_clear_error(tmp_path, cli, monkeypatch
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     model = models.conv_net(tmp_path / "m.onnx", hw=16)
     np.save(tmp_path / "x.npy", np.zeros((16, 3, 16, 16), np.float32))
-    proc = cli("calibrate", model, "--data", tmp_path / "x.npy", "--devices", "0,1", "--ray", "auto", "--batch-size", "8", "-o", tmp_path / "o", expect=None)
+    proc = cli(
+        "calibrate",
+        model,
+        "--data",
+        tmp_path / "x.npy",
+        "--devices",
+        "0,1",
+        "--ray",
+        "auto",
+        "--batch-size",
+        "8",
+        "-o",
+        tmp_path / "o",
+        expect=None,
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "--devices 0,1 --ray auto" in proc.stderr and "CUDA device(s) visible" in proc.stderr, proc.stderr
     proc = cli("calibrate", model, "--data", tmp_path / "x.npy", "--ray", "auto", "-o", tmp_path / "p", expect=None)

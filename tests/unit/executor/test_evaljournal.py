@@ -29,7 +29,11 @@ def test_put_get_and_reopen(tmp_path):
     path = tmp_path / "j.jsonl"
     with Journal(path, "fp1") as j:
         assert j.note is None and len(j) == 0 and j.get("a") is None
-        assert j.put("a", (1.5, float("inf"), {"k": [1, 2]})) == [1.5, float("inf"), {"k": [1, 2]}]  # as JSON reads it back
+        assert j.put("a", (1.5, float("inf"), {"k": [1, 2]})) == [
+            1.5,
+            float("inf"),
+            {"k": [1, 2]},
+        ]  # as JSON reads it back
         j.put("b", 0.1 + 0.2)
         j.put("a", "ignored: a key is recorded once")
     assert _lines(path)[0] == {"calibkit": "evaljournal", "version": 1, "fingerprint": "fp1"}
@@ -89,7 +93,9 @@ def test_run_missing_runs_only_what_is_missing(tmp_path):
         j.put(keys[1], fresh[1])
         calls = []
         with executor.make(workers=2, setup=et.onnx_setup, setup_args=payload) as ex:
-            got = run_missing(j, ex, et.onnx_task, items, keys, on_result=lambda i, v, reused: calls.append((i, reused)))
+            got = run_missing(
+                j, ex, et.onnx_task, items, keys, on_result=lambda i, v, reused: calls.append((i, reused))
+            )
         assert got == fresh
         assert sorted(calls) == [(i, i in (1, 4)) for i in range(len(items))]
         assert calls[:2] == [(1, True), (4, True)]
@@ -99,7 +105,11 @@ def test_run_missing_runs_only_what_is_missing(tmp_path):
 
 
 def _ran(log: Path) -> list[tuple[int, int, float]]:
-    return [(int(p), int(s), float(g)) for p, s, g in (line.split() for line in log.read_text().splitlines())] if log.exists() else []
+    return (
+        [(int(p), int(s), float(g)) for p, s, g in (line.split() for line in log.read_text().splitlines())]
+        if log.exists()
+        else []
+    )
 
 
 def _journal_keys(path: Path) -> set[str]:
@@ -114,14 +124,18 @@ def _journal_keys(path: Path) -> set[str]:
     return keys
 
 
-@pytest.mark.parametrize("sig, group", [(signal.SIGINT, True), (signal.SIGKILL, False)], ids=["ctrl-c", "kill-9-parent"])
+@pytest.mark.parametrize(
+    "sig, group", [(signal.SIGINT, True), (signal.SIGKILL, False)], ids=["ctrl-c", "kill-9-parent"]
+)
 def test_killed_run_resumes_with_identical_results(tmp_path, sig, group):
     """A run of 12 evaluations on 2 workers is interrupted after 4 are journalled (Ctrl-C to the
     process group, or SIGKILL to the parent alone: its workers must die with it). The re-run
     runs exactly the evaluations missing from the journal and returns what a clean run does."""
     journal, log = tmp_path / "j.jsonl", tmp_path / "first.log"
     cmd = [sys.executable, str(HERE / "exec_tasks.py"), "resume", str(journal)]
-    proc = subprocess.Popen([*cmd, str(log), "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [*cmd, str(log), "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         end = time.monotonic() + 60
         while len(_journal_keys(journal)) < 4:
@@ -137,7 +151,10 @@ def test_killed_run_resumes_with_identical_results(tmp_path, sig, group):
     assert 4 <= len(done) < 12, done
     workers = {p for p, _, _ in _ran(log)}
     end = time.monotonic() + 10
-    while any(Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] for p in workers):
+    while any(
+        Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        for p in workers
+    ):
         assert time.monotonic() < end, f"worker processes {workers} outlived the killed run"
         time.sleep(0.05)
 
@@ -146,8 +163,16 @@ def test_killed_run_resumes_with_identical_results(tmp_path, sig, group):
     assert r.returncode == 0, r.stderr
     resumed = json.loads(r.stdout.splitlines()[-1])
     ran_again = {f"sample={s} gain={g}" for _, s, g in _ran(second)}
-    assert len(ran_again) == len(_ran(second)) and ran_again == {f"sample={it['sample']} gain={it['gain']}" for it in et.onnx_items(6)} - done
+    assert (
+        len(ran_again) == len(_ran(second))
+        and ran_again == {f"sample={it['sample']} gain={it['gain']}" for it in et.onnx_items(6)} - done
+    )
 
-    r = subprocess.run([*cmd[:-1], str(tmp_path / "clean.jsonl"), str(tmp_path / "clean.log"), "1"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*cmd[:-1], str(tmp_path / "clean.jsonl"), str(tmp_path / "clean.log"), "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert resumed == json.loads(r.stdout.splitlines()[-1])

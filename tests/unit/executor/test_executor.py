@@ -33,7 +33,10 @@ def _reference(items: list[dict]) -> list[str]:
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(et.model_bytes(), so, providers=["CPUExecutionProvider"])
     xs = et.inputs()
-    return [hashlib.sha256(sess.run(None, {"x": xs[it["sample"]] * np.float32(it["gain"])})[0].tobytes()).hexdigest() for it in items]
+    return [
+        hashlib.sha256(sess.run(None, {"x": xs[it["sample"]] * np.float32(it["gain"])})[0].tobytes()).hexdigest()
+        for it in items
+    ]
 
 
 def test_one_and_two_workers_give_identical_results():
@@ -73,13 +76,21 @@ def test_task_errors_become_calibkit_errors(workers):
     with pytest.raises(CalibkitError, match=r"^layer conv1: scale is NaN; recalibrate$"):
         with executor.make(workers=workers) as ex:
             ex.run(et.fail, ["ok", "calibkit", "ok"])
-    with pytest.raises(CalibkitError, match=r"^evaluation 2 failed: KeyError: 'missing' \(at exec_tasks.py:\d+ in fail\)$") as info:
+    with pytest.raises(
+        CalibkitError, match=r"^evaluation 2 failed: KeyError: 'missing' \(at exec_tasks.py:\d+ in fail\)$"
+    ) as info:
         with executor.make(workers=workers) as ex:
             ex.run(et.fail, ["ok", "ok", "bug"])
-    assert "Traceback" in info.value.details and "{}[\"missing\"]" in info.value.details
+    assert "Traceback" in info.value.details and '{}["missing"]' in info.value.details
 
 
-@pytest.mark.parametrize("kind, message", [("calibkit", r"^model.onnx: not an ONNX model$"), ("value", r"^worker setup failed: ValueError: bad payload \(at exec_tasks.py:\d+ in failing_setup\)$")])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("calibkit", r"^model.onnx: not an ONNX model$"),
+        ("value", r"^worker setup failed: ValueError: bad payload \(at exec_tasks.py:\d+ in failing_setup\)$"),
+    ],
+)
 @pytest.mark.parametrize("workers", [1, 2])
 def test_setup_errors_reach_the_caller(workers, kind, message):
     with pytest.raises(CalibkitError, match=message):
@@ -125,8 +136,13 @@ def test_ctrl_c_stops_local_workers(tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C: the caller gets KeyboardInterrupt,
     the running tasks (60 s each) are abandoned, and no worker process outlives the run."""
     log = tmp_path / "tasks.log"
-    proc = subprocess.Popen([sys.executable, str(HERE / "exec_tasks.py"), "interrupt", "local", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "exec_tasks.py"), "interrupt", "local", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 2, what="both workers to start a task")
         os.killpg(proc.pid, signal.SIGINT)
@@ -154,7 +170,12 @@ def test_cli_options_make_an_executor():
 
     runner = CliRunner()
     r = runner.invoke(cmd, ["--workers", "2"])
-    assert r.exit_code == 0 and json.loads(r.output) == {"workers": 2, "ray": None, "kind": "local processes", "out": ["a", "b"]}
+    assert r.exit_code == 0 and json.loads(r.output) == {
+        "workers": 2,
+        "ray": None,
+        "kind": "local processes",
+        "out": ["a", "b"],
+    }
     r = runner.invoke(cmd, [])
     assert r.exit_code == 0 and json.loads(r.output)["kind"] == "in-process"
     r = runner.invoke(cmd, ["--workers", "0"])

@@ -30,11 +30,14 @@ def test_ray_not_installed(monkeypatch):
     assert str(info.value) == NEEDS_RAY == "--ray needs Ray: pip install 'calibkit[ray]'"
 
 
-@pytest.mark.parametrize("address, said", [
-    ("free", r"no Ray cluster reachable there"),
-    ("nonsense", r"expected HOST:PORT of a Ray cluster's head"),
-    ("", r"give auto or the HOST:PORT"),
-])
+@pytest.mark.parametrize(
+    "address, said",
+    [
+        ("free", r"no Ray cluster reachable there"),
+        ("nonsense", r"expected HOST:PORT of a Ray cluster's head"),
+        ("", r"give auto or the HOST:PORT"),
+    ],
+)
 def test_bad_ray_addresses(address, said):
     pytest.importorskip("ray")
     if address == "free":
@@ -111,7 +114,10 @@ def test_ray_errors_read_like_local_ones(ray_cluster):
         with pytest.raises(CalibkitError) as info:
             ex.run(et.fail, ["ok", "die", "ok"])
         assert str(info.value).startswith("a Ray worker died while running evaluation 1 (ActorDiedError)"), info.value
-    for kind, message in (("calibkit", r"^model.onnx: not an ONNX model$"), ("value", r"^worker setup failed: ValueError: bad payload \(at exec_tasks.py:\d+ in failing_setup\)$")):
+    for kind, message in (
+        ("calibkit", r"^model.onnx: not an ONNX model$"),
+        ("value", r"^worker setup failed: ValueError: bad payload \(at exec_tasks.py:\d+ in failing_setup\)$"),
+    ):
         with pytest.raises(CalibkitError, match=message):
             with executor.make(workers=1, ray="auto", setup=et.failing_setup, setup_args=(kind,)) as ex:
                 ex.run(et.fail, ["ok"])
@@ -126,8 +132,14 @@ def test_ray_auto_cluster_is_stopped_after_ctrl_c(tmp_path):
     pytest.importorskip("ray")
     log = tmp_path / "tasks.log"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, str(HERE / "exec_tasks.py"), "interrupt", "ray", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "exec_tasks.py"), "interrupt", "ray", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
     try:
         temp = proc.stdout.readline().split()[-1]
         assert temp.startswith(tempfile.gettempdir()), temp

@@ -12,7 +12,9 @@ import pytest
 from calibkit.numerics import kernel as hist_kernel
 from calibkit.numerics.histogram import NUM_BINS, TensorHistogram
 
-numba_missing = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba not installed (calibkit[fast])")
+numba_missing = pytest.mark.skipif(
+    importlib.util.find_spec("numba") is None, reason="numba not installed (calibkit[fast])"
+)
 
 
 def build(chunks, mode: str, monkeypatch, weight: int = 1) -> TensorHistogram:
@@ -37,7 +39,9 @@ def identical(a: TensorHistogram, b: TensorHistogram) -> None:
 def hostile(rng: np.random.Generator, dtype=np.float32) -> list[np.ndarray]:
     info = np.finfo(dtype)
     tiny = info.smallest_subnormal
-    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, tiny, -tiny, info.tiny, info.max, -info.max, 1.0, 2.0, 0.5], dtype)
+    special = np.array(
+        [np.nan, np.inf, -np.inf, 0.0, -0.0, tiny, -tiny, info.tiny, info.max, -info.max, 1.0, 2.0, 0.5], dtype
+    )
     relu = np.maximum(rng.standard_normal(20011), 0).astype(dtype)
     relu[rng.integers(0, relu.size, 50)] = -0.0
     mixed = rng.standard_normal(9000).astype(dtype) * dtype(1e3)
@@ -82,7 +86,10 @@ def test_kernel_equals_numpy_on_float16_and_scales(monkeypatch):
         x = (rng.standard_normal(5003) * scale).astype(np.float16)
         x[::50] = np.float16(np.inf)
         x[3] = np.float16(np.nan)
-        identical(build([x, x[:1000] * np.float16(2)], "numba", monkeypatch), build([x, x[:1000] * np.float16(2)], "numpy", monkeypatch))
+        identical(
+            build([x, x[:1000] * np.float16(2)], "numba", monkeypatch),
+            build([x, x[:1000] * np.float16(2)], "numpy", monkeypatch),
+        )
     big = rng.standard_normal(1 << 20).astype(np.float32)
     identical(build([big], "numba", monkeypatch), build([big], "numpy", monkeypatch))
 
@@ -138,7 +145,9 @@ def test_collect_uses_the_kernel_and_caches_equal_numpy(cli, monkeypatch, tmp_pa
         for bs in (1, 5, 23):
             monkeypatch.setenv("CALIBKIT_KERNEL", mode)
             d = tmp_path / f"{mode}{bs}"
-            cli("calibrate", model, "--data", tmp_path / "calib.npz", "--method", "entropy", "--batch-size", bs, "-o", d)
+            cli(
+                "calibrate", model, "--data", tmp_path / "calib.npz", "--method", "entropy", "--batch-size", bs, "-o", d
+            )
             outs.add(((d / "conv.cache").read_bytes(), (d / "histograms.npz").read_bytes()))
     assert len(outs) == 1
 
@@ -151,7 +160,9 @@ def test_pipeline_reduces_with_the_kernel(monkeypatch, tmp_path):
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).normal(0, 1, (9, 3, 8, 8)).astype(np.float32))
     calls = []
     real = hist_kernel.bin_counts
-    monkeypatch.setattr(hist_kernel, "bin_counts", lambda fn, flat, scale: calls.append(flat.size) or real(fn, flat, scale))
+    monkeypatch.setattr(
+        hist_kernel, "bin_counts", lambda fn, flat, scale: calls.append(flat.size) or real(fn, flat, scale)
+    )
     monkeypatch.setenv("CALIBKIT_KERNEL", "numba")
     calibrate(model, data=str(tmp_path / "calib.npz"), output_dir=tmp_path / "o", device="cpu", batch_size=4)
     assert len(calls) >= 3 * 9  # every tensor of every run

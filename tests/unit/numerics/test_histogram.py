@@ -62,7 +62,9 @@ arrays = st.lists(
 @settings(max_examples=60, deadline=None)
 @given(arrays, st.randoms(use_true_random=False))
 def test_merge_exact_for_any_batching_order_and_sharding(spec, rnd):
-    data = np.concatenate([np.random.default_rng(s).standard_cauchy(n).astype(np.float32) * np.float32(sc) for n, sc, s in spec])
+    data = np.concatenate(
+        [np.random.default_rng(s).standard_cauchy(n).astype(np.float32) * np.float32(sc) for n, sc, s in spec]
+    )
     whole = build([data])
     # re-batched in random sizes and random order
     cuts = sorted(rnd.sample(range(1, len(data)), min(len(data) - 1, rnd.randint(0, 6)))) if len(data) > 1 else []

@@ -28,8 +28,13 @@ def _env(**extra) -> dict:
 
 
 def _calibrate(model: Path, data: Path, out: Path, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "calibkit", "calibrate", str(model), "--data", str(data), "-o", str(out)],
-                          capture_output=True, text=True, env=_env(**env), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "calibkit", "calibrate", str(model), "--data", str(data), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(**env),
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -47,7 +52,13 @@ def two_sets(tmp_path, conv_model, conv_data):
 
 def _settled(d: Path, model: Path) -> dict:
     """What any later reader sees: `calibkit inspect` first finishes an interrupted publish."""
-    r = subprocess.run([sys.executable, "-m", "calibkit", "inspect", str(d / "scales.json")], capture_output=True, text=True, env=_env(), timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "calibkit", "inspect", str(d / "scales.json")],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
     assert "Traceback" not in r.stderr, r.stderr
     return _digest(d)
 
@@ -68,13 +79,28 @@ def test_sigkill_at_every_point_leaves_old_or_new_set(two_sets, tmp_path, point)
     assert not list((work / ".calibkit").glob("stage-*")) and not list((work / ".calibkit").glob("*.journal.json"))
 
 
-@pytest.mark.parametrize("sig,delay", [(signal.SIGINT, 0.6), (signal.SIGTERM, 0.9), (signal.SIGKILL, 1.2), (signal.SIGINT, 1.5), (signal.SIGTERM, 2.0), (signal.SIGKILL, 2.4)])
+@pytest.mark.parametrize(
+    "sig,delay",
+    [
+        (signal.SIGINT, 0.6),
+        (signal.SIGTERM, 0.9),
+        (signal.SIGKILL, 1.2),
+        (signal.SIGINT, 1.5),
+        (signal.SIGTERM, 2.0),
+        (signal.SIGKILL, 2.4),
+    ],
+)
 def test_signal_at_a_random_moment_leaves_old_or_new_set(two_sets, tmp_path, sig, delay):
     model, new_data, old_dir, old, new = two_sets
     work = tmp_path / "work"
     shutil.copytree(old_dir, work)
-    proc = subprocess.Popen([sys.executable, "-m", "calibkit", "calibrate", str(model), "--data", str(new_data), "-o", str(work)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calibkit", "calibrate", str(model), "--data", str(new_data), "-o", str(work)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     time.sleep(delay)
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(sig)
@@ -89,15 +115,22 @@ def test_signal_at_a_random_moment_leaves_old_or_new_set(two_sets, tmp_path, sig
 def test_interrupt_during_collection_says_nothing_was_published(tmp_path, conv_model):
     loader = tmp_path / "slow.py"
     started = tmp_path / "collecting"
-    loader.write_text("import pathlib, time, numpy as np\n"
-                      "def load_data():\n"
-                      "    for i in range(400):\n"
-                      f"        if i == 3: pathlib.Path({str(started)!r}).touch()\n"
-                      "        time.sleep(0.05)\n"
-                      "        yield {'x': np.full((1, 3, 8, 8), i % 7, np.float32)}\n")
+    loader.write_text(
+        "import pathlib, time, numpy as np\n"
+        "def load_data():\n"
+        "    for i in range(400):\n"
+        f"        if i == 3: pathlib.Path({str(started)!r}).touch()\n"
+        "        time.sleep(0.05)\n"
+        "        yield {'x': np.full((1, 3, 8, 8), i % 7, np.float32)}\n"
+    )
     out = tmp_path / "o"
-    proc = subprocess.Popen([sys.executable, "-m", "calibkit", "calibrate", str(conv_model), "--data", str(loader), "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calibkit", "calibrate", str(conv_model), "--data", str(loader), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     deadline = time.monotonic() + 120  # a loaded machine can take long to start; interrupt only once collection runs
     while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -111,14 +144,21 @@ def test_interrupt_during_collection_says_nothing_was_published(tmp_path, conv_m
 
 def test_a_second_concurrent_run_fails_clearly(tmp_path, conv_model, conv_data):
     loader = tmp_path / "slow.py"
-    loader.write_text("import time, numpy as np\n"
-                      "def load_data():\n"
-                      "    for i in range(60):\n"
-                      "        time.sleep(0.1)\n"
-                      "        yield {'x': np.full((1, 3, 8, 8), i % 5, np.float32)}\n")
+    loader.write_text(
+        "import time, numpy as np\n"
+        "def load_data():\n"
+        "    for i in range(60):\n"
+        "        time.sleep(0.1)\n"
+        "        yield {'x': np.full((1, 3, 8, 8), i % 5, np.float32)}\n"
+    )
     out = tmp_path / "o"
-    first = subprocess.Popen([sys.executable, "-m", "calibkit", "calibrate", str(conv_model), "--data", str(loader), "-o", str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    first = subprocess.Popen(
+        [sys.executable, "-m", "calibkit", "calibrate", str(conv_model), "--data", str(loader), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     lock = out / ".calibkit" / "lock"
     deadline = time.time() + 60
     while time.time() < deadline and not (lock.is_file() and lock.read_text().startswith("pid")):
@@ -140,8 +180,23 @@ def test_a_second_concurrent_run_fails_clearly(tmp_path, conv_model, conv_data):
 def test_reader_refuses_a_mixed_set(two_sets, tmp_path):
     model, new_data, old_dir, old, new = two_sets
     shutil.copy(tmp_path / "new" / "histograms.npz", old_dir / "histograms.npz")  # new histograms beside old scales
-    r = subprocess.run([sys.executable, "-m", "calibkit", "export-qdq", str(model), "--scales", str(old_dir / "scales.json"), "-o", str(tmp_path / "q.onnx")],
-                       capture_output=True, text=True, env=_env(), timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "calibkit",
+            "export-qdq",
+            str(model),
+            "--scales",
+            str(old_dir / "scales.json"),
+            "-o",
+            str(tmp_path / "q.onnx"),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
+    )
     assert r.returncode == 1 and "the set is mixed" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -149,8 +204,14 @@ def test_reader_refuses_a_mixed_set(two_sets, tmp_path):
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
 def test_outputs_get_the_umask_mode(tmp_path, conv_model, conv_data, umask, mode):
     out = tmp_path / "o"
-    r = subprocess.run([sys.executable, "-m", "calibkit", "calibrate", str(conv_model), "--data", str(conv_data), "-o", str(out)],
-                       capture_output=True, text=True, env=_env(), timeout=300, preexec_fn=lambda: os.umask(umask))
+    r = subprocess.run(
+        [sys.executable, "-m", "calibkit", "calibrate", str(conv_model), "--data", str(conv_data), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+        preexec_fn=lambda: os.umask(umask),
+    )
     assert r.returncode == 0, r.stderr
     for f in FILES:
         assert (out / f).stat().st_mode & 0o777 == mode, f

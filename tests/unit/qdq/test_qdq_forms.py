@@ -51,7 +51,9 @@ def test_constant_node_weights_give_the_same_scales_and_qdq_model(conv_model, co
     assert _structure(qa) == _structure(qb)
     assert hashlib.sha256(const.read_bytes()).hexdigest() == before  # the original is never modified
     x = np.load(conv_data)["x"][:4]
-    np.testing.assert_array_equal(_run(tmp_path / "a.qdq.onnx", {"x": x})[0], _run(tmp_path / "b.qdq.onnx", {"x": x})[0])
+    np.testing.assert_array_equal(
+        _run(tmp_path / "a.qdq.onnx", {"x": x})[0], _run(tmp_path / "b.qdq.onnx", {"x": x})[0]
+    )
 
 
 def test_constant_node_model_missing_scales_names_the_activation(conv_model, conv_data, tmp_path):
@@ -86,7 +88,9 @@ def test_opset_upgrade_failure_is_one_line(conv_model, conv_data, tmp_path, monk
         raise RuntimeError("No adapter for op Foo\nmore")
 
     monkeypatch.setattr(version_converter, "convert_version", boom)
-    with pytest.raises(CalibkitError, match=r"opset 11; per-channel Q/DQ needs opset >= 13 .*No adapter for op Foo\); re-export") as err:
+    with pytest.raises(
+        CalibkitError, match=r"opset 11; per-channel Q/DQ needs opset >= 13 .*No adapter for op Foo\); re-export"
+    ) as err:
         export_qdq(old, table.amax(), tmp_path / "q.onnx")
     assert "\n" not in str(err.value)
 
@@ -129,7 +133,9 @@ def test_model_ort_cannot_load_is_never_written(fp16, tmp_path, monkeypatch):
 def test_external_data_model_exports_with_external_data(tmp_path):
     src = tmp_path / "ext"
     src.mkdir()
-    plain = models.wide_net(tmp_path / "wide.onnx", layers=3, width=64)  # 4 KiB INT8 weights: above ORT's inline threshold
+    plain = models.wide_net(
+        tmp_path / "wide.onnx", layers=3, width=64
+    )  # 4 KiB INT8 weights: above ORT's inline threshold
     ext = qdq_models.with_external_data(plain, src / "m.onnx")
     listing = sorted(p.name for p in src.iterdir())
     data = tmp_path / "x.npz"
@@ -143,14 +149,20 @@ def test_external_data_model_exports_with_external_data(tmp_path):
     x = np.load(data)["x"][:4]
     ref = onnx.load(str(export_qdq(plain, table.amax(), tmp_path / "inline.onnx")))
     np.testing.assert_array_equal(_run(out, {"x": x})[0], _run(tmp_path / "inline.onnx", {"x": x})[0])
-    assert {t: s for t, (_, s) in activation_qdq(onnx.load(str(out))).items()} == {t: s for t, (_, s) in activation_qdq(ref).items()}
+    assert {t: s for t, (_, s) in activation_qdq(onnx.load(str(out))).items()} == {
+        t: s for t, (_, s) in activation_qdq(ref).items()
+    }
 
 
 def test_export_qdq_cli_forms(cli, conv_model, conv_data, tmp_path):
     const = qdq_models.as_constant_nodes(conv_model, tmp_path / "const.onnx")
     cli("calibrate", const, "--data", conv_data, "-o", tmp_path / "cal")
     r = cli("export-qdq", const, "--scales", tmp_path / "cal/scales.json", "-o", tmp_path / "q.onnx")
-    assert "Constant nodes taken as initializers" in r.stdout and "3 quantized activations" in r.stdout and "residual Add" in r.stdout
+    assert (
+        "Constant nodes taken as initializers" in r.stdout
+        and "3 quantized activations" in r.stdout
+        and "residual Add" in r.stdout
+    )
     plain = models.wide_net(tmp_path / "wide.onnx", layers=2, width=64)
     ext = qdq_models.with_external_data(plain, tmp_path / "ext.onnx")
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(1).normal(0, 1, (16, 64)).astype(np.float32))

@@ -73,7 +73,9 @@ def test_taken_branch_quantized_with_top_level_scales(exported, tmp_path):
     g = _graphs(q.graph)
     # the same computation flat at top level goes through ORT's quantizer: every scale, zero
     # point and INT8 weight calibkit writes inside the branches must be bit-identical
-    flat = onnx.load(str(export_qdq(if_models.flat_net(tmp_path / "flat.onnx"), table.amax(), tmp_path / "flat.qdq.onnx")))
+    flat = onnx.load(
+        str(export_qdq(if_models.flat_net(tmp_path / "flat.onnx"), table.amax(), tmp_path / "flat.qdq.onnx"))
+    )
     fg = _graphs(flat.graph)["flat_net"]
     for body, node in (("then", "then_conv"), ("inner_then", "then_matmul")):
         mine, ort_ = _qparams(q, g[body], node), _qparams(flat, fg, node)
@@ -93,7 +95,10 @@ def test_taken_branch_quantized_with_top_level_scales(exported, tmp_path):
     assert _qparams(q, g["if_conv_net"], "top_conv")[0][0].tobytes() == x_scale.tobytes()
     # outputs left float; the weights read from the outer scope and the branch are INT8 + DQ
     assert not [n for n in g["then"].node if n.op_type == "QuantizeLinear" and n.input[0] in ("t_conv", "t_relu")]
-    assert "3 ops inside If branches left in float: not calibrated" in stdout and "2 ops inside If branches quantized" in stdout
+    assert (
+        "3 ops inside If branches left in float: not calibrated" in stdout
+        and "2 ops inside If branches quantized" in stdout
+    )
 
 
 def test_untaken_branches_stay_float_and_the_model_runs(exported):
@@ -120,7 +125,9 @@ def test_untaken_branches_stay_float_and_the_model_runs(exported):
 def test_exclude_nodes_reaches_into_branches(exported, tmp_path, cli):
     model, _, _, _, _ = exported
     out = tmp_path / "ex.qdq.onnx"
-    r = cli("export-qdq", model, "--scales", tmp_path / "cal" / "scales.json", "-o", out, "--exclude-nodes", "^then_conv$")
+    r = cli(
+        "export-qdq", model, "--scales", tmp_path / "cal" / "scales.json", "-o", out, "--exclude-nodes", "^then_conv$"
+    )
     assert "1 ops inside If branches quantized" in r.stdout
     q = onnx.load(str(out))
     assert next(n for n in _graphs(q.graph)["then"].node if n.name == "then_conv").input[:] == ["x", "w_out", "b_out"]
@@ -143,7 +150,10 @@ def test_loop_body_ops_on_outer_tensors_quantized_carried_ones_float(tmp_path):
     table = scales_io.read(tmp_path / "cal" / "scales.json")
     notes: list[str] = []
     path = export_qdq(model, table.amax(), tmp_path / "loop.qdq.onnx", notes=notes)
-    assert "1 ops inside Loop bodies quantized" in notes and "1 ops inside Loop bodies left in float: not calibrated" in notes
+    assert (
+        "1 ops inside Loop bodies quantized" in notes
+        and "1 ops inside Loop bodies left in float: not calibrated" in notes
+    )
     onnx.checker.check_model(str(path), full_check=True)
     q = onnx.load(str(path))
     body = _graphs(q.graph)["body"]

@@ -48,7 +48,9 @@ def test_hostile_layer_ranked_first_and_kept_alone(hostile, tmp_path, cli):
     cli("sensitivity", model, "--scales", scales, "--data", val, "-o", tmp_path / "sens")
     doc = json.loads((tmp_path / "sens" / "sensitivity.json").read_text())
     assert doc["layers"][0]["layer"] == "conv2"
-    assert doc["layers"][0]["only_this_int8"]["min_cosine"] < min(x["only_this_int8"]["min_cosine"] for x in doc["layers"][1:])
+    assert doc["layers"][0]["only_this_int8"]["min_cosine"] < min(
+        x["only_this_int8"]["min_cosine"] for x in doc["layers"][1:]
+    )
     assert doc["evaluations"]["spent"] == 1 + 2 * 5
     assert (tmp_path / "sens" / "sensitivity.html").read_text().count("<img") >= 2
 
@@ -64,12 +66,25 @@ def test_hostile_layer_ranked_first_and_kept_alone(hostile, tmp_path, cli):
     # the sensitivity run's evaluations are reused (journal), not run again
     assert doc["evaluations"]["reused_from_earlier_runs"] >= 11
     # the exclusion list drives export-qdq to the same model fallback wrote
-    cli("export-qdq", model, "--scales", scales, "--exclude-list", fb / "exclude-nodes.txt", "-o", tmp_path / "again.onnx")
+    cli(
+        "export-qdq",
+        model,
+        "--scales",
+        scales,
+        "--exclude-list",
+        fb / "exclude-nodes.txt",
+        "-o",
+        tmp_path / "again.onnx",
+    )
     a = onnx.load(str(tmp_path / "again.onnx"))
     b = onnx.load(str(fb / "h.fallback.qdq.onnx"))
     assert a.graph.SerializeToString(deterministic=True) == b.graph.SerializeToString(deterministic=True)
     html = (fb / "report.html").read_text()
-    assert "Fallback search" in html and "INT8 + fallback (layers kept in float: 1)" in html and "calibkit export-qdq" in html
+    assert (
+        "Fallback search" in html
+        and "INT8 + fallback (layers kept in float: 1)" in html
+        and "calibkit export-qdq" in html
+    )
 
 
 def test_fallback_nothing_to_keep_when_target_already_met(hostile, tmp_path, cli):
@@ -83,7 +98,9 @@ def test_bad_input_is_one_line(hostile, tmp_path, cli):
     model, scales, val = hostile
     r = cli("fallback", model, "--scales", scales, "--data", val, "--min-cosine", "2", "-o", tmp_path / "x", expect=1)
     assert "--min-cosine" in r.stderr and "Traceback" not in r.stderr
-    r = cli("fallback", model, "--scales", scales, "--data", val, "--max-accuracy-drop", "1", "-o", tmp_path / "x", expect=1)
+    r = cli(
+        "fallback", model, "--scales", scales, "--data", val, "--max-accuracy-drop", "1", "-o", tmp_path / "x", expect=1
+    )
     assert "--labels or --metric" in r.stderr
     r = cli("sensitivity", model, "--scales", scales, "--data", val, "--workers", "0", "-o", tmp_path / "x", expect=1)
     assert "--workers" in r.stderr
@@ -96,9 +113,11 @@ def test_bad_input_is_one_line(hostile, tmp_path, cli):
 
 def _fake(table: dict[tuple, float]):
     """An evaluator over known cosines (the search's logic, not a model, is under test)."""
+
     def run_missing(configs, on_done):
         for c in configs:
             on_done(c, {"min_cosine": table(c), "cosine": {}})
+
     return S.Evaluator(run_missing)
 
 
@@ -131,7 +150,20 @@ def test_nan_never_meets():
 def test_ray_picks_the_same_layers_as_local_workers(hostile, tmp_path, cli):
     pytest.importorskip("ray")
     model, scales, val = hostile
-    cli("fallback", model, "--scales", scales, "--data", val, "--min-cosine", "0.999", "--workers", "2", "-o", tmp_path / "local")
+    cli(
+        "fallback",
+        model,
+        "--scales",
+        scales,
+        "--data",
+        val,
+        "--min-cosine",
+        "0.999",
+        "--workers",
+        "2",
+        "-o",
+        tmp_path / "local",
+    )
     local = json.loads((tmp_path / "local" / "fallback.json").read_text())
     # a fresh cache: Ray must run every evaluation itself, not reuse the local run's journal
     env_cache = tmp_path / "ray-cache"
@@ -141,14 +173,39 @@ def test_ray_picks_the_same_layers_as_local_workers(hostile, tmp_path, cli):
 
     env = {**os.environ, "CALIBKIT_CACHE": str(env_cache), "COLUMNS": "80", "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
-    r = subprocess.run([sys.executable, "-m", "calibkit", "fallback", str(model), "--scales", str(scales), "--data", str(val), "--min-cosine", "0.999",
-                        "--ray", "auto", "--workers", "2", "-o", str(tmp_path / "ray")], capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "calibkit",
+            "fallback",
+            str(model),
+            "--scales",
+            str(scales),
+            "--data",
+            str(val),
+            "--min-cosine",
+            "0.999",
+            "--ray",
+            "auto",
+            "--workers",
+            "2",
+            "-o",
+            str(tmp_path / "ray"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     remote = json.loads((tmp_path / "ray" / "fallback.json").read_text())
     assert "Ray" in r.stdout and remote["evaluations"]["reused_from_earlier_runs"] == 0
     assert remote["exclude_nodes"] == local["exclude_nodes"] == ["conv2"]
     assert [x["layer"] for x in remote["layers"]] == [x["layer"] for x in local["layers"]]
-    assert [x["only_this_int8"]["min_cosine"] for x in remote["layers"]] == [x["only_this_int8"]["min_cosine"] for x in local["layers"]]
+    assert [x["only_this_int8"]["min_cosine"] for x in remote["layers"]] == [
+        x["only_this_int8"]["min_cosine"] for x in local["layers"]
+    ]
 
 
 def test_interrupted_sensitivity_resumes_without_repeating(tmp_path):
@@ -164,8 +221,23 @@ def test_interrupted_sensitivity_resumes_without_repeating(tmp_path):
     np.savez(tmp_path / "val.npz", x=rng.normal(0, 1, (6000, 3, 8, 8)).astype(np.float32))
     env = {**os.environ, "CALIBKIT_CACHE": str(tmp_path / "cache"), "COLUMNS": "80"}
     base = [sys.executable, "-m", "calibkit"]
-    subprocess.run([*base, "calibrate", str(model), "--data", str(tmp_path / "cal.npz"), "-o", str(tmp_path / "cal")], check=True, env=env, capture_output=True)
-    cmd = [*base, "sensitivity", str(model), "--scales", str(tmp_path / "cal" / "scales.json"), "--data", str(tmp_path / "val.npz"), "-o", str(tmp_path / "s")]
+    subprocess.run(
+        [*base, "calibrate", str(model), "--data", str(tmp_path / "cal.npz"), "-o", str(tmp_path / "cal")],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    cmd = [
+        *base,
+        "sensitivity",
+        str(model),
+        "--scales",
+        str(tmp_path / "cal" / "scales.json"),
+        "--data",
+        str(tmp_path / "val.npz"),
+        "-o",
+        str(tmp_path / "s"),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     journal_dir = tmp_path / "cache" / "evaluations"
     deadline = time.time() + 300
@@ -195,6 +267,8 @@ def test_api_on_the_demo(tmp_path, cli):
     val = demo.VAL
     s = sensitivity(demo.MODEL, scales, val, tmp_path / "sens", labels=str(val / "labels.npy"))
     assert len(s.doc["layers"]) == 5 and s.doc["fp32_task"] is not None and s.report.is_file()
-    f = fallback(demo.MODEL, scales, val, tmp_path / "fb", labels=str(val / "labels.npy"), target=Target(max_accuracy_drop=0.5))
+    f = fallback(
+        demo.MODEL, scales, val, tmp_path / "fb", labels=str(val / "labels.npy"), target=Target(max_accuracy_drop=0.5)
+    )
     assert f.doc["pass"] and f.doc["evaluations"]["reused_from_earlier_runs"] >= 11
     assert f.doc["verification"]["after"]["accuracy_drop_pp"] <= 0.5

@@ -36,9 +36,23 @@ def test_every_layer_in_float_is_not_a_fallback():
 
 def test_unreachable_target_exits_3_with_the_float_model_named(hostile, tmp_path, cli):
     model, scales, val = hostile
-    r = cli("fallback", model, "--scales", scales, "--data", val, "--min-cosine", "0.99999999", "-o", tmp_path / "fb", expect=3)
+    r = cli(
+        "fallback",
+        model,
+        "--scales",
+        scales,
+        "--data",
+        val,
+        "--min-cosine",
+        "0.99999999",
+        "-o",
+        tmp_path / "fb",
+        expect=3,
+    )
     doc = json.loads((tmp_path / "fb" / "fallback.json").read_text())
-    assert not doc["pass"] and "only the float model meets the target" in doc["verdict"] and "0.99999999" in doc["verdict"]
+    assert (
+        not doc["pass"] and "only the float model meets the target" in doc["verdict"] and "0.99999999" in doc["verdict"]
+    )
     assert "FAIL" in r.stdout and "Traceback" not in r.stderr
 
 
@@ -49,9 +63,23 @@ def test_metric_returning_nan_is_a_one_line_error(hostile, tmp_path, cli, body):
     (tmp_path / "m.py").write_text(f"import numpy as np\ndef metric(outputs, labels):\n    return {body}\n")
     for cmd in ("sensitivity", "fallback", "validate"):
         out = ["--report", tmp_path / cmd / "r.html"] if cmd == "validate" else ["-o", tmp_path / cmd]
-        args = [cmd, model, "--scales", scales, "--data", val, "--labels", tmp_path / "labels.npy", "--metric", f"{tmp_path / 'm.py'}:metric", *out]
+        args = [
+            cmd,
+            model,
+            "--scales",
+            scales,
+            "--data",
+            val,
+            "--labels",
+            tmp_path / "labels.npy",
+            "--metric",
+            f"{tmp_path / 'm.py'}:metric",
+            *out,
+        ]
         r = cli(*args, expect=1)
-        assert "NaN/inf score" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert (
+            "NaN/inf score" in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        ), r.stderr
         assert not (tmp_path / cmd).exists()
 
 
@@ -74,24 +102,53 @@ def test_unwritable_cache_is_a_one_line_error(hostile, tmp_path, cli, monkeypatc
 
 
 def _popen(args, env):
-    return subprocess.Popen([sys.executable, "-m", "calibkit", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "calibkit", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_second_run_into_the_same_folder_fails_at_once(hostile, tmp_path):
     model, scales, val = hostile
-    (tmp_path / "slow.py").write_text("import time\ndef metric(outputs, labels):\n    time.sleep(0.2)\n    return (labels == labels).astype(float)\n")
+    (tmp_path / "slow.py").write_text(
+        "import time\ndef metric(outputs, labels):\n    time.sleep(0.2)\n    return (labels == labels).astype(float)\n"
+    )
     np.save(tmp_path / "labels.npy", np.zeros(48, np.int64))
-    common = [model, "--scales", scales, "--data", val, "--labels", tmp_path / "labels.npy", "--metric", f"{tmp_path / 'slow.py'}:metric", "-o", tmp_path / "same"]
+    common = [
+        model,
+        "--scales",
+        scales,
+        "--data",
+        val,
+        "--labels",
+        tmp_path / "labels.npy",
+        "--metric",
+        f"{tmp_path / 'slow.py'}:metric",
+        "-o",
+        tmp_path / "same",
+    ]
     env = {**os.environ, "COLUMNS": "80"}
     first = _popen(["sensitivity", *common], {**env, "CALIBKIT_CACHE": str(tmp_path / "c1")})
     deadline = time.monotonic() + 120
     while not (tmp_path / "same" / ".calibkit").exists() and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.05)
-    second = subprocess.run([sys.executable, "-m", "calibkit", "fallback", *map(str, common)], capture_output=True, text=True,
-                            env={**env, "CALIBKIT_CACHE": str(tmp_path / "c2")}, timeout=120)
+    second = subprocess.run(
+        [sys.executable, "-m", "calibkit", "fallback", *map(str, common)],
+        capture_output=True,
+        text=True,
+        env={**env, "CALIBKIT_CACHE": str(tmp_path / "c2")},
+        timeout=120,
+    )
     first.communicate(timeout=300)
     assert first.returncode == 0
-    assert second.returncode == 1 and "in use by another calibkit run" in second.stderr and f"pid {first.pid}" in second.stderr
+    assert (
+        second.returncode == 1
+        and "in use by another calibkit run" in second.stderr
+        and f"pid {first.pid}" in second.stderr
+    )
 
 
 def test_two_runs_over_the_same_evaluations_wait_and_reuse(hostile, tmp_path):
@@ -99,15 +156,33 @@ def test_two_runs_over_the_same_evaluations_wait_and_reuse(hostile, tmp_path):
     env = {**os.environ, "COLUMNS": "80", "CALIBKIT_CACHE": str(tmp_path / "shared")}
     started = tmp_path / "evaluating"
     # the metric is slow (11 evaluations >= 5.5 s) and marks when the first run's evaluations begin
-    (tmp_path / "slow.py").write_text(f"import pathlib, time\ndef metric(outputs, labels):\n    pathlib.Path({str(started)!r}).touch()\n"
-                                      "    time.sleep(0.5)\n    return (labels == labels).astype(float)\n")
+    (tmp_path / "slow.py").write_text(
+        f"import pathlib, time\ndef metric(outputs, labels):\n    pathlib.Path({str(started)!r}).touch()\n"
+        "    time.sleep(0.5)\n    return (labels == labels).astype(float)\n"
+    )
     np.save(tmp_path / "labels.npy", np.zeros(48, np.int64))
-    common = [model, "--scales", scales, "--data", val, "--labels", tmp_path / "labels.npy", "--metric", f"{tmp_path / 'slow.py'}:metric"]
+    common = [
+        model,
+        "--scales",
+        scales,
+        "--data",
+        val,
+        "--labels",
+        tmp_path / "labels.npy",
+        "--metric",
+        f"{tmp_path / 'slow.py'}:metric",
+    ]
     a = _popen(["sensitivity", *common, "-o", tmp_path / "a"], env)
     deadline = time.monotonic() + 120
     while not started.exists() and a.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    b = subprocess.run([sys.executable, "-m", "calibkit", "sensitivity", *map(str, common), "-o", tmp_path / "b"], capture_output=True, text=True, env=env, timeout=300)
+    b = subprocess.run(
+        [sys.executable, "-m", "calibkit", "sensitivity", *map(str, common), "-o", tmp_path / "b"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     a.communicate(timeout=300)
     assert a.returncode == 0 and b.returncode == 0, b.stderr
     assert "waiting for it" in b.stderr  # a held the journal when b reached it

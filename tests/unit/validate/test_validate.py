@@ -36,7 +36,9 @@ def test_output_metrics_values_and_streaming():
     assert s["max_abs_err"] == pytest.approx(np.abs(d).max(), rel=1e-6)
     assert s["mean_abs_err"] == pytest.approx(np.abs(d).mean(), rel=1e-9)
     assert s["sqnr_db"] == pytest.approx(10 * np.log10((ref.astype(np.float64) ** 2).sum() / (d**2).sum()), rel=1e-9)
-    cos = (ref.astype(np.float64) * cand).sum() / np.sqrt((ref.astype(np.float64) ** 2).sum() * (cand.astype(np.float64) ** 2).sum())
+    cos = (ref.astype(np.float64) * cand).sum() / np.sqrt(
+        (ref.astype(np.float64) ** 2).sum() * (cand.astype(np.float64) ** 2).sum()
+    )
     assert s["cosine"] == pytest.approx(cos, rel=1e-9)
     assert s["top1_agreement"] == pytest.approx((ref.argmax(1) == cand.argmax(1)).mean())
     assert s["top1_agreement"] < 1.0 and s["top5_agreement"] >= s["top1_agreement"]
@@ -60,7 +62,11 @@ def test_latency_summary():
     for t in [0.010] * 98 + [0.5, 0.5]:
         lat.add(t, 4)
     s = lat.summary()
-    assert 9.95 <= s["median_ms"] <= 10.05 and s["p99_ms"] >= 490 and s["throughput_sps"] == pytest.approx(400 / sum([0.010] * 98 + [0.5, 0.5]))
+    assert (
+        9.95 <= s["median_ms"] <= 10.05
+        and s["p99_ms"] >= 490
+        and s["throughput_sps"] == pytest.approx(400 / sum([0.010] * 98 + [0.5, 0.5]))
+    )
 
 
 def test_fp16_emulation_rounds_through_float16(tmp_path):
@@ -123,10 +129,26 @@ def test_compare_ranks_methods_with_metric_fn(cli, conv_model, conv_data, tmp_pa
     np.savez(tmp_path / "val.npz", x=x)
     ref = ort.InferenceSession(str(conv_model), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.save(tmp_path / "labels.npy", ref.argmax(1))
-    (tmp_path / "metric.py").write_text("import numpy as np\ndef metric(outputs, labels):\n    return (outputs['y'].argmax(1) == labels).astype(float)\n")
-    for extra in (["--labels", tmp_path / "labels.npy"], ["--metric", f"{tmp_path / 'metric.py'}:metric", "--labels", tmp_path / "labels.npy"]):
-        cli("compare", conv_model, "--histograms", tmp_path / "cal/histograms.npz", "--data", tmp_path / "val.npz", *extra,
-            "--methods", "entropy,percentile:40,minmax", "--report", tmp_path / "cmp.html")
+    (tmp_path / "metric.py").write_text(
+        "import numpy as np\ndef metric(outputs, labels):\n    return (outputs['y'].argmax(1) == labels).astype(float)\n"
+    )
+    for extra in (
+        ["--labels", tmp_path / "labels.npy"],
+        ["--metric", f"{tmp_path / 'metric.py'}:metric", "--labels", tmp_path / "labels.npy"],
+    ):
+        cli(
+            "compare",
+            conv_model,
+            "--histograms",
+            tmp_path / "cal/histograms.npz",
+            "--data",
+            tmp_path / "val.npz",
+            *extra,
+            "--methods",
+            "entropy,percentile:40,minmax",
+            "--report",
+            tmp_path / "cmp.html",
+        )
         doc = json.loads((tmp_path / "cmp.results.json").read_text())
         cands = doc["candidates"]
         assert cands[0]["accuracy"] == 100.0
@@ -140,7 +162,18 @@ def test_compare_ranks_methods_with_metric_fn(cli, conv_model, conv_data, tmp_pa
 def test_fp16_overflow_reported_not_crash(cli, tmp_path):
     model = models.scale_net(tmp_path / "s.onnx", factor=1e5)
     np.savez(tmp_path / "v.npz", x=np.array([[1.0, 0.5, 2.0], [0.1, 0.2, 0.3]], np.float32))
-    r = cli("validate", model, "--data", tmp_path / "v.npz", "--backends", "ort-fp16", "--emulate-fp16", "--report", tmp_path / "r.html", expect=3)
+    r = cli(
+        "validate",
+        model,
+        "--data",
+        tmp_path / "v.npz",
+        "--backends",
+        "ort-fp16",
+        "--emulate-fp16",
+        "--report",
+        tmp_path / "r.html",
+        expect=3,
+    )
     doc = json.loads((tmp_path / "r.results.json").read_text())
     fp = doc["candidates"][1]
     assert fp["outputs"]["y"]["nonfinite"] > 0 and not fp["pass"] and "NaN/Inf" in fp["failures"][0]
@@ -179,7 +212,9 @@ def test_every_validation_command_has_help(cli):
 def test_preprocess_is_used_for_validation_images(tmp_path):
     from calibkit import demo
 
-    ev = evaluate(load(demo.MODEL), demo.VAL, [], Preprocess.from_file(demo.PREPROCESS), labels=str(demo.VAL / "labels.npy"))
+    ev = evaluate(
+        load(demo.MODEL), demo.VAL, [], Preprocess.from_file(demo.PREPROCESS), labels=str(demo.VAL / "labels.npy")
+    )
     assert ev.samples == 497 and ev.reference.correct / ev.samples > 0.98
 
 

@@ -41,9 +41,35 @@ def _by_label(doc):
 
 def test_validate_counts_samples_on_the_state_axis_and_labels_line_up(state_model, tmp_path, cli):
     model, state, labels = state_model
-    cli("calibrate", model, "--data", tmp_path / "d.npz", "--batch-axis", "state:1", "-o", tmp_path / "cal", "--device", "cpu")
-    args = ("validate", model, "--scales", tmp_path / "cal" / "scales.json", "--data", tmp_path / "d.npz", "--backends", "ort-int8,ort-fp16",
-            "--device", "cpu", "--batch-axis", "state:1", "--batch-size", "4", *LENIENT)
+    cli(
+        "calibrate",
+        model,
+        "--data",
+        tmp_path / "d.npz",
+        "--batch-axis",
+        "state:1",
+        "-o",
+        tmp_path / "cal",
+        "--device",
+        "cpu",
+    )
+    args = (
+        "validate",
+        model,
+        "--scales",
+        tmp_path / "cal" / "scales.json",
+        "--data",
+        tmp_path / "d.npz",
+        "--backends",
+        "ort-int8,ort-fp16",
+        "--device",
+        "cpu",
+        "--batch-axis",
+        "state:1",
+        "--batch-size",
+        "4",
+        *LENIENT,
+    )
     cli(*args, "--labels", tmp_path / "labels.npy", "--report", tmp_path / "r.html")
     doc = _doc(tmp_path / "r.results.json")
     assert doc["data"]["samples"] == N
@@ -56,14 +82,39 @@ def test_validate_counts_samples_on_the_state_axis_and_labels_line_up(state_mode
     for wrong in (labels[:2], np.concatenate([labels, labels[:1]])):
         np.save(tmp_path / "bad.npy", wrong)
         r = cli(*args, "--labels", tmp_path / "bad.npy", "--report", tmp_path / "bad.html", expect=1)
-        assert f"have {len(wrong)} entries" in r.stderr and "must match one to one" in r.stderr and "Traceback" not in r.stderr
+        assert (
+            f"have {len(wrong)} entries" in r.stderr
+            and "must match one to one" in r.stderr
+            and "Traceback" not in r.stderr
+        )
     # --max-samples: the first samples and their labels
     cli(*args, "--labels", tmp_path / "labels.npy", "--max-samples", "6", "--report", tmp_path / "m.html")
     doc = _doc(tmp_path / "m.results.json")
-    assert doc["data"]["samples"] == 6 and doc["data"]["feed"]["limited"] and _by_label(doc)["ort-fp32"]["accuracy"] == 100.0
+    assert (
+        doc["data"]["samples"] == 6
+        and doc["data"]["feed"]["limited"]
+        and _by_label(doc)["ort-fp32"]["accuracy"] == 100.0
+    )
     # compare takes the same options
-    cli("compare", model, "--histograms", tmp_path / "cal" / "histograms.npz", "--methods", "minmax", "--data", tmp_path / "d.npz",
-        "--batch-axis", "state:1", "--labels", tmp_path / "labels.npy", "--device", "cpu", "--report", tmp_path / "c.html", *LENIENT)
+    cli(
+        "compare",
+        model,
+        "--histograms",
+        tmp_path / "cal" / "histograms.npz",
+        "--methods",
+        "minmax",
+        "--data",
+        tmp_path / "d.npz",
+        "--batch-axis",
+        "state:1",
+        "--labels",
+        tmp_path / "labels.npy",
+        "--device",
+        "cpu",
+        "--report",
+        tmp_path / "c.html",
+        *LENIENT,
+    )
     doc = _doc(tmp_path / "c.results.json")
     assert doc["data"]["samples"] == N and _by_label(doc)["ort-fp32"]["accuracy"] == 100.0
 
@@ -71,9 +122,30 @@ def test_validate_counts_samples_on_the_state_axis_and_labels_line_up(state_mode
 def test_validate_metric_scores_per_sample(state_model, tmp_path, cli):
     model, state, labels = state_model
     metric = tmp_path / "m.py"
-    metric.write_text("import numpy as np\ndef metric(outputs, labels):\n    return (outputs['y'].argmax(1) == labels).astype(float)\n")
-    cli("validate", model, "--data", tmp_path / "d.npz", "--backends", "ort-fp16", "--device", "cpu", "--batch-axis", "state:1", "--batch-size", "3",
-        "--metric", f"{metric}:metric", "--labels", tmp_path / "labels.npy", "--report", tmp_path / "r.html", *LENIENT)
+    metric.write_text(
+        "import numpy as np\ndef metric(outputs, labels):\n    return (outputs['y'].argmax(1) == labels).astype(float)\n"
+    )
+    cli(
+        "validate",
+        model,
+        "--data",
+        tmp_path / "d.npz",
+        "--backends",
+        "ort-fp16",
+        "--device",
+        "cpu",
+        "--batch-axis",
+        "state:1",
+        "--batch-size",
+        "3",
+        "--metric",
+        f"{metric}:metric",
+        "--labels",
+        tmp_path / "labels.npy",
+        "--report",
+        tmp_path / "r.html",
+        *LENIENT,
+    )
     doc = _doc(tmp_path / "r.results.json")
     assert doc["data"]["samples"] == N and _by_label(doc)["ort-fp32"]["accuracy"] == 100.0
 
@@ -90,8 +162,23 @@ def test_validate_no_rebatch_runs_the_loaders_feeds(state_model, tmp_path, cli):
         "        yield {'state': state[:, start:start + n], 'sr': np.array(16000, np.int64)}\n"
         "        start += n\n"
     )
-    args = ("validate", model, "--data", f"{loader}:load_data", "--backends", "ort-fp16", "--device", "cpu", "--batch-axis", "state:1",
-            "--batch-size", "2", "--labels", tmp_path / "labels.npy", *LENIENT)
+    args = (
+        "validate",
+        model,
+        "--data",
+        f"{loader}:load_data",
+        "--backends",
+        "ort-fp16",
+        "--device",
+        "cpu",
+        "--batch-axis",
+        "state:1",
+        "--batch-size",
+        "2",
+        "--labels",
+        tmp_path / "labels.npy",
+        *LENIENT,
+    )
     for flags, batches in (((), 5), (("--no-rebatch",), 4)):
         report = tmp_path / f"r{batches}.html"
         cli(*args, *flags, "--report", report)
@@ -106,14 +193,48 @@ def test_validate_no_rebatch_runs_the_loaders_feeds(state_model, tmp_path, cli):
 
 def test_validate_rejects_a_batch_axis_of_no_input(state_model, tmp_path, cli):
     model, _, _ = state_model
-    r = cli("validate", model, "--data", tmp_path / "d.npz", "--backends", "ort-fp16", "--batch-axis", "nope:1", "--report", tmp_path / "r.html", expect=1)
+    r = cli(
+        "validate",
+        model,
+        "--data",
+        tmp_path / "d.npz",
+        "--backends",
+        "ort-fp16",
+        "--batch-axis",
+        "nope:1",
+        "--report",
+        tmp_path / "r.html",
+        expect=1,
+    )
     assert "--batch-axis names 'nope'" in r.stderr
 
 
 def test_build_feed_options(state_model, tmp_path, cli):
     model, _, _ = state_model
-    cli("calibrate", model, "--data", tmp_path / "d.npz", "--batch-axis", "state:1", "-o", tmp_path / "cal", "--device", "cpu")
-    base = ("build", model, "--engine", tmp_path / "e.plan", "--int8", "--cache", tmp_path / "cal" / "s.cache", "--print-trtexec", "--trt-major", "10")
+    cli(
+        "calibrate",
+        model,
+        "--data",
+        tmp_path / "d.npz",
+        "--batch-axis",
+        "state:1",
+        "-o",
+        tmp_path / "cal",
+        "--device",
+        "cpu",
+    )
+    base = (
+        "build",
+        model,
+        "--engine",
+        tmp_path / "e.plan",
+        "--int8",
+        "--cache",
+        tmp_path / "cal" / "s.cache",
+        "--print-trtexec",
+        "--trt-major",
+        "10",
+    )
     r = cli(*base, "--batch-axis", "state:1", expect=1)
     assert "give --data or drop them" in r.stderr
     r = cli(*base, "--data", tmp_path / "d.npz", "--batch-axis", "bad:1", expect=1)

@@ -105,7 +105,7 @@ class PinnedStager:
 
             self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="calibkit-stage")
         cuts = np.linspace(0, dst.shape[0], min(self.threads, dst.shape[0]) + 1).astype(int)
-        list(self.pool.map(lambda ab: np.copyto(dst[ab[0]:ab[1]], src[ab[0]:ab[1]]), zip(cuts[:-1], cuts[1:])))
+        list(self.pool.map(lambda ab: np.copyto(dst[ab[0] : ab[1]], src[ab[0] : ab[1]]), zip(cuts[:-1], cuts[1:])))
 
 
 def _apply_chunk(fn: Callable, items: list, arg) -> list:
