@@ -95,3 +95,14 @@ def ort_message(exc: BaseException) -> str:
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
     text = re.sub(r"\s*/\S*onnxruntime\S*\.(?:cc|h|cpp):\d+ [^ ]*\([^)]*\)(?: const)?", " ", text)
     return re.sub(r"\s+", " ", text).strip() or type(exc).__name__
+
+
+@functools.lru_cache(maxsize=1)
+def int8_saturates() -> bool:
+    """An x86 CPU without VNNI (Linux /proc/cpuinfo): ORT's real INT8 kernels multiply u8 x s8
+    pairs into int16 there, which saturates (ONNX Runtime's quantization docs)."""
+    try:
+        flags = open("/proc/cpuinfo", encoding="ascii", errors="replace").read()
+    except OSError:
+        return False
+    return " avx2" in flags and "vnni" not in flags

@@ -169,9 +169,8 @@ def _run_reporting(fn, **kwargs):
 @click.option("--scales", type=click.Path(dir_okay=False), help="scales.json from `calibkit calibrate`.")
 @click.option(
     "--backends",
-    default="ort-int8,ort-fp16",
-    show_default=True,
-    help="Comma-separated: ort-int8, ort-int8-cpu, ort-fp16, ort-fp32, trt-int8, trt-fp16.",
+    help="Comma-separated: ort-int8, ort-int8-cpu, ort-fp16, ort-fp32, trt-int8, trt-fp16 "
+    "[default: ort-int8,ort-fp16; the bare demo: ort-int8,ort-fp16,trt-int8].",
 )
 @click.option(
     "--emulate-fp16",
@@ -196,7 +195,10 @@ def validate(model, scales, backends, emulate_fp16, **kw) -> None:
         scales, kw = _demo_defaults(kw)
         model = str(demo.MODEL)
         kw["report"] = kw["report"] or f"{DEMO_OUT}/report.html"
-        backends = "ort-int8,ort-int8-cpu,ort-fp16,trt-int8"
+        # ort-int8-cpu (ORT's real INT8 kernels) is left out: on x86 CPUs without VNNI its u8s8
+        # products saturate (ONNX Runtime's quantization docs), which says nothing of TensorRT.
+        backends = backends or "ort-int8,ort-fp16,trt-int8"
+    backends = backends or "ort-int8,ort-fp16"
     if not kw["data"]:
         raise click.UsageError("give --data with the validation set")
     if not kw["report"]:

@@ -15,7 +15,7 @@ import onnx
 from calibkit.errors import CalibkitError
 from calibkit.graph.model import with_outputs
 from calibkit.qdq.export import activation_qdq, export_qdq
-from calibkit.sessions import session
+from calibkit.sessions import int8_saturates, session
 from calibkit.validate import fp16
 from calibkit.validate.candidate import Candidate, Unavailable  # noqa: F401  (Unavailable: raised by backends)
 
@@ -83,6 +83,7 @@ def make(
             "TensorRT Q/DQ placement, dequantize->FP32 kernels on ORT CPU"
             if placement == "trt"
             else "ORT placement, real INT8 kernels on ORT CPU"
+            + (" (this CPU has no VNNI: ORT's u8s8 kernels saturate here, unlike TensorRT)" if int8_saturates() else "")
         )
         label = f"{backend} ({method})" if method else backend
         return Candidate(

@@ -89,6 +89,9 @@ def _labels(path: str | None):
         lab = np.load(p, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise CalibkitError(f"labels {p} is not a readable .npy array ({exc})") from None
+    if not isinstance(lab, np.ndarray):  # an .npz archive
+        lab.close()
+        raise CalibkitError(f"labels {p} is an .npz archive; --labels needs one .npy array of class ids, shape [N]")
     if lab.ndim == 2 and lab.shape[1] == 1:
         lab = lab.reshape(-1)
     if lab.ndim != 1 or lab.dtype.kind not in "iub":

@@ -23,15 +23,46 @@ WHEELS = {10: ("tensorrt-cu12-bindings", "10.16.1.11"), 11: ("tensorrt-cu13-bind
 CACHE = Path(os.environ.get("CALIBKIT_TRT_WHEELS", Path.home() / ".cache" / "calibkit" / "trt-wheels"))
 # Python-side arity (parameters after self) of the calibrator protocol, as TensorRT documents it;
 # the test cross-checks it against the `def name(...)` examples inside the binary's docstrings.
-CALIBRATOR_ARITY = {"get_batch_size": 0, "get_algorithm": 0, "get_batch": 1, "read_calibration_cache": 0, "write_calibration_cache": 1,
-                    "get_quantile": 0, "get_regression_cutoff": 0, "read_histogram_cache": 0, "write_histogram_cache": 1}
-CALIBRATOR_METHODS = ("get_batch_size", "get_algorithm", "get_batch", "read_calibration_cache", "write_calibration_cache")  # bound on every IInt8*Calibrator
+CALIBRATOR_ARITY = {
+    "get_batch_size": 0,
+    "get_algorithm": 0,
+    "get_batch": 1,
+    "read_calibration_cache": 0,
+    "write_calibration_cache": 1,
+    "get_quantile": 0,
+    "get_regression_cutoff": 0,
+    "read_histogram_cache": 0,
+    "write_histogram_cache": 1,
+}
+CALIBRATOR_METHODS = (
+    "get_batch_size",
+    "get_algorithm",
+    "get_batch",
+    "read_calibration_cache",
+    "write_calibration_cache",
+)  # bound on every IInt8*Calibrator
 PYBIND_BUILTINS = {"name", "value", "__init__", "__int__", "__name__"}
-TRT_PARAMS = {"builder", "network", "config", "parser", "profile", "engine", "context", "layer", "runtime", "tensor", "logger"}
+TRT_PARAMS = {
+    "builder",
+    "network",
+    "config",
+    "parser",
+    "profile",
+    "engine",
+    "context",
+    "layer",
+    "runtime",
+    "tensor",
+    "logger",
+}
 
 
 def offline() -> bool:
-    return os.environ.get("CALIBKIT_OFFLINE") == "1" or os.environ.get("PIP_NO_INDEX", "").lower() in ("1", "true", "yes")
+    return os.environ.get("CALIBKIT_OFFLINE") == "1" or os.environ.get("PIP_NO_INDEX", "").lower() in (
+        "1",
+        "true",
+        "yes",
+    )
 
 
 def wheel(major: int) -> Path:
@@ -42,12 +73,29 @@ def wheel(major: int) -> Path:
     if found:
         return found[0]
     CACHE.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
-           "--platform", "manylinux_2_28_x86_64", "--disable-pip-version-check", "-q", "-d", str(CACHE), f"{name}=={version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(CACHE),
+        f"{name}=={version}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     found = sorted(CACHE.glob(pattern))
     if proc.returncode != 0 or not found:
-        raise RuntimeError(f"could not download {name}=={version} from PyPI (set CALIBKIT_OFFLINE=1 to skip offline):\n{proc.stderr[-2000:]}")
+        raise RuntimeError(
+            f"could not download {name}=={version} from PyPI (set CALIBKIT_OFFLINE=1 to skip offline):\n{proc.stderr[-2000:]}"
+        )
     return found[0]
 
 
@@ -79,7 +127,12 @@ def surface_from_bytes(major: int, so: bytes, init_py: str = "") -> Surface:
     overridable = {}
     for cls in ("IInt8EntropyCalibrator2", "IInt8EntropyCalibrator", "IInt8MinMaxCalibrator", "IInt8LegacyCalibrator"):
         if cls in idents:
-            overridable[cls] = set(CALIBRATOR_METHODS) & {m for m in CALIBRATOR_METHODS if m in idents} | generic | virtual.get("IInt8Calibrator", set()) | virtual.get(cls, set())
+            overridable[cls] = (
+                set(CALIBRATOR_METHODS) & {m for m in CALIBRATOR_METHODS if m in idents}
+                | generic
+                | virtual.get("IInt8Calibrator", set())
+                | virtual.get(cls, set())
+            )
     doc_arity = {}
     for name, args in re.findall(r"^\s*def (\w+)\(([^)]*)\)", text, re.M):
         params = [a.strip() for a in args.split(",") if a.strip() and a.strip() != "self"]
@@ -198,7 +251,15 @@ def _overrides(tree: ast.Module, cls: ast.ClassDef, filename: str) -> list[Use]:
             if name.startswith("_"):
                 continue
             arity = len(fn.args.args) - 1 + len(fn.args.posonlyargs)
-            found.append(Use(f"{filename}:{fn.lineno}", f"{cls.name}.{name}/{arity} overrides trt.{base}", [name], cls=base, arity=arity))
+            found.append(
+                Use(
+                    f"{filename}:{fn.lineno}",
+                    f"{cls.name}.{name}/{arity} overrides trt.{base}",
+                    [name],
+                    cls=base,
+                    arity=arity,
+                )
+            )
     return found
 
 
@@ -209,7 +270,9 @@ def problems(use: Use, s: Surface) -> list[str]:
             return [f"{use.where}: {use.what}: TensorRT {s.major} has no {use.cls}"]
         name = use.names[0]
         if name not in meths:
-            return [f"{use.where}: {use.what}: {use.cls} in TensorRT {s.major} has no method {name} to override ({', '.join(sorted(meths))})"]
+            return [
+                f"{use.where}: {use.what}: {use.cls} in TensorRT {s.major} has no method {name} to override ({', '.join(sorted(meths))})"
+            ]
         if CALIBRATOR_ARITY.get(name) != use.arity:
             return [f"{use.where}: {use.what}: TensorRT calls {name} with {CALIBRATOR_ARITY.get(name)} argument(s)"]
         return []

@@ -22,9 +22,15 @@ def test_wheel_runs_the_bare_demo(tmp_path):
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)], tmp_path)
     wheel = next(dist.glob("calibkit-*.whl"))
     venv = tmp_path / "venv"
-    # system site-packages supply the dependencies (no network); calibkit itself comes from the wheel
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], tmp_path)
+    # The running interpreter's site-packages supply the dependencies (no network), also when it is
+    # itself a venv (--system-site-packages would then see the base interpreter's, without onnx):
+    # a .pth in the new venv lists them as plain paths (their own .pth files, such as an editable
+    # calibkit's, are not processed), after the venv's own site-packages, where the wheel goes.
+    _run([sys.executable, "-m", "venv", str(venv)], tmp_path)
     py = venv / "bin" / "python"
+    own = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path).stdout.strip()
+    deps = [p for p in sys.path if p.rstrip("/").endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
+    (Path(own) / "calibkit-test-deps.pth").write_text("".join(f"{p}\n" for p in deps))
     _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--force-reinstall", str(wheel)], tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()

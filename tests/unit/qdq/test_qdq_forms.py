@@ -4,11 +4,11 @@ float16 graphs, external data; the written model always passes onnx.checker and 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import models
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import qdq_models
 from onnx import TensorProto, numpy_helper
@@ -17,6 +17,7 @@ from calibkit.artifacts import scales as scales_io
 from calibkit.calibration import calibrate
 from calibkit.errors import CalibkitError
 from calibkit.qdq.export import activation_qdq, export_qdq
+from calibkit.sessions import session
 
 
 def _cal(model, data, out, method="entropy"):
@@ -35,7 +36,9 @@ def _structure(q: onnx.ModelProto) -> list[tuple]:
 
 
 def _run(path, feed):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+    return session(Path(path).read_bytes(), device="cpu", exact_qdq=True, external_dir=str(Path(path).parent)).run(
+        None, feed
+    )
 
 
 def test_constant_node_weights_give_the_same_scales_and_qdq_model(conv_model, conv_data, tmp_path):

@@ -5,17 +5,18 @@ reported; the model passes onnx.checker (full) and runs in ORT close to FP32."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import if_models
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
 from calibkit.artifacts import scales as scales_io
 from calibkit.graph.subgraphs import subgraphs_of
 from calibkit.qdq.export import export_qdq
+from calibkit.sessions import session
 
 
 def _graphs(g: onnx.GraphProto) -> dict[str, onnx.GraphProto]:
@@ -53,7 +54,7 @@ def _qparams(m: onnx.ModelProto, graph: onnx.GraphProto, node_name: str) -> list
 
 def _run(model, feed):
     m = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, feed)
+    return session(m if isinstance(m, bytes) else Path(m).read_bytes(), device="cpu", exact_qdq=True).run(None, feed)
 
 
 @pytest.fixture

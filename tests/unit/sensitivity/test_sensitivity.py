@@ -4,6 +4,7 @@ the search's decisions are right on known results, outputs and errors are the CL
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import models
 import numpy as np
@@ -16,6 +17,7 @@ from calibkit.qdq import export as qdq
 from calibkit.sensitivity import search as S
 from calibkit.sensitivity import switch
 from calibkit.sensitivity.exclusions import regex
+from calibkit.sessions import session
 
 
 @pytest.fixture(autouse=True)
@@ -30,12 +32,12 @@ def test_switchable_equals_exported_exclusions(hostile, tmp_path):
     sw = switch.build(proto, amax)
     assert [u.name for u in sw.units] == ["conv1", "conv2", "conv3", "conv4", "fc"]
     x = np.load(val)["x"][:16]
-    sess = ort.InferenceSession(sw.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = session(sw.model.SerializeToString(), device="cpu", exact_qdq=True)
     for kept in [set(), {1}, {0, 3}, {0, 1, 2, 3, 4}]:
         got = sess.run(None, {"x": x, **sw.switches(kept)})[0]
         nodes = [n for i in kept for n in sw.units[i].nodes]
         path = qdq.export_qdq(proto, amax, tmp_path / f"q{len(kept)}.onnx", exclude_nodes=regex(nodes))
-        want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        want = session(Path(path).read_bytes(), device="cpu", exact_qdq=True).run(None, {"x": x})[0]
         # equal up to float rounding: ORT fuses the plain Q/DQ graph differently (Where blocks some fusions)
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * float(np.abs(want).max()), err_msg=str(kept))
     fp32 = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]

@@ -44,8 +44,23 @@ def test_build_without_tensorrt_is_one_line(cli, tmp_path, conv_model, calibrate
 
 
 def test_trtexec_for_10(cli, tmp_path, conv_model, calibrated):
-    p = cli("build", conv_model, "--engine", tmp_path / "e.plan", "--int8", "--cache", calibrated, "--fp16", "--shapes", "x:1x3x8x8/4x3x8x8/16x3x8x8",
-            "--keep-fp16", "conv2,fc", "--print-trtexec", "--trt-major", "10")
+    p = cli(
+        "build",
+        conv_model,
+        "--engine",
+        tmp_path / "e.plan",
+        "--int8",
+        "--cache",
+        calibrated,
+        "--fp16",
+        "--shapes",
+        "x:1x3x8x8/4x3x8x8/16x3x8x8",
+        "--keep-fp16",
+        "conv2,fc",
+        "--print-trtexec",
+        "--trt-major",
+        "10",
+    )
     a = _args(p.stdout.strip())
     assert a["--onnx"] == str(conv_model) and a["--calib"] == str(calibrated) and "--int8" in a and "--fp16" in a
     assert a["--minShapes"] == "x:1x3x8x8" and a["--optShapes"] == "x:4x3x8x8" and a["--maxShapes"] == "x:16x3x8x8"
@@ -54,56 +69,132 @@ def test_trtexec_for_10(cli, tmp_path, conv_model, calibrated):
 
 
 def test_trtexec_for_11_prepares_the_qdq_model(cli, tmp_path, conv_model, calibrated):
-    p = cli("build", conv_model, "--engine", tmp_path / "e.plan", "--int8", "--cache", calibrated, "--keep-fp16", "fc", "--print-trtexec", "--trt-major", "11")
+    p = cli(
+        "build",
+        conv_model,
+        "--engine",
+        tmp_path / "e.plan",
+        "--int8",
+        "--cache",
+        calibrated,
+        "--keep-fp16",
+        "fc",
+        "--print-trtexec",
+        "--trt-major",
+        "11",
+    )
     a = _args(p.stdout.strip())
     assert "--stronglyTyped" in a and "--int8" not in a and "--fp16" not in a and "--calib" not in a
     qdq = onnx.load(a["--onnx"])
     assert a["--onnx"] == str(tmp_path / "e.qdq.onnx")
     scales = cache_io.read(calibrated).scales
     layers = activation_qdq(qdq)
-    assert layers and all(np.float32(s) == np.float32(scales[t]) for t, (_, s) in layers.items())  # calibkit's scales, bit for bit
+    assert layers and all(
+        np.float32(s) == np.float32(scales[t]) for t, (_, s) in layers.items()
+    )  # calibkit's scales, bit for bit
     fc_inputs = [n for n in qdq.graph.node if n.name == "fc"][0].input
     assert not any("DequantizeLinear" in i for i in fc_inputs)  # the kept layer gets no Q/DQ
 
 
 def test_trtexec_for_11_fp16_and_int8(cli, tmp_path, conv_model, calibrated):
-    p = cli("build", conv_model, "--engine", tmp_path / "e.plan", "--int8", "--cache", calibrated, "--fp16", "--print-trtexec", "--trt-major", "11")
+    p = cli(
+        "build",
+        conv_model,
+        "--engine",
+        tmp_path / "e.plan",
+        "--int8",
+        "--cache",
+        calibrated,
+        "--fp16",
+        "--print-trtexec",
+        "--trt-major",
+        "11",
+    )
     model = onnx.load(_args(p.stdout.strip())["--onnx"])
     onnx.checker.check_model(model)
     types = {i.name: i.data_type for i in model.graph.initializer}
     assert TensorProto.FLOAT16 in types.values()
     q_scales = [n.input[1] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    assert q_scales and all(types.get(s, TensorProto.FLOAT) == TensorProto.FLOAT for s in q_scales)  # Q/DQ scales stay FP32
+    assert q_scales and all(
+        types.get(s, TensorProto.FLOAT) == TensorProto.FLOAT for s in q_scales
+    )  # Q/DQ scales stay FP32
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # FP32 I/O kept
 
 
 def test_from_report_reads_validate_results(cli, tmp_path, conv_model, conv_data, calibrated):
-    cli("validate", conv_model, "--scales", calibrated.parent / "scales.json", "--data", conv_data, "--backends", "ort-int8,trt-int8",
-        "--fallback-sqnr", "200", "--report", tmp_path / "r.html", "--device", "cpu")
+    cli(
+        "validate",
+        conv_model,
+        "--scales",
+        calibrated.parent / "scales.json",
+        "--data",
+        conv_data,
+        "--backends",
+        "ort-int8,trt-int8",
+        "--fallback-sqnr",
+        "200",
+        "--report",
+        tmp_path / "r.html",
+        "--device",
+        "cpu",
+    )
     doc = json.loads((tmp_path / "r.results.json").read_text())
     nodes = doc["candidates"][1]["fp16_fallback"]["nodes"]
     assert nodes
     if NO_TRT:
-        assert [u["backend"] for u in doc["unavailable"]] == ["trt-int8"] and "pip install tensorrt" in doc["unavailable"][0]["reason"]
-    p = cli("build", conv_model, "--engine", tmp_path / "e.plan", "--int8", "--cache", calibrated, "--from-report", tmp_path / "r.results.json", "--print-trtexec", "--trt-major", "10")
+        assert [u["backend"] for u in doc["unavailable"]] == ["trt-int8"] and "pip install tensorrt" in doc[
+            "unavailable"
+        ][0]["reason"]
+    p = cli(
+        "build",
+        conv_model,
+        "--engine",
+        tmp_path / "e.plan",
+        "--int8",
+        "--cache",
+        calibrated,
+        "--from-report",
+        tmp_path / "r.results.json",
+        "--print-trtexec",
+        "--trt-major",
+        "10",
+    )
     assert _args(p.stdout.strip())["--layerPrecisions"] == ",".join(f"{n}:fp16" for n in nodes)
     (tmp_path / "layers.txt").write_text("# keep\nconv1\n\nfc\n")
-    p = cli("build", conv_model, "--engine", tmp_path / "e.plan", "--int8", "--cache", calibrated, "--from-report", tmp_path / "layers.txt", "--print-trtexec", "--trt-major", "10")
+    p = cli(
+        "build",
+        conv_model,
+        "--engine",
+        tmp_path / "e.plan",
+        "--int8",
+        "--cache",
+        calibrated,
+        "--from-report",
+        tmp_path / "layers.txt",
+        "--print-trtexec",
+        "--trt-major",
+        "10",
+    )
     assert _args(p.stdout.strip())["--layerPrecisions"] == "conv1:fp16,fc:fp16"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--cache", "X"], "add --int8"),
-    (["--int8"], "--cache"),
-    (["--int8", "--cache", "missing.cache"], "not found"),
-    (["--fp16", "--shapes", "x:1x3x8x8/4x3x8x8"], "MIN/OPT/MAX"),
-    (["--fp16", "--shapes", "x:1x3x8"], "does not fit"),
-    (["--fp16", "--shapes", "y:1x3x8x8"], "inputs are: x"),
-    (["--fp16", "--shapes", "x:4x3x8x8/1x3x8x8/8x3x8x8"], "MIN <= OPT <= MAX"),
-    (["--fp16", "--keep-fp16", "conv1"], "add --int8 or --qdq"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cache", "X"], "add --int8"),
+        (["--int8"], "--cache"),
+        (["--int8", "--cache", "missing.cache"], "not found"),
+        (["--fp16", "--shapes", "x:1x3x8x8/4x3x8x8"], "MIN/OPT/MAX"),
+        (["--fp16", "--shapes", "x:1x3x8"], "does not fit"),
+        (["--fp16", "--shapes", "y:1x3x8x8"], "inputs are: x"),
+        (["--fp16", "--shapes", "x:4x3x8x8/1x3x8x8/8x3x8x8"], "MIN <= OPT <= MAX"),
+        (["--fp16", "--keep-fp16", "conv1"], "add --int8 or --qdq"),
+    ],
+)
 def test_build_user_errors(cli, tmp_path, conv_model, args, message):
-    p = cli("build", conv_model, "--engine", tmp_path / "e.plan", *args, "--print-trtexec", "--trt-major", "10", expect=1)
+    p = cli(
+        "build", conv_model, "--engine", tmp_path / "e.plan", *args, "--print-trtexec", "--trt-major", "10", expect=1
+    )
     assert len(p.stderr.strip().splitlines()) == 1 and message in p.stderr, p.stderr
 
 
@@ -118,7 +209,9 @@ def test_feed_hands_calibkit_cache_to_any_calibrator(tmp_path, conv_model, calib
     specs = input_specs(load(conv_model))
     original = cache_io.read(calibrated)
     for algorithm in ("EntropyCalibration2", "MinMaxCalibration", "LegacyCalibration"):
-        feed = CalibrationFeed(specs, algorithm, cache_in=calibrated, cache_out=tmp_path / "w.cache", trt_version="10.16.1")
+        feed = CalibrationFeed(
+            specs, algorithm, cache_in=calibrated, cache_out=tmp_path / "w.cache", trt_version="10.16.1"
+        )
         text = feed.read_cache().decode()
         assert text.splitlines()[0] == f"TRT-101601-{algorithm}"
         assert cache_io.parse(text).scales == original.scales
@@ -134,7 +227,13 @@ def test_feed_needs_data_or_cache(conv_model):
 
 
 def test_calibration_batch_follows_opt_shape(conv_model, conv_data):
-    feed = CalibrationFeed(input_specs(load(conv_model)), "EntropyCalibration2", batch_size=8, data=str(conv_data), opt_shapes={"x": (4, 3, 8, 8)})
+    feed = CalibrationFeed(
+        input_specs(load(conv_model)),
+        "EntropyCalibration2",
+        batch_size=8,
+        data=str(conv_data),
+        opt_shapes={"x": (4, 3, 8, 8)},
+    )
     assert feed.batch_size == 4
 
 

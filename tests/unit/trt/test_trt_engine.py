@@ -48,14 +48,40 @@ def test_build_and_run_close_to_fp32(cli, tmp_path, conv_model, conv_data, calib
 @pytest.mark.skipif(installed_major() != 10, reason="TensorRT 11 has no calibrators")
 @pytest.mark.parametrize("calibrator", ["entropy2", "entropy", "minmax", "legacy"])
 def test_tensorrt_calibrates_from_calibkit_data(cli, tmp_path, conv_model, conv_data, calibrator):
-    p = cli("build", conv_model, "--engine", tmp_path / "e.plan", "--int8", "--data", conv_data, "--batch-size", "4", "--calibrator", calibrator,
-            "--write-cache", tmp_path / "trt.cache", "--shapes", "x:1x3x8x8/4x3x8x8/8x3x8x8")
+    p = cli(
+        "build",
+        conv_model,
+        "--engine",
+        tmp_path / "e.plan",
+        "--int8",
+        "--data",
+        conv_data,
+        "--batch-size",
+        "4",
+        "--calibrator",
+        calibrator,
+        "--write-cache",
+        tmp_path / "trt.cache",
+        "--shapes",
+        "x:1x3x8x8/4x3x8x8/8x3x8x8",
+    )
     assert "calibrated on 9 batches" in p.stderr
     assert (tmp_path / "trt.cache").read_text().startswith("TRT-")
 
 
 def test_validate_runs_trt_backends(cli, tmp_path, conv_model, conv_data, calibrated):
-    cli("validate", conv_model, "--scales", calibrated.parent / "scales.json", "--data", conv_data, "--backends", "trt-int8,trt-fp16", "--report", tmp_path / "r.html")
+    cli(
+        "validate",
+        conv_model,
+        "--scales",
+        calibrated.parent / "scales.json",
+        "--data",
+        conv_data,
+        "--backends",
+        "trt-int8,trt-fp16",
+        "--report",
+        tmp_path / "r.html",
+    )
     doc = json.loads((tmp_path / "r.results.json").read_text())
     assert {c["backend"] for c in doc["candidates"][1:]} == {"trt-int8", "trt-fp16"} and not doc["unavailable"]
     assert all(c["latency"]["median_ms"] > 0 for c in doc["candidates"])

@@ -100,7 +100,7 @@ def test_validate_demo_end_to_end(cli, tmp_path):
     assert "unavailable: trt-int8: TensorRT is not installed" in r.stdout
     doc = json.loads((tmp_path / "calibkit-demo/report.results.json").read_text())
     labels = [c["label"] for c in doc["candidates"]]
-    assert labels[0] == "ort-fp32" and {"ort-int8 (entropy)", "ort-int8-cpu (entropy)", "ort-fp16"} <= set(labels)
+    assert labels[0] == "ort-fp32" and {"ort-int8 (entropy)", "ort-fp16"} <= set(labels)
     assert doc["unavailable"][0]["backend"] == "trt-int8"
     by = {c["label"]: c for c in doc["candidates"]}
     assert by["ort-fp32"]["accuracy"] > 98.0 and doc["data"]["samples"] == 497
