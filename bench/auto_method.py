@@ -34,7 +34,9 @@ METHODS = "entropy,percentile:99.9,percentile:99.99,percentile:99.999,minmax,mse
 
 def calibkit(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "NO_COLOR": "1"}
-    r = subprocess.run([sys.executable, "-m", "calibkit", *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "calibkit", *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env
+    )
     if r.returncode not in (0, 3):
         raise SystemExit(f"calibkit {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stderr[-3000:]}")
     return r
@@ -57,7 +59,9 @@ def table(title: str, results: Path, out_dir: Path) -> str:
             t = json.loads((out_dir / "auto" / "scales.json").read_text())["tensors"]
             picks = ", ".join(f"{m} {n}" for m, n in Counter(v["method"] for v in t.values()).most_common())
         acc = "-" if c["accuracy"] is None else f"{c['accuracy']:.2f}"
-        rows.append(f"| {c.get('rank') or '-'} | {c['method']} | {acc} | {cos:.4f} | {sq:.2f} | {'-' if not top1 else f'{min(top1):.4f}'} | {cw} | {picks} |")
+        rows.append(
+            f"| {c.get('rank') or '-'} | {c['method']} | {acc} | {cos:.4f} | {sq:.2f} | {'-' if not top1 else f'{min(top1):.4f}'} | {cw} | {picks} |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -66,7 +70,11 @@ def run_demo(out: Path) -> str:
     d.mkdir(parents=True, exist_ok=True)
     calibkit("compare", "--methods", METHODS, "--report", d / "compare.html", "-o", d / "methods", cwd=d)
     n = json.loads((d / "compare.results.json").read_text())["data"]["samples"]
-    return table(f"shipped demo (digits CNN, {n} validation images, score = accuracy on their labels)", d / "compare.results.json", d / "methods")
+    return table(
+        f"shipped demo (digits CNN, {n} validation images, score = accuracy on their labels)",
+        d / "compare.results.json",
+        d / "methods",
+    )
 
 
 def hostile_model(path: Path, sparse: bool = False) -> Path:
@@ -93,8 +101,13 @@ def hostile_model(path: Path, sparse: bool = False) -> Path:
         helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "wf"], ["y"], name="fc"),
     ]
-    graph = helper.make_graph(nodes, "hostile", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "hostile",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
@@ -112,10 +125,29 @@ def run_hostile(out: Path, sparse: bool = False) -> str:
     ref = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": val})[0]
     np.save(d / "labels.npy", ref.argmax(1))  # accuracy = top-1 agreement with FP32
     calibkit("calibrate", model, "--data", d / "calib.npz", "-o", d / "cal", cwd=d)
-    calibkit("compare", model, "--histograms", d / "cal/histograms.npz", "--data", d / "val.npz", "--labels", d / "labels.npy",
-             "--methods", METHODS, "--report", d / "compare.html", "-o", d / "methods", cwd=d)
+    calibkit(
+        "compare",
+        model,
+        "--histograms",
+        d / "cal/histograms.npz",
+        "--data",
+        d / "val.npz",
+        "--labels",
+        d / "labels.npy",
+        "--methods",
+        METHODS,
+        "--report",
+        d / "compare.html",
+        "-o",
+        d / "methods",
+        cwd=d,
+    )
     what = "channel 3 = Relu(400 w.x - 800): huge at ~2% of its positions" if sparse else "channel 3 bias 1000"
-    return table(f"hostile CNN ({what}; 512 validation inputs; score = top-1 agreement with FP32)", d / "compare.results.json", d / "methods")
+    return table(
+        f"hostile CNN ({what}; 512 validation inputs; score = top-1 agreement with FP32)",
+        d / "compare.results.json",
+        d / "methods",
+    )
 
 
 METRIC = '''"""Task metrics for PP-OCRv4 rec against FP32's outputs, saved beside this file (per sample index)."""
@@ -168,14 +200,14 @@ def run_ppocr(out: Path, n_val: int) -> str:
     np.save(d / "labels.npy", np.arange(n_val))  # sample index: the metric looks up FP32's sequence
     (d / "metric.py").write_text(METRIC)
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    probs = np.concatenate([sess.run(None, {"x": val[i:i + 1]})[0] for i in range(n_val)])
+    probs = np.concatenate([sess.run(None, {"x": val[i : i + 1]})[0] for i in range(n_val)])
     mspec = importlib.util.spec_from_file_location("ppocr_metric", d / "metric.py")
     metric = importlib.util.module_from_spec(mspec)
     mspec.loader.exec_module(metric)
     seqs = metric.decode(probs)
     ref = np.full((n_val, max(1, max(len(s) for s in seqs))), -1, np.int64)
     for i, s in enumerate(seqs):
-        ref[i, :len(s)] = s
+        ref[i, : len(s)] = s
     np.save(d / "fp32_seq.npy", ref)
     np.save(d / "fp32_frames.npy", probs.argmax(-1))
     t = time.perf_counter()
@@ -184,12 +216,33 @@ def run_ppocr(out: Path, n_val: int) -> str:
     text = []
     for fn, what in (("metric", "CTC greedy-decoded sequence agreement"), ("frames", "per-timestep argmax agreement")):
         t = time.perf_counter()
-        calibkit("compare", model, "--histograms", d / "cal/histograms.npz", "--data", d / "val.npz", "--labels", d / "labels.npy",
-                 "--metric", f"{d / 'metric.py'}:{fn}", "--methods", "entropy,percentile:99.99,minmax,mse,auto",
-                 "--report", d / f"compare-{fn}.html", "-o", d / "methods", cwd=d)
+        calibkit(
+            "compare",
+            model,
+            "--histograms",
+            d / "cal/histograms.npz",
+            "--data",
+            d / "val.npz",
+            "--labels",
+            d / "labels.npy",
+            "--metric",
+            f"{d / 'metric.py'}:{fn}",
+            "--methods",
+            "entropy,percentile:99.99,minmax,mse,auto",
+            "--report",
+            d / f"compare-{fn}.html",
+            "-o",
+            d / "methods",
+            cwd=d,
+        )
         print(f"ppocr compare ({fn}): {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        text.append(table(f"PP-OCRv4 rec (corpus ppocrv4_rec, 16 calib lines, {n_val} validation lines; score = {what} with FP32, %)",
-                          d / f"compare-{fn}.results.json", d / "methods"))
+        text.append(
+            table(
+                f"PP-OCRv4 rec (corpus ppocrv4_rec, 16 calib lines, {n_val} validation lines; score = {what} with FP32, %)",
+                d / f"compare-{fn}.results.json",
+                d / "methods",
+            )
+        )
     return "\n".join(text)
 
 
@@ -202,7 +255,12 @@ def main() -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="calibkit-auto-"))
     parts = ["demo", "hostile", "hostile_sparse", "ppocr"] if args.which == "all" else [args.which]
     for p in parts:
-        text = {"demo": lambda: run_demo(out), "hostile": lambda: run_hostile(out), "hostile_sparse": lambda: run_hostile(out, True), "ppocr": lambda: run_ppocr(out, args.ppocr_val)}[p]()
+        text = {
+            "demo": lambda: run_demo(out),
+            "hostile": lambda: run_hostile(out),
+            "hostile_sparse": lambda: run_hostile(out, True),
+            "ppocr": lambda: run_ppocr(out, args.ppocr_val),
+        }[p]()
         print(text)
     print(f"outputs in {out}", file=sys.stderr)
     return 0

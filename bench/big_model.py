@@ -29,15 +29,27 @@ def build(folder: Path, gib: float, width: int = 8192) -> Path:
     nodes, inits, x = [], [], "x"
     rng = np.random.default_rng(0)
     for i in range(layers):
-        w = (rng.standard_normal((width, width), dtype=np.float32) / np.float32(np.sqrt(width)))
+        w = rng.standard_normal((width, width), dtype=np.float32) / np.float32(np.sqrt(width))
         inits.append(numpy_helper.from_array(w, f"w{i}"))
         nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"mm{i}"]), helper.make_node("Relu", [f"mm{i}"], [f"r{i}"])]
         x = f"r{i}"
-    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="big.onnx.data", size_threshold=0)
+    onnx.save(
+        model,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="big.onnx.data",
+        size_threshold=0,
+    )
     return path
 
 
@@ -52,13 +64,17 @@ def main() -> None:
     t0 = time.perf_counter()
     model = build(folder, args.gib)
     data_size = (folder / "big.onnx.data").stat().st_size
-    print(f"model {model}: graph {model.stat().st_size} B, external data {data_size / (1 << 30):.2f} GiB, built in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"model {model}: graph {model.stat().st_size} B, external data {data_size / (1 << 30):.2f} GiB, built in {time.perf_counter() - t0:.1f} s"
+    )
     width = onnx.load(str(model), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[1].dim_value
     np.savez(folder / "calib.npz", x=np.random.default_rng(1).normal(size=(8, width)).astype(np.float32))
     t0 = time.perf_counter()
     r = calibrate(model, data=folder / "calib.npz", output_dir=folder / "out", device="cpu")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
-    print(f"calibrated {len(r.table.tensors)} tensors on {r.histograms.samples} samples in {time.perf_counter() - t0:.1f} s; peak RSS {rss:.2f} GiB")
+    print(
+        f"calibrated {len(r.table.tensors)} tensors on {r.histograms.samples} samples in {time.perf_counter() - t0:.1f} s; peak RSS {rss:.2f} GiB"
+    )
     print(f"cache: {r.outputs['cache']}")
 
 

@@ -40,7 +40,12 @@ def make_model(path: Path, blocks: int = 100, channels: int = 16, hw: int = 32, 
     for i in range(blocks):
         w = init(f"w{i}", rng.normal(0, np.sqrt(2.0 / (9 * cin)), (channels, cin, 3, 3)))
         nodes.append(helper.make_node("Conv", [x, w], [f"conv{i}"], pads=[1, 1, 1, 1]))
-        stats = (("s", rng.uniform(0.5, 1.5, channels)), ("b", rng.normal(0, 0.1, channels)), ("m", rng.normal(0, 0.1, channels)), ("v", rng.uniform(0.5, 2, channels)))
+        stats = (
+            ("s", rng.uniform(0.5, 1.5, channels)),
+            ("b", rng.normal(0, 0.1, channels)),
+            ("m", rng.normal(0, 0.1, channels)),
+            ("v", rng.uniform(0.5, 2, channels)),
+        )
         bn = [init(f"bn{i}.{k}", v) for k, v in stats]
         nodes.append(helper.make_node("BatchNormalization", [f"conv{i}", *bn], [f"bn{i}"]))
         if i % 4 == 3 and skip is not None:
@@ -54,7 +59,8 @@ def make_model(path: Path, blocks: int = 100, channels: int = 16, hw: int = 32, 
         cin = channels
     nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
     graph = helper.make_graph(
-        nodes, "bench_convnet",
+        nodes,
+        "bench_convnet",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, hw, hw])],
         [helper.make_tensor_value_info("gap", TensorProto.FLOAT, ["N", channels, 1, 1])],
         inits,
@@ -89,6 +95,7 @@ def _feeds(data: Path, batch: int):
 
 # --- contenders (each runs in a child process) ----------------------------------------------------
 
+
 def run_plain(model: Path, data: Path, batch: int, out: Path) -> dict:
     import onnxruntime as ort
 
@@ -102,7 +109,7 @@ def run_plain(model: Path, data: Path, batch: int, out: Path) -> dict:
 
 
 def run_calibkit(model: Path, data: Path, batch: int, out: Path) -> dict:
-    from calibkit.pipeline import calibrate
+    from calibkit.calibration import calibrate
 
     t = time.perf_counter()
     # calibkit picks its own run batch (that is the product default); ``batch`` feeds the others
@@ -127,7 +134,13 @@ def _ort_calibrator(model: Path, data: Path, batch: int, out: Path, method: str)
             return next(self.it, None)
 
     t = time.perf_counter()
-    cal = create_calibrator(str(model), None, augmented_model_path=str(out / f"aug_{method}.onnx"), calibrate_method=getattr(CalibrationMethod, method), providers=["CPUExecutionProvider"])
+    cal = create_calibrator(
+        str(model),
+        None,
+        augmented_model_path=str(out / f"aug_{method}.onnx"),
+        calibrate_method=getattr(CalibrationMethod, method),
+        providers=["CPUExecutionProvider"],
+    )
     cal.collect_data(Reader())
     ranges = cal.compute_data()
     return {"seconds": time.perf_counter() - t, "tensors": len(ranges.data)}
@@ -141,7 +154,12 @@ def run_ort_minmax(model, data, batch, out):
     return _ort_calibrator(model, data, batch, out, "MinMax")
 
 
-CONTENDERS = {"plain": run_plain, "calibkit": run_calibkit, "ort_entropy": run_ort_entropy, "ort_minmax": run_ort_minmax}
+CONTENDERS = {
+    "plain": run_plain,
+    "calibkit": run_calibkit,
+    "ort_entropy": run_ort_entropy,
+    "ort_minmax": run_ort_minmax,
+}
 
 
 def child(name: str, model: str, data: str, batch: int, out: str) -> None:
@@ -151,8 +169,29 @@ def child(name: str, model: str, data: str, batch: int, out: str) -> None:
 
 
 def spawn(name: str, model: Path, data: Path, batch: int, out: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, __file__, "--child", name, "--model", str(model), "--data", str(data), "--batch", str(batch), "--out", str(out)], capture_output=True, text=True, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            name,
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--batch",
+            str(batch),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
@@ -161,14 +200,18 @@ def spawn(name: str, model: Path, data: Path, batch: int, out: Path) -> dict:
 
 def threshold_microbench(reps: int = 50) -> float:
     """Mean ms for entropy on a dense 2048-bin histogram (normal + heavy tail)."""
-    from calibkit.histogram import TensorHistogram
     from calibkit.methods import entropy
+    from calibkit.numerics.histogram import TensorHistogram
 
     rng = np.random.default_rng(0)
     hs = []
     for k in range(reps):
         h = TensorHistogram()
-        h.update(np.concatenate([rng.standard_normal(200000) * (k + 1), rng.laplace(0, 3 * (k + 1), 5000)]).astype(np.float32))
+        h.update(
+            np.concatenate([rng.standard_normal(200000) * (k + 1), rng.laplace(0, 3 * (k + 1), 5000)]).astype(
+                np.float32
+            )
+        )
         hs.append(h)
     entropy.select_bin(hs[0], entropy.EntropyConfig())
     t = time.perf_counter()
@@ -183,7 +226,9 @@ def main() -> None:
     ap.add_argument("--data")
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--channels", type=int, default=32, help="generated model width (compute per activation grows with it)")
+    ap.add_argument(
+        "--channels", type=int, default=32, help="generated model width (compute per activation grows with it)"
+    )
     ap.add_argument("--hw", type=int, default=32, help="generated model spatial size")
     ap.add_argument("--skip-ort-entropy", action="store_true", help="ORT's Entropy calibrator is slow; skip it")
     ap.add_argument("--child")
@@ -203,26 +248,44 @@ def main() -> None:
         res = {}
         for name in ("plain", "calibkit", "ort_minmax") + (() if a.skip_ort_entropy else ("ort_entropy",)):
             res[name] = spawn(name, model, data, a.batch, tmp)
-            print(f"  {name:12s} {res[name]['seconds']:8.2f} s  peak RSS {res[name]['peak_rss_mb']:8.0f} MB", flush=True)
+            print(
+                f"  {name:12s} {res[name]['seconds']:8.2f} s  peak RSS {res[name]['peak_rss_mb']:8.0f} MB", flush=True
+            )
         if data4 is not None:
             res["calibkit_4n"] = spawn("calibkit", model, data4, a.batch, tmp)
             res["plain_4n"] = spawn("plain", model, data4, a.batch, tmp)
-            print(f"  calibkit 4N  {res['calibkit_4n']['seconds']:8.2f} s  peak RSS {res['calibkit_4n']['peak_rss_mb']:8.0f} MB")
+            print(
+                f"  calibkit 4N  {res['calibkit_4n']['seconds']:8.2f} s  peak RSS {res['calibkit_4n']['peak_rss_mb']:8.0f} MB"
+            )
         ck = res["calibkit"]
         print(f"\nactivation tensors: {ck['tensors']} (ORT calibrators see {res['ort_minmax']['tensors']})")
-        print(f"calibkit: run batch {ck['run_batch']}, collect {ck['collect_seconds']:.2f} s, threshold {ck['threshold_seconds']:.2f} s "
-              f"= {ck['threshold_seconds'] / ck['tensors'] * 1e3:.2f} ms per tensor (2 threads)")
+        print(
+            f"calibkit: run batch {ck['run_batch']}, collect {ck['collect_seconds']:.2f} s, threshold {ck['threshold_seconds']:.2f} s "
+            f"= {ck['threshold_seconds'] / ck['tensors'] * 1e3:.2f} ms per tensor (2 threads)"
+        )
         print(f"entropy threshold, one 2048-bin tensor, one thread: {threshold_microbench():.2f} ms")
         print("\nratios (target):")
-        print(f"  calibkit entropy end to end / plain inference   {ck['seconds'] / res['plain']['seconds']:6.2f}x  (<= 5x)")
+        print(
+            f"  calibkit entropy end to end / plain inference   {ck['seconds'] / res['plain']['seconds']:6.2f}x  (<= 5x)"
+        )
         if "ort_entropy" in res:
-            print(f"  ORT Entropy / calibkit entropy (speed-up)       {res['ort_entropy']['seconds'] / ck['seconds']:6.2f}x  (>= 10x)")
-            print(f"  calibkit RSS / ORT Entropy RSS                  {ck['peak_rss_mb'] / res['ort_entropy']['peak_rss_mb']:6.3f}   (<= 0.125)")
+            print(
+                f"  ORT Entropy / calibkit entropy (speed-up)       {res['ort_entropy']['seconds'] / ck['seconds']:6.2f}x  (>= 10x)"
+            )
+            print(
+                f"  calibkit RSS / ORT Entropy RSS                  {ck['peak_rss_mb'] / res['ort_entropy']['peak_rss_mb']:6.3f}   (<= 0.125)"
+            )
         print(f"  ORT MinMax / calibkit entropy (speed-up)        {res['ort_minmax']['seconds'] / ck['seconds']:6.2f}x")
-        print(f"  calibkit RSS / ORT MinMax RSS                   {ck['peak_rss_mb'] / res['ort_minmax']['peak_rss_mb']:6.3f}")
+        print(
+            f"  calibkit RSS / ORT MinMax RSS                   {ck['peak_rss_mb'] / res['ort_minmax']['peak_rss_mb']:6.3f}"
+        )
         if "calibkit_4n" in res:
-            print(f"  calibkit RSS at 4N / at N                       {res['calibkit_4n']['peak_rss_mb'] / ck['peak_rss_mb']:6.3f}   (<= 1.10)")
-            print(f"  calibkit 4N time / plain 4N time                {res['calibkit_4n']['seconds'] / res['plain_4n']['seconds']:6.2f}x")
+            print(
+                f"  calibkit RSS at 4N / at N                       {res['calibkit_4n']['peak_rss_mb'] / ck['peak_rss_mb']:6.3f}   (<= 1.10)"
+            )
+            print(
+                f"  calibkit 4N time / plain 4N time                {res['calibkit_4n']['seconds'] / res['plain_4n']['seconds']:6.2f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -23,14 +23,18 @@ spec.loader.exec_module(corpus)
 
 def run(*args, cwd) -> tuple[int, float, str]:
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "calibkit", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "calibkit", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
     return r.returncode, time.perf_counter() - t, (r.stderr.strip().splitlines() or [""])[-1]
 
 
 def main() -> None:
     only = set(sys.argv[sys.argv.index("--only") + 1].split(",")) if "--only" in sys.argv[:-1] else None
     root = corpus.cache_dir()
-    print("| model | exporter | calibrate s | calibrated | listed, not calibrated | export s | validate s | INT8 min output cosine | INT8 worst SQNR dB | FP16 min cosine |")
+    print(
+        "| model | exporter | calibrate s | calibrated | listed, not calibrated | export s | validate s | INT8 min output cosine | INT8 worst SQNR dB | FP16 min cosine |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for m in corpus.MODELS:
         if only is not None and m["name"] not in only:
@@ -44,15 +48,32 @@ def main() -> None:
             corpus.make_inputs(root, m)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "cal"
-            rc, tc, err = run("calibrate", path, "--data", calib, "--method", "entropy", "-o", out, "--device", "cpu", cwd=tmp)
+            rc, tc, err = run(
+                "calibrate", path, "--data", calib, "--method", "entropy", "-o", out, "--device", "cpu", cwd=tmp
+            )
             if rc:
                 print(f"| {m['name']} | {m['exporter'][:40]} | FAILED {rc}: {err[:80]} | | | | | | | |")
                 continue
             sc = json.loads((out / "scales.json").read_text())
             rc, te, err = run("export-qdq", path, "--scales", out / "scales.json", "-o", Path(tmp) / "q.onnx", cwd=tmp)
             rep = Path(tmp) / "r.html"
-            rv, tv, errv = run("validate", path, "--scales", out / "scales.json", "--data", val, "--backends", "ort-int8,ort-fp16",
-                               "--report", rep, "--device", "cpu", "--min-cosine", "-1", cwd=tmp)
+            rv, tv, errv = run(
+                "validate",
+                path,
+                "--scales",
+                out / "scales.json",
+                "--data",
+                val,
+                "--backends",
+                "ort-int8,ort-fp16",
+                "--report",
+                rep,
+                "--device",
+                "cpu",
+                "--min-cosine",
+                "-1",
+                cwd=tmp,
+            )
             cos = {"int8": "–", "fp16": "–"}
             sq = "–"
             if rep.with_suffix(".results.json").exists():
@@ -66,8 +87,10 @@ def main() -> None:
                         sq = f"{min(s):.1f}" if s else "nan"
             exp = f"{te:.1f}" if rc == 0 else f"FAILED: {err[:60]}"
             val_s = f"{tv:.1f}" if rv == 0 else f"exit {rv}: {errv[:60]}"
-            print(f"| {m['name']} | {m['exporter'].split(' (')[0]} | {tc:.1f} | {len(sc['tensors'])} | {len(sc.get('uncalibrated') or {})} | {exp} | {val_s} | {cos['int8']} | {sq} | {cos['fp16']} |",
-                  flush=True)
+            print(
+                f"| {m['name']} | {m['exporter'].split(' (')[0]} | {tc:.1f} | {len(sc['tensors'])} | {len(sc.get('uncalibrated') or {})} | {exp} | {val_s} | {cos['int8']} | {sq} | {cos['fp16']} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

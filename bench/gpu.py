@@ -26,14 +26,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calibkit import methods  # noqa: E402
-from calibkit.collect import plan  # noqa: E402
-from calibkit.collect_device import ORT_TYPES, DeviceCollector, drive  # noqa: E402
+from calibkit.artifacts.histograms import HistogramSet  # noqa: E402
+from calibkit.artifacts.scales import compute  # noqa: E402
+from calibkit.calibration import calibrate  # noqa: E402
+from calibkit.collect.cuda.driver import ORT_TYPES, DeviceCollector, drive  # noqa: E402
+from calibkit.collect.plan import plan  # noqa: E402
 from calibkit.data import Batch, IterableSource  # noqa: E402
-from calibkit.onnx_model import input_specs, load  # noqa: E402
-from calibkit.pipeline import calibrate  # noqa: E402
-from calibkit.prefetch import PinnedStager  # noqa: E402
-from calibkit.scales import compute  # noqa: E402
-from calibkit.store import HistogramSet  # noqa: E402
+from calibkit.data.prefetch import PinnedStager  # noqa: E402
+from calibkit.graph.model import input_specs, load  # noqa: E402
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
@@ -64,7 +64,7 @@ def make_images(path: Path, n: int, hw: tuple[int, int], seed: int, norm: str) -
 def ort_session(model: Path, calibkit_opts: bool):
     import onnxruntime as ort
 
-    from calibkit.providers import session
+    from calibkit.sessions import session
 
     if calibkit_opts:
         return session(load(model), device="cuda")
@@ -126,7 +126,18 @@ def plain_script(model: Path, data: Path, batch: int) -> tuple[float, float]:
     return t2 - t0, t2 - t1
 
 
-def case(name: str, model: Path, hw, samples: int, batch: int, norm: str, tmp: Path, res: dict, host_check: bool, big: int | None) -> None:
+def case(
+    name: str,
+    model: Path,
+    hw,
+    samples: int,
+    batch: int,
+    norm: str,
+    tmp: Path,
+    res: dict,
+    host_check: bool,
+    big: int | None,
+) -> None:
     import cupy as cp
 
     print(f"\n== {name}: {samples} images 3x{hw[0]}x{hw[1]}, run batch {batch}", flush=True)
@@ -158,8 +169,8 @@ def case(name: str, model: Path, hw, samples: int, batch: int, norm: str, tmp: P
         f = Batch({"x": np.ascontiguousarray(x[s : s + batch])})
         f.samples = f["x"].shape[0]
         feeds.append(f)
-    from calibkit import gpu_fused
-    from calibkit.gpu_fused import FusedHistograms
+    from calibkit.collect.cuda import fused as gpu_fused
+    from calibkit.collect.cuda.fused import FusedHistograms
 
     col = DeviceCollector(p, batch)
     col.run(feeds[0], stager(feeds[0]))  # first run: unbound (learns the shapes, allocates the sets)
@@ -175,7 +186,13 @@ def case(name: str, model: Path, hw, samples: int, batch: int, norm: str, tmp: P
         var_ms[v] = _events(cp, lambda h=spare: h.reduce(tab), 20)
     out = cp.zeros(tab.chunks, cp.uint32)
     floor = gpu_fused.module(cp).get_function("read_floor")
-    r["floor_ms"] = _events(cp, lambda: floor((tab.chunks,), (gpu_fused.THREADS,), (tab.ptr, tab.dtype, tab.c_tensor, tab.c_start, tab.c_len, out)), 20)
+    r["floor_ms"] = _events(
+        cp,
+        lambda: floor(
+            (tab.chunks,), (gpu_fused.THREADS,), (tab.ptr, tab.dtype, tab.c_tensor, tab.c_start, tab.c_len, out)
+        ),
+        20,
+    )
     pair = [cp.empty(nbytes // 4, cp.float32), cp.empty(nbytes // 4, cp.float32)]
     r["d2d_copy_GBps"] = 2 * nbytes / _events(cp, lambda: pair[1].__setitem__(Ellipsis, pair[0]), 10) / 1e6
     pair.clear()
@@ -188,9 +205,13 @@ def case(name: str, model: Path, hw, samples: int, batch: int, norm: str, tmp: P
     for f in feeds:
         stager(f)
     r["stage_ms"] = (time.perf_counter() - t) / len(feeds) * 1e3
-    print(f"reduce per run over {nbytes / 1e6:.0f} MB: " + ", ".join(f"variant {v} {ms:.2f} ms" for v, ms in var_ms.items())
-          + f"; read-only floor {r['floor_ms']:.2f} ms ({nbytes / r['floor_ms'] / 1e6:.0f} GB/s; a device copy moves {r['d2d_copy_GBps']:.0f} GB/s)"
-          f"; host staging into pinned memory {r['stage_ms']:.2f} ms/run; using variant {best}", flush=True)
+    print(
+        f"reduce per run over {nbytes / 1e6:.0f} MB: "
+        + ", ".join(f"variant {v} {ms:.2f} ms" for v, ms in var_ms.items())
+        + f"; read-only floor {r['floor_ms']:.2f} ms ({nbytes / r['floor_ms'] / 1e6:.0f} GB/s; a device copy moves {r['d2d_copy_GBps']:.0f} GB/s)"
+        f"; host staging into pinned memory {r['stage_ms']:.2f} ms/run; using variant {best}",
+        flush=True,
+    )
     stream = feeds * max(1, 32 // len(feeds))
     t = time.perf_counter()
     drive(col, stream, stager)
@@ -200,15 +221,21 @@ def case(name: str, model: Path, hw, samples: int, batch: int, norm: str, tmp: P
     r["activation_MB_per_run"] = nbytes / 1e6
     r["collect_over_plain"] = r["collect_ms"] / (t_plain * 1e3)
     r["serial_ms"] = r["exposed_ms"] + r["reduce_only_ms"]
-    print(f"plain {plain['default'] * 1e3:.2f} ms/run (calibkit session options {plain['calibkit-opts'] * 1e3:.2f}); "
-          f"{len(p.outputs)} exposed, bound {r['exposed_ms']:.2f} ms/run; collect {r['collect_ms']:.2f} ms/run "
-          f"(fused reduce alone {r['reduce_only_ms']:.2f} ms over {nbytes / 1e6:.0f} MB) -> {r['collect_over_plain']:.2f}x plain", flush=True)
-    print(f"bounds of collect: exposed inference + reduce, one after the other {r['serial_ms']:.2f} ms "
-          f"({r['serial_ms'] / (t_plain * 1e3):.2f}x plain); with the reduce at the read-only floor {r['exposed_ms'] + r['floor_ms']:.2f} ms "
-          f"({(r['exposed_ms'] + r['floor_ms']) / (t_plain * 1e3):.2f}x); ORT's exposed outputs alone {r['exposed_ms'] / (t_plain * 1e3):.2f}x", flush=True)
+    print(
+        f"plain {plain['default'] * 1e3:.2f} ms/run (calibkit session options {plain['calibkit-opts'] * 1e3:.2f}); "
+        f"{len(p.outputs)} exposed, bound {r['exposed_ms']:.2f} ms/run; collect {r['collect_ms']:.2f} ms/run "
+        f"(fused reduce alone {r['reduce_only_ms']:.2f} ms over {nbytes / 1e6:.0f} MB) -> {r['collect_over_plain']:.2f}x plain",
+        flush=True,
+    )
+    print(
+        f"bounds of collect: exposed inference + reduce, one after the other {r['serial_ms']:.2f} ms "
+        f"({r['serial_ms'] / (t_plain * 1e3):.2f}x plain); with the reduce at the read-only floor {r['exposed_ms'] + r['floor_ms']:.2f} ms "
+        f"({(r['exposed_ms'] + r['floor_ms']) / (t_plain * 1e3):.2f}x); ORT's exposed outputs alone {r['exposed_ms'] / (t_plain * 1e3):.2f}x",
+        flush=True,
+    )
     # 4. bit-identity: the fused reducer vs the host reducer on the same activations
     if host_check:
-        from calibkit.gpu_fused import host_reference
+        from calibkit.collect.cuda.fused import host_reference
 
         run()
         arrays = {k: v for k, v in keep.items() if v.dtype == np.float32}
@@ -221,7 +248,10 @@ def case(name: str, model: Path, hw, samples: int, batch: int, norm: str, tmp: P
             host[k].update((v * 3).get())
         same = sum(1 for k in arrays if _same(dev[k], host[k]))
         r["bit_identical"] = f"{same}/{len(arrays)}"
-        print(f"fused vs host reducer on the same activations (2 runs, the second x3): {same}/{len(arrays)} tensors bit-identical", flush=True)
+        print(
+            f"fused vs host reducer on the same activations (2 runs, the second x3): {same}/{len(arrays)} tensors bit-identical",
+            flush=True,
+        )
     # 5. thresholds on the histograms just collected
     hists = col.finish()
     hset = HistogramSet(hists, {})
@@ -236,11 +266,13 @@ def case(name: str, model: Path, hw, samples: int, batch: int, norm: str, tmp: P
         host = compute(hset, m, cfg, device="cpu")
         t_host = time.perf_counter() - t
         equal = sum(1 for k in hists if dev.tensors[k]["amax"] == host.tensors[k]["amax"])
-        from calibkit import gpu_methods
+        from calibkit.methods import cuda as gpu_methods
 
         resolved = {**gpu_methods.STATS, "kernel_ms": gpu_methods.KERNEL_MS.get(m)} if m in ("entropy", "mse") else {}
         split = {}
-        if m in gpu_methods.SUPPORTED:  # what bounds it: the batched amaxes vs the per-tensor statistics every method's table holds
+        if (
+            methods.get(m).cuda is not None
+        ):  # what bounds it: the batched amaxes vs the per-tensor statistics every method's table holds
             t = time.perf_counter()
             gpu_methods.amaxes(hists, m, cfg)
             split["amaxes_ms"] = (time.perf_counter() - t) * 1e3
@@ -249,25 +281,46 @@ def case(name: str, model: Path, hw, samples: int, batch: int, norm: str, tmp: P
             split["one_thread_ms"] = (time.perf_counter() - t) * 1e3
             assert one.tensors == dev.tensors
         th[m] = {"gpu_ms": t_dev * 1e3, "host_ms": t_host * 1e3, "equal": f"{equal}/{len(hists)}", **resolved, **split}
-        note = (f" (kernel {resolved['kernel_ms']:.2f} ms; {resolved['resolved']} tensors with near-ties decided on the host, "
-                f"{resolved['exact_calls']} exact evaluations in {resolved['exact_ms']:.1f} ms)" if resolved else "")
+        note = (
+            f" (kernel {resolved['kernel_ms']:.2f} ms; {resolved['resolved']} tensors with near-ties decided on the host, "
+            f"{resolved['exact_calls']} exact evaluations in {resolved['exact_ms']:.1f} ms)"
+            if resolved
+            else ""
+        )
         if split:
-            note += (f"; the batched amaxes alone {split['amaxes_ms']:.1f} ms, the rest is per-tensor statistics on the host "
-                     f"(clipped fraction, expected MSE); the same with 1 thread {split['one_thread_ms']:.1f} ms")
+            note += (
+                f"; the batched amaxes alone {split['amaxes_ms']:.1f} ms, the rest is per-tensor statistics on the host "
+                f"(clipped fraction, expected MSE); the same with 1 thread {split['one_thread_ms']:.1f} ms"
+            )
         else:
             note += " (not a GPU-batched method: runs on the host)"
-        print(f"thresholds {m:10s}: GPU {t_dev * 1e3:7.1f} ms, host {t_host * 1e3:7.1f} ms, amax equal on {equal}/{len(hists)} tensors{note}", flush=True)
+        print(
+            f"thresholds {m:10s}: GPU {t_dev * 1e3:7.1f} ms, host {t_host * 1e3:7.1f} ms, amax equal on {equal}/{len(hists)} tensors{note}",
+            flush=True,
+        )
     r["thresholds"] = th
     # 6. end to end vs a plain script over the same data (the same process: CUDA already up)
     for n, path in [(samples, data)] + ([(big, make_images(tmp / f"{name}_big.npy", big, hw, 1, norm))] if big else []):
         script, loop = plain_script(model, path, batch)
         t = time.perf_counter()
-        out = calibrate(model, data=str(path), output_dir=tmp / f"out_{name}_{n}", batch_size=batch, device="cuda", recollect=True)
+        out = calibrate(
+            model, data=str(path), output_dir=tmp / f"out_{name}_{n}", batch_size=batch, device="cuda", recollect=True
+        )
         total = time.perf_counter() - t
-        r[f"end_to_end_{n}"] = {"calibkit_s": total, "collect_s": out.timings["collect"], "threshold_s": out.timings["threshold"],
-                                "plain_script_s": script, "plain_loop_s": loop, "ratio_script": total / script, "ratio_loop": total / loop}
-        print(f"end to end {n} images: calibkit {total:.2f} s (collect {out.timings['collect']:.2f}, thresholds {out.timings['threshold']:.3f}) vs "
-              f"plain script {script:.2f} s (loop alone {loop:.2f}) -> {total / script:.2f}x ({total / loop:.2f}x the loop)", flush=True)
+        r[f"end_to_end_{n}"] = {
+            "calibkit_s": total,
+            "collect_s": out.timings["collect"],
+            "threshold_s": out.timings["threshold"],
+            "plain_script_s": script,
+            "plain_loop_s": loop,
+            "ratio_script": total / script,
+            "ratio_loop": total / loop,
+        }
+        print(
+            f"end to end {n} images: calibkit {total:.2f} s (collect {out.timings['collect']:.2f}, thresholds {out.timings['threshold']:.3f}) vs "
+            f"plain script {script:.2f} s (loop alone {loop:.2f}) -> {total / script:.2f}x ({total / loop:.2f}x the loop)",
+            flush=True,
+        )
         path.unlink() if path != data else None
     res[name] = r
 
@@ -285,8 +338,15 @@ def _events(cp, fn, n: int) -> float:
 
 
 def _same(a, b) -> bool:
-    return (a.exp == b.exp and a.count == b.count and a.nan == b.nan and a.inf == b.inf and a.min == b.min and a.max == b.max
-            and np.array_equal(a.counts, b.counts))
+    return (
+        a.exp == b.exp
+        and a.count == b.count
+        and a.nan == b.nan
+        and a.inf == b.inf
+        and a.min == b.min
+        and a.max == b.max
+        and np.array_equal(a.counts, b.counts)
+    )
 
 
 def main() -> None:
@@ -298,8 +358,11 @@ def main() -> None:
     import cupy as cp
     import onnxruntime as ort
 
-    print(f"onnxruntime {ort.__version__} {ort.get_available_providers()}; CuPy {cp.__version__}; "
-          f"GPU {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}", flush=True)
+    print(
+        f"onnxruntime {ort.__version__} {ort.get_available_providers()}; CuPy {cp.__version__}; "
+        f"GPU {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}",
+        flush=True,
+    )
     det = next(a.models.rglob("ch_PP-OCRv4_det_infer.onnx"))
     rec = next(a.models.rglob("ch_PP-OCRv4_rec_infer.onnx"))
     res: dict = {}
@@ -307,12 +370,16 @@ def main() -> None:
         tmp = Path(tmp)
         case("detector", det, (640, 640), 64, 8, "imagenet", tmp, res, not a.skip_host_check, a.big or None)
         case("recognizer", rec, (48, 320), 512, 64, "half", tmp, res, not a.skip_host_check, None)
-    print("\nSUMMARY (targets: collect <= 1.5x plain per run; all thresholds <= 50 ms; end to end 1024 images <= 2x plain script)")
+    print(
+        "\nSUMMARY (targets: collect <= 1.5x plain per run; all thresholds <= 50 ms; end to end 1024 images <= 2x plain script)"
+    )
     for name, r in res.items():
         th = max(v["gpu_ms"] for v in r["thresholds"].values())
         e2e = {k: round(v["ratio_script"], 2) for k, v in r.items() if k.startswith("end_to_end")}
-        print(f"{name}: collect/plain {r['collect_over_plain']:.2f}x; slowest threshold {th:.1f} ms "
-              f"({r['exposed_tensors']} tensors); end to end / plain script {e2e}")
+        print(
+            f"{name}: collect/plain {r['collect_over_plain']:.2f}x; slowest threshold {th:.1f} ms "
+            f"({r['exposed_tensors']} tensors); end to end / plain script {e2e}"
+        )
     print("RESULT " + json.dumps(res, default=str))
 
 

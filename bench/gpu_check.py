@@ -23,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import calibration as bench  # noqa: E402
 
-from calibkit import cache, demo  # noqa: E402
+from calibkit import demo
+from calibkit.artifacts import trt_cache as cache  # noqa: E402
+from calibkit.calibration import calibrate  # noqa: E402
 from calibkit.data import Preprocess  # noqa: E402
-from calibkit.pipeline import calibrate  # noqa: E402
-from calibkit.providers import cuda_device_count, providers_for  # noqa: E402
+from calibkit.sessions import cuda_device_count, providers_for  # noqa: E402
 
 
 def plain(model: Path, data: Path, device: str, batch: int = 32) -> float:
@@ -62,10 +63,17 @@ def main() -> None:
             t = time.perf_counter()
             r = calibrate(model, data=str(data), output_dir=tmp / device, device=device, recollect=True)
             total = time.perf_counter() - t
-            out[device] = {"plain_s": t_plain, "calibkit_s": total, "collect_s": r.timings["collect"], "providers": r.collection.providers,
-                           "run_batch": r.collection.stats.run_batch}
-            print(f"{device}: plain inference {t_plain:.2f} s, calibkit entropy end to end {total:.2f} s "
-                  f"(collect {r.timings['collect']:.2f} s, run batch {r.collection.stats.run_batch}) -> {total / t_plain:.1f}x; providers {r.collection.providers}")
+            out[device] = {
+                "plain_s": t_plain,
+                "calibkit_s": total,
+                "collect_s": r.timings["collect"],
+                "providers": r.collection.providers,
+                "run_batch": r.collection.stats.run_batch,
+            }
+            print(
+                f"{device}: plain inference {t_plain:.2f} s, calibkit entropy end to end {total:.2f} s "
+                f"(collect {r.timings['collect']:.2f} s, run batch {r.collection.stats.run_batch}) -> {total / t_plain:.1f}x; providers {r.collection.providers}"
+            )
         a_cpu, a_gpu = cache.read(tmp / "cpu/bench.cache").scales, cache.read(tmp / "cuda/bench.cache").scales
         diff = [abs(a_gpu[k] / a_cpu[k] - 1) for k in a_cpu]
         same = sum(1 for k in a_cpu if a_cpu[k] == a_gpu[k])
@@ -73,45 +81,65 @@ def main() -> None:
         out.update(cache_identical=same, cache_tensors=len(a_cpu), cache_max_rel_diff=max(diff))
 
         def cuda_cache(tag, **kw):
-            return calibrate(model, output_dir=tmp / tag, device="cuda", recollect=True, **kw).outputs["cache"].read_bytes()
+            return (
+                calibrate(model, output_dir=tmp / tag, device="cuda", recollect=True, **kw)
+                .outputs["cache"]
+                .read_bytes()
+            )
 
         # the GPU reducer against the host reducer on the same CUDA activations
-        from calibkit import gpu_reduce
+        from calibkit.collect.cuda import driver as gpu_driver
 
-        real = gpu_reduce.available
-        gpu_reduce.available = lambda: False
+        real = gpu_driver.available
+        gpu_driver.available = lambda: False
         t = time.perf_counter()
         host_reduced = cuda_cache("cuda_host", data=str(data))
         t_host = time.perf_counter() - t
-        gpu_reduce.available = real
-        print(f"CUDA, host reducer: {t_host:.2f} s; caches GPU-reduced vs host-reduced: {'byte-identical' if host_reduced == cuda_cache('cuda', data=str(data)) else 'DIFFER'}")
+        gpu_driver.available = real
+        print(
+            f"CUDA, host reducer: {t_host:.2f} s; caches GPU-reduced vs host-reduced: {'byte-identical' if host_reduced == cuda_cache('cuda', data=str(data)) else 'DIFFER'}"
+        )
         out["gpu_vs_host_reducer_identical"] = host_reduced == cuda_cache("cuda_again", data=str(data))
         out["cuda_host_reducer_s"] = t_host
         # shards + padding: same cache as the whole set, any chunking
         x = np.load(data)["input"]
         np.savez(tmp / "s0.npz", input=x[:100])
         np.savez(tmp / "s1.npz", input=x[100:])
-        from calibkit import store
+        from calibkit.artifacts import histograms as store
 
         calibrate(model, data=str(tmp / "s0.npz"), output_dir=tmp / "s0", device="cuda")
         calibrate(model, data=str(tmp / "s1.npz"), output_dir=tmp / "s1", device="cuda")
         merged = store.merge_files([tmp / "s1/histograms.npz", tmp / "s0/histograms.npz"])
         store.save(merged, tmp / "merged.npz")
-        shards = calibrate(model, histograms=tmp / "merged.npz", output_dir=tmp / "merged").outputs["cache"].read_bytes()
+        shards = (
+            calibrate(model, histograms=tmp / "merged.npz", output_dir=tmp / "merged").outputs["cache"].read_bytes()
+        )
         whole = (tmp / "cuda/bench.cache").read_bytes()
         print(f"CUDA shards 100+156 merged vs whole set: caches {'byte-identical' if shards == whole else 'DIFFER'}")
         out["cuda_shards_identical"] = shards == whole
         b8, b32 = cuda_cache("cuda8", data=str(data), batch_size=8), whole
-        print(f"CUDA --batch-size 8 vs 32: caches {'byte-identical' if b8 == b32 else 'differ (GPU kernels round differently per batch shape)'}")
+        print(
+            f"CUDA --batch-size 8 vs 32: caches {'byte-identical' if b8 == b32 else 'differ (GPU kernels round differently per batch shape)'}"
+        )
         out["cuda_batch_invariant"] = b8 == b32
         from calibkit.validate import validate
 
         pre = Preprocess.from_file(demo.PREPROCESS)
         calibrate(demo.MODEL, demo.CALIB, preprocess=pre, output_dir=tmp / "demo", device="cuda")
-        res = validate(demo.MODEL, tmp / "demo/scales.json", demo.VAL, labels=str(demo.VAL / "labels.npy"), backends=["ort-int8", "ort-fp16"],
-                       report=tmp / "demo/report.html", preprocess=pre, device="cuda")
+        res = validate(
+            demo.MODEL,
+            tmp / "demo/scales.json",
+            demo.VAL,
+            labels=str(demo.VAL / "labels.npy"),
+            backends=["ort-int8", "ort-fp16"],
+            report=tmp / "demo/report.html",
+            preprocess=pre,
+            device="cuda",
+        )
         for c in res.doc["candidates"]:
-            print(f"demo {c['label']:22s} accuracy {c['accuracy']:.2f}%  logits SQNR {c['outputs'].get('logits', {}).get('sqnr_db', '-')}  ({c['note']})")
+            print(
+                f"demo {c['label']:22s} accuracy {c['accuracy']:.2f}%  logits SQNR {c['outputs'].get('logits', {}).get('sqnr_db', '-')}  ({c['note']})"
+            )
         out["demo"] = [{k: c[k] for k in ("label", "accuracy", "note")} for c in res.doc["candidates"]]
         out["gpu"] = res.doc["environment"]["gpu"]
     print("RESULT " + json.dumps(out, default=str))

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu import make_images  # noqa: E402
 
-from calibkit.multi_gpu import shard_ranges  # noqa: E402
-from calibkit.providers import cuda_device_count  # noqa: E402
+from calibkit.collect.sharded import shard_ranges  # noqa: E402
+from calibkit.sessions import cuda_device_count  # noqa: E402
 
 
 def cli(*args) -> float:
@@ -56,7 +56,9 @@ def main() -> None:
         t_shards = 0.0
         for i, (lo, hi) in enumerate(shard_ranges(a.images, a.batch, n_gpu)):
             np.save(tmp / f"s{i}.npy", x[lo:hi])
-            t_shards += cli("calibrate", det, "--data", tmp / f"s{i}.npy", "--batch-size", b, "--devices", "0", "-o", tmp / f"s{i}")
+            t_shards += cli(
+                "calibrate", det, "--data", tmp / f"s{i}.npy", "--batch-size", b, "--devices", "0", "-o", tmp / f"s{i}"
+            )
             parts.append(tmp / f"s{i}" / "histograms.npz")
         cli("merge", *parts, "-o", tmp / "merged.npz")
         cli("calibrate", det, "--histograms", tmp / "merged.npz", "-o", tmp / "merged")
@@ -67,15 +69,21 @@ def main() -> None:
         print(f"--devices all: {t_all:.2f} s end to end (CLI process, {n_gpu} worker processes)")
         print(f"shards {shard_ranges(a.images, a.batch, n_gpu)} one after the other on GPU 0: {t_shards:.2f} s, merged")
         print(f"cache --devices all vs shards merged on one GPU: {'byte-identical' if every == merged else 'DIFFER'}")
-        print(f"cache --devices all vs --devices 0 (whole set, one GPU): {'byte-identical' if every == one else 'DIFFER'}")
+        print(
+            f"cache --devices all vs --devices 0 (whole set, one GPU): {'byte-identical' if every == one else 'DIFFER'}"
+        )
         try:
             import ray  # noqa: F401
         except ImportError:
             print("--devices all --ray auto: not run (Ray is not installed here)")
             return
-        t_ray = cli("calibrate", det, "--data", data, "--batch-size", b, "--devices", "all", "--ray", "auto", "-o", tmp / "ray")
+        t_ray = cli(
+            "calibrate", det, "--data", data, "--batch-size", b, "--devices", "all", "--ray", "auto", "-o", tmp / "ray"
+        )
         on_ray = (tmp / "ray" / cache).read_bytes()
-        print(f"--devices all --ray auto: {t_ray:.2f} s end to end; cache vs shards merged: {'byte-identical' if on_ray == merged else 'DIFFER'}")
+        print(
+            f"--devices all --ray auto: {t_ray:.2f} s end to end; cache vs shards merged: {'byte-identical' if on_ray == merged else 'DIFFER'}"
+        )
 
 
 if __name__ == "__main__":

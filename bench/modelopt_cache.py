@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from calibkit import cache as cache_io
 from calibkit import demo
+from calibkit.artifacts import trt_cache as cache_io
 
 
 def main() -> int:
@@ -37,12 +37,36 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "calibkit", "calibrate", "-o", str(out)], check=True, capture_output=True)
     cache = out / "digits_cnn.cache"
     ours = cache_io.read(cache)
-    print(f"calibkit: {cache.name}: header {ours.header()}, {len(ours.scales)} tensors ({time.perf_counter() - t:.1f} s)")
+    print(
+        f"calibkit: {cache.name}: header {ours.header()}, {len(ours.scales)} tensors ({time.perf_counter() - t:.1f} s)"
+    )
     mo_out = out / "digits_cnn.modelopt.qdq.onnx"
-    cmd = [args.modelopt_python, "-m", "modelopt.onnx.quantization", "--onnx_path", str(demo.MODEL), "--quantize_mode", "int8",
-           "--calibration_cache_path", str(cache), "--calibration_eps", "cpu", "--high_precision_dtype", "fp32", "--output_path", str(mo_out)]
-    ver = subprocess.run([args.modelopt_python, "-c", "import modelopt, torch, onnxruntime as o; print(modelopt.__version__, torch.__version__, o.__version__)"],
-                         capture_output=True, text=True)
+    cmd = [
+        args.modelopt_python,
+        "-m",
+        "modelopt.onnx.quantization",
+        "--onnx_path",
+        str(demo.MODEL),
+        "--quantize_mode",
+        "int8",
+        "--calibration_cache_path",
+        str(cache),
+        "--calibration_eps",
+        "cpu",
+        "--high_precision_dtype",
+        "fp32",
+        "--output_path",
+        str(mo_out),
+    ]
+    ver = subprocess.run(
+        [
+            args.modelopt_python,
+            "-c",
+            "import modelopt, torch, onnxruntime as o; print(modelopt.__version__, torch.__version__, o.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+    )
     print("modelopt, torch, onnxruntime:", ver.stdout.strip() or ver.stderr.strip().splitlines()[-1])
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -59,11 +83,15 @@ def main() -> int:
     same = [t for t, s in rows if t in ours.scales and np.float32(s) == np.float32(ours.scales[t])]
     missing = [t for t, _ in rows if t not in ours.scales]
     diffs = [abs(s / ours.scales[t] - 1) for t, s in rows if t in ours.scales]
-    print(f"modelopt Q/DQ model: {len(rows)} activation QuantizeLinear nodes; {len(same)} scales bit-identical to calibkit's cache; "
-          f"{len(missing)} on tensors absent from the cache; max relative difference {max(diffs, default=0):.3g}")
+    print(
+        f"modelopt Q/DQ model: {len(rows)} activation QuantizeLinear nodes; {len(same)} scales bit-identical to calibkit's cache; "
+        f"{len(missing)} on tensors absent from the cache; max relative difference {max(diffs, default=0):.3g}"
+    )
     for tensor, s in rows:
         mine = ours.scales.get(tensor)
-        print(f"  {tensor:40s} modelopt {s:.9g}  calibkit {mine if mine is None else f'{mine:.9g}'}  {'==' if tensor in same else '!='}")
+        print(
+            f"  {tensor:40s} modelopt {s:.9g}  calibkit {mine if mine is None else f'{mine:.9g}'}  {'==' if tensor in same else '!='}"
+        )
     return 0 if rows and len(same) == len(rows) else 2
 
 

@@ -23,9 +23,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
-METRIC = '''
+METRIC = """
 import hashlib
 import numpy as np
 
@@ -45,13 +45,13 @@ def seq_hash(seq):
 def metric(outputs, labels):
     probs = next(iter(outputs.values()))
     return np.array([float(seq_hash(s) == int(l)) for s, l in zip(decode(probs), labels)])
-'''
+"""
 
 
 def _hostile(tmp: Path, samples: int):
     import models
 
-    from calibkit.pipeline import calibrate
+    from calibkit.calibration import calibrate
 
     model = models.hostile_net(tmp / "hostile.onnx")
     rng = np.random.default_rng(1)
@@ -67,7 +67,7 @@ def _corpus(tmp: Path, name: str, samples: int, method: str):
     sys.path.insert(0, str(ROOT / "tools"))
     import corpus
 
-    from calibkit.pipeline import calibrate
+    from calibkit.calibration import calibrate
 
     root = corpus.cache_dir()
     model = corpus.model_path(root, corpus.by_name(name))
@@ -82,7 +82,12 @@ def _corpus(tmp: Path, name: str, samples: int, method: str):
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     probs = sess.run(None, val)[0]
     np.save(tmp / "labels.npy", np.array([ns["seq_hash"](s) for s in ns["decode"](probs)], np.int64))
-    return model, tmp / "cal" / "scales.json", tmp / "val.npz", {"labels": str(tmp / "labels.npy"), "metric": f"{tmp / 'seq.py'}:metric"}
+    return (
+        model,
+        tmp / "cal" / "scales.json",
+        tmp / "val.npz",
+        {"labels": str(tmp / "labels.npy"), "metric": f"{tmp / 'seq.py'}:metric"},
+    )
 
 
 def main() -> None:
@@ -98,9 +103,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="calibkit-bench-sens-") as t:
         tmp = Path(t)
-        model, scales, val, task = _corpus(tmp, args.corpus, args.samples, args.method) if args.corpus else _hostile(tmp, args.samples)
+        model, scales, val, task = (
+            _corpus(tmp, args.corpus, args.samples, args.method) if args.corpus else _hostile(tmp, args.samples)
+        )
         print(f"model {Path(model).name}, {args.samples} validation samples, {os.cpu_count()} CPUs")
-        runs = [("1 worker", 1, None), ("2 workers", 2, None)] + ([] if args.no_ray else [("Ray, 2 CPUs (local cluster)", 2, "auto")])
+        runs = [("1 worker", 1, None), ("2 workers", 2, None)] + (
+            [] if args.no_ray else [("Ray, 2 CPUs (local cluster)", 2, "auto")]
+        )
         base = None
         for label, workers, ray in runs:
             os.environ["CALIBKIT_CACHE"] = str(tmp / f"cache-{workers}-{ray}")
@@ -110,22 +119,42 @@ def main() -> None:
             n = res.doc["evaluations"]["run"]
             rate = res.doc["execution"]["per_second_after_startup"] or float("nan")
             base = base or (wall, rate)
-            print(f"{label:30s} {n} evaluations, {wall:6.1f} s end to end ({base[0] / wall:4.2f}x vs 1 worker); "
-                  f"after start-up {rate:6.2f} evaluations/s ({rate / base[1]:4.2f}x); top layer {res.doc['layers'][0]['layer']}")
+            print(
+                f"{label:30s} {n} evaluations, {wall:6.1f} s end to end ({base[0] / wall:4.2f}x vs 1 worker); "
+                f"after start-up {rate:6.2f} evaluations/s ({rate / base[1]:4.2f}x); top layer {res.doc['layers'][0]['layer']}"
+            )
         if args.corpus:
             os.environ["CALIBKIT_CACHE"] = str(tmp / "cache-2-None")
             t0 = time.perf_counter()
             try:
-                fb = fallback(model, scales, val, tmp / "fb", workers=2, target=Target(max_accuracy_drop=args.max_accuracy_drop), **task)
+                fb = fallback(
+                    model,
+                    scales,
+                    val,
+                    tmp / "fb",
+                    workers=2,
+                    target=Target(max_accuracy_drop=args.max_accuracy_drop),
+                    **task,
+                )
             except ThresholdFailed as exc:
                 fb = exc.result
             doc = fb.doc
             ver = doc["verification"]
-            print(f"fallback (--max-accuracy-drop {args.max_accuracy_drop}, 2 workers, sensitivity reused): {time.perf_counter() - t0:.1f} s; {doc['verdict']}")
-            print(f"  sequence accuracy vs FP32 decode: FP32 {ver['fp32']['accuracy']:.1f}%  INT8 {ver['before']['accuracy']:.1f}%  after fallback {ver['after']['accuracy']:.1f}%")
-            print(f"  worst output cosine: INT8 {ver['before']['min_cosine']:.4f}  after fallback {ver['after']['min_cosine']:.4f}")
-            print(f"  kept in float ({len(doc['exclude_nodes'])} nodes of {doc['units']} layers): {', '.join(doc['exclude_nodes'])}")
-            print(f"  evaluations: {doc['evaluations']['spent']} ({doc['evaluations']['reused_from_earlier_runs']} reused from the sensitivity run)")
+            print(
+                f"fallback (--max-accuracy-drop {args.max_accuracy_drop}, 2 workers, sensitivity reused): {time.perf_counter() - t0:.1f} s; {doc['verdict']}"
+            )
+            print(
+                f"  sequence accuracy vs FP32 decode: FP32 {ver['fp32']['accuracy']:.1f}%  INT8 {ver['before']['accuracy']:.1f}%  after fallback {ver['after']['accuracy']:.1f}%"
+            )
+            print(
+                f"  worst output cosine: INT8 {ver['before']['min_cosine']:.4f}  after fallback {ver['after']['min_cosine']:.4f}"
+            )
+            print(
+                f"  kept in float ({len(doc['exclude_nodes'])} nodes of {doc['units']} layers): {', '.join(doc['exclude_nodes'])}"
+            )
+            print(
+                f"  evaluations: {doc['evaluations']['spent']} ({doc['evaluations']['reused_from_earlier_runs']} reused from the sensitivity run)"
+            )
 
 
 if __name__ == "__main__":

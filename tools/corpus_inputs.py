@@ -28,9 +28,9 @@ def _image(rng, h, w, text=False):
                 x0 = x + int(rng.integers(0, cw))
                 t = max(1, h // 16)
                 if rng.random() < 0.5:
-                    img[y0:y1 + t, x0:x0 + t] = ink
+                    img[y0 : y1 + t, x0 : x0 + t] = ink
                 else:
-                    img[y0:y0 + t, x:x + cw] = ink
+                    img[y0 : y0 + t, x : x + cw] = ink
             x += cw + int(rng.integers(1, 5))
         return np.clip(img, 0, 255).astype(np.uint8)
     base = rng.uniform(0, 255, 3)
@@ -39,7 +39,11 @@ def _image(rng, h, w, text=False):
     for _ in range(int(rng.integers(3, 8))):
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         ry, rx = rng.uniform(h / 12, h / 3), rng.uniform(w / 12, w / 3)
-        mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1 if rng.random() < 0.5 else (abs(yy - cy) < ry) & (abs(xx - cx) < rx)
+        mask = (
+            ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+            if rng.random() < 0.5
+            else (abs(yy - cy) < ry) & (abs(xx - cx) < rx)
+        )
         img[mask] = rng.uniform(0, 255, 3)
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -57,7 +61,11 @@ def _audio(rng, n, speechy=True):
     f0 = rng.uniform(90, 250) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(1, 4) * t))
     phase = 2 * np.pi * np.cumsum(f0) / 16000.0
     sig = sum(rng.uniform(0.2, 1.0) / k * np.sin(k * phase) for k in range(1, 8))
-    env = (np.sin(2 * np.pi * rng.uniform(2, 5) * t + rng.uniform(0, 6)) > rng.uniform(-0.5, 0.5)).astype(np.float64) if speechy else 1.0
+    env = (
+        (np.sin(2 * np.pi * rng.uniform(2, 5) * t + rng.uniform(0, 6)) > rng.uniform(-0.5, 0.5)).astype(np.float64)
+        if speechy
+        else 1.0
+    )
     x = sig * env * rng.uniform(0.05, 0.6) + rng.normal(0, rng.uniform(0.001, 0.02), n)
     return np.clip(x / max(1.0, np.abs(x).max()), -1, 1).astype(np.float32)
 
@@ -84,7 +92,7 @@ def _ort(model: Path):
 def _melspec(model_file: ModelFile, audio_int16_float: np.ndarray) -> np.ndarray:
     sess = _ort(model_file("oww_melspectrogram"))
     spec = sess.run(None, {"input": audio_int16_float[None].astype(np.float32)})[0]
-    return np.squeeze(spec) / 10 + 2   # openwakeword's melspec_transform
+    return np.squeeze(spec) / 10 + 2  # openwakeword's melspec_transform
 
 
 def generate(model_file: ModelFile, name: str, n: int, seed: int) -> dict[str, np.ndarray]:
@@ -94,18 +102,30 @@ def generate(model_file: ModelFile, name: str, n: int, seed: int) -> dict[str, n
     mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
     if name == "ppocrv4_det":
         # rapidocr DetPreProcess: cv2 (BGR) image, x/255, (x - ImageNet mean) / std in that channel order
-        return {"x": np.stack([_chw((_image(rng, 256, 256)[..., ::-1] / 255.0 - mean) / std).astype(np.float32) for _ in range(n)])}
+        return {
+            "x": np.stack(
+                [_chw((_image(rng, 256, 256)[..., ::-1] / 255.0 - mean) / std).astype(np.float32) for _ in range(n)]
+            )
+        }
     if name == "ppocrv4_rec":
         return {"x": np.stack([_ocr_line(rng, 320) for _ in range(n)])}
     if name == "ppocr_cls":
         return {"x": np.stack([_ocr_line(rng, 192) for _ in range(n)])}
     if name in ("silero_vad", "silero_vad_op18_ifless"):
-        return {"input": np.stack([_audio(rng, 576) for _ in range(n)]), "state": np.zeros((2, n, 128), np.float32), "sr": np.array(16000, np.int64)}
+        return {
+            "input": np.stack([_audio(rng, 576) for _ in range(n)]),
+            "state": np.zeros((2, n, 128), np.float32),
+            "sr": np.array(16000, np.int64),
+        }
     if name == "silero_vad_16k_sequence":
         stream = _audio(rng, 512 * n + 64)
-        return {"input": np.stack([stream[i * 512:i * 512 + 576] for i in range(n)]), "h": np.zeros((1, 1, 128), np.float32), "c": np.zeros((1, 1, 128), np.float32)}
+        return {
+            "input": np.stack([stream[i * 512 : i * 512 + 576] for i in range(n)]),
+            "h": np.zeros((1, 1, 128), np.float32),
+            "c": np.zeros((1, 1, 128), np.float32),
+        }
     if name == "ddddocr_common":
-        imgs = [_image(rng, 64, 160, text=True).astype(np.float32).mean(axis=2) for _ in range(n)]   # .convert('L')
+        imgs = [_image(rng, 64, 160, text=True).astype(np.float32).mean(axis=2) for _ in range(n)]  # .convert('L')
         return {"input1": np.stack([((g / 255 - 0.5) / 0.5)[None] for g in imgs]).astype(np.float32)}
     if name == "ddddocr_det":
         out = []
@@ -115,7 +135,7 @@ def generate(model_file: ModelFile, name: str, n: int, seed: int) -> dict[str, n
             r = min(416 / h, 416 / w)
             pad = np.full((416, 416, 3), 114, np.uint8)
             pad[: int(h * r), : int(w * r)] = _resize(img, int(h * r), int(w * r))
-            out.append(_chw(pad[..., ::-1]).astype(np.float32))   # cv2 BGR, 0..255
+            out.append(_chw(pad[..., ::-1]).astype(np.float32))  # cv2 BGR, 0..255
         return {"images": np.stack(out)}
     if name == "nudenet_320n":
         out = []
@@ -124,7 +144,7 @@ def generate(model_file: ModelFile, name: str, n: int, seed: int) -> dict[str, n
             s = max(h, w)
             sq = np.zeros((s, s, 3), np.uint8)
             sq[:h, :w] = _image(rng, h, w)
-            out.append(_chw(_resize(sq, 320, 320)).astype(np.float32) / 255.0)   # RGB after swapRB
+            out.append(_chw(_resize(sq, 320, 320)).astype(np.float32) / 255.0)  # RGB after swapRB
         return {"images": np.stack(out)}
     if name == "oww_melspectrogram":
         return {"input": np.stack([np.round(_audio(rng, 16000) * 32767).astype(np.float32) for _ in range(n)])}
@@ -133,23 +153,29 @@ def generate(model_file: ModelFile, name: str, n: int, seed: int) -> dict[str, n
         for _ in range(n):
             spec = _melspec(model_file, np.round(_audio(rng, 16000) * 32767))
             s = int(rng.integers(0, spec.shape[0] - 76 + 1))
-            wins.append(spec[s:s + 76, :, None])
+            wins.append(spec[s : s + 76, :, None])
         return {"input_1": np.stack(wins).astype(np.float32)}
     if name == "oww_hey_mycroft":
         emb = _ort(model_file("oww_embedding"))
         feats = []
         for _ in range(n):
             spec = _melspec(model_file, np.round(_audio(rng, 32000) * 32767))
-            wins = np.stack([spec[i:i + 76, :, None] for i in range(0, spec.shape[0] - 76 + 1, 8)][:16]).astype(np.float32)
+            wins = np.stack([spec[i : i + 76, :, None] for i in range(0, spec.shape[0] - 76 + 1, 8)][:16]).astype(
+                np.float32
+            )
             feats.append(emb.run(None, {"input_1": wins})[0].reshape(len(wins), 96))
         return {"input_1": np.stack(feats).astype(np.float32)}
     if name == "oww_silero_vad":
-        return {"input": np.stack([np.round(_audio(rng, 640) * 32767) / 32767 for _ in range(n)]).astype(np.float32),
-                "h": np.zeros((2, n, 64), np.float32), "c": np.zeros((2, n, 64), np.float32), "sr": np.array(16000, np.int64)}
+        return {
+            "input": np.stack([np.round(_audio(rng, 640) * 32767) / 32767 for _ in range(n)]).astype(np.float32),
+            "h": np.zeros((2, n, 64), np.float32),
+            "c": np.zeros((2, n, 64), np.float32),
+            "sr": np.array(16000, np.int64),
+        }
     if name == "minilm_l6":
         vocab = (model_file("minilm_l6").parent / "vocab.txt").read_text(encoding="utf-8").splitlines()
         cls_, sep, pad = vocab.index("[CLS]"), vocab.index("[SEP]"), vocab.index("[PAD]")
-        first_word = vocab.index("the")   # ids below are [unused*] / punctuation / single characters
+        first_word = vocab.index("the")  # ids below are [unused*] / punctuation / single characters
         ids = np.full((n, 64), pad, np.int64)
         mask = np.zeros((n, 64), np.int64)
         for i in range(n):
@@ -160,6 +186,8 @@ def generate(model_file: ModelFile, name: str, n: int, seed: int) -> dict[str, n
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros((n, 64), np.int64)}
     if name in ("mtcnn_onet", "mtcnn_rnet_fp16"):
         s = 48 if name == "mtcnn_onet" else 24
-        x = np.stack([(_chw(_resize(_image(rng, 96, 96), s, s)).astype(np.float32) - 127.5) * 0.0078125 for _ in range(n)])
+        x = np.stack(
+            [(_chw(_resize(_image(rng, 96, 96), s, s)).astype(np.float32) - 127.5) * 0.0078125 for _ in range(n)]
+        )
         return {"input": x.astype(np.float16 if name.endswith("fp16") else np.float32)}
     raise KeyError(name)

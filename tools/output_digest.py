@@ -35,7 +35,9 @@ def _corpus():
 
 def _cli(*args, cwd: Path) -> str:
     """Runs the CLI; a failure is part of the behaviour being compared: 'exit N: last line'."""
-    r = subprocess.run([sys.executable, "-m", "calibkit", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(
+        [sys.executable, "-m", "calibkit", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=1800
+    )
     if r.returncode in (0, 3):
         return ""
     last = (r.stderr.strip().splitlines() or [""])[-1]
@@ -65,17 +67,41 @@ def _digest_one(name: str, model: Path | None, calib: Path | None, work: Path) -
         out = base / method
         if model is None:
             demo = _demo_paths()
-            failed = _cli("calibrate", demo["model"], "--data", demo["calib"], "--preprocess", demo["preprocess"],
-                 "--method", method, "-o", out, "--device", "cpu", cwd=base)
+            failed = _cli(
+                "calibrate",
+                demo["model"],
+                "--data",
+                demo["calib"],
+                "--preprocess",
+                demo["preprocess"],
+                "--method",
+                method,
+                "-o",
+                out,
+                "--device",
+                "cpu",
+                cwd=base,
+            )
             model_path = demo["model"]
         else:
-            failed = _cli("calibrate", model, "--data", calib, "--method", method, "-o", out, "--device", "cpu", cwd=base)
+            failed = _cli(
+                "calibrate", model, "--data", calib, "--method", method, "-o", out, "--device", "cpu", cwd=base
+            )
             model_path = model
         if failed:
             hashes[f"{method}/calibrate"] = failed
         for placement in ("trt", "ort"):
-            failed = _cli("export-qdq", model_path, "--scales", out / "scales.json", "--placement", placement,
-                          "-o", out / f"model.{placement}.qdq.onnx", cwd=base)
+            failed = _cli(
+                "export-qdq",
+                model_path,
+                "--scales",
+                out / "scales.json",
+                "--placement",
+                placement,
+                "-o",
+                out / f"model.{placement}.qdq.onnx",
+                cwd=base,
+            )
             if failed:
                 hashes[f"{method}/export-qdq-{placement}"] = failed
         for f in sorted(out.rglob("*")):
@@ -86,7 +112,11 @@ def _digest_one(name: str, model: Path | None, calib: Path | None, work: Path) -
 
 def _demo_paths() -> dict[str, Path]:
     demo = REPO / "calibkit" / "demo"
-    return {"model": demo / "digits_cnn.onnx", "calib": demo / "digits" / "calib", "preprocess": demo / "digits" / "preprocess.json"}
+    return {
+        "model": demo / "digits_cnn.onnx",
+        "calib": demo / "digits" / "calib",
+        "preprocess": demo / "digits" / "preprocess.json",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,12 +57,31 @@ def export(net: Net, path: Path) -> None:
 
     def conv_bn(i, x, out):
         c, b = getattr(net, f"c{i}"), getattr(net, f"b{i}")
-        nodes.append(helper.make_node("Conv", [x, w(f"conv{i}.weight", c.weight), w(f"conv{i}.bias", c.bias)], [f"conv{i}"], name=f"conv{i}", pads=[1, 1, 1, 1], kernel_shape=[3, 3]))
-        nodes.append(helper.make_node(
-            "BatchNormalization",
-            [f"conv{i}", w(f"bn{i}.scale", b.weight), w(f"bn{i}.bias", b.bias), w(f"bn{i}.mean", b.running_mean), w(f"bn{i}.var", b.running_var)],
-            [out], name=f"bn{i}", epsilon=b.eps,
-        ))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, w(f"conv{i}.weight", c.weight), w(f"conv{i}.bias", c.bias)],
+                [f"conv{i}"],
+                name=f"conv{i}",
+                pads=[1, 1, 1, 1],
+                kernel_shape=[3, 3],
+            )
+        )
+        nodes.append(
+            helper.make_node(
+                "BatchNormalization",
+                [
+                    f"conv{i}",
+                    w(f"bn{i}.scale", b.weight),
+                    w(f"bn{i}.bias", b.bias),
+                    w(f"bn{i}.mean", b.running_mean),
+                    w(f"bn{i}.var", b.running_var),
+                ],
+                [out],
+                name=f"bn{i}",
+                epsilon=b.eps,
+            )
+        )
 
     conv_bn(1, "image", "bn1")
     nodes.append(helper.make_node("Relu", ["bn1"], ["relu1"], name="relu1"))
@@ -76,9 +95,18 @@ def export(net: Net, path: Path) -> None:
     nodes.append(helper.make_node("Relu", ["bn4"], ["relu4"], name="relu4"))
     nodes.append(helper.make_node("GlobalAveragePool", ["relu4"], ["gap"], name="gap"))
     nodes.append(helper.make_node("Flatten", ["gap"], ["features"], name="flatten", axis=1))
-    nodes.append(helper.make_node("Gemm", ["features", w("fc.weight", net.fc.weight), w("fc.bias", net.fc.bias)], ["logits"], name="fc", transB=1))
+    nodes.append(
+        helper.make_node(
+            "Gemm",
+            ["features", w("fc.weight", net.fc.weight), w("fc.bias", net.fc.bias)],
+            ["logits"],
+            name="fc",
+            transB=1,
+        )
+    )
     graph = helper.make_graph(
-        nodes, "digits_cnn",
+        nodes,
+        "digits_cnn",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
         inits,

@@ -6,30 +6,82 @@ from pathlib import Path
 
 import click
 
-from calibkit.cli.main import cli
 from calibkit.cli.options import data_options, feed_from, feed_options, preprocess_from, user_errors
 
 
-@cli.command()
+@click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--engine", required=True, type=click.Path(dir_okay=False), help="Serialized engine (.plan) to write.")
-@click.option("--int8", is_flag=True, help="INT8 from --cache (calibkit's scales; any method) or --data (TensorRT 10 calibrates).")
-@click.option("--cache", type=click.Path(dir_okay=False), help="Calibration cache from `calibkit calibrate` (<model>.cache).")
-@click.option("--qdq", type=click.Path(dir_okay=False), help="Q/DQ model from `calibkit export-qdq` (explicit quantization).")
+@click.option(
+    "--int8", is_flag=True, help="INT8 from --cache (calibkit's scales; any method) or --data (TensorRT 10 calibrates)."
+)
+@click.option(
+    "--cache", type=click.Path(dir_okay=False), help="Calibration cache from `calibkit calibrate` (<model>.cache)."
+)
+@click.option(
+    "--qdq", type=click.Path(dir_okay=False), help="Q/DQ model from `calibkit export-qdq` (explicit quantization)."
+)
 @click.option("--fp16", is_flag=True, help="Allow FP16 (10.x: builder flag; 11.x: builds the FP16-converted model).")
-@click.option("--shapes", metavar="IN:MIN/OPT/MAX", help="Dynamic shapes, e.g. x:1x3x224x224/8x3x224x224/32x3x224x224 (comma-separated inputs). INT8 calibrates at OPT.")
-@click.option("--keep-fp16", metavar="LAYERS", help="Comma-separated layers (ONNX node names) kept out of INT8, in FP16.")
-@click.option("--from-report", type=click.Path(dir_okay=False), help="Layers to keep in FP16 from a validate results.json (fp16_fallback.nodes) or a text file, one per line.")
-@click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache to reuse and update (default: <engine>.timing.cache).")
-@click.option("--calibrator", type=click.Choice(["entropy2", "entropy", "minmax", "legacy"]), default="entropy2", show_default=True, help="TensorRT 10 calibrator class.")
-@click.option("--write-cache", type=click.Path(dir_okay=False), help="Where the calibrator writes TensorRT's cache (with --data).")
+@click.option(
+    "--shapes",
+    metavar="IN:MIN/OPT/MAX",
+    help="Dynamic shapes, e.g. x:1x3x224x224/8x3x224x224/32x3x224x224 (comma-separated inputs). INT8 calibrates at OPT.",
+)
+@click.option(
+    "--keep-fp16", metavar="LAYERS", help="Comma-separated layers (ONNX node names) kept out of INT8, in FP16."
+)
+@click.option(
+    "--from-report",
+    type=click.Path(dir_okay=False),
+    help="Layers to keep in FP16 from a validate results.json (fp16_fallback.nodes) or a text file, one per line.",
+)
+@click.option(
+    "--timing-cache",
+    type=click.Path(dir_okay=False),
+    help="Timing cache to reuse and update (default: <engine>.timing.cache).",
+)
+@click.option(
+    "--calibrator",
+    type=click.Choice(["entropy2", "entropy", "minmax", "legacy"]),
+    default="entropy2",
+    show_default=True,
+    help="TensorRT 10 calibrator class.",
+)
+@click.option(
+    "--write-cache", type=click.Path(dir_okay=False), help="Where the calibrator writes TensorRT's cache (with --data)."
+)
 @click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), help="Builder workspace limit, MiB.")
-@click.option("--print-trtexec", is_flag=True, help="Print the equivalent trtexec command (no TensorRT needed) instead of building.")
-@click.option("--trt-major", type=click.Choice(["10", "11"]), help="TensorRT major version for --print-trtexec (default: the installed one).")
+@click.option(
+    "--print-trtexec",
+    is_flag=True,
+    help="Print the equivalent trtexec command (no TensorRT needed) instead of building.",
+)
+@click.option(
+    "--trt-major",
+    type=click.Choice(["10", "11"]),
+    help="TensorRT major version for --print-trtexec (default: the installed one).",
+)
 @data_options
 @feed_options
 @user_errors
-def build(model, engine, int8, cache, qdq, fp16, shapes, keep_fp16, from_report, timing_cache, calibrator, write_cache, workspace_mb, print_trtexec, trt_major, **kw) -> None:
+def build(
+    model,
+    engine,
+    int8,
+    cache,
+    qdq,
+    fp16,
+    shapes,
+    keep_fp16,
+    from_report,
+    timing_cache,
+    calibrator,
+    write_cache,
+    workspace_mb,
+    print_trtexec,
+    trt_major,
+    **kw,
+) -> None:
     """Build a TensorRT engine with calibkit's INT8 scales (10.x and 11.x).
 
     \b
@@ -45,13 +97,29 @@ def build(model, engine, int8, cache, qdq, fp16, shapes, keep_fp16, from_report,
 
     if keep_fp16 and from_report:
         raise click.UsageError("give --keep-fp16 or --from-report, not both")
-    layers = [n.strip() for n in keep_fp16.split(",") if n.strip()] if keep_fp16 else (read_layers(from_report) if from_report else [])
+    layers = (
+        [n.strip() for n in keep_fp16.split(",") if n.strip()]
+        if keep_fp16
+        else (read_layers(from_report) if from_report else [])
+    )
     eng = Path(engine)
     spec = BuildSpec(
-        Path(model), eng, int8=int8, cache=Path(cache) if cache else None, qdq=Path(qdq) if qdq else None, fp16=fp16,
-        shapes=parse_shapes(shapes), keep_fp16=layers, timing_cache=Path(timing_cache) if timing_cache else eng.with_suffix(".timing.cache"),
-        data=kw.pop("data"), preprocess=preprocess_from(kw), calibrator=calibrator, batch_size=kw.get("batch_size") or 8,
-        write_cache=Path(write_cache) if write_cache else None, workspace_mb=workspace_mb, **feed_from(kw),
+        Path(model),
+        eng,
+        int8=int8,
+        cache=Path(cache) if cache else None,
+        qdq=Path(qdq) if qdq else None,
+        fp16=fp16,
+        shapes=parse_shapes(shapes),
+        keep_fp16=layers,
+        timing_cache=Path(timing_cache) if timing_cache else eng.with_suffix(".timing.cache"),
+        data=kw.pop("data"),
+        preprocess=preprocess_from(kw),
+        calibrator=calibrator,
+        batch_size=kw.get("batch_size") or 8,
+        write_cache=Path(write_cache) if write_cache else None,
+        workspace_mb=workspace_mb,
+        **vars(feed_from(kw)),
     )
     if print_trtexec:
         from calibkit.trt.build import trtexec_line
@@ -64,6 +132,9 @@ def build(model, engine, int8, cache, qdq, fp16, shapes, keep_fp16, from_report,
     from calibkit.trt.build import build as run
 
     res = run(spec)
-    out.print(f"built {res['engine']} with TensorRT {res['trt']}" + (f" ({res['kept_fp16']} layers kept in FP16)" if res["kept_fp16"] else ""))
+    out.print(
+        f"built {res['engine']} with TensorRT {res['trt']}"
+        + (f" ({res['kept_fp16']} layers kept in FP16)" if res["kept_fp16"] else "")
+    )
     if res.get("calibration_batches"):
         err.print(f"TensorRT calibrated on {res['calibration_batches']} batches")

@@ -21,11 +21,10 @@ def _on_sigterm(signum, frame) -> None:
 def main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        import calibkit.cli.build_cmd  # noqa: F401  (registers build)
-        import calibkit.cli.sensitivity_cmd  # noqa: F401  (registers sensitivity/fallback)
-        import calibkit.cli.validate_cmds  # noqa: F401  (registers validate/compare/export-qdq)
-        from calibkit.cli.main import cli
+        from calibkit.cli.commands import cli
     except KeyboardInterrupt as exc:
-        sys.stderr.write("calibkit: interrupted while starting; nothing from this run was published; previous outputs are unchanged\n")
+        sys.stderr.write(
+            "calibkit: interrupted while starting; nothing from this run was published; previous outputs are unchanged\n"
+        )
         raise SystemExit(128 + getattr(exc, "signum", 2)) from None
     cli(prog_name="calibkit")

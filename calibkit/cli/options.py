@@ -11,6 +11,8 @@ from calibkit import methods
 from calibkit.data.images import CHANNELS, LAYOUTS, Preprocess
 from calibkit.errors import CalibkitError
 
+DEMO_OUT = "calibkit-demo"  # where the bare demo commands write
+
 
 def compose(*decorators: Callable) -> Callable:
     def apply(fn: Callable) -> Callable:
@@ -31,9 +33,24 @@ def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
 
 
 data_options = compose(
-    click.option("--data", "data", metavar="PATH", help="Folder of images, .npz keyed by input name, .npy, or loader script FILE.py[:load_data]."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Samples per ORT run (default: fits a 64 MB activation budget). Never changes results."),
-    click.option("--preprocess", "preprocess_file", type=click.Path(dir_okay=False), help="JSON file with image preprocessing (size, resize, scale, mean, std, channels, layout)."),
+    click.option(
+        "--data",
+        "data",
+        metavar="PATH",
+        help="Folder of images, .npz keyed by input name, .npy, or loader script FILE.py[:load_data].",
+    ),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Samples per ORT run (default: fits a 64 MB activation budget). Never changes results.",
+    ),
+    click.option(
+        "--preprocess",
+        "preprocess_file",
+        type=click.Path(dir_okay=False),
+        help="JSON file with image preprocessing (size, resize, scale, mean, std, channels, layout).",
+    ),
     click.option("--size", metavar="H,W", help="Image crop size (default: the model's input H,W)."),
     click.option("--resize", type=int, help="Resize the shorter image side to this before centre-cropping."),
     click.option("--scale", "pixel_scale", type=float, help="Multiply pixels by this (default 1/255)."),
@@ -41,30 +58,51 @@ data_options = compose(
     click.option("--std", help="Per-channel std, comma-separated."),
     click.option("--channels", type=click.Choice(CHANNELS), help="Channel order for images (default RGB)."),
     click.option("--layout", type=click.Choice(LAYOUTS), help="Tensor layout for images (default NCHW)."),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="ONNX Runtime provider; auto uses CUDA only when a GPU is really usable."),
+    click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help="ONNX Runtime provider; auto uses CUDA only when a GPU is really usable.",
+    ),
 )
 
 
 # How the data is cut into runs (calibrate; validate/compare/build can add them the same way).
 feed_options = compose(
-    click.option("--batch-axis", "batch_axis", multiple=True, metavar="INPUT:AXIS", help=(
-        "Sample axis of an input (repeatable or comma list), e.g. state:1; INPUT:none passes it whole "
-        "to every run (scalars, shared state). Default: from the model's dims."
-    )),
-    click.option("--no-rebatch", "no_rebatch", is_flag=True, help="Run each feed the data yields exactly as given (complete feeds from a loader script) instead of re-cutting batches."),
-    click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Stop after this many samples (an endless loader, a huge folder)."),
+    click.option(
+        "--batch-axis",
+        "batch_axis",
+        multiple=True,
+        metavar="INPUT:AXIS",
+        help=(
+            "Sample axis of an input (repeatable or comma list), e.g. state:1; INPUT:none passes it whole "
+            "to every run (scalars, shared state). Default: from the model's dims."
+        ),
+    ),
+    click.option(
+        "--no-rebatch",
+        "no_rebatch",
+        is_flag=True,
+        help="Run each feed the data yields exactly as given (complete feeds from a loader script) instead of re-cutting batches.",
+    ),
+    click.option(
+        "--max-samples",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Stop after this many samples (an endless loader, a huge folder).",
+    ),
 )
 
 
-def feed_from(kw: dict) -> dict:
-    """--batch-axis/--no-rebatch/--max-samples -> calibrate() keyword arguments."""
-    from calibkit.batch_axes import parse_batch_axes
+def feed_from(kw: dict):
+    """--batch-axis/--no-rebatch/--max-samples -> the FeedOptions every command passes on."""
+    from calibkit.data.options import FeedOptions
+    from calibkit.graph.batch_axes import parse_batch_axes
 
-    return {
-        "batch_axes": parse_batch_axes(kw.pop("batch_axis", ()) or ()),
-        "rebatch": not kw.pop("no_rebatch", False),
-        "max_samples": kw.pop("max_samples", None),
-    }
+    return FeedOptions(
+        parse_batch_axes(kw.pop("batch_axis", ()) or ()), not kw.pop("no_rebatch", False), kw.pop("max_samples", None)
+    )
 
 
 def preprocess_from(kw: dict) -> Preprocess:
@@ -100,7 +138,13 @@ def preprocess_from(kw: dict) -> Preprocess:
 
 
 method_options = compose(
-    click.option("--method", default="entropy", show_default=True, metavar="NAME[:ARG]", help=f"Threshold method: {', '.join(methods.names())} (e.g. percentile:99.9)."),
+    click.option(
+        "--method",
+        default="entropy",
+        show_default=True,
+        metavar="NAME[:ARG]",
+        help=f"Threshold method: {', '.join(methods.names())} (e.g. percentile:99.9).",
+    ),
     click.option("--percentile", type=float, help="Percentile for --method percentile (default 99.99)."),
     click.option("--levels", type=int, help="Quantisation levels for --method entropy (default 128)."),
     click.option("--start-bin", type=int, help="First candidate bin for entropy / mse (default 128)."),
@@ -108,10 +152,15 @@ method_options = compose(
 
 
 def warn_clip_option(fn: Callable) -> Callable:
-    from calibkit.clipping import DEFAULT_WARN_CLIP
+    from calibkit.numerics.clipping import DEFAULT_WARN_CLIP
 
     return click.option(
-        "--warn-clip", "warn_clip", type=float, default=DEFAULT_WARN_CLIP, show_default=True, metavar="FRACTION",
+        "--warn-clip",
+        "warn_clip",
+        type=float,
+        default=DEFAULT_WARN_CLIP,
+        show_default=True,
+        metavar="FRACTION",
         help="Warn, per tensor, when a threshold clips more than this fraction of the tensor's values (1: never).",
     )(fn)
 
@@ -119,7 +168,11 @@ def warn_clip_option(fn: Callable) -> Callable:
 def method_from(kw: dict):
     spec = kw.pop("method")
     name, cfg = methods.parse_spec(spec)
-    overrides = {"percentile": kw.pop("percentile", None), "levels": kw.pop("levels", None), "start_bin": kw.pop("start_bin", None)}
+    overrides = {
+        "percentile": kw.pop("percentile", None),
+        "levels": kw.pop("levels", None),
+        "start_bin": kw.pop("start_bin", None),
+    }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if overrides:
         import dataclasses
@@ -131,14 +184,24 @@ def method_from(kw: dict):
 
 # Where independent evaluations run (sensitivity, fallback search): see calibkit.executor.
 parallel_options = compose(
-    click.option("--workers", metavar="N", default=None, help=(
-        "Run evaluations in N worker processes (N Ray actors with --ray). Default 1 (this process); "
-        "with --ray every CPU of the cluster. Never changes results."
-    )),
-    click.option("--ray", "ray_address", metavar="ADDRESS|auto", help=(
-        "Run evaluations on Ray: auto uses RAY_ADDRESS or starts a local cluster for the run; "
-        "or a cluster's HOST:PORT. Needs pip install 'calibkit[ray]'."
-    )),
+    click.option(
+        "--workers",
+        metavar="N",
+        default=None,
+        help=(
+            "Run evaluations in N worker processes (N Ray actors with --ray). Default 1 (this process); "
+            "with --ray every CPU of the cluster. Never changes results."
+        ),
+    ),
+    click.option(
+        "--ray",
+        "ray_address",
+        metavar="ADDRESS|auto",
+        help=(
+            "Run evaluations on Ray: auto uses RAY_ADDRESS or starts a local cluster for the run; "
+            "or a cluster's HOST:PORT. Needs pip install 'calibkit[ray]'."
+        ),
+    ),
 )
 
 
@@ -162,10 +225,14 @@ def user_errors(fn: Callable) -> Callable:
             click.echo(f"calibkit: error: {exc}", err=True)
             raise SystemExit(getattr(exc, "exit_code", 1)) from None
         except KeyboardInterrupt as exc:
-            from calibkit.publish import PUBLISHED
+            from calibkit.outputs.publish import PUBLISHED
 
             done = ", ".join(sorted({str(d) for d in PUBLISHED if d.exists()}))  # scratch sets (temp dirs) are gone
-            said = f"complete output sets published before it: {done}" if done else "nothing from this run was published; previous outputs are unchanged"
+            said = (
+                f"complete output sets published before it: {done}"
+                if done
+                else "nothing from this run was published; previous outputs are unchanged"
+            )
             click.echo(f"calibkit: interrupted; {said}", err=True)
             raise SystemExit(128 + getattr(exc, "signum", 2)) from None
 

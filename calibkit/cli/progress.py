@@ -29,7 +29,9 @@ class _Rate(TextColumn):
 def sample_progress(label: str) -> Iterator:
     """Yields (set_total, update) callables; the bar appears on the first update only,
     so runs that fail early or reuse stored histograms print no bar."""
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(), console=err)
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(), TimeElapsedColumn(), console=err
+    )
     state: dict = {"total": None, "task": None}
 
     def set_total(total) -> None:
@@ -51,9 +53,23 @@ def sample_progress(label: str) -> Iterator:
 def table(title: str, columns: list[str], rows: list[list], keep: int = 0) -> Table:
     """A compact table that reads at 80 columns; the first ``keep`` columns never wrap or
     truncate (names that tell rows apart), the others fold."""
-    t = Table(title=Text(title), title_justify="left", show_header=any(columns), box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), show_edge=False, collapse_padding=True)
+    t = Table(
+        title=Text(title),
+        title_justify="left",
+        show_header=any(columns),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1),
+        show_edge=False,
+        collapse_padding=True,
+    )
     for i, c in enumerate(columns):
-        t.add_column(Text(c), no_wrap=i < keep, overflow="fold", min_width=max((len(str(r[i])) for r in rows), default=1) if i < keep else None)
+        t.add_column(
+            Text(c),
+            no_wrap=i < keep,
+            overflow="fold",
+            min_width=max((len(str(r[i])) for r in rows), default=1) if i < keep else None,
+        )
     for r in rows:
         t.add_row(*(Text(str(v)) for v in r))
     return t

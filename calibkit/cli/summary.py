@@ -8,10 +8,11 @@ from pathlib import Path
 
 from calibkit.cli.progress import err, out, table
 from calibkit.errors import CalibkitError
+from calibkit.numerics.formats import INT8
 
 
 def print_calibration(result) -> None:
-    from calibkit.scales import most_clipped, nonfinite
+    from calibkit.artifacts.scales import most_clipped, nonfinite
 
     t = result.table
     hs = result.histograms
@@ -22,7 +23,15 @@ def print_calibration(result) -> None:
         ["method", f"{t.method} {json.dumps(t.params) if t.params else ''}"],
         ["tensors", len(t.tensors)],
         ["samples", hs.samples],
-        ["collect", f"{result.timings['collect']:.2f} s" + (f" ({coll.stats.samples / max(coll.seconds, 1e-9):,.0f} samples/s, {', '.join(coll.providers)})" if coll else "")],
+        [
+            "collect",
+            f"{result.timings['collect']:.2f} s"
+            + (
+                f" ({coll.stats.samples / max(coll.seconds, 1e-9):,.0f} samples/s, {', '.join(coll.providers)})"
+                if coll
+                else ""
+            ),
+        ],
         ["run batch", (f"{coll.stats.run_batch} samples, {coll.stats.batches} runs" if coll else "-")],
         ["threshold", f"{result.timings['threshold']:.2f} s"],
     ]
@@ -31,11 +40,16 @@ def print_calibration(result) -> None:
     out.print(table("calibration", ["", ""], rows, keep=1))
     clipped = most_clipped(t)
     if clipped:
-        rows = [[n, f"{c:.4%}", f"{t.tensors[n]['amax']:.5g}", f"{t.tensors[n].get('absmax', float('nan')):.5g}"] for n, c in clipped]
+        rows = [
+            [n, f"{c:.4%}", f"{t.tensors[n]['amax']:.5g}", f"{t.tensors[n].get('absmax', float('nan')):.5g}"]
+            for n, c in clipped
+        ]
         out.print(table("most clipped tensors", ["tensor", "clipped", "amax", "max |x|"], rows))
     bad = nonfinite(t)
     if bad:
-        out.print(table("tensors with NaN/Inf (excluded from histograms)", ["tensor", "NaN", "Inf"], [list(b) for b in bad]))
+        out.print(
+            table("tensors with NaN/Inf (excluded from histograms)", ["tensor", "NaN", "Inf"], [list(b) for b in bad])
+        )
     picks = auto_choices(t)
     if picks:
         out.print("auto chose, per tensor (least expected INT8 MSE): " + ", ".join(f"{m} {n}" for m, n in picks))
@@ -56,7 +70,7 @@ def auto_choices(t) -> list[tuple[str, int]]:
 
 def print_clip_warnings(ws, limit: float, where=None, shown: int | None = None) -> None:
     """Every clip warning (up to ``shown``) on stdout, and a one-line pointer on stderr."""
-    from calibkit.clipping import SHOWN
+    from calibkit.numerics.clipping import SHOWN
 
     if not ws:
         return
@@ -64,9 +78,13 @@ def print_clip_warnings(ws, limit: float, where=None, shown: int | None = None) 
     head = f"WARNING: {len(ws)} tensor(s) clip more than {limit:.4g} ({limit:.4%}) of their values (--warn-clip):"
     lines = [f"  {w.message()}" for w in ws[:shown]]
     if len(ws) > shown:
-        lines.append(f"  ... and {len(ws) - shown} more" + (f" (every one under \"clip_warnings\" in {where})" if where else ""))
+        lines.append(
+            f"  ... and {len(ws) - shown} more" + (f' (every one under "clip_warnings" in {where})' if where else "")
+        )
     out.print("\n".join([head, *lines]))
-    err.print(f"calibkit: warning: {len(ws)} tensor(s) clip more than {limit:.4%} of their values; worst {ws[0].tensor!r} ({ws[0].clipped:.4%}); see the warnings above")
+    err.print(
+        f"calibkit: warning: {len(ws)} tensor(s) clip more than {limit:.4%} of their values; worst {ws[0].tensor!r} ({ws[0].clipped:.4%}); see the warnings above"
+    )
 
 
 def _num(v) -> str:
@@ -77,42 +95,64 @@ def inspect_file(path: Path, limit: int) -> None:
     if not path.is_file():
         raise CalibkitError(f"{path} not found")
     if zipfile.is_zipfile(path):
-        from calibkit import store
+        from calibkit.artifacts import histograms as store
 
         hs = store.load(path)
-        out.print(f"{path}: {len(hs.tensors)} tensors, {hs.samples} samples, model {hs.meta.get('model_name')} {hs.meta.get('model_fingerprint')}")
+        out.print(
+            f"{path}: {len(hs.tensors)} tensors, {hs.samples} samples, model {hs.meta.get('model_name')} {hs.meta.get('model_fingerprint')}"
+        )
         out.print(f"data {hs.meta.get('data')} {hs.meta.get('data_fingerprint')}")
-        rows = [[n, f"{h.min:.5g}", f"{h.max:.5g}", h.count, h.nan, h.inf, f"2^{h.exp}"] for n, h in list(hs.tensors.items())[:limit]]
+        rows = [
+            [n, f"{h.min:.5g}", f"{h.max:.5g}", h.count, h.nan, h.inf, f"2^{h.exp}"]
+            for n, h in list(hs.tensors.items())[:limit]
+        ]
         out.print(table("histograms", ["tensor", "min", "max", "count", "NaN", "Inf", "range"], rows))
         return
     head = path.read_bytes()[:64].lstrip()
     if head.startswith(b"{"):
-        from calibkit import scales
+        from calibkit.artifacts import scales
 
         st = scales.read(path)
-        out.print(f"{path}: method {st.method} {st.params}, {len(st.tensors)} tensors, model {st.meta.get('model', {}).get('name')}")
+        out.print(
+            f"{path}: method {st.method} {st.params}, {len(st.tensors)} tensors, model {st.meta.get('model', {}).get('name')}"
+        )
         auto = st.method == "auto"
         rows = [
-            [n, f"{v['amax']:.6g}", f"{st.scales()[n]:.6g}", f"{float(v.get('clipped') or 0):.4%}", _num(v.get("expected_mse")), *([str(v.get("method", "?"))] if auto else [])]
+            [
+                n,
+                f"{v['amax']:.6g}",
+                f"{st.scales()[n]:.6g}",
+                f"{float(v.get('clipped') or 0):.4%}",
+                _num(v.get("expected_mse")),
+                *([str(v.get("method", "?"))] if auto else []),
+            ]
             for n, v in list(st.tensors.items())[:limit]
         ]
-        out.print(table("scales", ["tensor", "amax", "scale", "clipped", "expected MSE", *(["chosen"] if auto else [])], rows))
+        out.print(
+            table("scales", ["tensor", "amax", "scale", "clipped", "expected MSE", *(["chosen"] if auto else [])], rows)
+        )
         if len(st.tensors) > limit:
             out.print(f"... {len(st.tensors) - limit} more (--limit)")
         picks = auto_choices(st)
         if picks:
             out.print("auto chose: " + ", ".join(f"{m} {n}" for m, n in picks))
-        from calibkit import clipping
+        from calibkit.numerics import clipping
 
         recorded = (st.meta.get("clip_warnings") or {}).get("limit")
-        warn = recorded if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and 0 <= recorded <= 1 else clipping.DEFAULT_WARN_CLIP
+        warn = (
+            recorded
+            if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and 0 <= recorded <= 1
+            else clipping.DEFAULT_WARN_CLIP
+        )
         print_clip_warnings(clipping.warnings(st, warn), warn, path, shown=limit)
         return
-    from calibkit import cache
+    from calibkit.artifacts import trt_cache as cache
 
     c = cache.read(path)
-    out.print(f"{path}: header {c.header()} (TensorRT version code {c.version}, algorithm {c.algorithm}), {len(c.scales)} tensors")
-    rows = [[n, f"{s:.6g}", f"{s * 127:.6g}"] for n, s in list(c.scales.items())[:limit]]
+    out.print(
+        f"{path}: header {c.header()} (TensorRT version code {c.version}, algorithm {c.algorithm}), {len(c.scales)} tensors"
+    )
+    rows = [[n, f"{s:.6g}", f"{s * INT8.qmax:.6g}"] for n, s in list(c.scales.items())[:limit]]
     out.print(table("cache", ["tensor", "scale", "amax"], rows))
     if len(c.scales) > limit:
         out.print(f"... {len(c.scales) - limit} more (--limit)")

@@ -6,23 +6,51 @@ from pathlib import Path
 
 import click
 
-from calibkit.cli.main import DEMO_OUT, cli
-from calibkit.cli.options import compose, data_options, feed_from, feed_options, preprocess_from, user_errors, warn_clip_option
+from calibkit.cli.options import (
+    DEMO_OUT,
+    compose,
+    data_options,
+    feed_from,
+    feed_options,
+    preprocess_from,
+    user_errors,
+    warn_clip_option,
+)
 
 DEFAULT_METHODS = "entropy,percentile:99.99,percentile:99.999,minmax,mse"
 
 gate_options = compose(
-    click.option("--labels", type=click.Path(dir_okay=False), help="Labels .npy, one per validation sample (top-1 accuracy on the class-score output)."),
-    click.option("--metric", metavar="FILE.py:FN", help="Task metric: FN(outputs: dict, labels) -> one score per sample; reported as its mean."),
+    click.option(
+        "--labels",
+        type=click.Path(dir_okay=False),
+        help="Labels .npy, one per validation sample (top-1 accuracy on the class-score output).",
+    ),
+    click.option(
+        "--metric",
+        metavar="FILE.py:FN",
+        help="Task metric: FN(outputs: dict, labels) -> one score per sample; reported as its mean.",
+    ),
     click.option("--report", type=click.Path(dir_okay=False), help="HTML report to write (self-contained)."),
-    click.option("--results", type=click.Path(dir_okay=False), help="results.json to write (default: beside the report)."),
+    click.option(
+        "--results", type=click.Path(dir_okay=False), help="results.json to write (default: beside the report)."
+    ),
     click.option("--min-cosine", type=float, help="Gate: every output's cosine similarity >= this."),
     click.option("--min-sqnr", type=float, help="Gate: every output's SQNR (dB) >= this."),
     click.option("--max-accuracy-drop", type=float, help="Gate: task accuracy drop vs FP32, percentage points."),
-    click.option("--fallback-sqnr", type=float, default=30.0, show_default=True, help="Layers under this local SQNR (dB) are advised to stay FP16."),
+    click.option(
+        "--fallback-sqnr",
+        type=float,
+        default=30.0,
+        show_default=True,
+        help="Layers under this local SQNR (dB) are advised to stay FP16.",
+    ),
     click.option("--exclude-nodes", metavar="REGEX", help="Keep matching nodes in float in the INT8 candidates."),
     click.option("--force", is_flag=True, help="Accept scales/histograms whose model fingerprint differs."),
-    click.option("--allow-preprocess-mismatch", is_flag=True, help="Validate images preprocessed unlike the calibration data (default: the calibration's preprocessing; a difference is an error)."),
+    click.option(
+        "--allow-preprocess-mismatch",
+        is_flag=True,
+        help="Validate images preprocessed unlike the calibration data (default: the calibration's preprocessing; a difference is an error).",
+    ),
 )
 
 
@@ -31,10 +59,18 @@ def _gates(kw):
 
     from calibkit.validate import Gates
 
-    for key, lo, hi in (("min_cosine", -1.0, 1.0), ("min_sqnr", -math.inf, math.inf), ("max_accuracy_drop", 0.0, 100.0), ("fallback_sqnr", -math.inf, math.inf)):
+    for key, lo, hi in (
+        ("min_cosine", -1.0, 1.0),
+        ("min_sqnr", -math.inf, math.inf),
+        ("max_accuracy_drop", 0.0, 100.0),
+        ("fallback_sqnr", -math.inf, math.inf),
+    ):
         v = kw.get(key)
         if v is not None and not (math.isfinite(v) and lo <= v <= hi):
-            raise click.BadParameter(f"{v} is not a finite number" + (f" in [{lo:g}, {hi:g}]" if math.isfinite(lo) else ""), param_hint="--" + key.replace("_", "-"))
+            raise click.BadParameter(
+                f"{v} is not a finite number" + (f" in [{lo:g}, {hi:g}]" if math.isfinite(lo) else ""),
+                param_hint="--" + key.replace("_", "-"),
+            )
 
     return Gates(kw.pop("min_cosine"), kw.pop("max_accuracy_drop"), kw.pop("min_sqnr"), kw.pop("fallback_sqnr"))
 
@@ -55,13 +91,35 @@ def _print(res) -> None:
         verdict = "ref" if i == 0 else ("PASS" if c["pass"] else "FAIL")
         worst = fmt(worst, 3) if not isinstance(worst, float) else f"{worst:.1f}"
         lat = c["latency"]
-        rows.append([c.get("rank") or "-", c["label"], verdict, fmt(c["accuracy"], 4), fmt(c["accuracy_drop_pp"], 2), worst, fmt(cos, 4), with_noise(lat["median_ms"], lat.get("median_noise_ms"))])
+        rows.append(
+            [
+                c.get("rank") or "-",
+                c["label"],
+                verdict,
+                fmt(c["accuracy"], 4),
+                fmt(c["accuracy_drop_pp"], 2),
+                worst,
+                fmt(cos, 4),
+                with_noise(lat["median_ms"], lat.get("median_noise_ms")),
+            ]
+        )
         notes.append(f"  {c['label']}: {c['note']}")
-    out.print(table("candidates (best first; '=' marks ties within the run's noise)", ["#", "candidate", "ok", "acc %", "drop", "SQNR", "cosine", "ms/batch"], rows, keep=8))
+    out.print(
+        table(
+            "candidates (best first; '=' marks ties within the run's noise)",
+            ["#", "candidate", "ok", "acc %", "drop", "SQNR", "cosine", "ms/batch"],
+            rows,
+            keep=8,
+        )
+    )
     out.print("acc %: task accuracy; drop: FP32 minus candidate, points; SQNR (dB) and cosine: worst output")
     out.print("how each ran:\n" + "\n".join(notes))
     gates = ", ".join(f"{k} {v}" for k, v in doc["gates"].items())
-    out.print(f"gates: {gates}" + (" (defaults: no gate given)" if doc.get("gates_default") else "") + "; NaN/Inf outputs always fail")
+    out.print(
+        f"gates: {gates}"
+        + (" (defaults: no gate given)" if doc.get("gates_default") else "")
+        + "; NaN/Inf outputs always fail"
+    )
     for c in doc["candidates"][1:]:
         for f in c["failures"]:
             out.print(f"FAIL {c['label']}: {f}")
@@ -70,7 +128,9 @@ def _print(res) -> None:
     for label, cw in (doc.get("clip_warnings") or {}).items():
         if cw["count"]:
             n, limit = cw["count"], cw["limit"]
-            out.print(f"WARNING: {label} clips more than {limit:.4%} of the values of {n} tensor(s) (--warn-clip; all in the results JSON and report); worst: {cw['tensors'][0]['message']}")
+            out.print(
+                f"WARNING: {label} clips more than {limit:.4%} of the values of {n} tensor(s) (--warn-clip; all in the results JSON and report); worst: {cw['tensors'][0]['message']}"
+            )
     for u in doc.get("unavailable", []):
         out.print(f"unavailable: {u['backend']}: {u['reason']}")
     for c in doc["candidates"]:
@@ -78,7 +138,9 @@ def _print(res) -> None:
         if cmd:
             out.print(f"to keep {c['label']}'s weakest layers in FP16:\n  {cmd}")
     if doc.get("method_outputs"):
-        out.print(f"wrote each method's scales/cache under {Path(next(iter(doc['method_outputs'].values()))).parent}/<method>/")
+        out.print(
+            f"wrote each method's scales/cache under {Path(next(iter(doc['method_outputs'].values()))).parent}/<method>/"
+        )
     out.print(f"wrote report  {res.report} ({res.report_seconds:.2f} s to render)")
     out.print(f"wrote results {res.results}")
 
@@ -102,11 +164,19 @@ def _run_reporting(fn, **kwargs):
     _print(res)
 
 
-@cli.command()
+@click.command()
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @click.option("--scales", type=click.Path(dir_okay=False), help="scales.json from `calibkit calibrate`.")
-@click.option("--backends", default="ort-int8,ort-fp16", show_default=True, help="Comma-separated: ort-int8, ort-int8-cpu, ort-fp16, ort-fp32, trt-int8, trt-fp16.")
-@click.option("--emulate-fp16", is_flag=True, help="Use the float16-rounding emulation for ort-fp16 even where ORT can run the FP16 graph.")
+@click.option(
+    "--backends",
+    help="Comma-separated: ort-int8, ort-int8-cpu, ort-fp16, ort-fp32, trt-int8, trt-fp16 "
+    "[default: ort-int8,ort-fp16; the bare demo: ort-int8,ort-fp16,trt-int8].",
+)
+@click.option(
+    "--emulate-fp16",
+    is_flag=True,
+    help="Use the float16-rounding emulation for ort-fp16 even where ORT can run the FP16 graph.",
+)
 @gate_options
 @data_options
 @feed_options
@@ -125,7 +195,10 @@ def validate(model, scales, backends, emulate_fp16, **kw) -> None:
         scales, kw = _demo_defaults(kw)
         model = str(demo.MODEL)
         kw["report"] = kw["report"] or f"{DEMO_OUT}/report.html"
-        backends = "ort-int8,ort-int8-cpu,ort-fp16,trt-int8"
+        # ort-int8-cpu (ORT's real INT8 kernels) is left out: on x86 CPUs without VNNI its u8s8
+        # products saturate (ONNX Runtime's quantization docs), which says nothing of TensorRT.
+        backends = backends or "ort-int8,ort-fp16,trt-int8"
+    backends = backends or "ort-int8,ort-fp16"
     if not kw["data"]:
         raise click.UsageError("give --data with the validation set")
     if not kw["report"]:
@@ -134,34 +207,71 @@ def validate(model, scales, backends, emulate_fp16, **kw) -> None:
     pre = preprocess_from(kw)
     feed = feed_from(kw)
     _run_reporting(
-        run, model=model, scales=scales, data=kw["data"], labels=kw["labels"], metric=kw["metric"],
-        backends=[b.strip() for b in backends.split(",") if b.strip()], report=kw["report"], results=kw["results"], gates=gates,
-        preprocess=pre, batch_size=kw["batch_size"], device=kw["device"], exclude_nodes=kw["exclude_nodes"], emulate_fp16=emulate_fp16, force=kw["force"],
-        allow_preprocess_mismatch=kw["allow_preprocess_mismatch"], **feed,
+        run,
+        model=model,
+        scales=scales,
+        data=kw["data"],
+        labels=kw["labels"],
+        metric=kw["metric"],
+        backends=[b.strip() for b in backends.split(",") if b.strip()],
+        report=kw["report"],
+        results=kw["results"],
+        gates=gates,
+        preprocess=pre,
+        batch_size=kw["batch_size"],
+        device=kw["device"],
+        exclude_nodes=kw["exclude_nodes"],
+        emulate_fp16=emulate_fp16,
+        force=kw["force"],
+        allow_preprocess_mismatch=kw["allow_preprocess_mismatch"],
+        feed=feed,
     )
 
 
 def _demo_defaults(kw):
     from calibkit import demo
+    from calibkit.calibration import calibrate
     from calibkit.cli.progress import err
     from calibkit.data import Preprocess
-    from calibkit.pipeline import calibrate
 
-    err.print(f"calibkit: no model given: the shipped demo {demo.MODEL.name}, calibrated on {demo.CALIB}, validated on {demo.VAL}")
+    err.print(
+        f"calibkit: no model given: the shipped demo {demo.MODEL.name}, calibrated on {demo.CALIB}, validated on {demo.VAL}"
+    )
     calibrate(demo.MODEL, demo.CALIB, preprocess=Preprocess.from_file(demo.PREPROCESS), output_dir=DEMO_OUT)
     kw["data"] = kw["data"] or str(demo.VAL)
     kw["labels"] = kw["labels"] or str(demo.VAL / "labels.npy")
     return f"{DEMO_OUT}/scales.json", kw
 
 
-@cli.command()
+@click.command()
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
 @click.option("--histograms", type=click.Path(dir_okay=False), help="histograms.npz from `calibkit calibrate`.")
-@click.option("--methods", "method_list", default=DEFAULT_METHODS, show_default=True, help="Comma-separated method specs.")
-@click.option("--backend", default="ort-int8", show_default=True, type=click.Choice(["ort-int8", "ort-int8-cpu"]), help="How each method's INT8 model runs.")
-@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), help="Write each method's scales.json, cache and TensorsData to DIR/<method>/ (default: <report>.methods/).")
-@click.option("--export-qdq", "export_qdq", is_flag=True, help="Also write each method's Q/DQ model (as validated) to DIR/<method>/.")
-@click.option("--trt-version", help="TensorRT version for the caches' header (default: installed TensorRT, else 10.16.1).")
+@click.option(
+    "--methods", "method_list", default=DEFAULT_METHODS, show_default=True, help="Comma-separated method specs."
+)
+@click.option(
+    "--backend",
+    default="ort-int8",
+    show_default=True,
+    type=click.Choice(["ort-int8", "ort-int8-cpu"]),
+    help="How each method's INT8 model runs.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    type=click.Path(file_okay=False),
+    help="Write each method's scales.json, cache and TensorsData to DIR/<method>/ (default: <report>.methods/).",
+)
+@click.option(
+    "--export-qdq",
+    "export_qdq",
+    is_flag=True,
+    help="Also write each method's Q/DQ model (as validated) to DIR/<method>/.",
+)
+@click.option(
+    "--trt-version", help="TensorRT version for the caches' header (default: installed TensorRT, else 10.16.1)."
+)
 @warn_clip_option
 @gate_options
 @data_options
@@ -192,20 +302,48 @@ def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt
     methods_ = [m.strip() for m in method_list.split(",") if m.strip()]
     feed = feed_from(kw)
     _run_reporting(
-        run, model=model, histograms=histograms, data=kw["data"], method_specs=methods_, labels=kw["labels"], metric=kw["metric"], backend=backend,
-        report=kw["report"], results=kw["results"], gates=gates, preprocess=pre, batch_size=kw["batch_size"], device=kw["device"],
-        exclude_nodes=kw["exclude_nodes"], force=kw["force"], allow_preprocess_mismatch=kw["allow_preprocess_mismatch"],
-        output_dir=output_dir, export_qdq=export_qdq, trt_version=trt_version, warn_clip=warn_clip, **feed,
+        run,
+        model=model,
+        histograms=histograms,
+        data=kw["data"],
+        method_specs=methods_,
+        labels=kw["labels"],
+        metric=kw["metric"],
+        backend=backend,
+        report=kw["report"],
+        results=kw["results"],
+        gates=gates,
+        preprocess=pre,
+        batch_size=kw["batch_size"],
+        device=kw["device"],
+        exclude_nodes=kw["exclude_nodes"],
+        force=kw["force"],
+        allow_preprocess_mismatch=kw["allow_preprocess_mismatch"],
+        output_dir=output_dir,
+        export_qdq=export_qdq,
+        trt_version=trt_version,
+        warn_clip=warn_clip,
+        feed=feed,
     )
 
 
-@cli.command(name="export-qdq")
+@click.command(name="export-qdq")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--scales", required=True, type=click.Path(dir_okay=False), help="scales.json from `calibkit calibrate`.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Q/DQ model to write.")
-@click.option("--placement", type=click.Choice(["trt", "ort"]), default="trt", show_default=True, help="trt: inputs of Conv/Gemm/MatMul (TensorRT 11); ort: outputs too (real INT8 on ORT CPU).")
+@click.option(
+    "--placement",
+    type=click.Choice(["trt", "ort"]),
+    default="trt",
+    show_default=True,
+    help="trt: inputs of Conv/Gemm/MatMul (TensorRT 11); ort: outputs too (real INT8 on ORT CPU).",
+)
 @click.option("--exclude-nodes", metavar="REGEX", help="Nodes (name or first output) to keep in float.")
-@click.option("--exclude-list", type=click.Path(dir_okay=False), help="File of node names to keep in float, one per line (`calibkit fallback` writes exclude-nodes.txt).")
+@click.option(
+    "--exclude-list",
+    type=click.Path(dir_okay=False),
+    help="File of node names to keep in float, one per line (`calibkit fallback` writes exclude-nodes.txt).",
+)
 @click.option("--exclude-op-types", metavar="OPS", help="Comma-separated op types to keep in float, e.g. Gemm.")
 @click.option("--force", is_flag=True, help="Accept scales whose model fingerprint differs.")
 @user_errors
@@ -221,13 +359,13 @@ def export_qdq(model, scales, output, placement, exclude_nodes, exclude_list, ex
 
     import onnx
 
-    from calibkit import scales as scales_io
+    from calibkit.artifacts import scales as scales_io
     from calibkit.cli.progress import out
-    from calibkit.onnx_model import check_fingerprint, fingerprint_file
-    from calibkit.qdq import activation_qdq
-    from calibkit.qdq import export_qdq as run
-    from calibkit.qdq_io import read_light
-    from calibkit.qdq_subgraph import body_activation_count
+    from calibkit.graph.model import check_fingerprint, fingerprint_file
+    from calibkit.qdq.bodies import body_activation_count
+    from calibkit.qdq.export import activation_qdq
+    from calibkit.qdq.export import export_qdq as run
+    from calibkit.qdq.files import read_light
 
     start = time.perf_counter()
     light = read_light(model)  # one-line errors for a missing or unreadable model
@@ -238,14 +376,20 @@ def export_qdq(model, scales, output, placement, exclude_nodes, exclude_list, ex
 
         exclude_nodes = read_list(exclude_list, light)
     table = scales_io.read(scales)
-    check_fingerprint(table.meta.get("model", {}).get("fingerprint"), fingerprint_file(model), f"scales {scales}", force)
+    check_fingerprint(
+        table.meta.get("model", {}).get("fingerprint"), fingerprint_file(model), f"scales {scales}", force
+    )
     ops = [o.strip() for o in exclude_op_types.split(",")] if exclude_op_types else None
     notes: list[str] = []
-    path = run(model, table.amax(), output, placement=placement, exclude_nodes=exclude_nodes, exclude_op_types=ops, notes=notes)
+    path = run(
+        model, table.amax(), output, placement=placement, exclude_nodes=exclude_nodes, exclude_op_types=ops, notes=notes
+    )
     written = onnx.load(str(path), load_external_data=False)
     q = len(activation_qdq(written)) + body_activation_count(written)
     data = Path(f"{path}.data")
     for note in notes:
         out.print(f"note: {note}")
     extra = f" + {data.name}" if data.exists() else ""
-    out.print(f"wrote {path}{extra}: {q} quantized activations ({placement} placement, method {table.method}), weights per-channel INT8, {time.perf_counter() - start:.1f} s")
+    out.print(
+        f"wrote {path}{extra}: {q} quantized activations ({placement} placement, method {table.method}), weights per-channel INT8, {time.perf_counter() - start:.1f} s"
+    )

@@ -10,18 +10,31 @@ from calibkit.data.feed import Batch, FeedStats, check_feed, run_batches
 from calibkit.data.images import ImageFolderSource, Preprocess, list_images
 from calibkit.data.script import ScriptSource
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import InputSpec
+from calibkit.graph.model import InputSpec
 
 __all__ = [
-    "applied_preprocess", "is_image_folder", "preprocess_fingerprint", "resolve_preprocess", "Batch", "DataSource", "Feed",
-    "FeedStats", "IterableSource", "Preprocess", "check_feed", "open_source", "run_batches",
+    "applied_preprocess",
+    "is_image_folder",
+    "preprocess_fingerprint",
+    "resolve_preprocess",
+    "Batch",
+    "DataSource",
+    "Feed",
+    "FeedStats",
+    "IterableSource",
+    "Preprocess",
+    "check_feed",
+    "open_source",
+    "run_batches",
 ]
 
 
 def _single(specs: list[InputSpec], what: str) -> InputSpec:
     if len(specs) != 1:
         names = ", ".join(s.name for s in specs)
-        raise CalibkitError(f"{what} feeds one input but the model has {len(specs)} ({names}); use an .npz keyed by input name or a loader script")
+        raise CalibkitError(
+            f"{what} feeds one input but the model has {len(specs)} ({names}); use an .npz keyed by input name or a loader script"
+        )
     return specs[0]
 
 
@@ -39,7 +52,9 @@ def is_image_folder(data) -> bool:
     return isinstance(data, (str, Path)) and Path(data).is_dir() and bool(list_images(Path(data)))
 
 
-def resolve_preprocess(given: Preprocess | None, recorded: dict | None, data, allow_mismatch: bool, where: str) -> Preprocess | None:
+def resolve_preprocess(
+    given: Preprocess | None, recorded: dict | None, data, allow_mismatch: bool, where: str
+) -> Preprocess | None:
     """Validation preprocessing: the calibration's (recorded in ``where``) unless the user gave
     another; a difference is an error unless ``allow_mismatch``. Only image folders are affected."""
     if not is_image_folder(data) or not isinstance(recorded, dict):
@@ -93,4 +108,6 @@ def open_source(data, specs: list[InputSpec], preprocess: Preprocess | None = No
         return NpzSource(path, specs=specs)
     if path.suffix == ".npy":
         return NpySource(path, _single(specs, f"{path}").name)
-    raise CalibkitError(f"data {path}: unsupported file type {path.suffix!r}; use a folder of images, .npz, .npy or a .py loader")
+    raise CalibkitError(
+        f"data {path}: unsupported file type {path.suffix!r}; use a folder of images, .npz, .npy or a .py loader"
+    )

@@ -72,7 +72,9 @@ class NpzSource:
         for k, shape in self._shapes.items():
             axis = given.get(k, 0) if shape else None
             if axis is not None and axis >= len(shape):
-                raise CalibkitError(f"{path}[{k}] has shape {shape} but the model input has its samples on axis {axis}; re-save it as the model consumes it")
+                raise CalibkitError(
+                    f"{path}[{k}] has shape {shape} but the model input has its samples on axis {axis}; re-save it as the model consumes it"
+                )
             self.axes[k] = axis
         counts = {k: self._shapes[k][a] for k, a in self.axes.items() if a is not None}
         if len(set(counts.values())) > 1:

@@ -47,7 +47,11 @@ def hash_feed(h: hashlib._Hash, feed: Feed, specs: list | None = None) -> None:
 
     ``specs`` give each input's sample axis (default: axis 0); an input without one (a
     scalar, shared state) is hashed whole into every sample."""
-    axes = {s.name: s.axis for s in specs} if specs is not None else {k: (0 if np.ndim(v) else None) for k, v in feed.items()}
+    axes = (
+        {s.name: s.axis for s in specs}
+        if specs is not None
+        else {k: (0 if np.ndim(v) else None) for k, v in feed.items()}
+    )
     names = sorted(feed)
     n = getattr(feed, "samples", None)
     if n is None:
@@ -78,14 +82,18 @@ class IterableSource:
         it = self._data() if callable(self._data) else self._data
         for i, feed in enumerate(it):
             if not isinstance(feed, dict):
-                raise CalibkitError(f"{self.description} yielded {type(feed).__name__} (item {i}); expected a dict {{input_name: array}}")
+                raise CalibkitError(
+                    f"{self.description} yielded {type(feed).__name__} (item {i}); expected a dict {{input_name: array}}"
+                )
             out = {}
             for k, v in feed.items():
                 try:
                     out[k] = np.asarray(v)
                 except (ValueError, TypeError) as exc:  # ragged lists, unconvertible objects
                     why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    raise CalibkitError(f"{self.description}: input {k!r} of item {i} is not an array ({why}); yield numpy arrays shaped [N, ...]") from None
+                    raise CalibkitError(
+                        f"{self.description}: input {k!r} of item {i} is not an array ({why}); yield numpy arrays shaped [N, ...]"
+                    ) from None
             yield out
 
     def fingerprint(self) -> str | None:

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calibkit.data.base import DataSource, Feed, hash_feed
+from calibkit.data.options import FeedOptions
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import InputSpec
+from calibkit.graph.model import InputSpec
 
 
 class Batch(dict):
@@ -66,7 +67,9 @@ def _check_one(a: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
     if a.ndim != len(spec.shape):
         what = "a 0-d scalar" if a.ndim == 0 else f"shape {tuple(a.shape)} (rank {a.ndim})"
         axis_note = "no sample axis" if ax is None else f"samples on axis {ax}"
-        raise CalibkitError(f"{where}: input {spec.name!r} is {what} but the model expects {spec.describe()} (rank {len(spec.shape)}, {axis_note})")
+        raise CalibkitError(
+            f"{where}: input {spec.name!r} is {what} but the model expects {spec.describe()} (rank {len(spec.shape)}, {axis_note})"
+        )
     for axis, dim in enumerate(spec.shape):
         if axis != ax and isinstance(dim, int) and a.shape[axis] != dim:
             raise CalibkitError(
@@ -84,7 +87,9 @@ def check_feed(feed: Feed, specs: list[InputSpec], where: str) -> Batch:
     missing = [s.name for s in specs if s.name not in feed]
     extra = [k for k in feed if k not in names]
     if extra:
-        raise CalibkitError(f"{where} has input {extra[0]!r} but the model's inputs are: {', '.join(sorted(names))}; rename the data key")
+        raise CalibkitError(
+            f"{where} has input {extra[0]!r} but the model's inputs are: {', '.join(sorted(names))}; rename the data key"
+        )
     if missing:
         raise CalibkitError(f"{where} lacks model input {missing[0]!r}; the model needs: {', '.join(sorted(names))}")
     out = Batch()
@@ -141,8 +146,7 @@ def run_batches(
     specs: list[InputSpec],
     run_batch: int | Callable[[], int],
     stats: FeedStats,
-    rebatch: bool = True,
-    max_samples: int | None = None,
+    feed: FeedOptions | None = None,
     hash_stream: bool = True,
 ) -> Iterator[Batch]:
     """Validated feeds of exactly ``run_batch`` samples (but the last of each shape run).
@@ -152,10 +156,14 @@ def run_batches(
     and no batch is ever empty. ``max_samples`` stops the stream after that many samples.
     ``hash_stream=False`` skips the streamed fingerprint (sources that hash their files).
     """
+    feed = FeedOptions.of(feed)
+    rebatch, max_samples = feed.rebatch, feed.max_samples
     asked = run_batch if callable(run_batch) else (lambda: run_batch)
     fixed = {s.fixed_batch for s in specs} - {None}
     if len(fixed) > 1:
-        raise CalibkitError(f"model inputs fix different batch sizes {sorted(fixed)}; set each input's sample axis with --batch-axis NAME:AXIS")
+        raise CalibkitError(
+            f"model inputs fix different batch sizes {sorted(fixed)}; set each input's sample axis with --batch-axis NAME:AXIS"
+        )
     fixed_size = fixed.pop() if fixed else None
 
     def size() -> int:

@@ -45,17 +45,25 @@ class Preprocess:
             raise CalibkitError(f"preprocess channels {self.channels!r} must be one of {', '.join(CHANNELS)}")
         if not isinstance(self.layout, str) or self.layout not in LAYOUTS:
             raise CalibkitError(f"preprocess layout {self.layout!r} must be one of {', '.join(LAYOUTS)}")
-        if self.size is not None and not (isinstance(self.size, tuple) and len(self.size) == 2 and all(_int(v) and v > 0 for v in self.size)):
+        if self.size is not None and not (
+            isinstance(self.size, tuple) and len(self.size) == 2 and all(_int(v) and v > 0 for v in self.size)
+        ):
             raise CalibkitError(f"preprocess size must be two positive ints H,W; got {_show(self.size)}")
         if self.resize is not None and not (_int(self.resize) and self.resize > 0):
-            raise CalibkitError(f"preprocess resize must be a positive int (the shorter side, in pixels) or null; got {_show(self.resize)}")
+            raise CalibkitError(
+                f"preprocess resize must be a positive int (the shorter side, in pixels) or null; got {_show(self.resize)}"
+            )
         if not _number(self.scale) or self.scale <= 0:
-            raise CalibkitError(f"preprocess scale must be a finite number > 0 (e.g. 0.00392156862745098 for 1/255); got {_show(self.scale)}")
+            raise CalibkitError(
+                f"preprocess scale must be a finite number > 0 (e.g. 0.00392156862745098 for 1/255); got {_show(self.scale)}"
+            )
         n = 1 if self.channels == "L" else 3
         for key in ("mean", "std"):
             v = getattr(self, key)
             if not (isinstance(v, tuple) and len(v) in (1, n) and all(_number(x) for x in v)):
-                raise CalibkitError(f"preprocess {key} must be 1 or {n} finite numbers for channels {self.channels}; got {_show(v)}")
+                raise CalibkitError(
+                    f"preprocess {key} must be 1 or {n} finite numbers for channels {self.channels}; got {_show(v)}"
+                )
         if any(s == 0 for s in self.std):
             raise CalibkitError("preprocess std must not contain 0")
 
@@ -71,7 +79,9 @@ class Preprocess:
         except json.JSONDecodeError as exc:
             raise CalibkitError(f"preprocess file {p} is not valid JSON: line {exc.lineno}: {exc.msg}") from None
         except (ValueError, RecursionError) as exc:  # not UTF-8, a > 4300-digit integer, nesting too deep
-            raise CalibkitError(f"preprocess file {p} is not valid JSON ({type(exc).__name__}); write it as a JSON object") from None
+            raise CalibkitError(
+                f"preprocess file {p} is not valid JSON ({type(exc).__name__}); write it as a JSON object"
+            ) from None
         except OSError as exc:
             raise CalibkitError(f"cannot read preprocess file {p}: {exc.strerror}") from None
         return cls.from_dict(raw, where=str(p))
@@ -80,7 +90,9 @@ class Preprocess:
     def from_dict(cls, raw: dict, where: str = "preprocess") -> Preprocess:
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         if not isinstance(raw, dict):
-            raise CalibkitError(f"{where}: expected a JSON object with keys {', '.join(sorted(known))}; got {type(raw).__name__}")
+            raise CalibkitError(
+                f"{where}: expected a JSON object with keys {', '.join(sorted(known))}; got {type(raw).__name__}"
+            )
         unknown = sorted(set(raw) - known)
         if unknown:
             raise CalibkitError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
@@ -136,7 +148,9 @@ class ImageFolderSource:
         self.files = list_images(root)
         self.description = f"images {root}"
         if not self.files:
-            raise CalibkitError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}; point --data at a folder of images")
+            raise CalibkitError(
+                f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}; point --data at a folder of images"
+            )
         size = pre.size
         if size is None and len(model_shape) == 4:
             hw = model_shape[2:4] if pre.layout == "NCHW" else model_shape[1:3]
@@ -155,7 +169,7 @@ class ImageFolderSource:
 
     def batches(self) -> Iterator[Feed]:
         if self.workers > 1:  # decoded in worker processes, in order (results do not change)
-            from calibkit.prefetch import ordered_map
+            from calibkit.data.prefetch import ordered_map
 
             for a in ordered_map(load_image, self.files, self.pre, workers=self.workers):
                 yield {self.input_name: a[None]}

@@ -35,6 +35,7 @@ def load_function(spec: str, default: str = "load_data"):
 
 class ScriptSource(IterableSource):
     rehashable = True  # calling the loader again yields the same data: reuse can check it
+
     def __init__(self, spec: str) -> None:
         self.path, fn = load_function(spec)
         super().__init__(fn, description=f"loader script {spec}")
@@ -43,7 +44,9 @@ class ScriptSource(IterableSource):
         try:
             for feed in super().batches():
                 if not isinstance(feed, dict):
-                    raise CalibkitError(f"{self.description} yielded {type(feed).__name__}; yield {{input_name: ndarray}} dicts")
+                    raise CalibkitError(
+                        f"{self.description} yielded {type(feed).__name__}; yield {{input_name: ndarray}} dicts"
+                    )
                 yield feed
         except CalibkitError:
             raise

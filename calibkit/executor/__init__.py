@@ -31,7 +31,9 @@ def check_workers(value: Any, option: str = "--workers") -> int:
     if isinstance(value, str):
         text = value.strip()
         if not (text.lstrip("+-").isdigit()):
-            raise CalibkitError(f"{option} {value!r}: expected a whole number of worker processes (1 runs in this process)")
+            raise CalibkitError(
+                f"{option} {value!r}: expected a whole number of worker processes (1 runs in this process)"
+            )
         value = int(text)
     if not isinstance(value, int):
         raise CalibkitError(f"{option} {value!r}: expected a whole number of worker processes (1 runs in this process)")
@@ -40,8 +42,14 @@ def check_workers(value: Any, option: str = "--workers") -> int:
     return value
 
 
-def make(workers: int | str | None = None, ray: str | None = None, setup: Callable[..., Any] | None = None, setup_args: Sequence[Any] = (),
-         gpus: int = 0, visible_gpus: str | None = None) -> Executor:
+def make(
+    workers: int | str | None = None,
+    ray: str | None = None,
+    setup: Callable[..., Any] | None = None,
+    setup_args: Sequence[Any] = (),
+    gpus: int = 0,
+    visible_gpus: str | None = None,
+) -> Executor:
     """The executor for ``--workers``/``--ray``.
 
     ``workers``: processes (local) or actors (Ray); None means 1 locally and every CPU of the
@@ -58,7 +66,7 @@ def make(workers: int | str | None = None, ray: str | None = None, setup: Callab
 
         return RayExecutor(ray, n, setup, setup_args, gpus=gpus, visible_gpus=visible_gpus)
     if gpus:
-        raise ValueError("GPUs per worker need Ray")  # local GPU workers: calibkit.multi_gpu pins them itself
+        raise ValueError("GPUs per worker need Ray")  # local GPU workers: calibkit.collect.sharded pins them itself
     from calibkit.executor.local import InProcess, ProcessPool
 
     if n is None or n == 1:

@@ -36,14 +36,18 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise CalibkitError(f"{self.path}: cannot open the evaluation journal ({exc.strerror}); "
-                                "make that folder writable or point CALIBKIT_CACHE at a writable one") from None
+            raise CalibkitError(
+                f"{self.path}: cannot open the evaluation journal ({exc.strerror}); "
+                "make that folder writable or point CALIBKIT_CACHE at a writable one"
+            ) from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if on_wait is None:
                 os.close(self._fd)
-                raise CalibkitError(f"{self.path}: another calibkit run is using this evaluation journal; wait for it or use another CALIBKIT_CACHE") from None
+                raise CalibkitError(
+                    f"{self.path}: another calibkit run is using this evaluation journal; wait for it or use another CALIBKIT_CACHE"
+                ) from None
             on_wait()
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
@@ -73,7 +77,9 @@ class Journal:
         for number, line in enumerate(complete[1:], start=2):
             entry = _parse(line)
             if not (isinstance(entry, dict) and isinstance(entry.get("key"), str) and "value" in entry):
-                raise CalibkitError(f"{self.path}:{number}: damaged evaluation journal line; delete the file to start afresh")
+                raise CalibkitError(
+                    f"{self.path}:{number}: damaged evaluation journal line; delete the file to start afresh"
+                )
             self._values.setdefault(entry["key"], entry["value"])
         if good_end != len(data):
             os.ftruncate(self._fd, good_end)
@@ -90,7 +96,7 @@ class Journal:
         os.lseek(self._fd, 0, os.SEEK_END)
         view = memoryview(line)
         while view:
-            view = view[os.write(self._fd, view):]
+            view = view[os.write(self._fd, view) :]
         os.fsync(self._fd)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -135,8 +141,14 @@ def _parse(line: bytes) -> Any:
         return None
 
 
-def run_missing(journal: Journal, ex: Executor, task: Callable[[Any], Any], items: Sequence[Any], keys: Sequence[str],
-                on_result: Callable[[int, Any, bool], None] | None = None) -> list[Any]:
+def run_missing(
+    journal: Journal,
+    ex: Executor,
+    task: Callable[[Any], Any],
+    items: Sequence[Any],
+    keys: Sequence[str],
+    on_result: Callable[[int, Any, bool], None] | None = None,
+) -> list[Any]:
     """Results for ``items`` in item order: journalled ones are reused, the rest run on ``ex``
     (inside its with-block) and are journalled as each completes.
 

@@ -87,7 +87,9 @@ class ProcessPool(Executor):
 
     def __enter__(self) -> ProcessPool:
         ctx = multiprocessing.get_context("spawn")
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(self._setup, self._setup_args))
+        self._pool = ProcessPoolExecutor(
+            self.workers, mp_context=ctx, initializer=_init_worker, initargs=(self._setup, self._setup_args)
+        )
         return self
 
     def _remember_processes(self) -> None:
@@ -100,7 +102,9 @@ class ProcessPool(Executor):
         codes = (codes - {-signal.SIGTERM}) or codes  # SIGTERM: the pool stopping the survivors
         how = sorted(_signal_name(c) for c in codes)
         said = f" ({', '.join(how)})" if how else ""
-        return CalibkitError(f"a worker process died while running evaluations{said}: out of memory, or a crash in native code? Try fewer --workers")
+        return CalibkitError(
+            f"a worker process died while running evaluations{said}: out of memory, or a crash in native code? Try fewer --workers"
+        )
 
     def map(self, task: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         if self._pool is None:

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from calibkit import optional
 from calibkit.errors import CalibkitError
 from calibkit.executor.base import Executor, call, run_setup
 
@@ -24,11 +25,7 @@ MIN_OBJECT_STORE = 80 * 1024 * 1024
 
 
 def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise CalibkitError(NEEDS_RAY) from None
-    return ray
+    return optional.require("ray", NEEDS_RAY)
 
 
 class _Worker:
@@ -46,11 +43,15 @@ def _check_reachable(address: str) -> None:
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise CalibkitError(f"--ray {address!r}: expected HOST:PORT of a Ray cluster's head (e.g. 10.0.0.5:6379), or auto")
+        raise CalibkitError(
+            f"--ray {address!r}: expected HOST:PORT of a Ray cluster's head (e.g. 10.0.0.5:6379), or auto"
+        )
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as exc:
-        raise CalibkitError(f"--ray {address}: no Ray cluster reachable there ({exc.strerror or exc}); start one with `ray start --head` or check the address") from None
+        raise CalibkitError(
+            f"--ray {address}: no Ray cluster reachable there ({exc.strerror or exc}); start one with `ray start --head` or check the address"
+        ) from None
 
 
 def _payload_bytes(value: Any, depth: int = 0) -> int:
@@ -79,12 +80,18 @@ def _start_local(ray, workers: int, setup_args: Sequence[Any], visible_gpus: str
         os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpus  # the raylet inherits it and counts these GPUs only
     try:
         ray.init(
-            num_cpus=workers, include_dashboard=False, object_store_memory=store, _temp_dir=temp,
-            log_to_driver=False, logging_level=logging.ERROR,
+            num_cpus=workers,
+            include_dashboard=False,
+            object_store_memory=store,
+            _temp_dir=temp,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
             runtime_env={"env_vars": {"PYTHONPATH": path}},  # the actors import what this process imports
         )
     except Exception as exc:
-        raise CalibkitError(f"--ray auto: could not start a local Ray cluster: {type(exc).__name__}: {exc} (logs in {temp})") from None
+        raise CalibkitError(
+            f"--ray auto: could not start a local Ray cluster: {type(exc).__name__}: {exc} (logs in {temp})"
+        ) from None
     finally:
         if visible_gpus is not None:
             if saved is None:
@@ -122,8 +129,15 @@ def _connect(ray, address: str) -> None:
 class RayExecutor(Executor):
     kind = "ray"
 
-    def __init__(self, address: str, workers: int | None, setup: Callable[..., Any] | None = None, setup_args: Sequence[Any] = (),
-                 gpus: int = 0, visible_gpus: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        workers: int | None,
+        setup: Callable[..., Any] | None = None,
+        setup_args: Sequence[Any] = (),
+        gpus: int = 0,
+        visible_gpus: str | None = None,
+    ) -> None:
         self.ray = import_ray()
         self.gpus, self.visible_gpus = gpus, visible_gpus
         self.address = address
@@ -145,13 +159,17 @@ class RayExecutor(Executor):
                 _check_reachable(target)
             if ray.is_initialized():
                 if self.address != "auto" and not _same_address(ray, self.address):
-                    raise CalibkitError(f"--ray {self.address}: this process is already connected to another Ray cluster; use --ray auto to run there")
+                    raise CalibkitError(
+                        f"--ray {self.address}: this process is already connected to another Ray cluster; use --ray auto to run there"
+                    )
                 self.where = "the Ray cluster this process is connected to"
             elif target:
                 _connect(ray, target)
                 self.where = f"the Ray cluster at {target}"
             else:
-                self.temp_dir = _start_local(ray, self._requested or os.cpu_count() or 1, self._setup_args, self.visible_gpus)
+                self.temp_dir = _start_local(
+                    ray, self._requested or os.cpu_count() or 1, self._setup_args, self.visible_gpus
+                )
                 self._started = True
                 self.where = "a local Ray cluster"
             cpus = int(ray.cluster_resources().get("CPU", 0))
@@ -194,8 +212,12 @@ class RayExecutor(Executor):
         if isinstance(exc, ex.RayTaskError) and isinstance(cause, CalibkitError):
             raise cause from None
         if isinstance(exc, (ex.RayActorError, ex.WorkerCrashedError, ex.NodeDiedError, ex.LocalRayletDiedError)):
-            raise CalibkitError(f"a Ray worker died while running evaluation {index} ({type(exc).__name__}): out of memory, or a crash in native code? Try fewer --workers") from None
-        raise CalibkitError(f"evaluation {index} failed on Ray: {type(cause or exc).__name__}: {cause or exc}") from None
+            raise CalibkitError(
+                f"a Ray worker died while running evaluation {index} ({type(exc).__name__}): out of memory, or a crash in native code? Try fewer --workers"
+            ) from None
+        raise CalibkitError(
+            f"evaluation {index} failed on Ray: {type(cause or exc).__name__}: {cause or exc}"
+        ) from None
 
     def map(self, task: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         if self._args_ref is None:

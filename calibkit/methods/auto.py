@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from calibkit.histogram import TensorHistogram
-from calibkit.int8 import as_float32, int8_scale, usable_amax
 from calibkit.methods.base import REGISTRY, make_config, register, spec_of
+from calibkit.numerics.formats import INT8, as_float32, int8_scale, usable_amax
+from calibkit.numerics.histogram import TensorHistogram
 
 PERCENTILES = (99.9, 99.99, 99.999)
 
@@ -36,8 +36,13 @@ def candidates() -> list[tuple[str, Any]]:
     for name in sorted(REGISTRY):
         if name == "auto":
             continue
-        configs = [make_config(name, percentile=p) for p in PERCENTILES] if name == "percentile" else [make_config(name)]
-        out.extend((f"percentile:{cfg.percentile!r}" if name == "percentile" else spec_of(name, cfg), (REGISTRY[name], cfg)) for cfg in configs)
+        configs = (
+            [make_config(name, percentile=p) for p in PERCENTILES] if name == "percentile" else [make_config(name)]
+        )
+        out.extend(
+            (f"percentile:{cfg.percentile!r}" if name == "percentile" else spec_of(name, cfg), (REGISTRY[name], cfg))
+            for cfg in configs
+        )
     return out
 
 
@@ -52,7 +57,7 @@ def expected_mse(hist: TensorHistogram, amaxes: list[float] | np.ndarray) -> np.
     w = hist.bin_width
     c = (nz * w + np.minimum((nz + 1) * w, hist.amax)) / 2.0
     s = np.array([int8_scale(a) for a in amaxes])[:, None]
-    q = np.clip(np.rint(c / s), -127.0, 127.0) * s
+    q = np.clip(np.rint(c / s), -INT8.qmax, INT8.qmax) * s
     return ((q - c) ** 2 * n).sum(axis=1) / total
 
 
@@ -66,6 +71,8 @@ def choose(hist: TensorHistogram, cfg: AutoConfig) -> tuple[float, dict[str, Any
     return amaxes[k], {"method": cands[k][0], "criterion": "expected_mse", "candidates": table}
 
 
-@register("auto", AutoConfig, "per tensor, the candidate (other methods) with the least expected INT8 MSE", detail=choose)
+@register(
+    "auto", AutoConfig, "per tensor, the candidate (other methods) with the least expected INT8 MSE", detail=choose
+)
 def auto_amax(hist: TensorHistogram, cfg: AutoConfig) -> float:
     return choose(hist, cfg)[0]

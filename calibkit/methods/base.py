@@ -1,6 +1,6 @@
 """Registry of threshold methods: name -> (typed config class, bin selector).
 
-A method turns one :class:`~calibkit.histogram.TensorHistogram` into an ``amax``. Adding a
+A method turns one :class:`~calibkit.numerics.histogram.TensorHistogram` into an ``amax``. Adding a
 method is one module that calls :func:`register`; ``--method`` choices come from here.
 """
 
@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from calibkit.errors import CalibkitError
-from calibkit.histogram import TensorHistogram
+from calibkit.numerics.histogram import TensorHistogram
 
 AmaxFn = Callable[[TensorHistogram, Any], float]
 DetailFn = Callable[[TensorHistogram, Any], tuple[float, dict[str, Any]]]
+BatchFn = Callable[[dict[str, TensorHistogram], Any], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Method:
     amax: AmaxFn
     summary: str
     detail: DetailFn | None = None  # (amax, per-tensor fields for scales.json), for methods that explain a choice
+    cuda: BatchFn | None = None  # the same choices for many histograms in one GPU computation (methods/cuda.py)
 
 
 REGISTRY: dict[str, Method] = {}
@@ -38,6 +40,14 @@ def register(name: str, config_cls: type, summary: str, detail: DetailFn | None 
         return fn
 
     return deco
+
+
+def attach_cuda(name: str, host_amax: AmaxFn, fn: BatchFn) -> None:
+    """Give the built-in method ``name`` its batched GPU implementation. A method registered
+    again under that name (another ``amax``) keeps none: it runs on the host."""
+    method = REGISTRY.get(name)
+    if method is not None and method.amax is host_amax:
+        REGISTRY[name] = dataclasses.replace(method, cuda=fn)
 
 
 def names() -> list[str]:
@@ -58,7 +68,9 @@ def make_config(name: str, **params: Any) -> Any:
     given = {k: v for k, v in params.items() if v is not None}
     unknown = sorted(set(given) - fields)
     if unknown:
-        raise CalibkitError(f"method {name!r} takes no option {unknown[0]!r}; its options: {', '.join(sorted(fields)) or 'none'}")
+        raise CalibkitError(
+            f"method {name!r} takes no option {unknown[0]!r}; its options: {', '.join(sorted(fields)) or 'none'}"
+        )
     try:
         return method.config_cls(**given)
     except (TypeError, ValueError) as exc:

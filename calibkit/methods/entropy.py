@@ -16,8 +16,8 @@ import numpy as np
 from scipy.special import xlogy
 from scipy.stats import entropy as kl_divergence
 
-from calibkit.histogram import NUM_BINS, TensorHistogram
 from calibkit.methods.base import edge_amax, pick_near_min, register
+from calibkit.numerics.histogram import NUM_BINS, TensorHistogram
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class _Workspace(threading.local):
 _WS = _Workspace()
 
 
-def _pq(bins: np.ndarray, i: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
+def pq(bins: np.ndarray, i: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
     p = bins[:i].copy()
     p[-1] += bins[i:].sum()
     group = np.arange(i) * levels // i
@@ -72,7 +72,7 @@ def _pq(bins: np.ndarray, i: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _kl_exact(bins: np.ndarray, i: int, levels: int) -> float:
-    p, q = _pq(bins, i, levels)
+    p, q = pq(bins, i, levels)
     if q.sum() == 0 or np.any((q == 0) & (p > 0)):
         return float("inf")
     return float(kl_divergence(p, q))

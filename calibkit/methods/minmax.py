@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from calibkit.histogram import TensorHistogram
 from calibkit.methods.base import register
+from calibkit.numerics.histogram import TensorHistogram
 
 
 @dataclass(frozen=True)

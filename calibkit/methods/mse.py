@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibkit.histogram import NUM_BINS, TensorHistogram
 from calibkit.methods.base import pick_near_min, register
+from calibkit.numerics.formats import INT8
+from calibkit.numerics.histogram import NUM_BINS, TensorHistogram
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,9 @@ class MSEConfig:
             raise ValueError(f"start_bin must be in [1, {NUM_BINS}), got {self.start_bin}")
 
 
-def _error(counts: np.ndarray, centers: np.ndarray, amax: np.ndarray) -> np.ndarray:
-    step = (amax / 127.0)[..., None]
-    fq = np.clip(np.rint(centers / step), -127, 127) * step
+def fq_error(counts: np.ndarray, centers: np.ndarray, amax: np.ndarray) -> np.ndarray:
+    step = (amax / INT8.qmax)[..., None]
+    fq = np.clip(np.rint(centers / step), -INT8.qmax, INT8.qmax) * step
     return ((fq - centers) ** 2 * counts).sum(axis=-1)
 
 
@@ -72,7 +73,7 @@ def _screen(counts: np.ndarray, start_bin: int) -> np.ndarray:
     else:
         il = i.astype(ld)
         t = ld(s2) - 2 * il * ld(s1) + il * il * ld(s0)
-    r = (i.astype(ld) + ld(0.5)) / ld(127)
+    r = (i.astype(ld) + ld(0.5)) / ld(INT8.qmax)
     return np.asarray(t + r * a.astype(ld) - r * r * b.astype(ld), dtype=np.float64)
 
 
@@ -82,7 +83,7 @@ def select_bin(hist: TensorHistogram, cfg: MSEConfig) -> int:
     centers = (np.arange(NUM_BINS) + 0.5) * hist.bin_width
     cand = np.arange(cfg.start_bin, NUM_BINS)
     screen = _screen(hist.counts, cfg.start_bin) * hist.bin_width**2
-    k = pick_near_min(screen, lambda j: float(_error(counts, centers, centers[cand[j]:cand[j] + 1])[0]), last=False)
+    k = pick_near_min(screen, lambda j: float(fq_error(counts, centers, centers[cand[j] : cand[j] + 1])[0]), last=False)
     return int(cand[k])
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibkit.histogram import NUM_BINS, TensorHistogram
 from calibkit.methods.base import edge_amax, register
+from calibkit.numerics.histogram import NUM_BINS, TensorHistogram
 
 
 @dataclass(frozen=True)

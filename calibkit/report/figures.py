@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from calibkit import methods
-from calibkit.histogram import NUM_BINS, TensorHistogram
+from calibkit.numerics.histogram import NUM_BINS, TensorHistogram
 
 COMPARE_METHODS = ("entropy", "percentile", "minmax", "mse")
 
@@ -20,7 +20,9 @@ def _plt():
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "svg.hashsalt": "calibkit"})
+    plt.rcParams.update(
+        {"font.size": 9, "axes.spines.top": False, "axes.spines.right": False, "svg.hashsalt": "calibkit"}
+    )
     return plt
 
 
@@ -30,7 +32,18 @@ def _t(text: str) -> str:
 
 
 REFERENCE_COLOR = "#888888"
-_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#393b79")
+_PALETTE = (
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#17becf",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#393b79",
+)
 
 
 def palette(labels: list[str]) -> dict[str, str]:
@@ -82,7 +95,16 @@ def layer_sqnr(cands: list[dict], colors: dict[str, str]) -> str | None:
     y = np.arange(len(order))
     for k, c in enumerate(int8):
         vals = [_finite(c["layers"][t]["sqnr_db"]) if t in c["layers"] else np.nan for t in order]
-        ax.plot(vals, y, linestyle="none", label=_t(c["label"]), alpha=0.85, ms=5, marker="osD^v<>"[k % 7], color=colors.get(c["label"]))
+        ax.plot(
+            vals,
+            y,
+            linestyle="none",
+            label=_t(c["label"]),
+            alpha=0.85,
+            ms=5,
+            marker="osD^v<>"[k % 7],
+            color=colors.get(c["label"]),
+        )
     ax.set_yticks(y, [_t(t) for t in order])
     ax.invert_yaxis()
     ax.set_xlabel("SQNR vs FP32 (dB, higher is better); accumulated error at the layer's dequantized input")
@@ -95,7 +117,9 @@ def threshold_plot(name: str, h: TensorHistogram, used: dict[str, float], colors
     """|x| histogram of one tensor with each method's threshold drawn (empty bins left empty)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 2.6))
-    last = min(NUM_BINS, int(np.flatnonzero(h.counts)[-1]) + 2) if h.counts.any() else NUM_BINS  # one empty bin after the data
+    last = (
+        min(NUM_BINS, int(np.flatnonzero(h.counts)[-1]) + 2) if h.counts.any() else NUM_BINS
+    )  # one empty bin after the data
     shown = np.where(h.counts[:last] > 0, h.counts[:last], np.nan)  # NaN: a gap, not a floor
     ax.stairs(shown, np.arange(last + 1) * h.bin_width, fill=True, alpha=0.45, color="#4a6fa5")
     ax.set_yscale("log")
@@ -128,7 +152,13 @@ def error_distribution(name: str, per_cand: dict[str, TensorHistogram], colors: 
         if keep.any():
             ax.step(upper[keep], above[keep] / total, where="post", label=_t(label), lw=1.4, color=colors.get(label))
         else:  # every error in the first bin: one point at its edge
-            ax.plot([h.bin_width], [1.0 / total], marker="o", label=_t(f"{label} (all below {h.bin_width:.2g})"), color=colors.get(label))
+            ax.plot(
+                [h.bin_width],
+                [1.0 / total],
+                marker="o",
+                label=_t(f"{label} (all below {h.bin_width:.2g})"),
+                color=colors.get(label),
+            )
     ax.set_xscale("symlog", linthresh=1e-4)
     ax.set_yscale("log")
     ax.set_xlabel(_t(f"|error| of output {name}"))

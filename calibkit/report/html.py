@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from calibkit.artifacts.histograms import HistogramSet
+from calibkit.numerics.formats import INT8
 from calibkit.report import figures
-from calibkit.store import HistogramSet
 from calibkit.validate.engine import Evaluation
 from calibkit.validate.metrics import with_noise
 
@@ -36,27 +37,34 @@ def _table(rows: list[dict], cls: str = "") -> str:
     if not rows:
         return ""
     df = pd.DataFrame(rows)
-    return df.to_html(index=False, escape=True, classes=f"tbl {cls}", border=0, formatters={c: fmt for c in df.columns}, na_rep="–")
+    return df.to_html(
+        index=False, escape=True, classes=f"tbl {cls}", border=0, formatters={c: fmt for c in df.columns}, na_rep="–"
+    )
 
 
 def summary_rows(doc: dict) -> list[dict]:
     rows = []
     for i, c in enumerate(doc["candidates"]):
-        worst = min((o["sqnr_db"] if not isinstance(o["sqnr_db"], str) else math.inf for o in c["outputs"].values()), default=None)
+        worst = min(
+            (o["sqnr_db"] if not isinstance(o["sqnr_db"], str) else math.inf for o in c["outputs"].values()),
+            default=None,
+        )
         cos = min((o["cosine"] for o in c["outputs"].values()), default=None)
-        rows.append({
-            "rank": c.get("rank") or "–",
-            "candidate": c["label"],
-            "verdict": "reference" if i == 0 else ("PASS" if c["pass"] else "FAIL"),
-            "accuracy %": c["accuracy"],
-            "drop pp": c["accuracy_drop_pp"],
-            "worst SQNR dB": worst,
-            "min cosine": cos,
-            "median ms/batch": with_noise(c["latency"]["median_ms"], c["latency"].get("median_noise_ms")),
-            "p99 ms/batch": fmt(c["latency"]["p99_ms"], 2),
-            "samples/s": fmt(c["latency"]["throughput_sps"], 2),
-            "how it ran": c["note"],
-        })
+        rows.append(
+            {
+                "rank": c.get("rank") or "–",
+                "candidate": c["label"],
+                "verdict": "reference" if i == 0 else ("PASS" if c["pass"] else "FAIL"),
+                "accuracy %": c["accuracy"],
+                "drop pp": c["accuracy_drop_pp"],
+                "worst SQNR dB": worst,
+                "min cosine": cos,
+                "median ms/batch": with_noise(c["latency"]["median_ms"], c["latency"].get("median_noise_ms")),
+                "p99 ms/batch": fmt(c["latency"]["p99_ms"], 2),
+                "samples/s": fmt(c["latency"]["throughput_sps"], 2),
+                "how it ran": c["note"],
+            }
+        )
     return rows
 
 
@@ -64,8 +72,19 @@ def output_rows(doc: dict) -> list[dict]:
     rows = []
     for c in doc["candidates"][1:]:
         for name, o in c["outputs"].items():
-            row = {"candidate": c["label"], "output": name, "max |err|": o["max_abs_err"], "mean |err|": o["mean_abs_err"], "rel err": o["rel_err"],
-                   "cosine": o["cosine"], "SQNR dB": o["sqnr_db"], "p50": o["abs_err_p50"], "p99": o["abs_err_p99"], "p99.9": o["abs_err_p99.9"], "NaN/Inf": o["nonfinite"]}
+            row = {
+                "candidate": c["label"],
+                "output": name,
+                "max |err|": o["max_abs_err"],
+                "mean |err|": o["mean_abs_err"],
+                "rel err": o["rel_err"],
+                "cosine": o["cosine"],
+                "SQNR dB": o["sqnr_db"],
+                "p50": o["abs_err_p50"],
+                "p99": o["abs_err_p99"],
+                "p99.9": o["abs_err_p99.9"],
+                "NaN/Inf": o["nonfinite"],
+            }
             if "top1_agreement" in o:
                 row["top-1 agree"] = o["top1_agreement"]
                 row["top-5 agree"] = o["top5_agreement"]
@@ -77,8 +96,22 @@ def layer_rows(doc: dict) -> list[dict]:
     rows = []
     for c in doc["candidates"]:
         for t, v in c["layers"].items():
-            rows.append({"candidate": c["label"], "tensor": t, "SQNR dB (accumulated)": v["sqnr_db"], "cosine": v["cosine"], "local SQNR dB": v["local_sqnr_db"], "scale": v["scale"]})
-    rows.sort(key=lambda r: (r["candidate"], r["SQNR dB (accumulated)"] if not isinstance(r["SQNR dB (accumulated)"], str) else math.inf))
+            rows.append(
+                {
+                    "candidate": c["label"],
+                    "tensor": t,
+                    "SQNR dB (accumulated)": v["sqnr_db"],
+                    "cosine": v["cosine"],
+                    "local SQNR dB": v["local_sqnr_db"],
+                    "scale": v["scale"],
+                }
+            )
+    rows.sort(
+        key=lambda r: (
+            r["candidate"],
+            r["SQNR dB (accumulated)"] if not isinstance(r["SQNR dB (accumulated)"], str) else math.inf,
+        )
+    )
     return rows
 
 
@@ -92,7 +125,11 @@ def render(doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: 
     if int8 and hists is not None:
         for t in figures.worst_layers(cands, k=WORST_LAYERS)[: WORST_LAYERS * 2]:
             if t in hists.tensors:
-                used = {c["label"]: c["layers"][t]["scale"] * 127 for c in int8 if t in c["layers"] and c["layers"][t]["scale"]}
+                used = {
+                    c["label"]: c["layers"][t]["scale"] * INT8.qmax
+                    for c in int8
+                    if t in c["layers"] and c["layers"][t]["scale"]
+                }
                 thresholds.append({"tensor": t, "uri": figures.threshold_plot(t, hists.tensors[t], used, colors)})
     errors = []
     if ev is not None:
@@ -116,7 +153,6 @@ def render(doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: 
         fmt=fmt,
         esc=html.escape,
     )
-
 
 
 def page(title: str, body: str) -> str:

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from calibkit import scales as scales_io
+from calibkit.artifacts import scales as scales_io
 from calibkit.data import Preprocess, resolve_preprocess
+from calibkit.data.options import FeedOptions
 from calibkit.errors import CalibkitError, ThresholdFailed
-from calibkit.onnx_model import check_fingerprint, fingerprint_file, load
-from calibkit.publish import Transaction
+from calibkit.graph.model import check_fingerprint, fingerprint_file, load
+from calibkit.outputs.publish import Transaction
 from calibkit.sensitivity import report as SR
 from calibkit.sensitivity import search as _search
 from calibkit.sensitivity.run import Session, open_session
@@ -48,14 +49,20 @@ class FallbackResult:
     keep_fp16: Path
 
 
-def _open(model, scales, data, labels, metric, preprocess, feed_opts, batch_size, workers, ray, force, allow_preprocess_mismatch):
+def _open(
+    model, scales, data, labels, metric, preprocess, feed, batch_size, workers, ray, force, allow_preprocess_mismatch
+):
     model_path = Path(model)
     proto = load(model_path)
     model_fp = fingerprint_file(model_path)
     table = scales_io.read(scales)
     check_fingerprint(table.meta.get("model", {}).get("fingerprint"), model_fp, f"scales {scales}", force)
-    preprocess = resolve_preprocess(preprocess, table.meta.get("preprocess"), data, allow_preprocess_mismatch, f"scales {scales}")
-    s = open_session(model_path, proto, model_fp, table.amax(), data, preprocess, labels, metric, feed_opts, batch_size, workers, ray)
+    preprocess = resolve_preprocess(
+        preprocess, table.meta.get("preprocess"), data, allow_preprocess_mismatch, f"scales {scales}"
+    )
+    s = open_session(
+        model_path, proto, model_fp, table.amax(), data, preprocess, labels, metric, feed, batch_size, workers, ray
+    )
     return model_path, model_fp, table, preprocess, s
 
 
@@ -70,9 +77,20 @@ def _rank(s: Session, gates: dict, progress) -> tuple[Sensitivity, Any, Callable
 
 
 def sensitivity(
-    model: str | Path, scales: str | Path, data: Any, output_dir: str | Path, labels: str | None = None, metric: str | None = None,
-    target: Target = Target(), preprocess: Preprocess | None = None, feed_opts: dict | None = None, batch_size: int | None = None,
-    workers: int | None = None, ray: str | None = None, force: bool = False, allow_preprocess_mismatch: bool = False,
+    model: str | Path,
+    scales: str | Path,
+    data: Any,
+    output_dir: str | Path,
+    labels: str | None = None,
+    metric: str | None = None,
+    target: Target = Target(),
+    preprocess: Preprocess | None = None,
+    feed: FeedOptions | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    ray: str | None = None,
+    force: bool = False,
+    allow_preprocess_mismatch: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> SensitivityResult:
     """Rank every quantized layer unit by how much INT8 in it costs; writes ``sensitivity.json``
@@ -80,11 +98,26 @@ def sensitivity(
     t0 = time.perf_counter()
     out = Path(output_dir)
     with Transaction(out, "sensitivity", command="sensitivity") as tx:  # locks the folder for the whole run
-        model_path, model_fp, table, _, s = _open(model, scales, data, labels, metric, preprocess, feed_opts, batch_size, workers, ray, force, allow_preprocess_mismatch)
+        model_path, model_fp, table, _, s = _open(
+            model,
+            scales,
+            data,
+            labels,
+            metric,
+            preprocess,
+            feed,
+            batch_size,
+            workers,
+            ray,
+            force,
+            allow_preprocess_mismatch,
+        )
         gates, default = target.applied(s.vs.task is not None)
         sens, ev, close = _rank(s, gates, progress)
         close()
-        doc = SR.sensitivity_doc(s, sens, ev, table, {"name": model_path.name, "fingerprint": model_fp}, gates, default, str(scales))
+        doc = SR.sensitivity_doc(
+            s, sens, ev, table, {"name": model_path.name, "fingerprint": model_fp}, gates, default, str(scales)
+        )
         doc["seconds"] = round(time.perf_counter() - t0, 3)
         html = SR.page(f"calibkit sensitivity: {model_path.name}", SR.section(doc, s, _hists(scales, model_fp)))
         j = SR.write_json(doc, out / "sensitivity.json", tx)
@@ -100,25 +133,86 @@ def _hists(scales, model_fp):
 
 
 def fallback(
-    model: str | Path, scales: str | Path, data: Any, output_dir: str | Path, labels: str | None = None, metric: str | None = None,
-    target: Target = Target(), preprocess: Preprocess | None = None, feed_opts: dict | None = None, batch_size: int | None = None,
-    workers: int | None = None, ray: str | None = None, force: bool = False, allow_preprocess_mismatch: bool = False,
-    progress: Callable[[int, int], None] | None = None, device: str = "cpu",
+    model: str | Path,
+    scales: str | Path,
+    data: Any,
+    output_dir: str | Path,
+    labels: str | None = None,
+    metric: str | None = None,
+    target: Target = Target(),
+    preprocess: Preprocess | None = None,
+    feed: FeedOptions | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    ray: str | None = None,
+    force: bool = False,
+    allow_preprocess_mismatch: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    device: str = "cpu",
 ) -> FallbackResult:
     """The fewest layers to keep in float so ``target`` holds, verified by a full validation."""
     t0 = time.perf_counter()
     out = Path(output_dir)
     with Transaction(out, "fallback", command="fallback") as tx:  # locks the folder for the whole run
-        return _fallback(tx, out, t0, model, scales, data, labels, metric, target, preprocess, feed_opts, batch_size, workers, ray, force,
-                         allow_preprocess_mismatch, progress, device)
+        return _fallback(
+            tx,
+            out,
+            t0,
+            model,
+            scales,
+            data,
+            labels,
+            metric,
+            target,
+            preprocess,
+            feed,
+            batch_size,
+            workers,
+            ray,
+            force,
+            allow_preprocess_mismatch,
+            progress,
+            device,
+        )
 
 
-def _fallback(tx, out, t0, model, scales, data, labels, metric, target, preprocess, feed_opts, batch_size, workers, ray, force,
-              allow_preprocess_mismatch, progress, device) -> FallbackResult:
+def _fallback(
+    tx,
+    out,
+    t0,
+    model,
+    scales,
+    data,
+    labels,
+    metric,
+    target,
+    preprocess,
+    feed,
+    batch_size,
+    workers,
+    ray,
+    force,
+    allow_preprocess_mismatch,
+    progress,
+    device,
+) -> FallbackResult:
     from calibkit.validate import results as R
     from calibkit.validate.engine import evaluate
 
-    model_path, model_fp, table, preprocess, s = _open(model, scales, data, labels, metric, preprocess, feed_opts, batch_size, workers, ray, force, allow_preprocess_mismatch)
+    model_path, model_fp, table, preprocess, s = _open(
+        model,
+        scales,
+        data,
+        labels,
+        metric,
+        preprocess,
+        feed,
+        batch_size,
+        workers,
+        ray,
+        force,
+        allow_preprocess_mismatch,
+    )
     gates, default = target.applied(s.vs.task is not None)
     sens, ev, close = _rank(s, gates, progress)
     try:
@@ -128,17 +222,26 @@ def _fallback(tx, out, t0, model, scales, data, labels, metric, target, preproce
     qdq_name = f"{model_path.stem}.fallback.qdq.onnx"
     model_info = {"name": model_path.name, "fingerprint": model_fp}
     with tempfile.TemporaryDirectory(prefix="calibkit-fallback-") as tmp:
-        def run(cands):
-            return evaluate(s.model, data, cands, preprocess, labels, metric, batch_size, device, **(feed_opts or {}))
 
-        ver = verify(s, table, fb.kept, sens.order(), fb.met, gates, run, model_info, str(scales), Path(tmp), device, fb.steps)
+        def run(cands):
+            return evaluate(s.model, data, cands, preprocess, labels, metric, batch_size, device, feed=feed)
+
+        ver = verify(
+            s, table, fb.kept, sens.order(), fb.met, gates, run, model_info, str(scales), Path(tmp), device, fb.steps
+        )
         fb.kept, nodes, v, vdoc, after = ver.kept, ver.nodes, ver.evaluation, ver.doc, ver.after
         doc = SR.fallback_doc(s, sens, ev, fb, table, model_info, gates, default, str(scales), nodes, vdoc)
         doc["seconds"] = round(time.perf_counter() - t0, 3)
-        paths = {"json": out / "fallback.json", "report": out / "report.html", "qdq": out / qdq_name, "exclude": out / "exclude-nodes.txt", "keep": out / "keep-fp16.txt"}
+        paths = {
+            "json": out / "fallback.json",
+            "report": out / "report.html",
+            "qdq": out / qdq_name,
+            "exclude": out / "exclude-nodes.txt",
+            "keep": out / "keep-fp16.txt",
+        }
         doc["commands"] = _commands(model_path, scales, paths, nodes)
         html = SR.fallback_page(doc, v, vdoc, s, _hists(scales, model_fp), f"calibkit fallback: {model_path.name}")
-        from calibkit.qdq_io import copy_into
+        from calibkit.qdq.files import copy_into
 
         tx.write_with(paths["qdq"], lambda fh: copy_into(after.model_path, fh))
         text = "".join(f"{n}\n" for n in nodes)
@@ -160,16 +263,53 @@ def _commands(model_path: Path, scales, paths: dict, nodes: list[str]) -> dict:
     if not nodes:
         return {}
     return {
-        "export_qdq": shlex.join(["calibkit", "export-qdq", str(model_path), "--scales", str(scales), "--exclude-list", str(paths["exclude"]), "-o", str(paths["qdq"])]),
-        "build_trt10": shlex.join(["calibkit", "build", str(model_path), "--engine", str(paths["json"].parent / f"{model_path.stem}.fallback.int8.plan"),
-                                   "--int8", "--cache", str(Path(scales).parent / f"{model_path.stem}.cache"), "--from-report", str(paths["keep"])]),
-        "build_trt11": shlex.join(["calibkit", "build", str(model_path), "--engine", str(paths["json"].parent / f"{model_path.stem}.fallback.qdq.plan"), "--qdq", str(paths["qdq"])]),
+        "export_qdq": shlex.join(
+            [
+                "calibkit",
+                "export-qdq",
+                str(model_path),
+                "--scales",
+                str(scales),
+                "--exclude-list",
+                str(paths["exclude"]),
+                "-o",
+                str(paths["qdq"]),
+            ]
+        ),
+        "build_trt10": shlex.join(
+            [
+                "calibkit",
+                "build",
+                str(model_path),
+                "--engine",
+                str(paths["json"].parent / f"{model_path.stem}.fallback.int8.plan"),
+                "--int8",
+                "--cache",
+                str(Path(scales).parent / f"{model_path.stem}.cache"),
+                "--from-report",
+                str(paths["keep"]),
+            ]
+        ),
+        "build_trt11": shlex.join(
+            [
+                "calibkit",
+                "build",
+                str(model_path),
+                "--engine",
+                str(paths["json"].parent / f"{model_path.stem}.fallback.qdq.plan"),
+                "--qdq",
+                str(paths["qdq"]),
+            ]
+        ),
     }
 
 
 def check_target(target: Target) -> None:
     import math
 
-    for name, v, lo, hi in (("--min-cosine", target.min_cosine, -1.0, 1.0), ("--max-accuracy-drop", target.max_accuracy_drop, 0.0, 100.0)):
+    for name, v, lo, hi in (
+        ("--min-cosine", target.min_cosine, -1.0, 1.0),
+        ("--max-accuracy-drop", target.max_accuracy_drop, 0.0, 100.0),
+    ):
         if v is not None and not (math.isfinite(v) and lo <= v <= hi):
             raise CalibkitError(f"{name} {v} must be a finite number in [{lo:g}, {hi:g}]")

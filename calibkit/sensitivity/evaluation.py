@@ -23,9 +23,10 @@ import numpy as np
 import onnx
 
 from calibkit.data import FeedStats, Preprocess, open_source, run_batches
+from calibkit.data.options import FeedOptions
 from calibkit.data.script import load_function
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import input_specs
+from calibkit.graph.model import input_specs
 from calibkit.validate.engine import VALIDATION_BATCH, _class_output, _labels, _score
 from calibkit.validate.metrics import Agreement
 
@@ -56,30 +57,47 @@ class ValSet:
 
     @property
     def task(self) -> str | None:
-        return f"metric {self.metric}" if self.metric else ("top-1 accuracy vs labels" if self.labels is not None else None)
+        return (
+            f"metric {self.metric}"
+            if self.metric
+            else ("top-1 accuracy vs labels" if self.labels is not None else None)
+        )
 
 
-def load_valset(model: onnx.ModelProto, model_fp: str, data, preprocess: Preprocess | None, labels: str | None, metric: str | None,
-                feed_opts: dict | None = None, batch_size: int | None = None, device: str = "cpu") -> tuple[ValSet, bool]:
+def load_valset(
+    model: onnx.ModelProto,
+    model_fp: str,
+    data,
+    preprocess: Preprocess | None,
+    labels: str | None,
+    metric: str | None,
+    feed: FeedOptions | None = None,
+    batch_size: int | None = None,
+    device: str = "cpu",
+) -> tuple[ValSet, bool]:
     """The validation set with its FP32 reference; (valset, whether the reference came from the cache)."""
     from calibkit.validate.backends import session
 
-    feed_opts = feed_opts or {}
-    specs = input_specs(model, feed_opts.get("batch_axes"))
+    feed = FeedOptions.of(feed)
+    specs = input_specs(model, feed.batch_axes)
     source = open_source(data, specs, preprocess)
     stats = FeedStats()
     feeds, counts = [], []
-    for b in run_batches(source, specs, batch_size or VALIDATION_BATCH, stats, rebatch=feed_opts.get("rebatch", True), max_samples=feed_opts.get("max_samples")):
+    for b in run_batches(source, specs, batch_size or VALIDATION_BATCH, stats, feed):
         feeds.append({k: np.ascontiguousarray(v) for k, v in b.items()})
         counts.append(int(b.samples))
     lab = _labels(labels)
     if lab is not None and stats.limited:
         lab = lab[: sum(counts)]  # --max-samples: the first N labels, as validate uses them
     if lab is not None and len(lab) != sum(counts):
-        raise CalibkitError(f"labels {labels} have {len(lab)} entries but {source.description} has {sum(counts)} samples; they must match one to one")
+        raise CalibkitError(
+            f"labels {labels} have {len(lab)} entries but {source.description} has {sum(counts)} samples; they must match one to one"
+        )
     data_fp = source.fingerprint() or "streamed:" + stats.streamed_fingerprint()
     metric_id = _metric_id(metric)
-    key = hashlib.sha256(json.dumps([REF_FORMAT, model_fp, data_fp, counts, metric_id, _labels_id(lab)], sort_keys=True).encode()).hexdigest()[:24]
+    key = hashlib.sha256(
+        json.dumps([REF_FORMAT, model_fp, data_fp, counts, metric_id, _labels_id(lab)], sort_keys=True).encode()
+    ).hexdigest()[:24]
     out_names = [o.name for o in model.graph.output]
     path = cache_dir() / "reference" / f"{key}.npz"
     cached = _read_ref(path, len(feeds), len(out_names))
@@ -93,16 +111,31 @@ def load_valset(model: onnx.ModelProto, model_fp: str, data, preprocess: Preproc
     else:
         ref, scores = cached
     cls = _class_output(out_names, ref[0]) if lab is not None and metric is None else None
-    vs = ValSet(feeds, counts, ref, scores, None if lab is None else np.asarray(lab), metric, out_names, cls, key, source.description)
+    vs = ValSet(
+        feeds,
+        counts,
+        ref,
+        scores,
+        None if lab is None else np.asarray(lab),
+        metric,
+        out_names,
+        cls,
+        key,
+        source.description,
+    )
     return vs, cached is not None
 
 
 def _check_finite(ref: list[list[np.ndarray]], names: list[str], where: str) -> None:
     for j, name in enumerate(names):
-        bad = sum(int(np.count_nonzero(~np.isfinite(outs[j]))) for outs in ref if np.issubdtype(outs[j].dtype, np.floating))
+        bad = sum(
+            int(np.count_nonzero(~np.isfinite(outs[j]))) for outs in ref if np.issubdtype(outs[j].dtype, np.floating)
+        )
         if bad:
-            raise CalibkitError(f"the FP32 model's output {name!r} holds {bad} NaN/inf values on {where}: no layer can be judged against it; "
-                                "check the data (NaN/inf in an input?) and its preprocessing")
+            raise CalibkitError(
+                f"the FP32 model's output {name!r} holds {bad} NaN/inf values on {where}: no layer can be judged against it; "
+                "check the data (NaN/inf in an input?) and its preprocessing"
+            )
 
 
 def _metric_id(metric: str | None) -> str | None:
@@ -117,7 +150,9 @@ def _labels_id(lab) -> str | None:
     return None if lab is None else hashlib.sha256(np.ascontiguousarray(lab).tobytes()).hexdigest()
 
 
-def _task_scores(outs: list[list[np.ndarray]], names: list[str], lab, fn, metric: str | None, counts: list[int]) -> np.ndarray | None:
+def _task_scores(
+    outs: list[list[np.ndarray]], names: list[str], lab, fn, metric: str | None, counts: list[int]
+) -> np.ndarray | None:
     if lab is None and fn is None:
         return None
     cls = _class_output(names, outs[0]) if fn is None else None
@@ -169,15 +204,17 @@ def payload(model: onnx.ModelProto, vs: ValSet) -> bytes:
 
 
 def setup(blob: bytes) -> None:
-    from calibkit.providers import session
+    from calibkit.sessions import session
 
     state = pickle.loads(blob)
     vs: ValSet = state["vs"]
     _STATE.clear()
     _STATE["vs"] = vs
-    _STATE["sess"] = session(state["model"], device="cpu", threads=1, where="the switchable INT8 model")
+    _STATE["sess"] = session(state["model"], device="cpu", threads=1, where="the switchable INT8 model", exact_qdq=True)
     _STATE["metric_fn"] = load_function(vs.metric, default="metric")[1] if vs.metric else None
-    _STATE["n_switch"] = sum(1 for i in onnx.load_from_string(state["model"]).graph.input if i.name.startswith("calibkit_int8_"))
+    _STATE["n_switch"] = sum(
+        1 for i in onnx.load_from_string(state["model"]).graph.input if i.name.startswith("calibkit_int8_")
+    )
 
 
 def task(kept: tuple[int, ...]) -> dict:

@@ -34,5 +34,7 @@ def read_list(path: str | Path, model: onnx.ModelProto) -> str | None:
     unknown = [n for n in names if n not in known]
     if unknown:
         more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
-        raise CalibkitError(f"--exclude-list {p}: the model has no node named {unknown[0]!r}{more}; was the list written for another model?")
+        raise CalibkitError(
+            f"--exclude-list {p}: the model has no node named {unknown[0]!r}{more}; was the list written for another model?"
+        )
     return regex(names)

@@ -45,7 +45,11 @@ class Session:
         from calibkit.executor.journal import Journal
 
         def waiting() -> None:
-            print("calibkit: another run is evaluating this model on this data; waiting for it (its evaluations will be reused)", file=sys.stderr, flush=True)
+            print(
+                "calibkit: another run is evaluating this model on this data; waiting for it (its evaluations will be reused)",
+                file=sys.stderr,
+                flush=True,
+            )
 
         journal = Journal(E.cache_dir() / "evaluations" / f"{self.key}.jsonl", fingerprint=self.key, on_wait=waiting)
         known = {tuple(json.loads(k)): journal.get(k) for k in journal.keys()}
@@ -71,9 +75,21 @@ class Session:
         return Evaluator(run_missing, known, progress), close
 
 
-def open_session(model_path: Path, proto: onnx.ModelProto, model_fp: str, amax: dict[str, float], data, preprocess, labels, metric,
-                 feed_opts=None, batch_size=None, workers: int | None = None, ray: str | None = None) -> Session:
+def open_session(
+    model_path: Path,
+    proto: onnx.ModelProto,
+    model_fp: str,
+    amax: dict[str, float],
+    data,
+    preprocess,
+    labels,
+    metric,
+    feed=None,
+    batch_size=None,
+    workers: int | None = None,
+    ray: str | None = None,
+) -> Session:
     sw = S.build(proto, amax)
-    vs, cached = E.load_valset(proto, model_fp, data, preprocess, labels, metric, feed_opts, batch_size)
+    vs, cached = E.load_valset(proto, model_fp, data, preprocess, labels, metric, feed, batch_size)
     key = hashlib.sha256(f"{sw.fingerprint}\0{vs.fingerprint}".encode()).hexdigest()[:24]
     return Session(proto, sw, vs, cached, key, workers, ray, amax)

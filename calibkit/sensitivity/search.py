@@ -26,7 +26,11 @@ class Target:
     max_accuracy_drop: float | None = None  # percentage points of the task score
 
     def applied(self, has_task: bool) -> tuple[dict, bool]:
-        given = {k: v for k, v in (("min_cosine", self.min_cosine), ("max_accuracy_drop", self.max_accuracy_drop)) if v is not None}
+        given = {
+            k: v
+            for k, v in (("min_cosine", self.min_cosine), ("max_accuracy_drop", self.max_accuracy_drop))
+            if v is not None
+        }
         if given:
             if "max_accuracy_drop" in given and not has_task:
                 raise CalibkitError("--max-accuracy-drop needs a task metric: pass --labels or --metric FILE.py:FN")
@@ -69,8 +73,12 @@ class Evaluator:
     known and calls ``on_done(config, result)`` as each finishes; ``known`` pre-fills results
     (from the journal of an interrupted run)."""
 
-    def __init__(self, run_missing: Callable[[list[Config], Callable[[Config, dict], None]], None], known: dict[Config, dict] | None = None,
-                 progress: Callable[[int, int], None] | None = None):
+    def __init__(
+        self,
+        run_missing: Callable[[list[Config], Callable[[Config, dict], None]], None],
+        known: dict[Config, dict] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ):
         self._run = run_missing
         self.results: dict[Config, dict] = dict(known or {})
         self.reused = 0  # results that came from an earlier run's journal
@@ -182,11 +190,26 @@ def search(ev: Evaluator, sens: Sensitivity, gates: dict) -> Fallback:
     def check(kept: list[int], why: str) -> bool:
         r = ev([tuple(kept)])[0]
         ok = meets(r, gates, ref)
-        steps.append({"step": why, "kept": len(kept), "meets": ok, "min_cosine": r.get("min_cosine"), "task": r.get("task")})
+        steps.append(
+            {"step": why, "kept": len(kept), "meets": ok, "min_cosine": r.get("min_cosine"), "task": r.get("task")}
+        )
         return ok
 
     if meets(sens.all_int8, gates, ref):
-        return Fallback([], sens.all_int8, True, [{"step": "all layers INT8", "kept": 0, "meets": True, "min_cosine": sens.all_int8.get("min_cosine"), "task": sens.all_int8.get("task")}])
+        return Fallback(
+            [],
+            sens.all_int8,
+            True,
+            [
+                {
+                    "step": "all layers INT8",
+                    "kept": 0,
+                    "meets": True,
+                    "min_cosine": sens.all_int8.get("min_cosine"),
+                    "task": sens.all_int8.get("task"),
+                }
+            ],
+        )
     n = len(order)
     lo, hi, k = 0, None, 1  # lo: a prefix length known to fail
     while k <= n:
@@ -196,7 +219,10 @@ def search(ev: Evaluator, sens: Sensitivity, gates: dict) -> Fallback:
         lo = k
         k = n if k < n and k * 2 > n else k * 2
     if hi is None:
-        best = min((tuple(sorted(order[:j])) for j in range(n + 1) if tuple(sorted(order[:j])) in ev.results), key=lambda c: loss(ev.results[c], ref))
+        best = min(
+            (tuple(sorted(order[:j])) for j in range(n + 1) if tuple(sorted(order[:j])) in ev.results),
+            key=lambda c: loss(ev.results[c], ref),
+        )
         return Fallback(sorted(best, key=order.index), ev.results[best], False, steps)
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -215,13 +241,29 @@ def search(ev: Evaluator, sens: Sensitivity, gates: dict) -> Fallback:
             results = ev([tuple(t) for t in trial])
             for t, r in zip(trial, results):
                 ok = meets(r, gates, ref)
-                steps.append({"step": f"prune {len(kept) - len(t)}", "kept": len(t), "meets": ok, "min_cosine": r.get("min_cosine"), "task": r.get("task")})
+                steps.append(
+                    {
+                        "step": f"prune {len(kept) - len(t)}",
+                        "kept": len(t),
+                        "meets": ok,
+                        "min_cosine": r.get("min_cosine"),
+                        "task": r.get("task"),
+                    }
+                )
                 if ok:
                     kept = t
                     changed = True
                     break
         size //= 2
     if len(kept) == n:  # only the float model meets it: no INT8 left, not a fallback
-        steps.append({"step": "every layer kept in float: no INT8 left", "kept": n, "meets": False, "min_cosine": None, "task": None})
+        steps.append(
+            {
+                "step": "every layer kept in float: no INT8 left",
+                "kept": n,
+                "meets": False,
+                "min_cosine": None,
+                "task": None,
+            }
+        )
         return Fallback(kept, ev([tuple(kept)])[0], False, steps)
     return Fallback(kept, ev([tuple(kept)])[0], True, steps)

@@ -21,8 +21,11 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from calibkit import graph_forms, qdq, qdq_post
 from calibkit.errors import CalibkitError
+from calibkit.graph import forms as graph_forms
+from calibkit.qdq import export as qdq
+from calibkit.qdq import placement
+from calibkit.qdq import post as qdq_post
 
 SWITCH_PREFIX = "calibkit_int8_"
 
@@ -64,14 +67,14 @@ def named_float(model: onnx.ModelProto) -> onnx.ModelProto:
 def _joined_conv(add: onnx.NodeProto, skip: str, prod: dict[str, onnx.NodeProto]) -> str | None:
     other = add.input[1] if add.input[0] == skip else add.input[0]
     node = prod.get(other)
-    while node is not None and node.op_type in ("BatchNormalization",):
+    while node is not None and node.op_type in placement.RESIDUAL_PASS_THROUGH:
         node = prod.get(node.input[0])
     return node.name if node is not None else None
 
 
 def units_of(named: onnx.ModelProto, amax: dict[str, float]) -> list[Unit]:
     """The quantized layer units of the TensorRT placement, in graph order."""
-    needed = set(qdq.needed_activations(named, qdq.COMPUTE_OPS))
+    needed = set(qdq.needed_activations(named, placement.COMPUTE_OPS))
     prod = {o: n for n in named.graph.node for o in n.output}
     joins: dict[str, list[tuple[str, str]]] = {}
     for add_name, skip in qdq_post.residual_inputs(named, amax).items():
@@ -81,14 +84,15 @@ def units_of(named: onnx.ModelProto, amax: dict[str, float]) -> list[Unit]:
             joins.setdefault(conv, []).append((add_name, skip))
     units = []
     for node in named.graph.node:
-        if node.op_type not in qdq.COMPUTE_OPS:
+        if node.op_type not in placement.COMPUTE_OPS:
             continue
-        data = node.input[:1] if node.op_type in ("Conv", "ConvTranspose", "Gemm") else node.input[:2]
-        tensors = [t for t in data if t in needed]
+        tensors = [t for t in placement.activation_inputs(node) if t in needed]
         if not tensors:
             continue  # no activation input to quantize (e.g. MatMul of two weights)
         extra = joins.get(node.name, [])
-        units.append(Unit(node.name, node.op_type, (node.name, *[a for a, _ in extra]), tuple(tensors + [s for _, s in extra])))
+        units.append(
+            Unit(node.name, node.op_type, (node.name, *[a for a, _ in extra]), tuple(tensors + [s for _, s in extra]))
+        )
     return units
 
 
@@ -97,7 +101,9 @@ def build(model: onnx.ModelProto, amax: dict[str, float]) -> Switchable:
     named = named_float(model)
     units = units_of(named, amax)
     if not units:
-        raise CalibkitError("the model has no quantizable layer (Conv, ConvTranspose, Gemm or MatMul on an activation); nothing to rank")
+        raise CalibkitError(
+            "the model has no quantizable layer (Conv, ConvTranspose, Gemm or MatMul on an activation); nothing to rank"
+        )
     with tempfile.TemporaryDirectory(prefix="calibkit-switch-") as tmp:
         path = qdq.export_qdq(named, amax, Path(tmp) / "full.qdq.onnx", placement="trt")
         full = onnx.load(str(path))
@@ -123,7 +129,9 @@ def _wire(full: onnx.ModelProto, named: onnx.ModelProto, units: list[Unit]) -> o
                 g.initializer.append(float_inits[f_in])
                 have.add(f_in)
             out = f"{q_in}__calibkit_switch_{i}_{k}"
-            before.setdefault(node.name, []).append(helper.make_node("Where", [switch_name(i), q_in, f_in], [out], name=f"{node.name}__calibkit_switch_{k}"))
+            before.setdefault(node.name, []).append(
+                helper.make_node("Where", [switch_name(i), q_in, f_in], [out], name=f"{node.name}__calibkit_switch_{k}")
+            )
             node.input[k] = out
     order = [m for n in g.node for m in [*before.get(n.name, []), n]]
     del g.node[:]

@@ -26,7 +26,20 @@ class Verified:
     after: object  # the candidate of the exported fallback model (model_path: its Q/DQ file)
 
 
-def verify(s, table, kept: list[int], order: list[int], met: bool, gates: dict, run, model_info: dict, scales: str, tmp: Path, device: str, steps: list[dict]) -> Verified:
+def verify(
+    s,
+    table,
+    kept: list[int],
+    order: list[int],
+    met: bool,
+    gates: dict,
+    run,
+    model_info: dict,
+    scales: str,
+    tmp: Path,
+    device: str,
+    steps: list[dict],
+) -> Verified:
     """``run(candidates)`` -> Evaluation over the validation data."""
     from calibkit.validate import backends as B
     from calibkit.validate import results as R
@@ -41,14 +54,24 @@ def verify(s, table, kept: list[int], order: list[int], met: bool, gates: dict, 
         nodes = [n for u in kept for n in s.sw.units[u].nodes]
         d = tmp / f"try{attempt}"
         d.mkdir()
-        after = B.make("ort-int8", s.model, names, d, table.amax(), device=device, method=table.method, exclude_nodes=regex(nodes))
+        after = B.make(
+            "ort-int8", s.model, names, d, table.amax(), device=device, method=table.method, exclude_nodes=regex(nodes)
+        )
         after.label = f"INT8 + fallback (layers kept in float: {len(kept)})"
         ev = run([before, after])
         doc = R.document(ev, s.model, model_info, gate_obj, device, {"scales": scales})
         doc["unavailable"] = []
         a = next(c for c in doc["candidates"] if c["label"] == after.label)
         doc["pass"], doc["best"] = bool(a["pass"]), after.label
-        steps.append({"step": "full validation of the exported model", "kept": len(kept), "meets": a["pass"], "min_cosine": _worst(a), "task": a.get("accuracy")})
+        steps.append(
+            {
+                "step": "full validation of the exported model",
+                "kept": len(kept),
+                "meets": a["pass"],
+                "min_cosine": _worst(a),
+                "task": a.get("accuracy"),
+            }
+        )
         if a["pass"] or not met or not spare or attempt == MAX_EXTRA:
             break
         kept = kept + [spare.pop(0)]

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from calibkit import cache as cache_io
+from calibkit.artifacts import trt_cache as cache_io
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import input_specs
+from calibkit.graph.model import input_specs
+from calibkit.numerics.formats import INT8
 
 
 class LazyEngine:
@@ -37,7 +38,7 @@ class LazyEngine:
                 shapes[spec.name] = ((1, *opt[1:]), opt, opt)
         spec = BuildSpec(model_path, self.workdir / f"trt-{tag}.plan", shapes=shapes, fp16=tag == "fp16")
         if tag == "int8":
-            scales = {t: a / 127.0 for t, a in (self.amax or {}).items() if np.isfinite(a) and a > 0}
+            scales = {t: a / INT8.qmax for t, a in (self.amax or {}).items() if np.isfinite(a) and a > 0}
             version = installed_version() or cache_io.DEFAULT_TRT_VERSION
             spec.cache = cache_io.Cache(cache_io.encode_version(version), "EntropyCalibration2", scales).write(self.workdir / "trt-int8.cache")
             spec.int8 = True
@@ -53,7 +54,7 @@ class LazyEngine:
 def candidate(backend: str, model: onnx.ModelProto, output_names: list[str], workdir: Path, amax: dict[str, float] | None, method: str | None):
     """A validate Candidate, or ``Unavailable`` with the reason when TensorRT cannot run here."""
     from calibkit.trt import installed_major, unavailable_reason
-    from calibkit.validate.backends import Candidate, Unavailable
+    from calibkit.validate.candidate import Candidate, Unavailable
 
     why = unavailable_reason()
     if why:

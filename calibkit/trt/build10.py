@@ -5,7 +5,7 @@ constraints for kept layers; timing cache reuse."""
 from __future__ import annotations
 
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import input_specs, load
+from calibkit.graph.model import input_specs, load
 from calibkit.trt import common
 from calibkit.trt.calibrators import KINDS, make_calibrator
 from calibkit.trt.feed import CalibrationFeed

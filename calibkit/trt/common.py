@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from calibkit.atomic import write_bytes
 from calibkit.errors import CalibkitError
+from calibkit.outputs.atomic import write_bytes
 from calibkit.trt.spec import BuildSpec
 
 TRT_MAJORS = (10, 11)

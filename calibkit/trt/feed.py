@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from calibkit import cache as cache_io
-from calibkit.atomic import write_bytes
+from calibkit.artifacts import trt_cache as cache_io
 from calibkit.data import FeedStats, Preprocess, open_source, run_batches
+from calibkit.data.options import FeedOptions
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import InputSpec
+from calibkit.graph.model import InputSpec
+from calibkit.outputs.atomic import write_bytes
 from calibkit.trt.device import DeviceMemory, open_device
 from calibkit.trt.staging import Stager
 
@@ -77,7 +78,7 @@ class CalibrationFeed:
     # -- batches -------------------------------------------------------------------------
     def _iterate(self) -> Iterator[dict[str, np.ndarray]]:
         source = open_source(self.data, self.specs, self.preprocess)
-        for feed in run_batches(source, self.specs, self.batch_size, self.stats, rebatch=self.rebatch, max_samples=self.max_samples):
+        for feed in run_batches(source, self.specs, self.batch_size, self.stats, FeedOptions(rebatch=self.rebatch, max_samples=self.max_samples)):
             n = feed.samples  # the feed's own count: a state [2, N, H] or a scalar input may come first
             if n != self.batch_size:  # TensorRT calibrates at one shape: a short last batch is dropped
                 self.skipped += n

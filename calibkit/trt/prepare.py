@@ -12,9 +12,10 @@ from pathlib import Path
 
 import onnx
 
-from calibkit import cache as cache_io
-from calibkit.atomic import write_bytes
+from calibkit.artifacts import trt_cache as cache_io
 from calibkit.errors import CalibkitError
+from calibkit.numerics.formats import INT8
+from calibkit.outputs.atomic import write_bytes
 from calibkit.trt.spec import BuildSpec
 
 
@@ -24,7 +25,7 @@ def keep_regex(layers: list[str]) -> str | None:
 
 def amax_from_cache(path: Path) -> dict[str, float]:
     """amax = scale * 127 for every tensor of a calibration cache."""
-    return {name: scale * 127.0 for name, scale in cache_io.read(path).scales.items()}
+    return {name: scale * INT8.qmax for name, scale in cache_io.read(path).scales.items()}
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -58,7 +59,7 @@ def topo_sort(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def prepare_v11(spec: BuildSpec) -> Path:
     """Write (beside the engine) and return the model a strongly typed build parses."""
-    from calibkit.qdq import export_qdq
+    from calibkit.qdq.export import export_qdq
 
     stem = spec.engine.with_suffix("")
     if spec.int8 and spec.cache is None:

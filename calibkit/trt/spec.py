@@ -60,8 +60,8 @@ class BuildSpec:
 
     def _check_cache_and_layers(self) -> None:
         """The cache parses and belongs to this model; every kept layer is one of its nodes."""
-        from calibkit import cache as trt_cache
-        from calibkit.onnx_model import load
+        from calibkit.artifacts import trt_cache
+        from calibkit.graph.model import load
 
         model = load(self.onnx)
         if self.cache is not None:
@@ -77,7 +77,7 @@ class BuildSpec:
                     raise CalibkitError(f"--keep-fp16/--from-report: the model has no node named {name!r} (nodes: {', '.join(nodes[:8])}{', ...' if len(nodes) > 8 else ''})")
 
     def _check_shapes(self) -> None:
-        from calibkit.onnx_model import input_specs, load
+        from calibkit.graph.model import input_specs, load
 
         specs = {s.name: s for s in input_specs(load(self.onnx), self.batch_axes)}  # also checks --batch-axis
         for name, (lo, _, _) in self.shapes.items():

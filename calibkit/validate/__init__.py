@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from calibkit import clipping, store
-from calibkit import scales as scales_io
+from calibkit.artifacts import histograms as store
+from calibkit.artifacts import scales as scales_io
 from calibkit.data import Preprocess, resolve_preprocess
+from calibkit.data.options import FeedOptions
 from calibkit.errors import CalibkitError, ThresholdFailed
-from calibkit.onnx_model import check_fingerprint, fingerprint_file, load
-from calibkit.publish import Transaction
-from calibkit.qdq_io import copy_into
+from calibkit.graph.model import check_fingerprint, fingerprint_file, load
+from calibkit.numerics import clipping
+from calibkit.outputs.publish import Transaction
+from calibkit.qdq.files import copy_into
 from calibkit.validate import backends as B
 from calibkit.validate import results as R
 from calibkit.validate.engine import evaluate
@@ -69,7 +71,19 @@ def _advise(doc: dict, model: str | Path, scales_of: Callable[[dict], Path | Non
         if not fb or not fb.get("exclude_nodes") or scales is None:
             continue
         out = scales.parent / f"{Path(model).stem}.fp16-fallback.qdq.onnx"
-        fb["command"] = shlex.join(["calibkit", "export-qdq", str(model), "--scales", str(scales), "--exclude-nodes", fb["exclude_nodes"], "-o", str(out)])
+        fb["command"] = shlex.join(
+            [
+                "calibkit",
+                "export-qdq",
+                str(model),
+                "--scales",
+                str(scales),
+                "--exclude-nodes",
+                fb["exclude_nodes"],
+                "-o",
+                str(out),
+            ]
+        )
 
 
 def _finish(doc, ev, hists, title, report, results, tx_dir=None, extra=None) -> ValidationResult:
@@ -82,7 +96,11 @@ def _finish(doc, ev, hists, title, report, results, tx_dir=None, extra=None) -> 
     t = time.perf_counter()
     text = html.render(doc, ev, hists, title)
     doc["seconds"]["report"] = time.perf_counter() - t
-    with Transaction(tx_dir or report.parent, f"report-{report.name}" if tx_dir is None else "compare", command=doc.get("command", "validate")) as tx:
+    with Transaction(
+        tx_dir or report.parent,
+        f"report-{report.name}" if tx_dir is None else "compare",
+        command=doc.get("command", "validate"),
+    ) as tx:
         if extra is not None:
             extra(tx)
         R.write(doc, results, tx)
@@ -101,11 +119,25 @@ def _candidates(specs, model, out_names, tmp, device, exclude_nodes, emulate_fp1
     cands, unavailable = [], []
     for backend, amax, method in specs:
         try:
-            cands.append(B.make(backend, model, out_names, tmp, amax, device=device, method=method, exclude_nodes=exclude_nodes, emulate_fp16=emulate_fp16))
+            cands.append(
+                B.make(
+                    backend,
+                    model,
+                    out_names,
+                    tmp,
+                    amax,
+                    device=device,
+                    method=method,
+                    exclude_nodes=exclude_nodes,
+                    emulate_fp16=emulate_fp16,
+                )
+            )
         except B.Unavailable as why:
             unavailable.append({"backend": backend, "reason": str(why)})
     if not cands:
-        raise CalibkitError("no requested backend can run here: " + "; ".join(f"{u['backend']}: {u['reason']}" for u in unavailable))
+        raise CalibkitError(
+            "no requested backend can run here: " + "; ".join(f"{u['backend']}: {u['reason']}" for u in unavailable)
+        )
     return cands, unavailable
 
 
@@ -128,11 +160,9 @@ def validate(
     allow_preprocess_mismatch: bool = False,
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
-    batch_axes: dict[str, int | None] | None = None,
-    rebatch: bool = True,
-    max_samples: int | None = None,
+    feed: FeedOptions | None = None,
 ) -> ValidationResult:
-    """``batch_axes``/``rebatch``/``max_samples``: how the data is cut, as for ``calibrate``."""
+    """``feed``: how the data is cut (FeedOptions), as for ``calibrate``."""
     model_path = Path(model)
     proto = load(model_path)
     model_fp = fingerprint_file(model_path)
@@ -144,14 +174,21 @@ def validate(
         if b not in B.BACKENDS:
             raise CalibkitError(f"--backends: unknown backend {b!r}; choose from {', '.join(B.BACKENDS)}")
     if table is not None:
-        preprocess = resolve_preprocess(preprocess, table.meta.get("preprocess"), data, allow_preprocess_mismatch, f"scales {scales}")
+        preprocess = resolve_preprocess(
+            preprocess, table.meta.get("preprocess"), data, allow_preprocess_mismatch, f"scales {scales}"
+        )
     out_names = [o.name for o in proto.graph.output]
     with tempfile.TemporaryDirectory(prefix="calibkit-validate-") as tmp:
-        specs = [(b, table.amax() if table else None, table.method if table and "int8" in b else None) for b in backends]
+        specs = [
+            (b, table.amax() if table else None, table.method if table and "int8" in b else None) for b in backends
+        ]
         cands, unavailable = _candidates(specs, proto, out_names, Path(tmp), device, exclude_nodes, emulate_fp16)
-        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source, batch_axes, rebatch, max_samples)
-        prov = {"scales": str(scales) if scales else None, "method": f"{table.method} {table.params}" if table else None,
-                "calibration data fingerprint": table.meta.get("data", {}).get("fingerprint") if table else None}
+        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source, feed)
+        prov = {
+            "scales": str(scales) if scales else None,
+            "method": f"{table.method} {table.params}" if table else None,
+            "calibration data fingerprint": table.meta.get("data", {}).get("fingerprint") if table else None,
+        }
         doc = R.document(ev, proto, {"name": model_path.name, "fingerprint": model_fp}, gates, device, prov)
         doc["unavailable"] = unavailable
         if table is not None:
@@ -185,16 +222,14 @@ def compare(
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
     warn_clip: float = clipping.DEFAULT_WARN_CLIP,
-    batch_axes: dict[str, int | None] | None = None,
-    rebatch: bool = True,
-    max_samples: int | None = None,
+    feed: FeedOptions | None = None,
 ) -> ValidationResult:
     """Score ``method_specs`` on one validation pass; each method's scales.json, TensorRT cache
     and TensorsData (and with ``export_qdq`` its Q/DQ model) go to ``output_dir/<method>/``
     (default: ``<report>.methods/`` beside the report), published with the report as one set."""
-    from calibkit import cache as trt_cache
     from calibkit import methods
-    from calibkit.pipeline import stage_scales, write_scales
+    from calibkit.artifacts import trt_cache
+    from calibkit.calibration import stage_scales, write_scales
 
     if backend not in ("ort-int8", "ort-int8-cpu"):
         raise CalibkitError(f"compare --backend {backend!r}: methods are compared on ort-int8 or ort-int8-cpu")
@@ -203,13 +238,17 @@ def compare(
     model_fp = fingerprint_file(model_path)
     hs = store.load(histograms)
     check_fingerprint(hs.meta.get("model_fingerprint"), model_fp, f"histograms {histograms}", force)
-    preprocess = resolve_preprocess(preprocess, hs.meta.get("preprocess"), data, allow_preprocess_mismatch, f"histograms {histograms}")
+    preprocess = resolve_preprocess(
+        preprocess, hs.meta.get("preprocess"), data, allow_preprocess_mismatch, f"histograms {histograms}"
+    )
     if not method_specs:
         raise CalibkitError("--methods is empty; e.g. --methods entropy,percentile:99.99,minmax,mse")
     if len({method_dir(m) for m in method_specs}) != len(method_specs):
         raise CalibkitError("--methods lists the same method twice")
     out_dir = Path(output_dir) if output_dir else Path(report).parent / f"{Path(report).stem}.methods"
-    version = trt_cache.encode_version(trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION)
+    version = trt_cache.encode_version(
+        trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION
+    )
     warn_clip = clipping.check_limit(warn_clip)
     specs, staged, clip = [], {}, {}
     for spec in method_specs:
@@ -221,15 +260,23 @@ def compare(
     out_names = [o.name for o in proto.graph.output]
     with tempfile.TemporaryDirectory(prefix="calibkit-compare-") as tmp:
         cands, _ = _candidates(specs, proto, out_names, Path(tmp), device, exclude_nodes, False)
-        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source, batch_axes, rebatch, max_samples)
-        prov = {"histograms": str(histograms), "calibration data fingerprint": hs.meta.get("data_fingerprint"), "calibration samples": hs.samples}
+        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source, feed)
+        prov = {
+            "histograms": str(histograms),
+            "calibration data fingerprint": hs.meta.get("data_fingerprint"),
+            "calibration samples": hs.samples,
+        }
         doc = R.document(ev, proto, {"name": model_path.name, "fingerprint": model_fp}, gates, device, prov)
         doc["unavailable"] = []
         # compare passes when the best method passes: it answers "which method", not "all of them"
         doc["pass"] = bool(doc["candidates"][1:]) and doc["candidates"][1]["pass"]
         doc["method_outputs"] = {spec: str(out_dir / method_dir(spec)) for spec in method_specs}
         doc["clip_warnings"] = clip
-        _advise(doc, model, lambda c: out_dir / method_dir(c["method"]) / "scales.json" if c.get("method") in staged else None)
+        _advise(
+            doc,
+            model,
+            lambda c: out_dir / method_dir(c["method"]) / "scales.json" if c.get("method") in staged else None,
+        )
         qdq_of = {c.method: c.model_path for c in cands}
 
         def extra(tx) -> None:
@@ -237,6 +284,10 @@ def compare(
                 d = out_dir / method_dir(spec)
                 write_scales(tx, files, d)
                 if export_qdq and qdq_of.get(spec):
-                    tx.write_with(d / f"{model_path.stem}.qdq.onnx", lambda fh, src=qdq_of[spec]: copy_into(src, fh))  # streamed, not read whole
+                    tx.write_with(
+                        d / f"{model_path.stem}.qdq.onnx", lambda fh, src=qdq_of[spec]: copy_into(src, fh)
+                    )  # streamed, not read whole
 
-        return _finish(doc, ev, hs, f"calibkit method comparison: {model_path.name}", report, results, tx_dir=out_dir, extra=extra)
+        return _finish(
+            doc, ev, hs, f"calibkit method comparison: {model_path.name}", report, results, tx_dir=out_dir, extra=extra
+        )

@@ -8,46 +8,18 @@ after its Q/DQ pair.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import with_outputs
-from calibkit.providers import session
-from calibkit.qdq import activation_qdq, export_qdq
+from calibkit.graph.model import with_outputs
+from calibkit.qdq.export import activation_qdq, export_qdq
+from calibkit.sessions import int8_saturates, session
 from calibkit.validate import fp16
+from calibkit.validate.candidate import Candidate, Unavailable  # noqa: F401  (Unavailable: raised by backends)
 
 BACKENDS = ("ort-fp32", "ort-int8", "ort-int8-cpu", "ort-fp16", "trt-int8", "trt-fp16")
-
-
-class Unavailable(CalibkitError):
-    """The backend cannot run here; the message says why."""
-
-
-@dataclass
-class Candidate:
-    label: str  # shown in reports: "ort-int8 (entropy)"
-    backend: str
-    sess: object
-    output_names: list[str]
-    note: str = ""
-    method: str | None = None
-    layer_sess: object = None  # INT8: session exposing activations and their dequantized values
-    layers: dict[str, tuple[str, float]] = field(default_factory=dict)  # tensor -> (dq output, scale)
-    model_path: Path | None = None
-
-    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.sess.run(self.output_names, feed)
-
-    def run_layers(self, feed: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """{tensor: (value before Q/DQ, dequantized value)} for every quantized activation."""
-        names = [n for t, (dq, _) in self.layers.items() for n in (t, dq) if n not in feed]
-        values = dict(zip(names, self.layer_sess.run(names, feed)))
-        values.update(feed)  # a quantized graph input is its own "before" value
-        return {t: (values[t], values[dq]) for t, (dq, _) in self.layers.items()}
 
 
 def trt_reason() -> str:
@@ -63,7 +35,9 @@ def _ort_note(sess) -> str:
 def reference(model: onnx.ModelProto, device: str, layer_tensors: list[str] | None = None) -> tuple[Candidate, object]:
     outs = [o.name for o in model.graph.output]
     sess = session(model, device=device, where="the FP32 model")
-    layer_sess = session(with_outputs(model, layer_tensors), device=device, where="the FP32 model") if layer_tensors else None
+    layer_sess = (
+        session(with_outputs(model, layer_tensors), device=device, where="the FP32 model") if layer_tensors else None
+    )
     return Candidate("ort-fp32", "ort-fp32", sess, outs, note=_ort_note(sess)), layer_sess
 
 
@@ -98,22 +72,48 @@ def make(
         layers = activation_qdq(qdq)
         # The Q/DQ model runs on the CPU provider: real INT8 kernels for the "ort" placement,
         # dequantize -> float kernels (exact INT8 numerics) for the TensorRT placement.
-        sess = session(qdq, device="cpu", where=f"the Q/DQ model {path.name}")
+        exact = placement == "trt"
+        sess = session(qdq, device="cpu", where=f"the Q/DQ model {path.name}", exact_qdq=exact)
         graph_inputs = {i.name for i in qdq.graph.input}
         names = [n for t, (dq, _) in layers.items() for n in (t, dq) if n not in graph_inputs]
-        layer_sess = session(with_outputs(qdq, names), device="cpu", where=path.name) if names else None
-        how = "TensorRT Q/DQ placement, dequantize->FP32 kernels on ORT CPU" if placement == "trt" else "ORT placement, real INT8 kernels on ORT CPU"
+        layer_sess = (
+            session(with_outputs(qdq, names), device="cpu", where=path.name, exact_qdq=exact) if names else None
+        )
+        how = (
+            "TensorRT Q/DQ placement, dequantize->FP32 kernels on ORT CPU"
+            if placement == "trt"
+            else "ORT placement, real INT8 kernels on ORT CPU"
+            + (" (this CPU has no VNNI: ORT's u8s8 kernels saturate here, unlike TensorRT)" if int8_saturates() else "")
+        )
         label = f"{backend} ({method})" if method else backend
-        return Candidate(label, backend, sess, output_names, note=how, method=method, layer_sess=layer_sess, layers=layers, model_path=path)
+        return Candidate(
+            label,
+            backend,
+            sess,
+            output_names,
+            note=how,
+            method=method,
+            layer_sess=layer_sess,
+            layers=layers,
+            model_path=path,
+        )
     # ort-fp16
     if not emulate_fp16:
         try:
             converted = fp16.convert(model)
             sess = session(converted, device=device, where="the FP16 model")
             where = _ort_note(sess)
-            note = f"float16 graph on {where}" + (" (CPU inserts float32 casts around ops lacking FP16 kernels)" if "CUDA" not in where else "")
+            note = f"float16 graph on {where}" + (
+                " (CPU inserts float32 casts around ops lacking FP16 kernels)" if "CUDA" not in where else ""
+            )
             return Candidate("ort-fp16", backend, sess, output_names, note=note)
         except CalibkitError:
             pass
     sess = session(fp16.emulate(model), device="cpu", where="the FP16-emulated model")
-    return Candidate("ort-fp16", backend, sess, output_names, note="EMULATED: weights and activations rounded through float16, FP32 accumulation")
+    return Candidate(
+        "ort-fp16",
+        backend,
+        sess,
+        output_names,
+        note="EMULATED: weights and activations rounded through float16, FP32 accumulation",
+    )

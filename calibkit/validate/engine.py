@@ -18,9 +18,10 @@ import numpy as np
 import onnx
 
 from calibkit.data import FeedStats, Preprocess, open_source, run_batches
+from calibkit.data.options import FeedOptions
 from calibkit.data.script import load_function
 from calibkit.errors import CalibkitError
-from calibkit.onnx_model import input_specs
+from calibkit.graph.model import input_specs
 from calibkit.validate.backends import Candidate, reference
 from calibkit.validate.metrics import Agreement, Latency, OutputMetrics
 
@@ -88,10 +89,15 @@ def _labels(path: str | None):
         lab = np.load(p, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise CalibkitError(f"labels {p} is not a readable .npy array ({exc})") from None
+    if not isinstance(lab, np.ndarray):  # an .npz archive
+        lab.close()
+        raise CalibkitError(f"labels {p} is an .npz archive; --labels needs one .npy array of class ids, shape [N]")
     if lab.ndim == 2 and lab.shape[1] == 1:
         lab = lab.reshape(-1)
     if lab.ndim != 1 or lab.dtype.kind not in "iub":
-        raise CalibkitError(f"labels {p} is {lab.dtype}{list(lab.shape)}; --labels needs one integer class id per sample, shape [N] (use --metric for other targets)")
+        raise CalibkitError(
+            f"labels {p} is {lab.dtype}{list(lab.shape)}; --labels needs one integer class id per sample, shape [N] (use --metric for other targets)"
+        )
     return lab
 
 
@@ -99,7 +105,9 @@ def _class_output(names: list[str], ref: list[np.ndarray]) -> int:
     for i, a in enumerate(ref):
         if a.ndim == 2 and a.shape[1] >= 2:
             return i
-    raise CalibkitError(f"--labels needs a class-score output [N, classes]; outputs are {', '.join(names)} — use --metric file.py:fn instead")
+    raise CalibkitError(
+        f"--labels needs a class-score output [N, classes]; outputs are {', '.join(names)} — use --metric file.py:fn instead"
+    )
 
 
 def evaluate(
@@ -113,14 +121,14 @@ def evaluate(
     device: str = "auto",
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
-    batch_axes: dict[str, int | None] | None = None,
-    rebatch: bool = True,
-    max_samples: int | None = None,
+    feed: FeedOptions | None = None,
 ) -> Evaluation:
-    """``batch_axes``/``rebatch``/``max_samples``: as for ``calibrate`` (inputs not ``[N, ...]``,
-    feeds run as given, a stop after that many samples); a batch's sample count is the feed's."""
+    """``feed``: how the data is cut, as for ``calibrate`` (inputs not ``[N, ...]``, feeds run as
+    given, a stop after that many samples); a batch's sample count is the feed's."""
+    feed_opts = FeedOptions.of(feed)
+    max_samples = feed_opts.max_samples
     t0 = time.perf_counter()
-    specs = input_specs(model, batch_axes)
+    specs = input_specs(model, feed_opts.batch_axes)
     source = open_source(data, specs, preprocess)
     if on_source:
         on_source(source)
@@ -131,18 +139,32 @@ def evaluate(
     out_names = ref.output_names
     lab = _labels(labels)
     n_known = source.num_samples()
-    if lab is not None and n_known is not None and len(lab) != n_known and (max_samples is None or len(lab) < min(n_known, max_samples)):
-        raise CalibkitError(f"labels {labels} have {len(lab)} entries but {source.description} has {n_known} samples; they must match one to one")
+    if (
+        lab is not None
+        and n_known is not None
+        and len(lab) != n_known
+        and (max_samples is None or len(lab) < min(n_known, max_samples))
+    ):
+        raise CalibkitError(
+            f"labels {labels} have {len(lab)} entries but {source.description} has {n_known} samples; they must match one to one"
+        )
     metric_fn = load_function(metric, default="metric")[1] if metric else None
     ref_res = CandidateResult(ref.label, ref.backend, ref.note, None)
     results = [
-        CandidateResult(c.label, c.backend, c.note, c.method, model_path=c.model_path, layer_scales={fp32_of[t]: s for t, (_, s) in c.layers.items() if t in fp32_of})
+        CandidateResult(
+            c.label,
+            c.backend,
+            c.note,
+            c.method,
+            model_path=c.model_path,
+            layer_scales={fp32_of[t]: s for t, (_, s) in c.layers.items() if t in fp32_of},
+        )
         for c in candidates
     ]
     stats = FeedStats()
     offset = 0
     cls_index = None
-    for feed in run_batches(source, specs, batch_size or VALIDATION_BATCH, stats, rebatch=rebatch, max_samples=max_samples):
+    for feed in run_batches(source, specs, batch_size or VALIDATION_BATCH, stats, feed_opts):
         n = feed.samples  # not len() of an input: a state [2, N, H] or a 0-d scalar may come first
         t = time.perf_counter()
         ref_out = ref.run(feed)
@@ -151,7 +173,9 @@ def evaluate(
         batch_labels = None
         if lab is not None:
             if offset + n > len(lab):
-                raise CalibkitError(f"labels {labels} have {len(lab)} entries but the data has more samples; they must match one to one")
+                raise CalibkitError(
+                    f"labels {labels} have {len(lab)} entries but the data has more samples; they must match one to one"
+                )
             batch_labels = np.asarray(lab[offset : offset + n])
             if metric_fn is None:  # labels alone: top-1 accuracy on the class-score output
                 if cls_index is None:
@@ -167,7 +191,9 @@ def evaluate(
             res.latency.add(time.perf_counter() - t, n)
             for name, r, c in zip(out_names, ref_out, out):
                 if r.shape != c.shape:
-                    raise CalibkitError(f"{cand.label}: output {name!r} has shape {c.shape} but the FP32 reference has {r.shape}; the candidate is not the same model")
+                    raise CalibkitError(
+                        f"{cand.label}: output {name!r} has shape {c.shape} but the FP32 reference has {r.shape}; the candidate is not the same model"
+                    )
                 res.outputs.setdefault(name, OutputMetrics()).add(r, c)
             if lab is not None and metric_fn is None:
                 res.add_scores(np.nan_to_num(out[cls_index], nan=-np.inf).argmax(1) == batch_labels.reshape(-1))
@@ -183,13 +209,32 @@ def evaluate(
         offset += n
         if progress:
             progress(offset)
-    if lab is not None and offset != len(lab) and not (stats.limited and offset < len(lab)):  # --max-samples: the first labels
-        raise CalibkitError(f"labels {labels} have {len(lab)} entries but the data has {offset} samples; they must match one to one")
+    if (
+        lab is not None and offset != len(lab) and not (stats.limited and offset < len(lab))
+    ):  # --max-samples: the first labels
+        raise CalibkitError(
+            f"labels {labels} have {len(lab)} entries but the data has {offset} samples; they must match one to one"
+        )
     task = f"metric {metric}" if metric_fn else ("top-1 accuracy vs labels" if lab is not None else None)
     classes = int(ref_out_shapes[cls_index][1]) if cls_index is not None and metric_fn is None else None
-    feed_info = {"batch_axes": {s.name: s.axis for s in specs}, "rebatch": rebatch, "max_samples": max_samples, "limited": stats.limited}
+    feed_info = {
+        "batch_axes": {s.name: s.axis for s in specs},
+        "rebatch": feed_opts.rebatch,
+        "max_samples": max_samples,
+        "limited": stats.limited,
+    }
     fingerprint = source.fingerprint() if not stats.limited else None
-    return Evaluation(ref_res, results, offset, fingerprint or "streamed:" + stats.streamed_fingerprint(), source.description, task, time.perf_counter() - t0, classes, feed_info)
+    return Evaluation(
+        ref_res,
+        results,
+        offset,
+        fingerprint or "streamed:" + stats.streamed_fingerprint(),
+        source.description,
+        task,
+        time.perf_counter() - t0,
+        classes,
+        feed_info,
+    )
 
 
 def _score(fn, names, outputs, labels, n, where) -> np.ndarray:
@@ -201,6 +246,8 @@ def _score(fn, names, outputs, labels, n, where) -> np.ndarray:
         raise CalibkitError(f"metric {where} must return one score per sample ({n}), got {s.size}")
     bad = np.flatnonzero(~np.isfinite(s))
     if bad.size:
-        raise CalibkitError(f"metric {where} returned a NaN/inf score for {bad.size} of {n} samples (first: sample {int(bad[0])} of its batch); "
-                            "return a finite score per sample (count a NaN output as a miss)")
+        raise CalibkitError(
+            f"metric {where} returned a NaN/inf score for {bad.size} of {n} samples (first: sample {int(bad[0])} of its batch); "
+            "return a finite score per sample (count a NaN output as a miss)"
+        )
     return s

@@ -45,7 +45,9 @@ def emulate(model: onnx.ModelProto) -> onnx.ModelProto:
             if out in outputs:
                 node.output[list(node.output).index(out)] = src
             nodes.append(helper.make_node("Cast", [src], [f"{out}__h"], to=TensorProto.FLOAT16, name=f"{out}__to_fp16"))
-            nodes.append(helper.make_node("Cast", [f"{out}__h"], [rounded], to=TensorProto.FLOAT, name=f"{out}__to_fp32"))
+            nodes.append(
+                helper.make_node("Cast", [f"{out}__h"], [rounded], to=TensorProto.FLOAT, name=f"{out}__to_fp32")
+            )
             if out not in outputs:
                 renames[out] = rounded
     del g.node[:]

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from calibkit.histogram import TensorHistogram
 from calibkit.methods.percentile import PercentileConfig, percentile_amax
+from calibkit.numerics.histogram import TensorHistogram
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
@@ -116,7 +116,6 @@ class OutputMetrics:
             out["top1_agreement"] = self.top1 / max(1, self.samples)
             out["top5_agreement"] = self.top5 / max(1, self.samples)
         return out
-
 
 
 @dataclass

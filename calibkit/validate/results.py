@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from calibkit import __version__
-from calibkit.atomic import write_text
+from calibkit.outputs.atomic import write_text
 from calibkit.validate.engine import CandidateResult, Evaluation
 
 FORMAT = "calibkit-results"
@@ -93,8 +93,10 @@ def at_chance(ev: Evaluation) -> str | None:
     p = 1.0 / ev.classes
     limit = 100.0 * (p + 3.0 * math.sqrt(p * (1 - p) / ev.samples))
     if ref_acc <= limit:
-        return (f"FP32 top-1 accuracy {ref_acc:.2f}% is at chance level ({100 * p:.2f}% for {ev.classes} classes, <= {limit:.2f}% on {ev.samples} samples): "
-                "check that --labels lists the samples in the data's order and that the data is preprocessed as for training")
+        return (
+            f"FP32 top-1 accuracy {ref_acc:.2f}% is at chance level ({100 * p:.2f}% for {ev.classes} classes, <= {limit:.2f}% on {ev.samples} samples): "
+            "check that --labels lists the samples in the data's order and that the data is preprocessed as for training"
+        )
     return None
 
 
@@ -108,7 +110,9 @@ def data_warnings(ev: Evaluation, cands: list[dict]) -> list[str]:
         for name, o in c["outputs"].items():
             sq = o["sqnr_db"]
             if _below(sq, CHECK_DATA_SQNR) and sq != "inf":
-                warn.append(f"{c['label']}: output {name} SQNR {fmt_db(sq)} dB is under {CHECK_DATA_SQNR:g} dB: check your data (preprocessed like the calibration data?) before blaming INT8")
+                warn.append(
+                    f"{c['label']}: output {name} SQNR {fmt_db(sq)} dB is under {CHECK_DATA_SQNR:g} dB: check your data (preprocessed like the calibration data?) before blaming INT8"
+                )
     return warn
 
 
@@ -142,7 +146,13 @@ def tied(ev: Evaluation, a: CandidateResult, b: CandidateResult) -> bool:
     the standard error of the paired per-sample difference (the run's own noise). Without
     one: their worst output SQNRs are within 0.1 dB.
     """
-    if ev.task_metric and a.scores is not None and b.scores is not None and len(a.scores) == len(b.scores) and len(a.scores):
+    if (
+        ev.task_metric
+        and a.scores is not None
+        and b.scores is not None
+        and len(a.scores) == len(b.scores)
+        and len(a.scores)
+    ):
         d = a.scores - b.scores
         if not np.isfinite(d).all():
             return False
@@ -180,7 +190,7 @@ def fallback_advice(model: onnx.ModelProto, r: CandidateResult, gates: Gates) ->
 def environment(device: str) -> dict:
     import onnxruntime as ort
 
-    from calibkit.providers import cuda_device_count, providers_for
+    from calibkit.sessions import cuda_device_count, providers_for
     from calibkit.validate.backends import trt_reason
 
     env = {
@@ -202,7 +212,7 @@ def environment(device: str) -> dict:
 def gpu_name() -> str | None:
     import ctypes
 
-    from calibkit.providers import cuda_device_count
+    from calibkit.sessions import cuda_device_count
 
     if cuda_device_count() == 0:
         return None
@@ -224,7 +234,9 @@ def _clean(x):
     return x
 
 
-def document(ev: Evaluation, model: onnx.ModelProto, model_info: dict, gates: Gates, device: str, provenance: dict) -> dict:
+def document(
+    ev: Evaluation, model: onnx.ModelProto, model_info: dict, gates: Gates, device: str, provenance: dict
+) -> dict:
     ref_acc = accuracy(ev, ev.reference)
     applied, default = gates.applied(ev.task_metric is not None)
     order = rank(ev)
@@ -233,39 +245,58 @@ def document(ev: Evaluation, model: onnx.ModelProto, model_info: dict, gates: Ga
     for r in [ev.reference, *order]:
         ok, why = verdict(ev, r, applied) if r is not ev.reference else (True, [])
         acc = accuracy(ev, r)
-        cands.append({
-            "label": r.label,
-            "rank": rank_of.get(id(r)),
-            "backend": r.backend,
-            "method": r.method,
-            "note": r.note,
-            "pass": ok,
-            "failures": why,
-            "accuracy": acc,
-            "accuracy_drop_pp": (ref_acc - acc) if acc is not None and r is not ev.reference else None,
-            "latency": r.latency.summary(),
-            "outputs": {n: m.summary() for n, m in r.outputs.items()},
-            "layers": {t: {"sqnr_db": a.sqnr, "cosine": a.cosine, "local_sqnr_db": loc.sqnr, "local_cosine": loc.cosine, "scale": r.layer_scales.get(t)} for t, (a, loc) in r.layers.items()},
-            "fp16_fallback": fallback_advice(model, r, gates) if r.layers else None,
-            "qdq_model": str(r.model_path) if r.model_path else None,
-        })
+        cands.append(
+            {
+                "label": r.label,
+                "rank": rank_of.get(id(r)),
+                "backend": r.backend,
+                "method": r.method,
+                "note": r.note,
+                "pass": ok,
+                "failures": why,
+                "accuracy": acc,
+                "accuracy_drop_pp": (ref_acc - acc) if acc is not None and r is not ev.reference else None,
+                "latency": r.latency.summary(),
+                "outputs": {n: m.summary() for n, m in r.outputs.items()},
+                "layers": {
+                    t: {
+                        "sqnr_db": a.sqnr,
+                        "cosine": a.cosine,
+                        "local_sqnr_db": loc.sqnr,
+                        "local_cosine": loc.cosine,
+                        "scale": r.layer_scales.get(t),
+                    }
+                    for t, (a, loc) in r.layers.items()
+                },
+                "fp16_fallback": fallback_advice(model, r, gates) if r.layers else None,
+                "qdq_model": str(r.model_path) if r.model_path else None,
+            }
+        )
     tested = [c for c in cands[1:]]
     warnings = data_warnings(ev, tested)
-    return _clean({
-        "format": FORMAT,
-        "version": VERSION,
-        "model": model_info,
-        "data": {"source": ev.data_description, "fingerprint": ev.data_fingerprint, "samples": ev.samples, "task_metric": ev.task_metric, "feed": ev.feed},
-        "provenance": provenance,
-        "gates": applied,
-        "gates_default": default,
-        "warnings": warnings,
-        "pass": bool(tested) and all(c["pass"] for c in tested),
-        "best": tested[0]["label"] if tested else None,
-        "candidates": cands,
-        "environment": environment(device),
-        "seconds": {"evaluation": ev.seconds},
-    })
+    return _clean(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": model_info,
+            "data": {
+                "source": ev.data_description,
+                "fingerprint": ev.data_fingerprint,
+                "samples": ev.samples,
+                "task_metric": ev.task_metric,
+                "feed": ev.feed,
+            },
+            "provenance": provenance,
+            "gates": applied,
+            "gates_default": default,
+            "warnings": warnings,
+            "pass": bool(tested) and all(c["pass"] for c in tested),
+            "best": tested[0]["label"] if tested else None,
+            "candidates": cands,
+            "environment": environment(device),
+            "seconds": {"evaluation": ev.seconds},
+        }
+    )
 
 
 def write(doc: dict, path: str | Path, tx=None) -> Path:

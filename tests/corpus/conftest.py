@@ -29,7 +29,9 @@ def corpus_files(corpus_model: dict) -> tuple[Path, Path, Path]:
     root = corpus.cache_dir()
     path = corpus.model_path(root, corpus_model)
     if not path.exists():
-        pytest.skip(f"corpus model {corpus_model['name']} absent from {root}: run `{FETCH}` (or `{FETCH} --only {corpus_model['name']}`)")
+        pytest.skip(
+            f"corpus model {corpus_model['name']} absent from {root}: run `{FETCH}` (or `{FETCH} --only {corpus_model['name']}`)"
+        )
     calib, val = corpus.input_paths(root, corpus_model)
     if not (calib.exists() and val.exists()):
         corpus.make_inputs(root, corpus_model)
@@ -55,7 +57,9 @@ class CorpusCLI:
         except subprocess.TimeoutExpired as exc:
             tail = (exc.stderr or b"")[-3000:]
             tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
-            pytest.fail(f"`calibkit {' '.join(map(str, args))}` still running after {STEP_TIMEOUT:.0f} s (hang?)\nstderr tail:\n{tail}")
+            pytest.fail(
+                f"`calibkit {' '.join(map(str, args))}` still running after {STEP_TIMEOUT:.0f} s (hang?)\nstderr tail:\n{tail}"
+            )
 
 
 @pytest.fixture

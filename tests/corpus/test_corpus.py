@@ -22,8 +22,11 @@ def exposable_float_activations(model_path) -> tuple[list[str], list[str]]:
     top-level nodes (subgraph-internal tensors cannot be exposed). Returns (float, untyped)."""
     model = onnx.load(str(model_path))
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-             if vi.type.HasField("tensor_type")}
+    types = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+        if vi.type.HasField("tensor_type")
+    }
     inits = {i.name for i in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in inits]
     names += [o for n in model.graph.node if n.op_type not in NOT_ACTIVATIONS for o in n.output if o]
@@ -44,8 +47,12 @@ def _feed(session, val_npz):
     for i in session.get_inputs():
         a = data[i.name]
         if a.ndim == len(i.shape):
-            a = a[:1] if a.ndim and (not isinstance(i.shape[0], int) or i.shape[0] == 1) and a.shape[0] != (i.shape[0] or 0) else a
-            if a.ndim == 3 and a.shape[0] == 2 and a.shape[1] > 1:   # [2, N, H] recurrent state
+            a = (
+                a[:1]
+                if a.ndim and (not isinstance(i.shape[0], int) or i.shape[0] == 1) and a.shape[0] != (i.shape[0] or 0)
+                else a
+            )
+            if a.ndim == 3 and a.shape[0] == 2 and a.shape[1] > 1:  # [2, N, H] recurrent state
                 a = a[:, :1]
         feed[i.name] = a
     return feed
@@ -61,8 +68,10 @@ def test_calibrate_export_validate(corpus_model, model_files, corpus_cli, tmp_pa
     floats, untyped = exposable_float_activations(model)
     missing = [t for t in floats if t not in scales]
     bad = [t for t in floats if t in scales and not math.isfinite(float(scales[t].get("scale", float("nan"))))]
-    assert not missing and not bad, (f"{len(floats)} float activations ({len(untyped)} untyped, not checked): "
-                                     f"{len(missing)} without a scale (e.g. {missing[:8]}), {len(bad)} non-finite (e.g. {bad[:8]})")
+    assert not missing and not bad, (
+        f"{len(floats)} float activations ({len(untyped)} untyped, not checked): "
+        f"{len(missing)} without a scale (e.g. {missing[:8]}), {len(bad)} non-finite (e.g. {bad[:8]})"
+    )
 
     qdq = tmp_path / "model.qdq.onnx"
     exp = corpus_cli("export-qdq", model, "--scales", out / "scales.json", "-o", qdq)
@@ -76,8 +85,22 @@ def test_calibrate_export_validate(corpus_model, model_files, corpus_cli, tmp_pa
     # inputs (it is often not: bench/corpus.md): an explicit gate replaces the 0.99-cosine default.
     # Exit 3 is a verdict, not a crash: allowed only when a candidate's outputs went NaN/Inf
     # (oww_melspectrogram overflows float16), which fails closed whatever the gates.
-    v = corpus_cli("validate", model, "--scales", out / "scales.json", "--data", val, "--backends", "ort-int8,ort-fp16",
-                   "--report", report, "--device", "cpu", "--min-cosine", "-1")
+    v = corpus_cli(
+        "validate",
+        model,
+        "--scales",
+        out / "scales.json",
+        "--data",
+        val,
+        "--backends",
+        "ort-int8,ort-fp16",
+        "--report",
+        report,
+        "--device",
+        "cpu",
+        "--min-cosine",
+        "-1",
+    )
     assert v.returncode in (0, 3), f"validate exit {v.returncode}\n{_tail(v)}"
     if v.returncode == 3:
         assert "NaN/Inf values" in v.stdout, _tail(v)

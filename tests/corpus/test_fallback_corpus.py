@@ -25,13 +25,35 @@ def test_fallback_on_a_paddle_classifier(cls_model, corpus_cli, tmp_path):
     sens = json.loads((tmp_path / "sens" / "sensitivity.json").read_text())
     assert sens["units"] >= 20 and len(sens["layers"]) == sens["units"]
     target = min(0.999, (1 + sens["all_int8"]["min_cosine"]) / 2)  # halfway from all-INT8 to FP32
-    r = corpus_cli("fallback", model, "--scales", scales, "--data", val, "-o", tmp_path / "fb", "--min-cosine", f"{target:.6f}", "--workers", "2")
+    r = corpus_cli(
+        "fallback",
+        model,
+        "--scales",
+        scales,
+        "--data",
+        val,
+        "-o",
+        tmp_path / "fb",
+        "--min-cosine",
+        f"{target:.6f}",
+        "--workers",
+        "2",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads((tmp_path / "fb" / "fallback.json").read_text())
     assert doc["pass"] and 0 < len(doc["search"]["kept"]) < doc["units"]
     assert doc["verification"]["after"]["min_cosine"] >= target > doc["verification"]["before"]["min_cosine"]
     assert doc["evaluations"]["reused_from_earlier_runs"] >= 2 * doc["units"]
     kept = (tmp_path / "fb" / "exclude-nodes.txt").read_text().split()
-    r = corpus_cli("export-qdq", model, "--scales", scales, "--exclude-list", tmp_path / "fb" / "exclude-nodes.txt", "-o", tmp_path / "q.onnx")
+    r = corpus_cli(
+        "export-qdq",
+        model,
+        "--scales",
+        scales,
+        "--exclude-list",
+        tmp_path / "fb" / "exclude-nodes.txt",
+        "-o",
+        tmp_path / "q.onnx",
+    )
     assert r.returncode == 0, r.stderr
     assert kept == doc["exclude_nodes"]

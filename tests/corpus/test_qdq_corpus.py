@@ -14,14 +14,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+from qdq_models import check_trt_placement  # noqa: E402
 from test_corpus import _feed  # noqa: E402
-from test_qdq_transformer import check_trt_placement  # noqa: E402
 
-from calibkit import scales as scales_io  # noqa: E402
-from calibkit.pipeline import calibrate  # noqa: E402
-from calibkit.qdq import activation_qdq, export_qdq  # noqa: E402
-from calibkit.qdq_subgraph import body_activation_count  # noqa: E402
+from calibkit.artifacts import scales as scales_io  # noqa: E402
+from calibkit.calibration import calibrate  # noqa: E402
+from calibkit.qdq.bodies import body_activation_count  # noqa: E402
+from calibkit.qdq.export import activation_qdq, export_qdq  # noqa: E402
 
 CASES = {
     "ppocrv4_det": {"note": "Constant nodes"},
@@ -31,9 +31,18 @@ CASES = {
     "mtcnn_onet": {"external": True},
     "mtcnn_rnet_fp16": {"note": "float16"},
     # If on sr: one branch per sample rate, calibrated at 16 kHz; (ops quantized, ops left float)
-    "silero_vad": {"note": "6 ops inside If branches quantized", "float": "6 ops inside If branches left in float: not calibrated"},
-    "silero_vad_op18_ifless": {"note": "8 ops inside If branches quantized", "float": "8 ops inside If branches left in float: not calibrated"},
-    "oww_silero_vad": {"note": "18 ops inside If branches quantized", "float": "18 ops inside If branches left in float: not calibrated"},
+    "silero_vad": {
+        "note": "6 ops inside If branches quantized",
+        "float": "6 ops inside If branches left in float: not calibrated",
+    },
+    "silero_vad_op18_ifless": {
+        "note": "8 ops inside If branches quantized",
+        "float": "8 ops inside If branches left in float: not calibrated",
+    },
+    "oww_silero_vad": {
+        "note": "18 ops inside If branches quantized",
+        "float": "18 ops inside If branches left in float: not calibrated",
+    },
 }
 
 
@@ -53,7 +62,11 @@ def test_qdq_export_forms(corpus_model, model_files, tmp_path):  # corpus_model:
     assert (tmp_path / "m.qdq.onnx.data").exists() == case.get("external", False)
     onnx.checker.check_model(str(out), full_check="float" in case)  # full: strict shape inference through the branches
     q = onnx.load(str(out))
-    counts = check_trt_placement(onnx.load(str(model)), q, {t: v["scale"] for t, v in table.tensors.items()} if "float16" not in case.get("note", "") else _half(table))
+    counts = check_trt_placement(
+        onnx.load(str(model)),
+        q,
+        {t: v["scale"] for t, v in table.tensors.items()} if "float16" not in case.get("note", "") else _half(table),
+    )
     if "act_matmul" in case:
         assert counts["act_matmul"] >= case["act_matmul"]
     assert activation_qdq(q) or ("float" in case and body_activation_count(q))

@@ -1,0 +1,189 @@
+"""``calibkit`` command line: calibrate, inspect, merge, methods (validate/compare/export-qdq
+live in validate_cmds.py and register on this group)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from calibkit.cli.options import (
+    DEMO_OUT,
+    data_options,
+    feed_from,
+    feed_options,
+    method_from,
+    method_options,
+    preprocess_from,
+    user_errors,
+    warn_clip_option,
+)
+
+
+@click.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@data_options
+@feed_options
+@method_options
+@warn_clip_option
+@click.option("--histograms", type=click.Path(dir_okay=False), help="Re-threshold stored histograms (no inference).")
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    type=click.Path(file_okay=False),
+    help="Output directory (default: current dir; the bare demo writes ./calibkit-demo).",
+)
+@click.option("--recollect", is_flag=True, help="Run inference even when matching stored histograms exist.")
+@click.option("--force", is_flag=True, help="Accept --histograms whose model fingerprint differs.")
+@click.option(
+    "--trt-version", help="TensorRT version for the cache header (default: installed TensorRT, else 10.16.1)."
+)
+@click.option(
+    "--cache-algorithm",
+    default="EntropyCalibration2",
+    show_default=True,
+    help="Cache header algorithm; EntropyCalibration2 is what trtexec --calib accepts.",
+)
+@click.option(
+    "--devices",
+    metavar="0,1|all",
+    help="GPUs to shard the data over, one process each; the result equals one GPU's at the same --batch-size.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Processes decoding and preprocessing images (order kept: results never change).",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS|auto",
+    help=(
+        "Run the --devices shards as Ray actors of one GPU each: auto uses RAY_ADDRESS or starts a local cluster; "
+        "or a cluster's HOST:PORT. Needs pip install 'calibkit[ray]'."
+    ),
+)
+@user_errors
+def calibrate(
+    model,
+    output_dir,
+    histograms,
+    recollect,
+    force,
+    trt_version,
+    cache_algorithm,
+    devices,
+    workers,
+    ray_address,
+    warn_clip,
+    **kw,
+) -> None:
+    """Collect histograms of every activation and write INT8 scales.
+
+    \b
+    Writes to the output directory:
+      <model>.cache          TensorRT calibration cache (trtexec --int8 --calib=)
+      scales.json            per-tensor amax/scale, method, stats, fingerprints
+      histograms.npz         stored histograms (re-threshold with --histograms)
+      <model>.tensors.json   ONNX Runtime TensorsData (quantize_static calibration_cache_path)
+
+    With no MODEL, calibrates the shipped demo (digits CNN) into ./calibkit-demo.
+    """
+    from calibkit import demo
+    from calibkit.calibration import calibrate as run
+    from calibkit.cli.progress import err, sample_progress
+    from calibkit.cli.summary import print_calibration
+
+    if model is None:
+        model = str(demo.MODEL)
+        kw["data"] = kw["data"] or str(demo.CALIB)
+        if not kw.get("preprocess_file"):
+            kw["preprocess_file"] = str(demo.PREPROCESS)
+        output_dir = output_dir or DEMO_OUT
+        err.print(f"calibkit: no model given: calibrating the shipped demo {demo.MODEL.name} on {demo.CALIB}")
+    method, cfg = method_from(kw)
+    pre = preprocess_from(kw)
+    feed = feed_from(kw)
+    data = kw.pop("data")
+    if data is None and histograms is None:
+        raise click.UsageError("give --data (or --histograms to re-threshold stored histograms)")
+    with sample_progress("collecting") as (set_total, update):
+        result = run(
+            model,
+            data=data,
+            method=method,
+            config=cfg,
+            output_dir=output_dir or ".",
+            histograms=histograms,
+            batch_size=kw["batch_size"],
+            preprocess=pre,
+            recollect=recollect,
+            force=force,
+            trt_version=trt_version,
+            cache_algorithm=cache_algorithm,
+            device=kw["device"],
+            progress=update,
+            on_source=lambda s: set_total(_total(s.num_samples(), feed.max_samples)),
+            devices=_devices(devices, ray_address),
+            workers=workers,
+            ray=ray_address,
+            warn_clip=warn_clip,
+            feed=feed,
+        )
+    print_calibration(result)
+
+
+def _devices(text: str | None, ray: str | None = None) -> list[int] | None:
+    from calibkit.collect.sharded import parse_devices
+    from calibkit.sessions import cuda_device_count
+
+    if text is None:
+        return None
+    # On a Ray cluster the GPUs are the cluster's: indices are checked there (multi_gpu._on_ray).
+    return parse_devices(text, cuda_device_count(), check_visible=ray is None or text.strip() == "all")
+
+
+def _total(known: int | None, limit: int | None) -> int | None:
+    if limit is None:
+        return known
+    return limit if known is None else min(known, limit)
+
+
+@click.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--limit", type=int, default=20, show_default=True, help="Rows to show.")
+@user_errors
+def inspect(path, limit) -> None:
+    """Show a calibration cache, scales.json or histograms.npz."""
+    from calibkit.cli.summary import inspect_file
+
+    inspect_file(Path(path), limit)
+
+
+@click.command()
+@click.argument("histograms", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Merged histograms.npz to write.")
+@user_errors
+def merge(histograms, output) -> None:
+    """Merge histogram shards exactly (any order gives the same result)."""
+    from calibkit.artifacts import histograms as store
+    from calibkit.cli.progress import out
+
+    merged = store.merge_files(list(histograms))
+    store.save(merged, output)
+    out.print(f"merged {len(histograms)} shard(s): {len(merged.tensors)} tensors, {merged.samples} samples -> {output}")
+
+
+@click.command(name="methods")
+def list_methods() -> None:
+    """List threshold methods and their options."""
+    import dataclasses
+
+    from calibkit import methods
+
+    for name in methods.names():
+        m = methods.get(name)
+        opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(m.config_cls)) or "no options"
+        click.echo(f"{name:11s} {m.summary} ({opts})")

@@ -1,0 +1,228 @@
+"""One transaction per run: a run's output files are published as one set, or not at all.
+
+A run stages every output in ``<dir>/.calibkit/stage-<run id>/`` (beside each target, so a
+rename publishes it), then commits:
+
+1. a manifest naming the run id and every file's sha256 is staged beside the files;
+2. a journal listing every (staged file -> target) move is written atomically: the commit
+   point. Before it, an interrupted run leaves the previous set untouched;
+3. the files are renamed over their targets, the manifest last; the journal is removed.
+
+A run killed after the commit point (SIGKILL, power loss) is rolled forward by the next
+calibkit process that touches the directory, so every reader sees either the complete old
+set or the complete new set. Readers check files against the manifest and refuse a mixed
+set. An advisory lock (``.calibkit/lock``) makes a second concurrent run fail at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+from calibkit.errors import CalibkitError
+from calibkit.outputs.sets import (  # noqa: F401  (re-exported: readers import them from here)
+    FILE_MODE,
+    META,
+    PUBLISHED,
+    _clean_stale,
+    _fault,
+    _fsync_dir,
+    _journals,
+    _Lock,
+    _oserror,
+    _roll_forward,
+    ensure_dir,
+    recover,
+    sha256_file,
+    verify,
+)
+
+
+# --------------------------------------------------------------------------- transaction
+class Transaction:
+    """Stage a run's outputs and publish them as one set (see module docstring).
+
+    ``with Transaction(out_dir, "calibrate") as tx: tx.write_text("scales.json", ...); tx.commit()``.
+    Leaving the block without ``commit()`` (an error, Ctrl-C) publishes nothing.
+    """
+
+    def __init__(self, directory: str | os.PathLike, name: str, command: str | None = None) -> None:
+        self.directory = Path(directory) if str(directory) else Path(".")
+        self.name = name.replace("/", "_")
+        self.command = command or name
+        self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        self.staged: dict[Path, Path] = {}  # target -> staged file
+        self.kept: list[Path] = []
+        self.stages: dict[Path, Path] = {}  # target dir -> its staging dir
+        self.lock = _Lock(self.directory)
+        self.other_locks: list[_Lock] = []
+        self.created_dir = False
+        self.committed = False
+
+    # -- lifecycle
+    def __enter__(self) -> Transaction:
+        self.created_dir = not self.directory.exists()
+        ensure_dir(self.directory)
+        if not self.lock.acquire(0.0, purpose=f"calibkit {self.command}"):
+            raise CalibkitError(
+                f"output directory {self.directory} is in use by another calibkit run ({self.lock.holder()}); "
+                "wait for it to finish or choose another -o"
+            )
+        try:
+            for j in _journals(self.directory):
+                _roll_forward(j)
+            _clean_stale(self.directory)
+        except OSError as exc:
+            self.lock.release()
+            raise _oserror(exc, self.directory) from None
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if not self.committed:
+                for d in self.stages.values():
+                    shutil.rmtree(d, ignore_errors=True)
+                if self.created_dir:
+                    shutil.rmtree(self.directory / META, ignore_errors=True)
+                    with contextlib.suppress(OSError):
+                        self.directory.rmdir()  # only if the failed run left it empty
+        finally:
+            for lock in [self.lock, *self.other_locks]:
+                lock.release()
+
+    # -- staging
+    def _target(self, target: str | os.PathLike) -> Path:
+        t = Path(target)
+        return t if t.is_absolute() or t.parent != Path(".") else self.directory / t
+
+    def path(self, target: str | os.PathLike) -> Path:
+        """Where to write ``target``'s new content (a name in the run's directory, or a path)."""
+        t = self._target(target)
+        if t.is_dir():
+            raise CalibkitError(f"output {t} is a directory; remove it or choose another output path")
+        parent = t.parent
+        if parent not in self.stages:
+            ensure_dir(parent)
+            home = parent.parent if parent.name == META else parent
+            if home.resolve() != self.directory.resolve() and not any(
+                lk.path.parent.parent == home for lk in self.other_locks
+            ):
+                lock = _Lock(home)
+                if not lock.acquire(0.0, purpose=f"calibkit {self.command}"):
+                    raise CalibkitError(
+                        f"{home} is in use by another calibkit run ({lock.holder()}); wait for it to finish or write elsewhere"
+                    )
+                self.other_locks.append(lock)
+            meta = parent if parent.name == META else parent / META
+            try:
+                self.stages[parent] = Path(tempfile.mkdtemp(prefix=f"stage-{self.run_id}-", dir=ensure_dir(meta)))
+            except OSError as exc:
+                raise _oserror(exc, parent) from None
+        staged = self.stages[parent] / t.name
+        self.staged[t] = staged
+        return staged
+
+    @contextlib.contextmanager
+    def open(self, target: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+        staged = self.path(target)
+        try:
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            with os.fdopen(fd, mode) as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise _oserror(exc, self._target(target)) from None
+        _fault(f"staged:{Path(target).name}")
+
+    def write_bytes(self, target: str | os.PathLike, data: bytes) -> Path:
+        with self.open(target) as fh:
+            fh.write(data)
+        return self._target(target)
+
+    def write_text(self, target: str | os.PathLike, text: str) -> Path:
+        return self.write_bytes(target, text.encode("utf-8"))
+
+    def write_with(self, target: str | os.PathLike, writer: Callable[[IO], None]) -> Path:
+        with self.open(target) as fh:
+            writer(fh)
+        return self._target(target)
+
+    def adopt(self, target: str | os.PathLike, src: str | os.PathLike) -> Path:
+        """Publish the finished file ``src`` (same filesystem) as ``target``; it is moved."""
+        staged = self.path(target)
+        try:
+            os.replace(src, staged)
+            os.chmod(staged, FILE_MODE)
+        except OSError as exc:
+            raise _oserror(exc, self._target(target)) from None
+        return self._target(target)
+
+    def keep(self, target: str | os.PathLike) -> Path:
+        """An existing, unchanged file that belongs to this run's set (e.g. reused histograms)."""
+        t = self._target(target)
+        self.kept.append(t)
+        return t
+
+    # -- publishing
+    def _relative(self, target: Path) -> str:
+        return os.path.relpath(target, self.directory)
+
+    def commit(self) -> dict[str, Path]:
+        files = {self._relative(t): sha256_file(s) for t, s in self.staged.items()}
+        files.update({self._relative(t): sha256_file(t) for t in self.kept if t.is_file()})
+        manifest = {
+            "format": "calibkit-manifest",
+            "version": 1,
+            "run_id": self.run_id,
+            "command": self.command,
+            "files": dict(sorted(files.items())),
+        }
+        meta = self.directory / META
+        staged_manifest = self.path(meta / f"{self.name}.manifest.json")
+        moves = [(str(s), str(t)) for t, s in self.staged.items() if t != meta / f"{self.name}.manifest.json"]
+        moves.append((str(staged_manifest), str(meta / f"{self.name}.manifest.json")))
+        journal = meta / f"{self.name}.journal.json"
+        main_thread = threading.current_thread() is threading.main_thread()
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        if main_thread:
+            signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            try:
+                staged_manifest.write_text(json.dumps(manifest, indent=1) + "\n")
+                os.chmod(staged_manifest, FILE_MODE)
+                tmp = journal.with_name(journal.name + ".tmp")
+                with open(tmp, "w") as fh:
+                    json.dump({"run_id": self.run_id, "moves": moves}, fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                _fault("before-commit")
+                os.replace(tmp, journal)
+                _fsync_dir(meta)
+            except OSError as exc:
+                raise _oserror(exc, self.directory) from None
+            _fault("committed")
+            for k, (staged, target) in enumerate(moves):
+                os.replace(staged, target)
+                _fault(f"moved:{k}")
+            for d in {Path(t).parent for _, t in moves}:
+                _fsync_dir(d)
+            journal.unlink()
+            self.committed = True
+            PUBLISHED.append(self.directory)
+            for d in self.stages.values():
+                shutil.rmtree(d, ignore_errors=True)
+        finally:
+            if main_thread:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+        return {name: self.directory / name for name in files}

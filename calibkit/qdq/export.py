@@ -1,0 +1,222 @@
+"""Q/DQ ONNX export (explicit quantization: TensorRT 11, ONNX Runtime) from calibkit scales.
+
+The graph surgery is ONNX Runtime's ``quantize_static`` (QDQ format), fed calibkit's ranges
+through a ``TensorsData`` JSON (``calibration_cache_path``), so no calibration runs there.
+Symmetric INT8, zero point 0, per-tensor activations, per-channel weights, no bias
+quantization. Two placements:
+
+- ``trt`` (default): Q/DQ on the inputs of Conv, ConvTranspose, Gemm, MatMul only, outputs
+  left in float, BatchNorm/ReLU left for TensorRT to fold. The model TensorRT 11 builds.
+  ONNX Runtime runs it as dequantize -> float kernels (exact INT8 emulation).
+- ``ort``: outputs and pooling/elementwise ops quantized too, so ONNX Runtime's CPU provider
+  fuses the patterns into real INT8 kernels (QLinearConv, QGemm, ...).
+
+Ops inside If/Loop/Scan bodies, which the quantizer leaves alone, get the ``trt`` placement
+from calibkit/qdq/bodies.py (with ORT's scale conventions); those without scales stay float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from calibkit.artifacts import tensors_data as ort_tensors
+from calibkit.errors import CalibkitError
+from calibkit.numerics.formats import INT8
+from calibkit.qdq.placement import COMPUTE_OPS, ORT_EXTRA_OPS, PLACEMENTS, activation_inputs, quantized_ops
+
+FP16_MIN_OPSET = 19  # QuantizeLinear takes float16 input (and a float16 scale) from opset 19
+
+
+@contextlib.contextmanager
+def _quiet():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy where every node has a unique name (ORT excludes nodes by name), in bodies too."""
+    from calibkit.qdq.bodies import name_body_nodes
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    seen: set[str] = set()
+    for i, node in enumerate(m.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+    name_body_nodes(m)
+    return m
+
+
+def excluded_nodes(model: onnx.ModelProto, pattern: str | None) -> list[str]:
+    """Names of nodes (in bodies too) whose name or first output matches ``pattern``."""
+    from calibkit.qdq.bodies import body_nodes
+
+    if not pattern:
+        return []
+    try:
+        rx = re.compile(pattern)
+    except re.error as exc:
+        raise CalibkitError(f"--exclude-nodes {pattern!r} is not a valid regular expression: {exc}") from None
+    hits = [
+        n.name
+        for n in [*model.graph.node, *body_nodes(model)]
+        if rx.search(n.name) or (n.output and rx.search(n.output[0]))
+    ]
+    if not hits:
+        raise CalibkitError(
+            f"--exclude-nodes {pattern!r} matches no node name or output; check `calibkit inspect` of the model's scales"
+        )
+    return hits
+
+
+def export_qdq(
+    model: onnx.ModelProto | str | Path,
+    amax: dict[str, float],
+    out_path: str | Path,
+    placement: str = "trt",
+    exclude_nodes: str | None = None,
+    exclude_op_types: list[str] | None = None,
+    tx=None,
+    notes: list[str] | None = None,
+) -> Path:
+    """Write the Q/DQ model atomically (with ``<name>.data`` beside it for external-data or
+    large models); returns its path. ``model`` is a ModelProto or the path of an .onnx file
+    (then its weights are never loaded here). ``notes`` collects what was normalised."""
+    from calibkit.graph import forms as graph_forms
+    from calibkit.qdq import bodies as qdq_subgraph
+    from calibkit.qdq import files as qdq_io
+    from calibkit.qdq import post as qdq_post
+
+    if placement not in PLACEMENTS:
+        raise CalibkitError(f"--placement {placement!r} must be one of {', '.join(PLACEMENTS)}")
+    source_dir = None
+    if not isinstance(model, onnx.ModelProto):
+        source_dir = Path(model).parent
+        model = qdq_io.read_light(model)
+    external = bool(qdq_io.external_locations(model)) or qdq_io.tensor_bytes(model) > qdq_io.LARGE_BYTES
+    prepared, done = graph_forms.prepare(model)
+    named = name_nodes(prepared)
+    half = qdq_post.fp16_activations(named)
+    if half:
+        named, old = graph_forms.upgrade_opset(named, FP16_MIN_OPSET)
+        if old is not None:
+            done.append(f"opset {old} converted to {FP16_MIN_OPSET} for float16 Q/DQ")
+    skip_types = set(exclude_op_types or [])
+    known = set(COMPUTE_OPS) | set(ORT_EXTRA_OPS)
+    unknown = sorted(skip_types - known)
+    if unknown:
+        raise CalibkitError(
+            f"--exclude-op-types {unknown[0]!r} is not quantized anyway; quantized op types: {', '.join(sorted(known))}"
+        )
+    ops = quantized_ops(placement, skip_types)
+    if not ops:
+        raise CalibkitError("--exclude-op-types leaves no op type to quantize")
+    present = {n.op_type for n in [*named.graph.node, *qdq_subgraph.body_nodes(named)]}
+    if not present & set(ops):
+        raise CalibkitError(f"the model has none of the quantizable op types ({', '.join(ops)}); nothing to export")
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+    if placement == "trt":
+        extra["OpTypesToExcludeOutputQuantization"] = list(COMPUTE_OPS)
+    missing = [t for t in needed_activations(named, ops) if t not in amax]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise CalibkitError(
+            f"the scales have no entry for activation {missing[0]!r}{more}, an input of a quantized op; recalibrate this model (scales from another graph?)"
+        )
+    target = Path(out_path)
+    if target.is_dir():
+        raise CalibkitError(f"output {target} is a directory; pass a file path for the Q/DQ model")
+    skipped = excluded_nodes(named, exclude_nodes)
+    skip_conv = set(skipped) | {n.name for n in named.graph.node if n.op_type in skip_types}
+    joins = qdq_post.residual_inputs(named, amax, skip_conv) if placement == "trt" else {}
+    with tempfile.TemporaryDirectory(prefix="calibkit-qdq-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        cache.write_text(json.dumps(ort_tensors.tensors_data_dict(amax)))
+        src = qdq_io.stage_input(named, source_dir, Path(tmp) / "in")
+        staged = Path(tmp) / "out" / target.name
+        staged.parent.mkdir()
+        _quantize(src, staged, ops, skipped, extra, cache, external)
+        qdq = onnx.load(str(staged), load_external_data=False)
+        if placement == "trt":
+            quantized = {n.name for n in named.graph.node if n.op_type in ops and n.name not in skipped} | set(joins)
+            qdq_post.float_consumers(qdq, quantized)
+        if joins and qdq_post.quantize_residuals(qdq, joins, amax):
+            done.append(f"{len(joins)} residual Add inputs quantized (Conv+Add fusion)")
+        if half and qdq_post.float16_scales(qdq, half):
+            done.append("float16 activation scales (float16 graph)")
+        inner = qdq_subgraph.quantize_bodies(qdq, amax, ops, exclude_nodes, staged.parent)
+        done.extend(inner.notes())
+        if placement == "ort" and inner.quantized:
+            done.append("ops inside bodies get the trt placement (inputs of Conv/Gemm/MatMul only)")
+        onnx.save_model(qdq, str(staged))
+        qdq_io.check_written(staged)
+        if notes is not None:
+            notes.extend(done)
+        return qdq_io.publish(staged, target, tx)
+
+
+def _quantize(src: Path, staged: Path, ops, skipped, extra, cache: Path, external: bool) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationMethod
+
+    try:
+        with _quiet():
+            quantize_static(
+                str(src),
+                str(staged),
+                None,
+                quant_format=QuantFormat.QDQ,
+                activation_type=getattr(QuantType, INT8.ort_quant_type),
+                weight_type=getattr(QuantType, INT8.ort_quant_type),
+                per_channel=True,
+                calibrate_method=CalibrationMethod.MinMax,
+                op_types_to_quantize=ops,
+                nodes_to_exclude=skipped,
+                extra_options=extra,
+                calibration_cache_path=str(cache),
+                use_external_data_format=external,
+            )
+    except (KeyError, ValueError) as exc:
+        raise CalibkitError(
+            f"ONNX Runtime's quantizer refused the model: {str(exc).strip().splitlines()[0]}; recalibrate this model (scales from another graph?)"
+        ) from None
+
+
+def needed_activations(model: onnx.ModelProto, ops) -> list[str]:
+    """Float activations (not weights or constants) feeding the op types that get Q/DQ."""
+    from calibkit.graph.model import calibration_tensors
+
+    calib = set(calibration_tensors(model))
+    need: list[str] = []
+    for node in model.graph.node:
+        if node.op_type in ops:
+            need += [i for i in activation_inputs(node) if i in calib and i not in need]
+    return need
+
+
+def activation_qdq(model: onnx.ModelProto) -> dict[str, tuple[str, float]]:
+    """{float tensor: (its DequantizeLinear output, scale)} for quantized activations."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    dq_of = {n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    found = {}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] not in inits:
+            scale = numpy_helper.to_array(inits[n.input[1]])
+            if scale.ndim == 0 and n.output[0] in dq_of:
+                found[n.input[0]] = (dq_of[n.output[0]], float(scale))
+    return found

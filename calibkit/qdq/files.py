@@ -1,0 +1,141 @@
+"""Files around Q/DQ export: reading the source model without its weights, staging it for
+ONNX Runtime's quantizer (external data beside it), checking the result (onnx.checker and an
+ONNX Runtime load) and publishing ``model.qdq.onnx`` (+ ``model.qdq.onnx.data``) together.
+
+Nothing is ever written beside the source model, and no step serialises the whole model into
+one protobuf, so models over 2 GiB (external data) work.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from calibkit.errors import CalibkitError
+
+LARGE_BYTES = 1 << 30  # above this much tensor data, the Q/DQ model is written with external data
+
+
+def _tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _tensors(sub)
+
+
+def external_locations(model: onnx.ModelProto) -> list[str]:
+    """Relative paths of the external data files the model's tensors point to."""
+    locs: list[str] = []
+    for t in _tensors(model.graph):
+        if t.data_location == TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            if loc and loc not in locs:
+                locs.append(loc)
+    return locs
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data, in the proto or in external files (by the recorded lengths)."""
+    total = 0
+    for t in _tensors(model.graph):
+        if t.data_location == TensorProto.EXTERNAL:
+            total += int(next((e.value for e in t.external_data if e.key == "length"), 0) or 0)
+        else:
+            total += (
+                len(t.raw_data)
+                + 4 * (len(t.float_data) + len(t.int32_data))
+                + 8 * (len(t.int64_data) + len(t.double_data))
+            )
+    return total
+
+
+def read_light(path: str | Path) -> onnx.ModelProto:
+    """The model at ``path`` without loading external data; one-line errors."""
+    from calibkit.graph.model import read_graph
+
+    p = Path(path)
+    model = read_graph(p)
+    for loc in external_locations(model):
+        if not (p.parent / loc).is_file():
+            raise CalibkitError(
+                f"model {p} keeps weights in {loc}, which is not beside it; copy the data file next to the model"
+            )
+    return model
+
+
+def stage_input(model: onnx.ModelProto, source_dir: Path | None, where: Path) -> Path:
+    """Write ``model`` as ``where/model.onnx`` for the quantizer, its external data beside it
+    (copies of the source's files). Returns the path."""
+    where.mkdir(parents=True, exist_ok=True)
+    for loc in external_locations(model):
+        rel = Path(loc)
+        if rel.is_absolute() or ".." in rel.parts or source_dir is None:
+            raise CalibkitError(
+                f"external data location {loc!r} is not a file beside the model; re-save the model with relative external data"
+            )
+        dst = where / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source_dir / rel, dst)  # onnx refuses hard-linked and symlinked data files
+    path = where / "model.onnx"
+    if tensor_bytes(model) > LARGE_BYTES and not external_locations(model):
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data"
+        )
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def check_written(path: Path) -> None:
+    """onnx.checker (from the path: external data and > 2 GiB supported) and an ONNX Runtime load."""
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise CalibkitError(f"the exported Q/DQ model fails onnx.checker: {str(exc).strip().splitlines()[0]}") from None
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise CalibkitError(
+            f"the exported Q/DQ model does not load in ONNX Runtime ({first}); nothing written, please report this model"
+        ) from None
+
+
+def publish(staged: Path, target: Path, tx=None) -> Path:
+    """Publish ``staged`` as ``target`` and its external data file (if any) beside it, as one set."""
+    from calibkit.outputs.publish import Transaction
+
+    files = [(target.name, staged)]
+    data = staged.with_name(staged.name + ".data")
+    if data.exists():
+        files.append((target.name + ".data", data))
+
+    def put(t) -> None:
+        for name, src in files:
+            t.write_with(target.parent / name if t is tx else name, lambda fh, s=src: copy_into(s, fh))
+
+    if tx is not None:
+        put(tx)
+        return target
+    with Transaction(target.parent, target.name, command=f"writing {target.name}") as own:
+        put(own)
+        own.commit()
+    return target
+
+
+def copy_into(src: Path, fh) -> None:
+    with open(src, "rb") as s:
+        shutil.copyfileobj(s, fh, 1 << 20)
