@@ -45,11 +45,7 @@ METRICS = TOOLS / "realdata_metrics"
 # NAME -> (helper module, build function, one-line description)
 DATASETS = {
     "ppocrv4_rec": ("realdata_ocr", "build_rec", "rendered English text lines -> CTC decode, exact match"),
-    "ppocrv4_det": (
-        "realdata_ocr",
-        "build_det",
-        "320x320 pages of rendered lines -> pixel F1 of prob>0.3 vs text mask",
-    ),
+    "ppocrv4_det": ("realdata_det", "build", "320x320 pages of rendered lines -> pixel F1 of prob>0.3 vs DB mask"),
     "ppocr_cls": ("realdata_ocr", "build_cls", "rendered lines, half turned 180 degrees -> argmax == orientation"),
     "minilm_l6": ("realdata_minilm", "build", "real sentences + paraphrase partners -> top-1 retrieval of the partner"),
     "ddddocr_common": ("realdata_dddd", "build", "rendered captcha-like strings -> CTC decode, exact match"),

@@ -21,7 +21,8 @@ import corpus  # noqa: E402
 import realdata  # noqa: E402
 
 COUNTS = {"calib": 4, "search": 4, "test": 8}
-FLOOR = {"ppocrv4_rec": 0.5, "ppocr_cls": 0.75}  # FP32's own score on its 8 test samples
+FLOOR = {"ppocrv4_rec": 0.5, "ppocr_cls": 0.75, "ppocrv4_det": 0.6}  # FP32's own score on its 8 test samples
+SHAPE = {"ppocrv4_rec": (3, 48, 320), "ppocr_cls": (3, 48, 192), "ppocrv4_det": (3, 320, 320)}
 
 
 def _need(name: str) -> None:
@@ -49,7 +50,7 @@ def test_files_and_shapes(built):
         with np.load(d / f"{split}.npz") as z:
             assert list(z.keys()) == ["x"]
             assert z["x"].dtype == np.float32 and len(z["x"]) == COUNTS[split] and np.isfinite(z["x"]).all()
-            assert z["x"].shape[1:] == ((3, 48, 320) if name == "ppocrv4_rec" else (3, 48, 192))
+            assert z["x"].shape[1:] == SHAPE[name]
         if split != "calib":
             lab = np.load(d / f"{split}.labels.npy")
             assert lab.dtype == np.int64 and lab.shape == (COUNTS[split],)
@@ -69,13 +70,18 @@ def test_disjoint_splits(built):
     name, base, _ = built
     doc = json.loads((base / "a" / "labels.json").read_text())
     items = doc["items"]
-    assert [len(items[s]) for s in realdata.SPLITS] == [COUNTS[s] for s in realdata.SPLITS]
+    if name != "ppocrv4_det":  # one string per sample (det: the lines of every page)
+        assert [len(items[s]) for s in realdata.SPLITS] == [COUNTS[s] for s in realdata.SPLITS]
     seen = [t.strip() for s in realdata.SPLITS for t in items[s]]
     assert len(seen) == len(set(seen)), "a string appears twice (within or across splits)"
     if name == "ppocrv4_rec":  # labels index the split's own strings
         for split in ("search", "test"):
             lab = np.load(base / "a" / f"{split}.labels.npy")
             assert [doc["texts"][i] for i in lab] == items[split]
+    elif name == "ppocrv4_det":  # labels index the split's own pages
+        for split in ("search", "test"):
+            lab = np.load(base / "a" / f"{split}.labels.npy")
+            assert [t for i in lab for t in doc["pages"][i]["lines"]] == items[split]
     else:  # class ids, half of each split turned by 180 degrees
         for split in ("search", "test"):
             lab = np.load(base / "a" / f"{split}.labels.npy")
