@@ -63,6 +63,7 @@ class Built:
     labels_json: dict  # must hold "items": split -> list of str (checked disjoint)
     readme: str  # one paragraph; "{fp32}" is replaced by FP32's test score
     batch: int = 16  # batch for the FP32 check run
+    out_axis: int = 0  # the outputs' sample axis (ddddocr's CTC output is [T, N, C])
     files: dict[str, np.ndarray] = field(default_factory=dict)  # extra .npy files (e.g. a gallery)
 
 
@@ -84,8 +85,8 @@ def session(path: Path, threads: int = 0):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def run_model(sess, inputs: dict[str, np.ndarray], batch: int = 16) -> dict[str, np.ndarray]:
-    """Outputs of ``sess`` over ``inputs`` [N, ...] in batches, concatenated on axis 0."""
+def run_model(sess, inputs: dict[str, np.ndarray], batch: int = 16, out_axis: int = 0) -> dict[str, np.ndarray]:
+    """Outputs of ``sess`` over ``inputs`` [N, ...] in batches, concatenated on ``out_axis``."""
     n = len(next(iter(inputs.values())))
     names = [o.name for o in sess.get_outputs()]
     parts = {k: [] for k in names}
@@ -93,7 +94,7 @@ def run_model(sess, inputs: dict[str, np.ndarray], batch: int = 16) -> dict[str,
         outs = sess.run(None, {k: v[s : s + batch] for k, v in inputs.items()})
         for k, o in zip(names, outs):
             parts[k].append(o)
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return {k: np.concatenate(v, axis=out_axis) for k, v in parts.items()}
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -162,7 +163,7 @@ def make(
         result = {"fp32_test": None}
         if check:  # FP32 on the test split through the written metric.py
             metric = load_metric(tmp)
-            ref = run_model(session(built.model), built.inputs["test"], built.batch)
+            ref = run_model(session(built.model), built.inputs["test"], built.batch, built.out_axis)
             s = np.asarray(metric.score(ref, built.labels["test"]), np.float64)
             a = np.asarray(metric.agree(ref, ref), np.float64)
             if s.shape != (counts["test"],) or not np.isfinite(s).all() or not (a == 1).all():
