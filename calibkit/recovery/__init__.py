@@ -1,0 +1,203 @@
+"""Accuracy recovery that keeps layers in INT8: thresholds by the consumer's error, bias
+correction, adaptive weight rounding (and, from their own modules, SmoothQuant and cross-layer
+equalization). Every technique ends in a float model whose weights and biases carry the
+result, so the Q/DQ export, a TensorRT 10 build from the cache and the validation all use the
+same corrected weights.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from calibkit.artifacts.histograms import HistogramSet
+from calibkit.errors import CalibkitError
+from calibkit.methods import auto
+from calibkit.recovery import gather, rounding, thresholds
+from calibkit.recovery.edit import Editor
+from calibkit.recovery.layers import Layer, find, weight_from_matrix, weight_matrix
+from calibkit.recovery.stats import Moments, mean_shift
+
+ROUNDINGS = ("nearest", "adaptive")
+THRESHOLDS = ("consumer", "auto", "method")
+
+
+@dataclass(frozen=True)
+class RecoveryOptions:
+    """``thresholds``: consumer (the consumer's error), auto (the tensor's own MSE) or method
+    (the calibration table's as it is); ``bias_correction``; ``rounding``: nearest|adaptive;
+    ``passes``: rounds of statistics from the model recovered so far (the first from the
+    model with nearest rounding), so upstream layers' corrections are seen downstream;
+    ``rows_budget``: multiply-adds per layer and batch for the K x K statistics."""
+
+    thresholds: str = "consumer"
+    bias_correction: bool = True
+    rounding: str = "adaptive"
+    passes: int = 2
+    iterations: int = 1000
+    rows_budget: float = 2e8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rounding not in ROUNDINGS:
+            raise CalibkitError(f"--rounding {self.rounding!r} must be one of {', '.join(ROUNDINGS)}")
+        if self.thresholds not in THRESHOLDS:
+            raise CalibkitError(f"--thresholds {self.thresholds!r} must be one of {', '.join(THRESHOLDS)}")
+        if self.passes < 1:
+            raise CalibkitError(f"--recovery-passes must be >= 1, got {self.passes}")
+
+    @property
+    def changes_weights(self) -> bool:
+        return self.bias_correction or self.rounding != "nearest"
+
+    def off(self) -> RecoveryOptions:
+        return replace(self, bias_correction=False, rounding="nearest")
+
+
+def choose_thresholds(
+    model: onnx.ModelProto,
+    hset: HistogramSet,
+    amax: dict[str, float],
+    feeds: list[dict[str, np.ndarray]],
+    opts: RecoveryOptions,
+    device: str = "cpu",
+) -> tuple[dict[str, float], dict[str, dict]]:
+    """{tensor: amax} and {tensor: what was chosen and why} for every tensor of ``amax``."""
+    if opts.thresholds == "method":
+        return dict(amax), {}
+    out, why = dict(amax), {}
+    for name, h in hset.tensors.items():
+        if name in amax and opts.thresholds in ("auto", "consumer"):
+            a, detail = auto.choose(h, auto.AutoConfig())
+            out[name] = a
+            why[name] = {"amax": a, "by": "auto", "method": detail["method"]}
+    if opts.thresholds == "auto":
+        return out, why
+    layers, _ = find(model, amax)
+    inits = {i.name: i for i in model.graph.initializer}
+    consumers: dict[str, list[Layer]] = {}
+    for layer in layers:
+        if layer.input in hset.tensors:
+            consumers.setdefault(layer.input, []).append(layer)
+    hists: dict[str, thresholds.ChannelHistogram] = {}
+    for got in gather.tensors(model, list(consumers), feeds, device):
+        for name, users in consumers.items():
+            x = got[name]
+            axis = 1 if users[0].op in ("Conv", "Gemm") else x.ndim - 1
+            if name not in hists:
+                hists[name] = thresholds.ChannelHistogram(x.shape[axis], hset.tensors[name].amax)
+            hists[name].update(x, axis)
+    for name, users in consumers.items():
+        h = hists[name]
+        energies = []
+        for layer in users:
+            e = thresholds.channel_energy(
+                layer.op, onnx.numpy_helper.to_array(inits[layer.weight]), layer.groups, layer.trans_b
+            )
+            if e.shape == (h.channels,):
+                energies.append(e)
+        if not energies:
+            continue
+        c = thresholds.choose(hset.tensors[name], h, energies)
+        out[name] = c.amax
+        why[name] = {
+            "amax": c.amax,
+            "by": "consumer_error",
+            "method": c.method,
+            "error": c.error,
+            "error_auto": c.error_auto,
+            "consumers": len(energies),
+        }
+    return out, why
+
+
+def _qdq(model: onnx.ModelProto, amax: dict[str, float], tmp: Path) -> onnx.ModelProto:
+    from calibkit.qdq.export import export_qdq
+
+    path = export_qdq(model, amax, tmp / "pass.qdq.onnx")
+    return onnx.load(str(path))
+
+
+def recover_weights(
+    model: onnx.ModelProto,
+    amax: dict[str, float],
+    feeds: list[dict[str, np.ndarray]],
+    opts: RecoveryOptions,
+    device: str = "cpu",
+) -> tuple[onnx.ModelProto, dict]:
+    """A copy of ``model`` (prepared and named: qdq.export.name_nodes) with rounded weights and
+    corrected biases, and the record of what each layer got."""
+    layers, skipped = find(model, amax)
+    inits = {i.name: i for i in model.graph.initializer}
+    float_layers = [layer for layer in layers if onnx.numpy_helper.to_array(inits[layer.weight]).dtype == np.float32]
+    for layer in layers:
+        if layer not in float_layers:
+            skipped[layer.node] = "weights are not float32"
+    doc: dict = {"layers": {}, "skipped": skipped, "passes": 0}
+    current = model
+    if not opts.changes_weights or not float_layers:
+        return current, doc
+    originals = {
+        layer.node: weight_matrix(layer, onnx.numpy_helper.to_array(inits[layer.weight])) for layer in float_layers
+    }
+    shapes = {layer.node: tuple(inits[layer.weight].dims) for layer in float_layers}
+    with tempfile.TemporaryDirectory(prefix="calibkit-recover-") as tmp:
+        for p in range(opts.passes):
+            qdq = _qdq(current, amax, Path(tmp))
+            moments = _moments(model, qdq, float_layers, feeds, opts, device)
+            current, doc["layers"] = _apply(model, float_layers, originals, shapes, moments, opts)
+            doc["passes"] = p + 1
+    return current, doc
+
+
+def _moments(model, qdq, layers: list[Layer], feeds, opts: RecoveryOptions, device) -> dict[str, Moments]:
+    moments: dict[str, Moments] = {}
+
+    def limit(layer: Layer, k: int) -> int:
+        return gather.row_limit(layer, k, opts.rows_budget)
+
+    for got in gather.rows(model, layers, feeds, qdq=qdq, limit=limit, seed=opts.seed, device=device):
+        for node, (x, xq) in got.items():
+            if xq is None:
+                continue
+            m = moments.get(node) or Moments(x.shape[0], x.shape[2])
+            m.update(x, xq)
+            moments[node] = m
+    return moments
+
+
+def _apply(model, layers, originals, shapes, moments, opts: RecoveryOptions) -> tuple[onnx.ModelProto, dict]:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    ed = Editor(out)
+    record = {}
+    for layer in layers:
+        m = moments.get(layer.node)
+        if m is None:
+            continue
+        w = originals[layer.node]
+        if opts.rounding == "adaptive":
+            r = rounding.adaround(m, w, iterations=opts.iterations, seed=opts.seed)
+        else:
+            r = rounding.adaround(m, w, iterations=0)
+        s = rounding.channel_scales(w)
+        v = rounding.dequantize(r.q, s)
+        ed.set_weight(layer, weight_from_matrix(layer, v, shapes[layer.node]))
+        rec = {
+            "op": layer.op,
+            "rounding": "nearest" if r.kept_nearest else "adaptive",
+            "error_nearest": r.error_nearest,
+            "error": r.error,
+            "changed": float(np.mean(r.q != rounding.nearest(w, s))),
+        }
+        if opts.bias_correction:
+            shift = mean_shift(m, w.astype(np.float64), v.astype(np.float64)).reshape(-1)
+            where = ed.add_bias(layer, shift)
+            rec["bias"] = "corrected" if where else "no bias slot (MatMul without its Add)"
+            rec["bias_shift_max"] = float(np.abs(shift).max()) if shift.size else 0.0
+        record[layer.node] = rec
+    return out, record
