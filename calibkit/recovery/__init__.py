@@ -7,9 +7,7 @@ same corrected weights.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,8 +17,8 @@ from calibkit.errors import CalibkitError
 from calibkit.methods import auto
 from calibkit.recovery import gather, rounding, thresholds
 from calibkit.recovery.edit import Editor
-from calibkit.recovery.layers import Layer, find, weight_from_matrix, weight_matrix
-from calibkit.recovery.stats import Moments, mean_shift
+from calibkit.recovery.layers import Layer, find, weight_from_matrix
+from calibkit.recovery.stats import mean_shift
 
 ROUNDINGS = ("nearest", "adaptive")
 THRESHOLDS = ("consumer", "auto", "method")
@@ -30,14 +28,11 @@ THRESHOLDS = ("consumer", "auto", "method")
 class RecoveryOptions:
     """``thresholds``: consumer (the consumer's error), auto (the tensor's own MSE) or method
     (the calibration table's as it is); ``bias_correction``; ``rounding``: nearest|adaptive;
-    ``passes``: rounds of statistics from the model recovered so far (the first from the
-    model with nearest rounding), so upstream layers' corrections are seen downstream;
     ``rows_budget``: multiply-adds per layer and batch for the K x K statistics."""
 
     thresholds: str = "consumer"
     bias_correction: bool = True
     rounding: str = "adaptive"
-    passes: int = 2
     iterations: int = 1000
     rows_budget: float = 2e8
     seed: int = 0
@@ -47,8 +42,6 @@ class RecoveryOptions:
             raise CalibkitError(f"--rounding {self.rounding!r} must be one of {', '.join(ROUNDINGS)}")
         if self.thresholds not in THRESHOLDS:
             raise CalibkitError(f"--thresholds {self.thresholds!r} must be one of {', '.join(THRESHOLDS)}")
-        if self.passes < 1:
-            raise CalibkitError(f"--recovery-passes must be >= 1, got {self.passes}")
 
     @property
     def changes_weights(self) -> bool:
@@ -115,89 +108,58 @@ def choose_thresholds(
     return out, why
 
 
-def _qdq(model: onnx.ModelProto, amax: dict[str, float], tmp: Path) -> onnx.ModelProto:
-    from calibkit.qdq.export import export_qdq
-
-    path = export_qdq(model, amax, tmp / "pass.qdq.onnx")
-    return onnx.load(str(path))
-
-
 def recover_weights(
     model: onnx.ModelProto,
     amax: dict[str, float],
     feeds: list[dict[str, np.ndarray]],
     opts: RecoveryOptions,
     device: str = "cpu",
+    progress=None,
 ) -> tuple[onnx.ModelProto, dict]:
     """A copy of ``model`` (prepared and named: qdq.export.name_nodes) with rounded weights and
-    corrected biases, and the record of what each layer got."""
+    corrected biases, and the record of what each layer got.
+
+    Layers are taken in topological order, each against the input it gets from the INT8 model
+    whose earlier layers already carry their rounding and correction (Nagel et al.'s "full"
+    order: no correction counted twice). One Q/DQ session serves every step: the recovered
+    layers' weights and biases are its inputs (sequential.py)."""
+    from calibkit.recovery.sequential import Stepper
+
     layers, skipped = find(model, amax)
     inits = {i.name: i for i in model.graph.initializer}
     float_layers = [layer for layer in layers if onnx.numpy_helper.to_array(inits[layer.weight]).dtype == np.float32]
     for layer in layers:
         if layer not in float_layers:
             skipped[layer.node] = "weights are not float32"
-    doc: dict = {"layers": {}, "skipped": skipped, "passes": 0}
-    current = model
+    doc: dict = {"layers": {}, "skipped": skipped}
     if not opts.changes_weights or not float_layers:
-        return current, doc
-    originals = {
-        layer.node: weight_matrix(layer, onnx.numpy_helper.to_array(inits[layer.weight])) for layer in float_layers
-    }
-    shapes = {layer.node: tuple(inits[layer.weight].dims) for layer in float_layers}
-    with tempfile.TemporaryDirectory(prefix="calibkit-recover-") as tmp:
-        for p in range(opts.passes):
-            qdq = _qdq(current, amax, Path(tmp))
-            moments = _moments(model, qdq, float_layers, feeds, opts, device)
-            current, doc["layers"] = _apply(model, float_layers, originals, shapes, moments, opts)
-            doc["passes"] = p + 1
-    return current, doc
-
-
-def _moments(model, qdq, layers: list[Layer], feeds, opts: RecoveryOptions, device) -> dict[str, Moments]:
-    moments: dict[str, Moments] = {}
-
-    def limit(layer: Layer, k: int) -> int:
-        return gather.row_limit(layer, k, opts.rows_budget)
-
-    for got in gather.rows(model, layers, feeds, qdq=qdq, limit=limit, seed=opts.seed, device=device):
-        for node, (x, xq) in got.items():
-            if xq is None:
-                continue
-            m = moments.get(node) or Moments(x.shape[0], x.shape[2])
-            m.update(x, xq)
-            moments[node] = m
-    return moments
-
-
-def _apply(model, layers, originals, shapes, moments, opts: RecoveryOptions) -> tuple[onnx.ModelProto, dict]:
+        return model, doc
     out = onnx.ModelProto()
     out.CopyFrom(model)
     ed = Editor(out)
-    record = {}
-    for layer in layers:
-        m = moments.get(layer.node)
-        if m is None:
-            continue
-        w = originals[layer.node]
-        if opts.rounding == "adaptive":
-            r = rounding.adaround(m, w, iterations=opts.iterations, seed=opts.seed)
-        else:
-            r = rounding.adaround(m, w, iterations=0)
-        s = rounding.channel_scales(w)
-        v = rounding.dequantize(r.q, s)
-        ed.set_weight(layer, weight_from_matrix(layer, v, shapes[layer.node]))
-        rec = {
-            "op": layer.op,
-            "rounding": "nearest" if r.kept_nearest else "adaptive",
-            "error_nearest": r.error_nearest,
-            "error": r.error,
-            "changed": float(np.mean(r.q != rounding.nearest(w, s))),
-        }
-        if opts.bias_correction:
-            shift = mean_shift(m, w.astype(np.float64), v.astype(np.float64)).reshape(-1)
-            where = ed.add_bias(layer, shift)
-            rec["bias"] = "corrected" if where else "no bias slot (MatMul without its Add)"
-            rec["bias_shift_max"] = float(np.abs(shift).max()) if shift.size else 0.0
-        record[layer.node] = rec
-    return out, record
+    with Stepper(model, amax, float_layers, feeds, opts, device) as st:
+        for i, layer in enumerate(float_layers):
+            m = st.moments(i)
+            w = st.weights[i]
+            r = rounding.adaround(m, w, iterations=opts.iterations if opts.rounding == "adaptive" else 0)
+            s = rounding.channel_scales(w)
+            v = rounding.dequantize(r.q, s)
+            rec = {
+                "op": layer.op,
+                "rounding": "nearest" if r.kept_nearest else "adaptive",
+                "error_nearest": r.error_nearest,
+                "error": r.error,
+                "changed": float(np.mean(r.q != rounding.nearest(w, s))),
+            }
+            shift = None
+            if opts.bias_correction:
+                shift = mean_shift(m, w.astype(np.float64), v.astype(np.float64)).reshape(-1)
+                rec["bias_shift_max"] = float(np.abs(shift).max()) if shift.size else 0.0
+            st.set(i, v, shift)
+            ed.set_weight(layer, weight_from_matrix(layer, v, st.shapes[i]))
+            if shift is not None:
+                rec["bias"] = "corrected" if ed.add_bias(layer, shift) else "no bias slot (MatMul without its Add)"
+            doc["layers"][layer.node] = rec
+            if progress is not None:
+                progress(i + 1, len(float_layers))
+    return out, doc

@@ -1,8 +1,8 @@
 """Rows of the layers' inputs from real runs: the FP32 model and, beside it, the Q/DQ model.
 
-One ONNX Runtime session per model, the layers' inputs exposed as outputs, one batch at a time;
-the same sampled positions are taken from both runs, so row ``i`` of the float and of the
-quantized input are the same patch of the same sample. Only the sampled rows are kept.
+One ONNX Runtime session per model, the wanted tensors exposed as outputs, one batch at a
+time. Rows (patches) are sampled at positions fixed by a seed, so row ``i`` of the float and
+of the quantized input are the same patch of the same sample.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from calibkit.graph.model import with_outputs
-from calibkit.recovery.layers import Layer, patches, positions
+from calibkit.recovery.layers import Layer, positions
 from calibkit.sessions import session
 
 
@@ -41,26 +41,7 @@ def tensors(
         yield {**feed, **dict(zip(wanted, sess.run(wanted, feed)))}
 
 
-def rows(
-    fp32: onnx.ModelProto,
-    layers: list[Layer],
-    feeds: list[dict[str, np.ndarray]],
-    qdq: onnx.ModelProto | None = None,
-    limit=lambda layer, k: 1024,
-    seed: int = 0,
-    device: str = "cpu",
-) -> Iterator[dict[str, tuple[np.ndarray, np.ndarray | None]]]:
-    """Per batch, {layer node: (float rows [G, M, K], quantized rows or None)}."""
-    q_names = quantized_inputs(qdq, layers) if qdq is not None else {}
-    runs = tensors(fp32, [layer.input for layer in layers], feeds, device)
-    q_runs = tensors(qdq, list(q_names.values()), feeds, device, exact_qdq=True) if qdq is not None else None
-    for b, got in enumerate(runs):
-        got_q = next(q_runs) if q_runs is not None else {}
-        out = {}
-        for i, layer in enumerate(layers):
-            x = got[layer.input]
-            k = x.shape[-1] if layer.op != "Conv" else int(x.shape[1] // layer.groups * np.prod(layer.kernel))
-            pick = positions(layer, x.shape, limit(layer, k), seed * 1_000_003 + b * 7919 + i)
-            xq = got_q.get(q_names.get(layer.node))
-            out[layer.node] = (patches(layer, x, pick), None if xq is None else patches(layer, xq, pick))
-        yield out
+def positions_for(layer: Layer, shape: tuple[int, ...], limit: int, seed: int, batch: int, index: int) -> np.ndarray:
+    """The sampled rows of layer ``index`` in batch ``batch``: fixed by the seed, the same for
+    the float and the quantized input."""
+    return positions(layer, shape, limit, seed * 1_000_003 + batch * 7919 + index)

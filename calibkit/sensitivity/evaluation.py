@@ -16,6 +16,7 @@ import json
 import math
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,12 @@ class ValSet:
     @property
     def n(self) -> int:
         return int(sum(self.samples))
+
+    @property
+    def ref_task(self) -> float | None:
+        """FP32's task score (percent), when the set has a task."""
+        s = self.ref_scores
+        return None if s is None else 100.0 * float(s.sum()) / len(s)
 
     @property
     def task(self) -> str | None:
@@ -225,10 +232,16 @@ def task(kept: tuple[int, ...]) -> dict:
     sess = _STATE["sess"]
     keep = set(kept)
     switches = {switch_name(i): np.array(i not in keep) for i in range(_STATE["n_switch"])}
+    return score_outputs(vs, lambda feed: sess.run(vs.output_names, {**feed, **switches}), _STATE["metric_fn"])
+
+
+def score_outputs(vs: ValSet, run: Callable[[dict], list[np.ndarray]], metric_fn=None) -> dict:
+    """Cosine to the FP32 reference per output (and the worst), and the task score (percent)
+    when the set has one, of a candidate ``run(feed) -> outputs`` over the validation set."""
     agree = [Agreement() for _ in vs.output_names]
     outs = []
     for feed, ref in zip(vs.feeds, vs.reference):
-        out = sess.run(vs.output_names, {**feed, **switches})
+        out = run(feed)
         for a, r, c in zip(agree, ref, out):
             a.add(r, c)
         if vs.ref_scores is not None:
@@ -236,7 +249,7 @@ def task(kept: tuple[int, ...]) -> dict:
     cos = {name: _num(a.cosine) for name, a in zip(vs.output_names, agree)}
     result = {"cosine": cos, "min_cosine": _min(cos.values())}
     if vs.ref_scores is not None:
-        fn = _STATE["metric_fn"]
+        fn = metric_fn if metric_fn is not None or not vs.metric else load_function(vs.metric, default="metric")[1]
         scores = _task_scores(outs, vs.output_names, vs.labels, fn, vs.metric, vs.samples)
         result["task"] = _num(100.0 * float(scores.sum()) / len(scores))
     return result

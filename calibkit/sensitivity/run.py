@@ -35,8 +35,7 @@ class Session:
 
     @property
     def ref_task(self) -> float | None:
-        s = self.vs.ref_scores
-        return None if s is None else 100.0 * float(s.sum()) / len(s)
+        return self.vs.ref_task
 
     def evaluator(self, progress: Callable[[int, int], None] | None = None) -> tuple[Evaluator, Callable[[], None]]:
         """An evaluator backed by the executor and this session's journal; call the returned

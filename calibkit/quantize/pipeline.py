@@ -1,0 +1,197 @@
+"""The steps of ``calibkit quantize`` and what each one bought on the search set."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import onnx
+
+from calibkit.calibration import calibrate
+from calibkit.data import open_source, run_batches
+from calibkit.data.feed import FeedStats
+from calibkit.data.options import FeedOptions
+from calibkit.errors import ThresholdFailed
+from calibkit.graph.model import fingerprint_file, input_specs
+from calibkit.quantize import first_samples, model_proto
+from calibkit.quantize import stages as ST
+from calibkit.quantize import transforms as TF
+from calibkit.recovery import choose_thresholds, recover_weights
+from calibkit.sensitivity.evaluation import load_valset
+from calibkit.sensitivity.search import meets
+
+
+class Pipeline:
+    def __init__(self, model_path, data, val, labels, metric, target, options, preprocess, feed, device, tmp, say):
+        self.model_path, self.data, self.val = model_path, data, val
+        self.labels, self.metric, self.target, self.o = labels, metric, target, options
+        self.preprocess, self.feed, self.device, self.tmp, self.say = preprocess, FeedOptions.of(feed), device, tmp, say
+        self.stages: list[dict] = []
+
+    # -- helpers -------------------------------------------------------------------------
+    def _feeds(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+        specs = input_specs(model, self.feed.batch_axes)
+        source = open_source(self.data, specs, self.preprocess)
+        return [
+            {k: np.ascontiguousarray(v) for k, v in b.items()}
+            for b in run_batches(source, specs, self.o.run_batch, FeedStats(), self.feed)
+        ]
+
+    def _calibrate(self, proto: onnx.ModelProto, name: str):
+        d = self.tmp / name
+        d.mkdir()
+        path = d / self.model_path.name
+        onnx.save_model(proto, str(path))
+        res = calibrate(path, self.data, output_dir=d / "cal", preprocess=self.preprocess, feed=self.feed)
+        return path, res
+
+    def _stage(self, label: str, step: str, model, amax, excluded=(), note: str = "") -> dict:
+        from calibkit.sensitivity.exclusions import regex
+
+        r = ST.evaluate(model, amax, self.vs, regex(list(excluded)) if excluded else None, self.device)
+        q, total = ST.int8_fraction(model, amax, list(excluded))
+        row = {"stage": label, "step": step, "int8_layers": q, "layers": total, **r}
+        if note:
+            row["note"] = note
+        row["meets"] = meets(r, self.gates, self.vs.ref_task)
+        self.stages.append(row)
+        task = f", task {r['task']:.2f}%" if r.get("task") is not None else ""
+        self.say(f"{label}: worst cosine {r['min_cosine']}{task}, {q}/{total} layers INT8")
+        return row
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self, workers, ray) -> dict:
+        o = self.o
+        original = model_proto(self.model_path)
+        self.vs, _ = load_valset(
+            original, fingerprint_file(self.model_path), self.val, self.preprocess, self.labels, self.metric, self.feed
+        )
+        self.gates, self.default_target = self.target.applied(self.vs.task is not None)
+        ref = {"cosine": 1.0}
+        if self.vs.ref_task is not None:
+            ref["task"] = self.vs.ref_task
+        self.say("calibrating (histograms of every activation)")
+        _, base = self._calibrate(original, "original")
+        self._stage("calibkit calibrate (entropy)", "baseline", original, base.table.amax())
+        feeds = self._feeds(original)
+        rec_feeds = first_samples(feeds, o.recovery_samples)
+
+        self.say("thresholds by the consumer's error")
+        amax, why = choose_thresholds(original, base.histograms, base.table.amax(), feeds, o.recovery, self.device)
+        self._stage("+ thresholds by the consumer's error", "thresholds", original, amax)
+
+        model, hset, transforms = original, base.histograms, {}
+        if o.equalize or o.smoothquant != "off":
+            model, transforms = TF.apply(original, feeds, o, self.say)
+            if transforms.get("changed"):
+                _, cal = self._calibrate(model, "transformed")
+                hset = cal.histograms
+                amax, why = choose_thresholds(model, hset, cal.table.amax(), feeds, o.recovery, self.device)
+                self._stage("+ " + TF.label(transforms), "transforms", model, amax)
+
+        recovery: dict = {"layers": {}, "skipped": {}}
+        if o.recovery.changes_weights:
+            if o.recovery.bias_correction and o.recovery.rounding == "adaptive":
+                self.say("bias correction alone (for the report)")
+                bc, _ = recover_weights(model, amax, rec_feeds, replace(o.recovery, rounding="nearest"), self.device)
+                self._stage("+ bias correction", "bias_correction", bc, amax)
+            self.say(f"weight recovery ({o.recovery.rounding} rounding, bias correction {o.recovery.bias_correction})")
+            model, recovery = recover_weights(model, amax, rec_feeds, o.recovery, self.device, self._layer_progress)
+            label = "+ adaptive rounding" if o.recovery.rounding == "adaptive" else "+ bias correction"
+            if o.recovery.rounding == "adaptive" and o.recovery.bias_correction:
+                label += " and bias correction"
+            self._stage(label, "recovery", model, amax)
+        self.model, self.amax, self.hset, self.why = model, amax, hset, why
+        self.excluded: list[str] = []
+        self.fallback_doc = None
+        if not self.stages[-1]["meets"] and o.fallback:
+            self._fallback(workers, ray)
+        final = self.stages[-1]
+        doc = {
+            "model": {"name": self.model_path.name, "fingerprint": fingerprint_file(self.model_path)},
+            "target": self.gates,
+            "default_target": self.default_target,
+            "reference": ref,
+            "search_set": self.vs.description,
+            "samples": self.vs.n,
+            "stages": self.stages,
+            "transforms": transforms,
+            "thresholds": why,
+            "recovery": recovery,
+            "fallback": self.fallback_doc,
+            "kept_in_float": self.excluded,
+            "int8_layers": final["int8_layers"],
+            "layers": final["layers"],
+        }
+        doc["pass"] = bool(final["meets"])
+        doc["verdict"] = _verdict(doc)
+        return doc
+
+    def _layer_progress(self, done: int, total: int) -> None:
+        if done == total or done % 10 == 0:
+            self.say(f"  recovered {done}/{total} layers")
+
+    def _fallback(self, workers, ray) -> None:
+        from calibkit.quantize.publish import scales_for
+        from calibkit.sensitivity import fallback
+
+        self.say("fallback: which layers recovery could not fix")
+        d = self.tmp / "fallback-in"
+        d.mkdir()
+        path = d / self.model_path.name
+        onnx.save_model(self.model, str(path))
+        scales = d / "scales.json"
+        scales.write_text(scales_for(self.hset, self.amax, self.why, path)[0].dumps())
+        try:
+            res = fallback(
+                path,
+                scales,
+                self.val,
+                self.tmp / "fallback",
+                labels=self.labels,
+                metric=self.metric,
+                target=self.target,
+                preprocess=self.preprocess,
+                feed=self.feed,
+                workers=workers,
+                ray=ray,
+                device=self.device,
+            )
+        except ThresholdFailed as exc:
+            res = exc.result
+        nodes = [n for n in res.exclude_list.read_text().splitlines() if n]
+        self.excluded = nodes
+        self.fallback_doc = {
+            k: res.doc.get(k) for k in ("verdict", "pass", "evaluations", "steps", "kept") if k in res.doc
+        }
+        self._stage(f"+ fallback ({len(nodes)} layers kept in float)", "fallback", self.model, self.amax, nodes)
+
+    def publish(self, tx, doc: dict) -> dict:
+        from calibkit.quantize.publish import publish
+
+        return publish(tx, self, doc)
+
+
+def _verdict(doc: dict) -> str:
+    final = doc["stages"][-1]
+    gates = ", ".join(f"{k} {v}" for k, v in doc["target"].items())
+    share = f"{final['int8_layers']}/{final['layers']} compute layers in INT8"
+    if doc["pass"]:
+        return f"PASS: {final['stage']} meets the target ({gates}) with {share}"
+    return f"FAIL: no step met the target ({gates}); best reached: {final['stage']}, {share}"
+
+
+def dumps(doc: dict) -> str:
+    def clean(x):
+        if isinstance(x, float) and not np.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, np.generic):
+            return clean(x.item())
+        return x
+
+    return json.dumps(clean(doc), indent=1, allow_nan=False) + "\n"

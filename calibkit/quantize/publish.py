@@ -1,0 +1,72 @@
+"""What ``quantize`` publishes, as one set: models, scales, cache, report."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from calibkit.artifacts import histograms as store
+from calibkit.artifacts import scales as scales_io
+from calibkit.artifacts import trt_cache
+from calibkit.artifacts.histograms import HistogramSet
+from calibkit.graph.model import fingerprint_file
+from calibkit.numerics.clipping import saturated_fraction
+from calibkit.numerics.formats import int8_scale
+
+
+def scales_for(hset: HistogramSet, amax: dict[str, float], why: dict[str, dict], model_path: Path):
+    """(the scale table of ``amax`` for the model at ``model_path``, its rendered files).
+
+    The rows are ``auto``'s (statistics, candidates) with each tensor's amax replaced by the one
+    chosen and ``criterion`` saying by what; the table's meta names the model (fingerprint)."""
+    from calibkit.calibration import stage_scales
+
+    table = scales_io.compute(hset, "auto", threads=1)
+    for name, row in table.tensors.items():
+        w = why.get(name, {})
+        if w.get("by") == "consumer_error":
+            a = amax[name]
+            row.update(
+                amax=a,
+                scale=int8_scale(a),
+                clipped=saturated_fraction(hset.tensors[name], a),
+                method=w["method"],
+                criterion="consumer_error",
+                consumer_error=w["error"],
+                consumer_error_auto=w["error_auto"],
+            )
+    version = trt_cache.encode_version(trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION)
+    staged = stage_scales(table, hset, model_path, fingerprint_file(model_path), version, "EntropyCalibration2")
+    return table, staged
+
+
+def publish(tx, p, doc: dict) -> dict[str, Path]:
+    from calibkit.qdq.export import export_qdq
+    from calibkit.qdq.files import copy_into
+    from calibkit.quantize import report
+    from calibkit.quantize.pipeline import dumps
+    from calibkit.sensitivity.exclusions import regex
+
+    out = tx.directory
+    stem = p.model_path.stem
+    paths: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="calibkit-publish-") as tmp:
+        rec = Path(tmp) / f"{stem}.recovered.onnx"
+        onnx.save_model(p.model, str(rec))
+        _, staged = scales_for(p.hset, p.amax, p.why, rec)
+        for key, (name, text) in staged.items():
+            paths[key] = tx.write_text(out / name, text)
+        paths["recovered"] = tx.write_with(out / rec.name, lambda fh: copy_into(rec, fh))
+        excluded = regex(p.excluded) if p.excluded else None
+        qdq = export_qdq(p.model, p.amax, Path(tmp) / f"{stem}.qdq.onnx", exclude_nodes=excluded)
+        paths["qdq"] = tx.write_with(out / qdq.name, lambda fh: copy_into(qdq, fh))
+        paths["histograms"] = store.save(p.hset, out / "histograms.npz", tx)
+        text = "".join(f"{n}\n" for n in p.excluded)
+        paths["keep_fp16"] = tx.write_text(out / "keep-fp16.txt", text)
+        paths["exclude"] = tx.write_text(out / "exclude-nodes.txt", text)
+        doc["files"] = sorted([v.name for v in paths.values()] + ["quantize.json", "report.html"])
+        paths["json"] = tx.write_text(out / "quantize.json", dumps(doc))
+        paths["report"] = tx.write_text(out / "report.html", report.page(doc))
+    return paths
