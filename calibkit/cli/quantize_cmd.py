@@ -59,10 +59,11 @@ recovery_options = compose(
     click.option(
         "--recovery-samples",
         type=click.IntRange(min=1),
-        default=32,
+        default=16,
         show_default=True,
         help="Calibration samples the layer-wise recovery reads (the histograms use all).",
     ),
+    click.option("--ablate", is_flag=True, help="Also score bias correction alone, for the report (one more pass)."),
     click.option(
         "--iterations",
         type=click.IntRange(min=0),
@@ -125,6 +126,7 @@ def quantize(model, val, output_dir, data, **kw) -> None:
         equalize=kw.pop("equalize"),
         fallback=kw.pop("fallback"),
         recovery_samples=kw.pop("recovery_samples"),
+        ablate=kw.pop("ablate"),
     )
     par = parallel_from(kw)
     args = dict(

@@ -41,14 +41,16 @@ class QuantizeOptions:
     """``smoothquant``: "auto" (alpha tuned per tensor), "off", or an alpha in [0, 1];
     ``equalize``: cross-layer equalization of Conv chains; ``fallback``: keep layers in float
     when recovery alone misses the target; ``recovery_samples``: calibration samples the
-    layer-wise recovery uses (the histograms use all)."""
+    layer-wise recovery uses (the histograms use all); ``ablate``: also score bias correction
+    alone, for the report (one more recovery pass)."""
 
     recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
     smoothquant: str = "auto"
     equalize: bool = True
     fallback: bool = True
-    recovery_samples: int = 32
-    run_batch: int = 8
+    recovery_samples: int = 16
+    run_batch: int = 16
+    ablate: bool = False
 
     def __post_init__(self) -> None:
         if self.smoothquant not in ("auto", "off"):

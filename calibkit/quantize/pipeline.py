@@ -19,7 +19,7 @@ from calibkit.quantize import stages as ST
 from calibkit.quantize import transforms as TF
 from calibkit.recovery import choose_thresholds, recover_weights
 from calibkit.sensitivity.evaluation import load_valset
-from calibkit.sensitivity.search import meets
+from calibkit.sensitivity.search import loss, meets
 
 
 class Pipeline:
@@ -79,35 +79,52 @@ class Pipeline:
 
         self.say("thresholds by the consumer's error")
         amax, why = choose_thresholds(original, base.histograms, base.table.amax(), feeds, o.recovery, self.device)
-        self._stage("+ thresholds by the consumer's error", "thresholds", original, amax)
+        if o.recovery.thresholds != "method":
+            label = "+ thresholds by the consumer's error" if o.recovery.thresholds == "consumer" else "+ auto thresholds"
+            if not self._keep(self._stage(label, "thresholds", original, amax), "threshold choice"):
+                amax, why = base.table.amax(), {}
 
-        model, hset, transforms = original, base.histograms, {}
-        if o.equalize or o.smoothquant != "off":
-            model, transforms = TF.apply(original, feeds, o, self.say)
-            if transforms.get("changed"):
-                _, cal = self._calibrate(model, "transformed")
-                hset = cal.histograms
-                amax, why = choose_thresholds(model, hset, cal.table.amax(), feeds, o.recovery, self.device)
-                self._stage("+ " + TF.label(transforms), "transforms", model, amax)
-
+        model, hset = original, base.histograms
+        transforms: dict = {"equalize": [], "smoothquant": [], "kept": []}
+        steps = []
+        if o.equalize:
+            steps.append(("equalize", "cross-layer equalization", lambda m: TF.equalize(m)))
+        if o.smoothquant != "off":
+            steps.append(("smoothquant", "SmoothQuant", lambda m: TF.smoothquant(m, feeds, o)))
+        for key, name, fn in steps:
+            self.say(name)
+            cand, recs = fn(model)
+            transforms[key] = recs
+            changed = [r for r in recs if key == "equalize" or r.get("alpha") is not None]
+            if not changed:
+                continue
+            _, cal = self._calibrate(cand, key)
+            c_amax, c_why = choose_thresholds(cand, cal.histograms, cal.table.amax(), feeds, o.recovery, self.device)
+            n = f"{len(changed)} pairs" if key == "equalize" else f"{len(changed)} tensors"
+            if self._keep(self._stage(f"+ {name} ({n})", key, cand, c_amax), name):
+                model, hset, amax, why = cand, cal.histograms, c_amax, c_why
+                transforms["kept"].append(key)
         recovery: dict = {"layers": {}, "skipped": {}}
         if o.recovery.changes_weights:
-            if o.recovery.bias_correction and o.recovery.rounding == "adaptive":
+            if o.ablate and o.recovery.bias_correction and o.recovery.rounding == "adaptive":
                 self.say("bias correction alone (for the report)")
                 bc, _ = recover_weights(model, amax, rec_feeds, replace(o.recovery, rounding="nearest"), self.device)
                 self._stage("+ bias correction", "bias_correction", bc, amax)
             self.say(f"weight recovery ({o.recovery.rounding} rounding, bias correction {o.recovery.bias_correction})")
-            model, recovery = recover_weights(model, amax, rec_feeds, o.recovery, self.device, self._layer_progress)
+            cand, recovery = recover_weights(model, amax, rec_feeds, o.recovery, self.device, self._layer_progress)
             label = "+ adaptive rounding" if o.recovery.rounding == "adaptive" else "+ bias correction"
             if o.recovery.rounding == "adaptive" and o.recovery.bias_correction:
                 label += " and bias correction"
-            self._stage(label, "recovery", model, amax)
+            if self._keep(self._stage(label, "recovery", cand, amax), "weight recovery"):
+                model = cand
+            else:
+                recovery = {**recovery, "kept": False}
         self.model, self.amax, self.hset, self.why = model, amax, hset, why
         self.excluded: list[str] = []
         self.fallback_doc = None
-        if not self.stages[-1]["meets"] and o.fallback:
+        if not self._kept()["meets"] and o.fallback:
             self._fallback(workers, ray)
-        final = self.stages[-1]
+        final = self._kept()
         doc = {
             "model": {"name": self.model_path.name, "fingerprint": fingerprint_file(self.model_path)},
             "target": self.gates,
@@ -127,6 +144,28 @@ class Pipeline:
         doc["pass"] = bool(final["meets"])
         doc["verdict"] = _verdict(doc)
         return doc
+
+    def _kept(self) -> dict:
+        """The last stage whose result was kept: what the output set holds."""
+        return next(s for s in reversed(self.stages) if s.get("kept", True))
+
+    def _keep(self, row: dict, name: str) -> bool:
+        """Keep a step only if it scores better than the last kept stage on the search set."""
+        previous = next(s for s in reversed(self.stages[:-1]) if s.get("kept", True))
+        if self._better(row, previous):
+            return True
+        row["kept"] = False
+        row["note"] = "not kept: no better than without it on the search set"
+        self.say(f"  {name} not kept (no better on the search set)")
+        return False
+
+    def _better(self, new: dict, old: dict) -> bool:
+        """``new`` scores better than ``old`` on the target's own terms: task score first when the
+        target is a task drop, else the worst output cosine (NaN/missing is the worst)."""
+        new_loss, old_loss = loss(new, self.vs.ref_task), loss(old, self.vs.ref_task)
+        if "max_accuracy_drop" not in self.gates:
+            new_loss, old_loss = new_loss[::-1], old_loss[::-1]
+        return new_loss < old_loss
 
     def _layer_progress(self, done: int, total: int) -> None:
         if done == total or done % 10 == 0:
@@ -174,7 +213,7 @@ class Pipeline:
 
 
 def _verdict(doc: dict) -> str:
-    final = doc["stages"][-1]
+    final = next(s for s in reversed(doc["stages"]) if s.get("kept", True))
     gates = ", ".join(f"{k} {v}" for k, v in doc["target"].items())
     share = f"{final['int8_layers']}/{final['layers']} compute layers in INT8"
     if doc["pass"]:

@@ -21,16 +21,6 @@ from calibkit.recovery import smoothquant as SQ
 ROWS = 4096
 
 
-def label(doc: dict) -> str:
-    parts = []
-    if doc.get("equalize"):
-        parts.append(f"cross-layer equalization ({len(doc['equalize'])} pairs)")
-    smoothed = [r for r in doc.get("smoothquant", []) if r.get("alpha") is not None]
-    if smoothed:
-        parts.append(f"SmoothQuant ({len(smoothed)} tensors)")
-    return " and ".join(parts) or "no transform"
-
-
 def _fq(x: np.ndarray, amax: float) -> np.ndarray:
     s = amax / INT8.qmax if amax > 0 else 1.0
     return np.clip(np.rint(x / s), -INT8.qmax, INT8.qmax) * s
@@ -61,18 +51,19 @@ def alpha_error(x: np.ndarray, act_max: np.ndarray, ws: list[np.ndarray], s: np.
     return total
 
 
-def apply(model: onnx.ModelProto, feeds, o, say) -> tuple[onnx.ModelProto, dict]:
-    doc: dict = {"equalize": [], "smoothquant": [], "changed": False}
-    if o.equalize and EQ.pairs(model):
-        say("cross-layer equalization")
-        model, doc["equalize"] = EQ.equalize(model)
-        doc["changed"] = bool(doc["equalize"])
-    if o.smoothquant == "off":
-        return model, doc
+def equalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]:
+    """Cross-layer equalization of every pair (the model unchanged when there is none)."""
+    if not EQ.pairs(model):
+        return model, []
+    return EQ.equalize(model)
+
+
+def smoothquant(model: onnx.ModelProto, feeds, o) -> tuple[onnx.ModelProto, list[dict]]:
+    """SmoothQuant with alpha per tensor (module docstring); one row per candidate tensor."""
     found = SQ.targets(model)
+    rows_doc: list[dict] = []
     if not found:
-        return model, doc
-    say(f"SmoothQuant: {len(found)} candidate tensors")
+        return model, rows_doc
     maxima = {t: SQ.ChannelMax(axis=tgt.axis) for t, tgt in found.items()}
     rows: dict[str, list[np.ndarray]] = {t: [] for t in found}
     per_batch = max(ROWS // max(len(feeds), 1), 16)
@@ -96,25 +87,17 @@ def apply(model: onnx.ModelProto, feeds, o, say) -> tuple[onnx.ModelProto, dict]
         for a in alphas:
             errs[a] = alpha_error(x, act, ws, SQ.smoothing_scales(act, wmax, a))
         best = min(errs, key=lambda a: (errs[a], a is not None)) if o.smoothquant == "auto" else alphas[0]
-        doc["smoothquant"].append(
-            {
-                "tensor": t,
-                "alpha": best,
-                "error_off": errs[None],
-                "error": errs[best],
-                "tried": {str(k): v for k, v in errs.items()},
-            }
-        )
+        tried = {str(k): v for k, v in errs.items()}
+        rows_doc.append({"tensor": t, "alpha": best, "error_off": errs[None], "error": errs[best], "tried": tried})
         if best is not None:
             chosen.setdefault(best, {})[t] = act
     for a, acts in sorted(chosen.items()):
         model, recs = SQ.smooth(model, acts, a)
         by_t = {r["tensor"]: r for r in recs}
-        for row in doc["smoothquant"]:
+        for row in rows_doc:
             if row["tensor"] in by_t:
                 row.update({k: v for k, v in by_t[row["tensor"]].items() if k != "alpha"})
-    doc["changed"] = doc["changed"] or bool(chosen)
-    return model, doc
+    return model, rows_doc
 
 
 def _alphas(o) -> tuple[float, ...]:

@@ -1,0 +1,125 @@
+"""`calibkit quantize` through the real entry point: the published set, its consistency
+(scales and cache name the recovered model, the Q/DQ model carries its weights), determinism,
+exit 3 with the best result written, and bad input that loses nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from recovery_models import chain
+
+from calibkit.graph.model import fingerprint_file
+from calibkit.sessions import session
+
+
+def _inputs(tmp_path: Path) -> tuple[Path, Path, Path]:
+    model = chain(tmp_path / "m.onnx")
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "cal.npz", x=rng.normal(0, 1, (48, 4, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "val.npz", x=rng.normal(0, 1, (32, 4, 8, 8)).astype(np.float32))
+    return model, tmp_path / "cal.npz", tmp_path / "val.npz"
+
+
+def _digest(d: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def test_quantize_publishes_a_consistent_set(cli, tmp_path):
+    model, cal, val = _inputs(tmp_path)
+    r = cli("quantize", model, "--data", cal, "--val", val, "--min-cosine", "0.99", "--iterations", "200", "-o", "q")
+    assert "PASS" in r.stdout
+    out = tmp_path / "q"
+    names = {p.name for p in out.iterdir()}
+    want = {"m.qdq.onnx", "m.recovered.onnx", "m.recovered.cache", "m.recovered.tensors.json", "scales.json"}
+    assert want | {"histograms.npz", "keep-fp16.txt", "quantize.json", "report.html"} <= names
+    doc = json.loads((out / "quantize.json").read_text())
+    assert doc["pass"] and doc["stages"][0]["stage"].startswith("calibkit calibrate")
+    assert doc["int8_layers"] == doc["layers"] == 3 and doc["kept_in_float"] == []
+    scales = json.loads((out / "scales.json").read_text())
+    assert scales["model"]["fingerprint"] == fingerprint_file(out / "m.recovered.onnx")
+    assert scales["cache"]["file"] == "m.recovered.cache"
+    assert any(t.get("criterion") == "consumer_error" for t in scales["tensors"].values())
+    assert set(doc["recovery"]["layers"]) == {"conv1", "conv2", "fc"}
+    # the Q/DQ model runs and agrees with FP32 as the report says
+    x = np.load(val)["x"]
+    ref = session(onnx.load(str(model))).run(None, {"x": x})[0].ravel()
+    got = session(onnx.load(str(out / "m.qdq.onnx")), exact_qdq=True).run(None, {"x": x})[0].ravel()
+    cos = float(ref @ got / np.linalg.norm(ref) / np.linalg.norm(got))
+    kept = [s for s in doc["stages"] if s.get("kept", True)][-1]
+    assert abs(cos - kept["min_cosine"]) < 1e-5
+    assert "What each step bought" in (out / "report.html").read_text()
+
+
+def test_quantize_is_deterministic(cli, tmp_path):
+    model, cal, val = _inputs(tmp_path)
+    for d in ("a", "b"):
+        cli("quantize", model, "--data", cal, "--val", val, "--iterations", "100", "-o", d)
+    a, b = _digest(tmp_path / "a"), _digest(tmp_path / "b")
+    a.pop("quantize.json"), b.pop("quantize.json")  # holds wall times
+    a.pop("report.html"), b.pop("report.html")
+    assert a == b
+
+
+def test_quantize_missed_target_exits_3_and_writes_the_best(cli, tmp_path):
+    model, cal, val = _inputs(tmp_path)
+    r = cli(
+        "quantize",
+        model,
+        "--data",
+        cal,
+        "--val",
+        val,
+        "--min-cosine",
+        "0.99999999",
+        "--no-fallback",
+        "--iterations",
+        "50",
+        "-o",
+        "q",
+        expect=3,
+    )
+    assert "FAIL" in r.stdout and "best result" in r.stderr
+    doc = json.loads((tmp_path / "q" / "quantize.json").read_text())
+    assert doc["pass"] is False and (tmp_path / "q" / "m.qdq.onnx").is_file()
+
+
+def test_quantize_switches_are_recorded(cli, tmp_path):
+    model, cal, val = _inputs(tmp_path)
+    cli(
+        "quantize",
+        model,
+        "--data",
+        cal,
+        "--val",
+        val,
+        "--no-bias-correction",
+        "--rounding",
+        "nearest",
+        "--thresholds",
+        "auto",
+        "--smoothquant",
+        "off",
+        "--no-equalize",
+        "-o",
+        "q",
+    )
+    doc = json.loads((tmp_path / "q" / "quantize.json").read_text())
+    rec = doc["options"]["recovery"]
+    assert rec["bias_correction"] is False and rec["rounding"] == "nearest" and rec["thresholds"] == "auto"
+    assert doc["recovery"]["layers"] == {} and [s["step"] for s in doc["stages"]] == ["baseline", "thresholds"]
+
+
+def test_quantize_bad_input_loses_nothing(cli, tmp_path):
+    model, cal, val = _inputs(tmp_path)
+    before = model.read_bytes()
+    r = cli("quantize", model, "--data", cal, "--val", val, "--smoothquant", "2", "-o", "q", expect=None)
+    assert r.returncode == 2 or r.returncode == 1
+    assert "--smoothquant" in r.stderr and not (tmp_path / "q").exists()
+    r = cli("quantize", model, "--data", cal, "--val", tmp_path / "missing.npz", "-o", "q", expect=1)
+    assert "missing.npz" in r.stderr and not (tmp_path / "q").exists()
+    r = cli("quantize", model, "--data", cal, "--val", val, "-o", model, expect=None)
+    assert r.returncode != 0 and model.read_bytes() == before
