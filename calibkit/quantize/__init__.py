@@ -17,51 +17,18 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
-
 from calibkit.data import Preprocess
 from calibkit.data.options import FeedOptions
-from calibkit.errors import CalibkitError, ThresholdFailed
+from calibkit.errors import ThresholdFailed
 from calibkit.outputs.publish import Transaction
-from calibkit.recovery import RecoveryOptions
+from calibkit.quantize.options import SMOOTHQUANT_ALPHAS, QuantizeOptions
 from calibkit.sensitivity.search import Target
 
-__all__ = ["QuantizeOptions", "QuantizeResult", "quantize"]
-
-SMOOTHQUANT_ALPHAS = (0.25, 0.5, 0.75, 0.9)
-
-
-@dataclass(frozen=True)
-class QuantizeOptions:
-    """``smoothquant``: "auto" (alpha tuned per tensor), "off", or an alpha in [0, 1];
-    ``equalize``: cross-layer equalization of Conv chains; ``fallback``: keep layers in float
-    when recovery alone misses the target; ``recovery_samples``: calibration samples the
-    layer-wise recovery uses (the histograms use all); ``ablate``: also score bias correction
-    alone, for the report (one more recovery pass)."""
-
-    recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
-    smoothquant: str = "auto"
-    equalize: bool = True
-    fallback: bool = True
-    recovery_samples: int = 16
-    run_batch: int = 16
-    ablate: bool = False
-
-    def __post_init__(self) -> None:
-        if self.smoothquant not in ("auto", "off"):
-            try:
-                a = float(self.smoothquant)
-            except ValueError:
-                a = -1.0
-            if not 0.0 <= a <= 1.0:
-                raise CalibkitError(f"--smoothquant {self.smoothquant!r} must be auto, off or an alpha in [0, 1]")
-        if self.recovery_samples < 1:
-            raise CalibkitError(f"--recovery-samples must be >= 1, got {self.recovery_samples}")
+__all__ = ["SMOOTHQUANT_ALPHAS", "QuantizeOptions", "QuantizeResult", "quantize"]
 
 
 @dataclass
@@ -115,23 +82,3 @@ def _options_doc(o: QuantizeOptions) -> dict:
     d = asdict(o)
     d["recovery"] = asdict(o.recovery)
     return d
-
-
-def first_samples(feeds: list[dict[str, np.ndarray]], n: int) -> list[dict[str, np.ndarray]]:
-    """The batches holding the first ``n`` samples (whole batches)."""
-    out, seen = [], 0
-    for f in feeds:
-        if seen >= n:
-            break
-        out.append(f)
-        seen += int(getattr(f, "samples", 0) or next(iter(f.values())).shape[0])
-    return out
-
-
-def model_proto(path: Path) -> onnx.ModelProto:
-    from calibkit.graph import forms
-    from calibkit.graph.model import load
-    from calibkit.qdq.export import name_nodes
-
-    m, _ = forms.prepare(load(path))
-    return name_nodes(m)

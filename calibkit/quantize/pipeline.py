@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
 
+import calibkit.quantize.stages as ST
+import calibkit.quantize.transforms as TF
 from calibkit.calibration import calibrate
 from calibkit.data import open_source, run_batches
 from calibkit.data.feed import FeedStats
 from calibkit.data.options import FeedOptions
 from calibkit.errors import ThresholdFailed
 from calibkit.graph.model import fingerprint_file, input_specs
-from calibkit.quantize import first_samples, model_proto
-from calibkit.quantize import stages as ST
-from calibkit.quantize import transforms as TF
 from calibkit.recovery import choose_thresholds, recover_weights
 from calibkit.sensitivity.evaluation import load_valset
 from calibkit.sensitivity.search import loss, meets
@@ -80,7 +79,9 @@ class Pipeline:
         self.say("thresholds by the consumer's error")
         amax, why = choose_thresholds(original, base.histograms, base.table.amax(), feeds, o.recovery, self.device)
         if o.recovery.thresholds != "method":
-            label = "+ thresholds by the consumer's error" if o.recovery.thresholds == "consumer" else "+ auto thresholds"
+            label = (
+                "+ thresholds by the consumer's error" if o.recovery.thresholds == "consumer" else "+ auto thresholds"
+            )
             if not self._keep(self._stage(label, "thresholds", original, amax), "threshold choice"):
                 amax, why = base.table.amax(), {}
 
@@ -221,16 +222,21 @@ def _verdict(doc: dict) -> str:
     return f"FAIL: no step met the target ({gates}); best reached: {final['stage']}, {share}"
 
 
-def dumps(doc: dict) -> str:
-    def clean(x):
-        if isinstance(x, float) and not np.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        if isinstance(x, np.generic):
-            return clean(x.item())
-        return x
+def first_samples(feeds: list[dict[str, np.ndarray]], n: int) -> list[dict[str, np.ndarray]]:
+    """The batches holding the first ``n`` samples (whole batches)."""
+    out, seen = [], 0
+    for f in feeds:
+        if seen >= n:
+            break
+        out.append(f)
+        seen += int(getattr(f, "samples", 0) or next(iter(f.values())).shape[0])
+    return out
 
-    return json.dumps(clean(doc), indent=1, allow_nan=False) + "\n"
+
+def model_proto(path: Path) -> onnx.ModelProto:
+    from calibkit.graph import forms
+    from calibkit.graph.model import load
+    from calibkit.qdq.export import name_nodes
+
+    m, _ = forms.prepare(load(path))
+    return name_nodes(m)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from calibkit.artifacts import histograms as store
@@ -43,10 +45,9 @@ def scales_for(hset: HistogramSet, amax: dict[str, float], why: dict[str, dict],
 
 
 def publish(tx, p, doc: dict) -> dict[str, Path]:
+    import calibkit.quantize.report as report
     from calibkit.qdq.export import export_qdq
     from calibkit.qdq.files import copy_into
-    from calibkit.quantize import report
-    from calibkit.quantize.pipeline import dumps
     from calibkit.sensitivity.exclusions import regex
 
     out = tx.directory
@@ -70,3 +71,18 @@ def publish(tx, p, doc: dict) -> dict[str, Path]:
         paths["json"] = tx.write_text(out / "quantize.json", dumps(doc))
         paths["report"] = tx.write_text(out / "report.html", report.page(doc))
     return paths
+
+
+def dumps(doc: dict) -> str:
+    def clean(x):
+        if isinstance(x, float) and not np.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, np.generic):
+            return clean(x.item())
+        return x
+
+    return json.dumps(clean(doc), indent=1, allow_nan=False) + "\n"

@@ -101,6 +101,6 @@ def smoothquant(model: onnx.ModelProto, feeds, o) -> tuple[onnx.ModelProto, list
 
 
 def _alphas(o) -> tuple[float, ...]:
-    from calibkit.quantize import SMOOTHQUANT_ALPHAS
+    from calibkit.quantize.options import SMOOTHQUANT_ALPHAS
 
     return SMOOTHQUANT_ALPHAS if o.smoothquant == "auto" else (float(o.smoothquant),)

@@ -16,9 +16,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+import calibkit.recovery.gather as gather
+import calibkit.recovery.rounding as rounding
 from calibkit.graph.model import with_outputs
-from calibkit.recovery import gather, rounding
-from calibkit.recovery.layers import Layer, patches, weight_matrix
+from calibkit.recovery.layers import Layer, patches, weight_from_matrix, weight_matrix
 from calibkit.recovery.stats import Moments
 from calibkit.sessions import session
 
@@ -106,8 +107,6 @@ class Stepper:
             self.fp_rows.append(per)
 
     def _raw(self, i: int, v: np.ndarray) -> np.ndarray:
-        from calibkit.recovery.layers import weight_from_matrix
-
         return np.ascontiguousarray(weight_from_matrix(self.layers[i], v, self.shapes[i]), dtype=np.float32)
 
     def moments(self, i: int) -> Moments:
