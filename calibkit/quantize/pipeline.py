@@ -14,9 +14,9 @@ from calibkit.calibration import calibrate
 from calibkit.data import open_source, run_batches
 from calibkit.data.feed import FeedStats
 from calibkit.data.options import FeedOptions
-from calibkit.errors import ThresholdFailed
+from calibkit.errors import CalibkitError, ThresholdFailed
 from calibkit.graph.model import fingerprint_file, input_specs
-from calibkit.recovery import choose_thresholds, recover_weights
+from calibkit.recovery import choose_thresholds, recover_weights, restore_layers
 from calibkit.sensitivity.evaluation import load_valset
 from calibkit.sensitivity.search import loss, meets
 
@@ -30,12 +30,22 @@ class Pipeline:
 
     # -- helpers -------------------------------------------------------------------------
     def _feeds(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+        """The calibration data as run batches; NaN/inf in a float input is refused (recovery
+        fits weights to these values: one NaN would turn every statistic into NaN)."""
         specs = input_specs(model, self.feed.batch_axes)
         source = open_source(self.data, specs, self.preprocess)
-        return [
-            {k: np.ascontiguousarray(v) for k, v in b.items()}
-            for b in run_batches(source, specs, self.o.run_batch, FeedStats(), self.feed)
-        ]
+        feeds = []
+        for b in run_batches(source, specs, self.o.run_batch, FeedStats(), self.feed):
+            f = {k: np.ascontiguousarray(v) for k, v in b.items()}
+            for k, v in f.items():
+                if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+                    bad = int(np.size(v) - np.count_nonzero(np.isfinite(v)))
+                    raise CalibkitError(
+                        f"calibration data {source.description}: input {k!r} holds {bad} NaN/inf values in batch "
+                        f"{len(feeds) + 1}; quantize fits weights to this data: fix or drop those samples"
+                    )
+            feeds.append(f)
+        return feeds
 
     def _calibrate(self, proto: onnx.ModelProto, name: str):
         d = self.tmp / name
@@ -62,7 +72,7 @@ class Pipeline:
     # -- the run ---------------------------------------------------------------------------
     def run(self, workers, ray) -> dict:
         o = self.o
-        original = model_proto(self.model_path)
+        original = self.original = model_proto(self.model_path)
         self.vs, _ = load_valset(
             original, fingerprint_file(self.model_path), self.val, self.preprocess, self.labels, self.metric, self.feed
         )
@@ -113,11 +123,16 @@ class Pipeline:
                 self._stage("+ bias correction", "bias_correction", bc, amax)
             self.say(f"weight recovery ({o.recovery.rounding} rounding, bias correction {o.recovery.bias_correction})")
             cand, recovery = recover_weights(model, amax, rec_feeds, o.recovery, self.device, self._layer_progress)
+            if not recovery["layers"]:
+                recovery["kept"] = False
+                self.say("  no layer could be recovered: " + "; ".join(sorted(set(recovery["skipped"].values()))))
+        if o.recovery.changes_weights and recovery["layers"]:
             label = "+ adaptive rounding" if o.recovery.rounding == "adaptive" else "+ bias correction"
             if o.recovery.rounding == "adaptive" and o.recovery.bias_correction:
                 label += " and bias correction"
             if self._keep(self._stage(label, "recovery", cand, amax), "weight recovery"):
                 model = cand
+                recovery["kept"] = True
             else:
                 recovery = {**recovery, "kept": False}
         self.model, self.amax, self.hset, self.why = model, amax, hset, why
@@ -202,6 +217,8 @@ class Pipeline:
             res = exc.result
         nodes = [n for n in res.exclude_list.read_text().splitlines() if n]
         self.excluded = nodes
+        if nodes:  # a layer kept in float runs its own weights and bias, not the INT8-grid ones
+            self.model = restore_layers(self.model, self.original, nodes)
         self.fallback_doc = {
             k: res.doc.get(k) for k in ("verdict", "pass", "evaluations", "steps", "kept") if k in res.doc
         }

@@ -126,6 +126,16 @@ def page(doc: dict) -> str:
     stem = doc["model"]["name"].rsplit(".", 1)[0]
     verdict = H.escape(doc["verdict"])
     kept = doc.get("kept_in_float") or []
+    changed = (
+        doc["recovery"].get("kept")
+        or "equalize" in doc["transforms"].get("kept", [])
+        or "smoothquant" in doc["transforms"].get("kept", [])
+    )
+    weights = (
+        "Its weights carry what the kept steps changed: the original model with this cache loses that."
+        if changed
+        else "No kept step changed a weight: it is the input model, prepared for export (same function)."
+    )
     body = f"""
 <h2>{verdict}</h2>
 <p>Target: {H.escape(", ".join(f"{k} {v}" for k, v in doc["target"].items()))}
@@ -144,8 +154,7 @@ def page(doc: dict) -> str:
 <h2>Files</h2>
 <ul>{"".join(f"<li>{H.escape(f)}</li>" for f in files)}</ul>
 <p>TensorRT 11 (explicit quantization): build <code>{H.escape(stem)}.qdq.onnx</code>.
-TensorRT 10 (implicit, calibration cache): build <code>{H.escape(stem)}.recovered.onnx</code> (its weights
-carry the rounding and bias correction: the original model with this cache loses them) with
-<code>{H.escape(stem)}.recovered.cache</code>, keeping the layers of <code>keep-fp16.txt</code> in FP16.</p>
+TensorRT 10 (implicit, calibration cache): build <code>{H.escape(stem)}.recovered.onnx</code> with
+<code>{H.escape(stem)}.recovered.cache</code>, keeping the layers of <code>keep-fp16.txt</code> in FP16. {weights}</p>
 """
     return R.page(f"calibkit quantize: {doc['model']['name']}", body)

@@ -5,6 +5,13 @@ result, so the Q/DQ export, a TensorRT 10 build from the cache and the validatio
 same corrected weights.
 """
 
-from calibkit.recovery.recover import ROUNDINGS, THRESHOLDS, RecoveryOptions, choose_thresholds, recover_weights
+from calibkit.recovery.recover import (
+    ROUNDINGS,
+    THRESHOLDS,
+    RecoveryOptions,
+    choose_thresholds,
+    recover_weights,
+    restore_layers,
+)
 
-__all__ = ["ROUNDINGS", "THRESHOLDS", "RecoveryOptions", "choose_thresholds", "recover_weights"]
+__all__ = ["ROUNDINGS", "THRESHOLDS", "RecoveryOptions", "choose_thresholds", "recover_weights", "restore_layers"]

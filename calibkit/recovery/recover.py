@@ -161,3 +161,43 @@ def recover_weights(
             if progress is not None:
                 progress(i + 1, len(float_layers))
     return out, doc
+
+
+def restore_layers(model: onnx.ModelProto, original: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` where the layers ``nodes`` (kept in float by a fallback) read the
+    original weights and bias again, not the INT8-grid weights and corrected bias recovery gave
+    them. For a MatMul the Add holding its bias is restored too."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    o_inits = {i.name: i for i in original.graph.initializer}
+    o_nodes = {n.name: n for n in original.graph.node}
+    n_nodes = {n.name: n for n in out.graph.node}
+    o_consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in original.graph.node:
+        for i in n.input:
+            o_consumers.setdefault(i, []).append(n)
+    touched = []
+    for name in nodes:
+        if name not in o_nodes or name not in n_nodes:
+            continue
+        touched.append(name)
+        users = o_consumers.get(o_nodes[name].output[0], [])
+        if o_nodes[name].op_type == "MatMul" and len(users) == 1 and users[0].op_type == "Add":
+            touched.append(users[0].name)
+    for name in touched:
+        orig, node = o_nodes[name], n_nodes.get(name)
+        if node is None:
+            continue
+        del node.input[len(orig.input) :]  # a bias recovery added goes
+        for slot, src in enumerate(orig.input):
+            if src in o_inits:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(o_inits[src])
+                copy.name = f"{src}.float.{name}"
+                out.graph.initializer.append(copy)
+                node.input[slot] = copy.name
+    used = {i for n in out.graph.node for i in n.input} | {o.name for o in out.graph.output}
+    keep = [i for i in out.graph.initializer if i.name in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep)
+    return out

@@ -238,8 +238,13 @@ def evaluate(
 
 
 def _score(fn, names, outputs, labels, n, where) -> np.ndarray:
+    given = {k: np.array(v, copy=True) for k, v in zip(names, outputs)}  # the metric may not alter the outputs
     try:
-        s = np.asarray(fn(dict(zip(names, outputs)), labels), dtype=np.float64).reshape(-1)
+        s = np.asarray(fn(given, labels), dtype=np.float64).reshape(-1)
+    except SystemExit as exc:
+        raise CalibkitError(
+            f"metric {where} called sys.exit({exc.code!r}); a metric returns one score per sample, it must not exit"
+        ) from None
     except Exception as exc:
         raise CalibkitError(f"metric {where} raised {type(exc).__name__}: {exc}") from None
     if s.size != n:

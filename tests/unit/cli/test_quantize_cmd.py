@@ -123,3 +123,57 @@ def test_quantize_bad_input_loses_nothing(cli, tmp_path):
     assert "missing.npz" in r.stderr and not (tmp_path / "q").exists()
     r = cli("quantize", model, "--data", cal, "--val", val, "-o", model, expect=None)
     assert r.returncode != 0 and model.read_bytes() == before
+
+
+def test_layers_kept_in_float_run_their_own_weights(cli, tmp_path):
+    """A fallback layer reads the original weights and bias, not the INT8-grid ones."""
+    model, cal, val = _inputs(tmp_path)
+    cli(
+        "quantize",
+        model,
+        "--data",
+        cal,
+        "--val",
+        val,
+        "--min-cosine",
+        "0.9999999",
+        "--iterations",
+        "50",
+        "-o",
+        "q",
+        expect=None,
+    )
+    doc = json.loads((tmp_path / "q" / "quantize.json").read_text())
+    assert doc["kept_in_float"], doc["verdict"]
+    orig = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(model)).graph.initializer}
+    rec = onnx.load(str(tmp_path / "q" / "m.recovered.onnx"))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in rec.graph.initializer}
+    src = {n.name: n for n in onnx.load(str(model)).graph.node}
+    for node in rec.graph.node:
+        if node.name in doc["kept_in_float"]:
+            assert len(node.input) == len(src[node.name].input)
+            for a, b in zip(node.input[1:], src[node.name].input[1:]):
+                np.testing.assert_array_equal(inits[a], orig[b])
+
+
+def test_metric_that_exits_or_mutates(cli, tmp_path):
+    model, cal, val = _inputs(tmp_path)
+    (tmp_path / "m.py").write_text(
+        "import sys\nimport numpy as np\n"
+        "def exits(out, labels):\n    sys.exit(0)\n"
+        "def mutates(out, labels):\n    y = out['y']\n    y[...] = 7.0\n    out.clear()\n    return np.ones(len(y))\n"
+    )
+    r = cli("quantize", model, "--data", cal, "--val", val, "--metric", "m.py:exits", "-o", "q", expect=1)
+    assert "sys.exit" in r.stderr and not (tmp_path / "q").exists()
+    cli("quantize", model, "--data", cal, "--val", val, "--metric", "m.py:mutates", "--iterations", "50", "-o", "q")
+    doc = json.loads((tmp_path / "q" / "quantize.json").read_text())
+    assert doc["stages"][0]["min_cosine"] > 0.99  # the metric's writes never reach calibkit's own outputs
+
+
+def test_nan_in_calibration_data_is_refused(cli, tmp_path):
+    model, cal, val = _inputs(tmp_path)
+    x = np.load(cal)["x"]
+    x[3, 0, 0, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x)
+    r = cli("quantize", model, "--data", tmp_path / "nan.npz", "--val", val, "-o", "q", expect=1)
+    assert "nan.npz" in r.stderr and "NaN/inf" in r.stderr and not (tmp_path / "q").exists()
