@@ -6,7 +6,6 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from calibkit.artifacts import histograms as store
@@ -69,20 +68,21 @@ def publish(tx, p, doc: dict) -> dict[str, Path]:
         paths["exclude"] = tx.write_text(out / "exclude-nodes.txt", text)
         doc["files"] = sorted([v.name for v in paths.values()] + ["quantize.json", "report.html"])
         paths["json"] = tx.write_text(out / "quantize.json", dumps(doc))
-        paths["report"] = tx.write_text(out / "report.html", report.page(doc))
+        paths["report"] = tx.write_text(out / "report.html", report.page(without_timings(doc)))
     return paths
 
 
-def dumps(doc: dict) -> str:
-    def clean(x):
-        if isinstance(x, float) and not np.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        if isinstance(x, np.generic):
-            return clean(x.item())
-        return x
+def without_timings(x):
+    """``x`` without its "seconds" fields: the files of a run are the same bytes however fast it ran."""
+    if isinstance(x, dict):
+        return {k: without_timings(v) for k, v in x.items() if k != "seconds"}
+    if isinstance(x, list):
+        return [without_timings(v) for v in x]
+    return x
 
-    return json.dumps(clean(doc), indent=1, allow_nan=False) + "\n"
+
+def dumps(doc: dict) -> str:
+    """quantize.json: NaN/inf as null (fails every target), no timings."""
+    from calibkit.sensitivity.report import finite_or_null
+
+    return json.dumps(finite_or_null(without_timings(doc)), indent=1, allow_nan=False) + "\n"

@@ -22,14 +22,14 @@ def _stages(doc: dict) -> str:
     task = doc["reference"].get("task") is not None
     head = ["step", "compute layers in INT8", "worst cosine"] + [f"cosine {o}" for o in outs]
     head += [f"task score (FP32 {_f(doc['reference'].get('task'), 2)})"] if task else []
-    head += ["meets target", "kept", "seconds"]
+    head += ["meets target", "kept"]
     rows = []
     for s in doc["stages"]:
         r = [H.escape(s["stage"]), f"{s['int8_layers']}/{s['layers']}", _f(s["min_cosine"])]
         r += [_f(s["cosine"].get(o)) for o in outs]
         r += [_f(s.get("task"), 2)] if task else []
         kept = "yes" if s.get("kept", True) else "no: " + H.escape(s.get("note", ""))
-        r += ["yes" if s["meets"] else "<b>no</b>", kept, _f(s.get("seconds"), 1)]
+        r += ["yes" if s["meets"] else "<b>no</b>", kept]
         rows.append(r)
     return _table(head, rows)
 

@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from calibkit.outputs.atomic import write_text
 from calibkit.report import figures
 from calibkit.report import html as R
@@ -154,17 +156,19 @@ RUNTIME = ("execution", "seconds")  # how this run went (workers, Ray, speed): i
 def write_json(doc: dict, path: Path, tx) -> Path:
     """The document as written: the same bytes whatever --workers/--ray and however fast."""
     doc = {k: v for k, v in doc.items() if k not in RUNTIME}
-    return write_text(path, json.dumps(_finite_or_null(doc), indent=1, allow_nan=False, default=_num) + "\n", tx)
+    return write_text(path, json.dumps(finite_or_null(doc), indent=1, allow_nan=False, default=_num) + "\n", tx)
 
 
-def _finite_or_null(x):
+def finite_or_null(x):
     """NaN/inf (a metric that failed) are written as null: JSON has no NaN, and null fails every target."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _finite_or_null(v) for k, v in x.items()}
+        return {k: finite_or_null(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_finite_or_null(v) for v in x]
+        return [finite_or_null(v) for v in x]
+    if isinstance(x, np.generic):
+        return finite_or_null(x.item())
     return x
 
 
