@@ -13,7 +13,8 @@ per model to bench/accuracy.md (-o holds the models and the raw JSON).
 Rows: entropy, auto (calibkit calibrate + export-qdq), quantize (defaults), quantize-nofallback,
 quantize-no-<technique> (each technique off in turn), ort-{entropy,percentile,minmax}
 (onnxruntime.quantization.quantize_static: QDQ, per-channel, symmetric, same op types).
-ModelOpt needs its own venv (it pins another onnxruntime): not run by this script.
+modelopt-{entropy,max}: NVIDIA ModelOpt's ONNX PTQ (int8, CPU calibration, fp32 high precision)
+run by the interpreter of --modelopt-python (its own venv: it pins another onnxruntime).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def make(row: str, model: Path, d: Path, work: Path) -> tuple[Path, float]:
         return work / f"{model.stem}.qdq.onnx", t
     if row.startswith("ort-"):
         return _ort(row.removeprefix("ort-"), model, d, qdq)
+    if row.startswith("modelopt-"):
+        return _modelopt(row.removeprefix("modelopt-"), model, d, qdq)
     raise SystemExit(f"unknown row {row}")
 
 
@@ -115,6 +118,20 @@ def _ort(method: str, model: Path, d: Path, qdq: Path) -> tuple[Path, float]:
         op_types_to_quantize=["Conv", "ConvTranspose", "Gemm", "MatMul"],
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
     )
+    return qdq, time.perf_counter() - t0
+
+
+MODELOPT_PYTHON = [sys.executable]
+
+
+def _modelopt(method: str, model: Path, d: Path, qdq: Path) -> tuple[Path, float]:
+    t0 = time.perf_counter()
+    cmd = [MODELOPT_PYTHON[0], "-m", "modelopt.onnx.quantization", "--onnx_path", str(model), "--quantize_mode", "int8"]
+    cmd += ["--calibration_data_path", str(d / "calib.npz"), "--calibration_method", method]
+    cmd += ["--calibration_eps", "cpu", "--high_precision_dtype", "fp32", "--output_path", str(qdq)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"modelopt exited {r.returncode}:\n{r.stderr[-3000:]}")
     return qdq, time.perf_counter() - t0
 
 
@@ -164,7 +181,9 @@ def main() -> None:
     ap.add_argument("--rows", default="entropy,auto,quantize,ort-entropy,ort-percentile,ort-minmax")
     ap.add_argument("-o", "--out", type=Path, default=REPO / "bench" / "out" / "accuracy")
     ap.add_argument("--md", type=Path, default=REPO / "bench" / "accuracy.md")
+    ap.add_argument("--modelopt-python", default=sys.executable, help="interpreter with nvidia-modelopt[onnx]")
     a = ap.parse_args()
+    MODELOPT_PYTHON[0] = a.modelopt_python
     for name in a.models.split(","):
         model = _model_path(name)
         d = _data(name, a.out)

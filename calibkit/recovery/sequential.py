@@ -2,9 +2,9 @@
 
 The model is exported to Q/DQ once; then every recovered layer's (dequantized) weight and its
 bias become graph inputs of that model, so a layer's new weights are seen by the next run
-without another export or session. Step ``i`` runs the calibration batches and reads the
-quantized input of layer ``i`` at the positions sampled from the FP32 run (gather.py), which
-was done once at the start.
+without another export. Step ``i`` runs, over the calibration batches, only the part of the
+graph that layer ``i``'s input depends on (its prefix: on a chain, half the model on average),
+and reads that input at the positions sampled from the FP32 run (gather.py), done once.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 import calibkit.recovery.gather as gather
 import calibkit.recovery.rounding as rounding
-from calibkit.graph.model import with_outputs
 from calibkit.recovery.layers import Layer, patches, weight_from_matrix, weight_matrix
 from calibkit.recovery.stats import Moments
 from calibkit.sessions import session
@@ -58,6 +57,37 @@ def rewire(qdq: onnx.ModelProto, layers: list[Layer], shapes: list[tuple], chann
     return m
 
 
+def prefix(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
+    """The part of ``model`` that ``output`` depends on, with ``output`` as its only output
+    (outer-scope names read inside If/Loop bodies count as dependencies)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    needed, keep, stack = set(), set(), [output]
+    while stack:
+        t = stack.pop()
+        if t in needed:
+            continue
+        needed.add(t)
+        node = producer.get(t)
+        if node is None or id(node) in keep:
+            continue
+        keep.add(id(node))
+        stack.extend(i for i in node.input if i)
+        for a in node.attribute:
+            for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                stack.extend(i for n in g.node for i in n.input if i)
+    g = model.graph
+    graph = helper.make_graph(
+        [n for n in g.node if id(n) in keep],
+        g.name,
+        [i for i in g.input if i.name in needed],
+        [onnx.ValueInfoProto(name=output)],
+        [i for i in g.initializer if i.name in needed],
+    )
+    out = helper.make_model(graph, opset_imports=model.opset_import)
+    out.ir_version = model.ir_version
+    return out
+
+
 class Stepper:
     def __init__(self, model: onnx.ModelProto, amax, layers: list[Layer], feeds, opts, device: str = "cpu") -> None:
         from calibkit.qdq.export import export_qdq
@@ -87,12 +117,7 @@ class Stepper:
             for layer in layers
             if self.q_inputs.get(layer.node) not in graph_inputs
         }
-        self.sess = session(
-            with_outputs(wired, sorted(set(self.q_fetch.values())), drop_shapes=True),
-            device=device,
-            where="the Q/DQ model",
-            exact_qdq=True,
-        )
+        self.wired = wired
         # the FP32 rows, once: [batch][layer] -> (positions, rows)
         self.fp_rows: list[list[tuple[np.ndarray, np.ndarray]]] = []
         budget = opts.rows_budget
@@ -114,10 +139,15 @@ class Stepper:
         w = self.weights[i]
         m = Moments(w.shape[0], w.shape[2])
         fetch = self.q_fetch.get(layer.node)
+        sess, names = None, set()
+        if fetch is not None:
+            sess = session(prefix(self.wired, fetch), device=self.device, where="the Q/DQ model", exact_qdq=True)
+            names = {i.name for i in sess.get_inputs()}
         for b, feed in enumerate(self.feeds):
-            xq = (
-                feed[self.q_inputs[layer.node]] if fetch is None else self.sess.run([fetch], {**feed, **self.params})[0]
-            )
+            if sess is None:
+                xq = feed[self.q_inputs[layer.node]]
+            else:
+                xq = sess.run([fetch], {k: v for k, v in {**feed, **self.params}.items() if k in names})[0]
             pick, x = self.fp_rows[b][i]
             m.update(x, patches(layer, xq, pick))
         for b in range(len(self.feeds)):  # rows of this layer are not needed again
@@ -133,5 +163,4 @@ class Stepper:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.sess = None
         self.fp_rows = []

@@ -78,18 +78,21 @@ class Moments:
         return self.xx / max(self.n, 1) - m[:, :, None] * m[:, None, :]
 
 
+def _quad(a: np.ndarray, m: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row, ``a_r^T M b_r`` for ``a``, ``b`` [G, R, K] and ``M`` [G, K, K] (BLAS, not einsum)."""
+    return (np.matmul(a, m) * b).sum(axis=-1)
+
+
 def output_error(m: Moments, w: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Per output row, ``E[(v.x~ - w.x - mean)^2]``: the error left once the bias is corrected.
     ``w``, ``v``: [G, R, K]."""
-    a = np.einsum("grk,gkl,grl->gr", v, m.cov_qq(), v)
-    b = np.einsum("grk,gkl,grl->gr", v, m.cov_qx(), w)
-    c = np.einsum("grk,gkl,grl->gr", w, m.cov_xx(), w)
-    return np.maximum(a - 2 * b + c, 0.0)
+    err = _quad(v, m.cov_qq(), v) - 2 * _quad(v, m.cov_qx(), w) + _quad(w, m.cov_xx(), w)
+    return np.maximum(err, 0.0)
 
 
 def output_variance(m: Moments, w: np.ndarray) -> np.ndarray:
     """Per output row, ``Var[w.x]``: what an error is measured against."""
-    return np.maximum(np.einsum("grk,gkl,grl->gr", w, m.cov_xx(), w), 0.0)
+    return np.maximum(_quad(w, m.cov_xx(), w), 0.0)
 
 
 def mean_shift(m: Moments, w: np.ndarray, v: np.ndarray) -> np.ndarray:
