@@ -34,6 +34,7 @@ class RecoveryOptions:
     iterations: int = 1000
     rows_budget: float = 2e8
     seed: int = 0
+    gpu: str = "auto"  # adaptive rounding on the GPU (CuPy) when usable: auto | cpu
 
     def __post_init__(self) -> None:
         if self.rounding not in ROUNDINGS:
@@ -135,11 +136,13 @@ def recover_weights(
     out = onnx.ModelProto()
     out.CopyFrom(model)
     ed = Editor(out)
+    xp = rounding.array_module(opts.gpu)
+    doc["rounding_on"] = "cupy" if xp is not np else "numpy"
     with Stepper(model, amax, float_layers, feeds, opts, device) as st:
         for i, layer in enumerate(float_layers):
             m = st.moments(i)
             w = st.weights[i]
-            r = rounding.adaround(m, w, iterations=opts.iterations if opts.rounding == "adaptive" else 0)
+            r = rounding.adaround(m, w, iterations=opts.iterations if opts.rounding == "adaptive" else 0, xp=xp)
             s = rounding.channel_scales(w)
             v = rounding.dequantize(r.q, s)
             rec = {

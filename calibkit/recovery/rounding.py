@@ -13,6 +13,8 @@ beta annealed from 20 to 2 after a warm-up, Adam on V; the integers are ``floor 
 The element holding a channel's max |w| stays at +-127, so the scale that a quantizer recomputes
 from the rounded float weights is the same one (tested: ORT writes exactly these integers).
 A layer keeps nearest rounding if the rounded result is not better on the calibration error.
+The iterations run on the GPU through CuPy when one is usable (``xp``), else NumPy; the
+choice of integers can differ in a weight whose relaxed value ends at 0.5 +- float rounding.
 """
 
 from __future__ import annotations
@@ -53,12 +55,25 @@ class RoundingResult:
     kept_nearest: bool
 
 
-def _h(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    sig = 1.0 / (1.0 + np.exp(-v))
+def _h(v, xp=np):
+    sig = 1.0 / (1.0 + xp.exp(-v))
     raw = sig * (ZETA - GAMMA) + GAMMA
-    h = np.clip(raw, 0.0, 1.0)
-    dh = np.where((raw > 0) & (raw < 1), sig * (1 - sig) * (ZETA - GAMMA), 0.0)
+    h = xp.clip(raw, 0.0, 1.0)
+    dh = xp.where((raw > 0) & (raw < 1), sig * (1 - sig) * (ZETA - GAMMA), 0.0)
     return h, dh
+
+
+def array_module(device: str = "auto"):
+    """CuPy when ``device`` allows it and a GPU is usable, else NumPy."""
+    if device == "cpu":
+        return np
+    from calibkit.methods.cuda import available
+
+    if not available():
+        return np
+    import cupy
+
+    return cupy
 
 
 def _relative(m: Moments, w: np.ndarray, v: np.ndarray, var: float) -> float:
@@ -73,8 +88,10 @@ def adaround(
     lr: float = 0.05,
     warmup: float = 0.2,
     seed: int = 0,
+    xp=np,
 ) -> RoundingResult:
-    """Adaptive rounding of ``w`` [G, R, K] against the input moments ``m``."""
+    """Adaptive rounding of ``w`` [G, R, K] against the input moments ``m`` (``xp``: numpy or
+    cupy for the iterations)."""
     w = w.astype(np.float64)
     s = channel_scales(w).astype(np.float64)
     q_near = nearest(w, s.astype(np.float32)).astype(np.float64)
@@ -91,28 +108,32 @@ def adaround(
     # the channel's largest element stays at +-127: the rescaled weights keep their scale
     pinned = np.abs(w) >= np.abs(w).max(axis=2, keepdims=True)
     pinned |= s[..., None] <= 0
-    hq = m.cov_qq()
-    target = np.einsum("grk,glk->grl", w, m.cov_qx())  # rows of w @ Cov(x, x~) = Cov(x~, x) w
+    hq = xp.asarray(m.cov_qq())
+    target = xp.asarray(np.einsum("grk,glk->grl", w, m.cov_qx()))  # rows of w @ Cov(x, x~) = Cov(x~, x) w
     n_rows = w.shape[0] * w.shape[1]
-    mom, vel = np.zeros_like(v), np.zeros_like(v)
+    v, base, sx = xp.asarray(v), xp.asarray(base), xp.asarray(s[..., None])
+    q_near_x, pinned_x = xp.asarray(q_near), xp.asarray(pinned)
+    mom, vel = xp.zeros_like(v), xp.zeros_like(v)
     b1, b2, eps = 0.9, 0.999, 1e-8
     warm = int(warmup * iterations)
     for it in range(iterations):
-        h, dh = _h(v)
-        vw = np.where(pinned, q_near, np.clip(base + h, -INT8.qmax, INT8.qmax)) * s[..., None]
-        grad_w = 2.0 * (vw @ hq - target) / (n_rows * var)  # d(mean error / var) / d vw
-        g = grad_w * s[..., None] * dh
+        h, dh = _h(v, xp)
+        vw = xp.where(pinned_x, q_near_x, xp.clip(base + h, -INT8.qmax, INT8.qmax)) * sx
+        grad_w = 2.0 * (xp.matmul(vw, hq) - target) / (n_rows * var)  # d(mean error / var) / d vw
+        g = grad_w * sx * dh
         if it >= warm:
             beta = 20.0 + (2.0 - 20.0) * (it - warm) / max(iterations - warm - 1, 1)
             t = 2.0 * h - 1.0
-            g += lam * (-beta * np.abs(t) ** (beta - 1.0) * np.sign(t) * 2.0) * dh / w.size
-        g = np.where(pinned, 0.0, g)
+            g += lam * (-beta * xp.abs(t) ** (beta - 1.0) * xp.sign(t) * 2.0) * dh / w.size
+        g = xp.where(pinned_x, 0.0, g)
         mom = b1 * mom + (1 - b1) * g
         vel = b2 * vel + (1 - b2) * g * g
         mh = mom / (1 - b1 ** (it + 1))
         vh = vel / (1 - b2 ** (it + 1))
-        v -= lr * mh / (np.sqrt(vh) + eps)
-    h, _ = _h(v)
+        v -= lr * mh / (xp.sqrt(vh) + eps)
+    h, _ = _h(v, xp)
+    h = h.get() if xp is not np else h
+    base = base.get() if xp is not np else base
     q = np.where(pinned, q_near, np.clip(base + (h >= 0.5), -INT8.qmax, INT8.qmax))
     err = _relative(m, w, q * s[..., None], var)
     if not err < err_near:
