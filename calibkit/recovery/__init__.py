@@ -11,7 +11,6 @@ from calibkit.recovery.recover import (
     RecoveryOptions,
     choose_thresholds,
     recover_weights,
-    restore_layers,
 )
 
-__all__ = ["ROUNDINGS", "THRESHOLDS", "RecoveryOptions", "choose_thresholds", "recover_weights", "restore_layers"]
+__all__ = ["ROUNDINGS", "THRESHOLDS", "RecoveryOptions", "choose_thresholds", "recover_weights"]
