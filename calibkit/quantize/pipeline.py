@@ -212,6 +212,7 @@ class Pipeline:
                 workers=workers,
                 ray=ray,
                 device=self.device,
+                reference=self.model_path,  # judged against the original FP32 model, not the recovered one
             )
         except ThresholdFailed as exc:
             res = exc.result

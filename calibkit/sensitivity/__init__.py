@@ -50,7 +50,19 @@ class FallbackResult:
 
 
 def _open(
-    model, scales, data, labels, metric, preprocess, feed, batch_size, workers, ray, force, allow_preprocess_mismatch
+    model,
+    scales,
+    data,
+    labels,
+    metric,
+    preprocess,
+    feed,
+    batch_size,
+    workers,
+    ray,
+    force,
+    allow_preprocess_mismatch,
+    reference=None,
 ):
     model_path = Path(model)
     proto = load(model_path)
@@ -60,8 +72,11 @@ def _open(
     preprocess = resolve_preprocess(
         preprocess, table.meta.get("preprocess"), data, allow_preprocess_mismatch, f"scales {scales}"
     )
+    ref = None
+    if reference is not None:
+        ref = (load(Path(reference)), fingerprint_file(Path(reference)))
     s = open_session(
-        model_path, proto, model_fp, table.amax(), data, preprocess, labels, metric, feed, batch_size, workers, ray
+        model_path, proto, model_fp, table.amax(), data, preprocess, labels, metric, feed, batch_size, workers, ray, ref
     )
     return model_path, model_fp, table, preprocess, s
 
@@ -149,8 +164,11 @@ def fallback(
     allow_preprocess_mismatch: bool = False,
     progress: Callable[[int, int], None] | None = None,
     device: str = "cpu",
+    reference: str | Path | None = None,
 ) -> FallbackResult:
-    """The fewest layers to keep in float so ``target`` holds, verified by a full validation."""
+    """The fewest layers to keep in float so ``target`` holds, verified by a full validation.
+    ``reference``: the FP32 model every configuration is compared with, when it is not ``model``
+    (``quantize`` passes the original model; ``model`` carries recovered weights)."""
     t0 = time.perf_counter()
     out = Path(output_dir)
     with Transaction(out, "fallback", command="fallback") as tx:  # locks the folder for the whole run
@@ -173,6 +191,7 @@ def fallback(
             allow_preprocess_mismatch,
             progress,
             device,
+            reference,
         )
 
 
@@ -195,6 +214,7 @@ def _fallback(
     allow_preprocess_mismatch,
     progress,
     device,
+    reference=None,
 ) -> FallbackResult:
     from calibkit.validate import results as R
     from calibkit.validate.engine import evaluate
@@ -212,6 +232,7 @@ def _fallback(
         ray,
         force,
         allow_preprocess_mismatch,
+        reference,
     )
     gates, default = target.applied(s.vs.task is not None)
     sens, ev, close = _rank(s, gates, progress)
@@ -224,7 +245,7 @@ def _fallback(
     with tempfile.TemporaryDirectory(prefix="calibkit-fallback-") as tmp:
 
         def run(cands):
-            return evaluate(s.model, data, cands, preprocess, labels, metric, batch_size, device, feed=feed)
+            return evaluate(s.reference, data, cands, preprocess, labels, metric, batch_size, device, feed=feed)
 
         ver = verify(
             s, table, fb.kept, sens.order(), fb.met, gates, run, model_info, str(scales), Path(tmp), device, fb.steps

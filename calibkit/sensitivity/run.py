@@ -32,6 +32,7 @@ class Session:
     workers: int | None
     ray: str | None
     amax: dict[str, float]
+    reference: onnx.ModelProto | None = None  # the FP32 model compared with (None: ``model``)
 
     @property
     def ref_task(self) -> float | None:
@@ -87,8 +88,13 @@ def open_session(
     batch_size=None,
     workers: int | None = None,
     ray: str | None = None,
+    reference: tuple[onnx.ModelProto, str] | None = None,
 ) -> Session:
+    """``reference``: (model, fingerprint) whose FP32 outputs every configuration is compared
+    with, when that is not ``proto`` itself (quantize: the original model, while the switched
+    model carries recovered weights)."""
     sw = S.build(proto, amax)
-    vs, cached = E.load_valset(proto, model_fp, data, preprocess, labels, metric, feed, batch_size)
+    ref_proto, ref_fp = reference if reference is not None else (proto, model_fp)
+    vs, cached = E.load_valset(ref_proto, ref_fp, data, preprocess, labels, metric, feed, batch_size)
     key = hashlib.sha256(f"{sw.fingerprint}\0{vs.fingerprint}".encode()).hexdigest()[:24]
-    return Session(proto, sw, vs, cached, key, workers, ray, amax)
+    return Session(proto, sw, vs, cached, key, workers, ray, amax, ref_proto)

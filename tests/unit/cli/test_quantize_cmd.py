@@ -134,7 +134,7 @@ def test_fallback_layers_are_the_verified_ones(cli, tmp_path):
         "--val",
         val,
         "--min-cosine",
-        "0.99995",
+        "0.999995",
         "--iterations",
         "50",
         "-o",
@@ -143,7 +143,10 @@ def test_fallback_layers_are_the_verified_ones(cli, tmp_path):
     )
     doc = json.loads((tmp_path / "q" / "quantize.json").read_text())
     listed = (tmp_path / "q" / "keep-fp16.txt").read_text().split()
-    assert listed == doc["kept_in_float"]
+    assert listed == doc["kept_in_float"] and listed  # measured: recovery 0.999992, fallback 1 layer 0.999996
+    assert doc["fallback"] is not None
+    row = next(s for s in doc["stages"] if s["step"] == "fallback")
+    assert row["meets"] == doc["fallback"]["pass"]  # the fallback was judged against the original FP32 model too
     final = [s for s in doc["stages"] if s.get("kept", True)][-1]
     assert final["int8_layers"] == final["layers"] - len(listed)
     q = onnx.load(str(tmp_path / "q" / "m.qdq.onnx"))
