@@ -176,12 +176,13 @@ class Pipeline:
         return False
 
     def _better(self, new: dict, old: dict) -> bool:
-        """``new`` scores better than ``old`` on the target's own terms: task score first when the
-        target is a task drop, else the worst output cosine (NaN/missing is the worst)."""
+        """``new`` scores better than ``old``: meeting the target first; then, on the target's
+        own terms, the task score when the target is a task drop, else the worst output cosine
+        (NaN/missing is the worst)."""
         new_loss, old_loss = loss(new, self.vs.ref_task), loss(old, self.vs.ref_task)
         if "max_accuracy_drop" not in self.gates:
             new_loss, old_loss = new_loss[::-1], old_loss[::-1]
-        return new_loss < old_loss
+        return (not new["meets"], *new_loss) < (not old["meets"], *old_loss)
 
     def _layer_progress(self, done: int, total: int) -> None:
         if done == total or done % 10 == 0:
