@@ -113,7 +113,12 @@ def quantize(model, val, output_dir, data, **kw) -> None:
     check_target(target)
     if kw.pop("device") == "cuda":
         raise click.BadParameter("quantize evaluates on the CPU provider (exact INT8 emulation)", param_hint="--device")
-    kw.pop("batch_size")
+    if kw.pop("batch_size") is not None:
+        raise click.BadParameter(
+            "quantize runs fixed batches of 16 samples (its sampled statistics depend on the batching, "
+            "so results would change with it); drop --batch-size",
+            param_hint="--batch-size",
+        )
     recovery = RecoveryOptions(
         thresholds=kw.pop("thresholds"),
         bias_correction=kw.pop("bias_correction"),

@@ -116,6 +116,8 @@ def test_quantize_bad_input_loses_nothing(cli, tmp_path):
     r = cli("quantize", model, "--data", cal, "--val", val, "--smoothquant", "2", "-o", "q", expect=None)
     assert r.returncode == 2 or r.returncode == 1
     assert "--smoothquant" in r.stderr and not (tmp_path / "q").exists()
+    r = cli("quantize", model, "--data", cal, "--val", val, "--batch-size", "4", "-o", "q", expect=2)
+    assert "--batch-size" in r.stderr and not (tmp_path / "q").exists()
     r = cli("quantize", model, "--data", cal, "--val", tmp_path / "missing.npz", "-o", "q", expect=1)
     assert "missing.npz" in r.stderr and not (tmp_path / "q").exists()
     r = cli("quantize", model, "--data", cal, "--val", val, "-o", model, expect=None)
