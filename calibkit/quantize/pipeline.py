@@ -120,7 +120,8 @@ class Pipeline:
             if o.ablate and o.recovery.bias_correction and o.recovery.rounding == "adaptive":
                 self.say("bias correction alone (for the report)")
                 bc, _ = recover_weights(model, amax, rec_feeds, replace(o.recovery, rounding="nearest"), self.device)
-                self._stage("+ bias correction", "bias_correction", bc, amax)
+                row = self._stage("+ bias correction alone", "bias_correction", bc, amax)
+                row.update(kept=False, note="for the report: bias correction without adaptive rounding")
             self.say(f"weight recovery ({o.recovery.rounding} rounding, bias correction {o.recovery.bias_correction})")
             cand, recovery = recover_weights(model, amax, rec_feeds, o.recovery, self.device, self._layer_progress)
             if not recovery["layers"]:

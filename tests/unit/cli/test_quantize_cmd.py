@@ -198,3 +198,12 @@ def test_a_step_that_meets_the_target_is_kept():
     assert p._better(after, before) and not p._better(before, after)
     worse = {"min_cosine": 0.9990, "task": 80.0, "meets": False}
     assert not p._better(worse, before)  # a task drop target ranks the task first among misses
+
+
+def test_ablation_row_is_reported_not_kept(cli, tmp_path):
+    model, cal, val = _inputs(tmp_path)
+    cli("quantize", model, "--data", cal, "--val", val, "--ablate", "--iterations", "50", "-o", "q")
+    doc = json.loads((tmp_path / "q" / "quantize.json").read_text())
+    row = next(s for s in doc["stages"] if s["step"] == "bias_correction")
+    assert row["kept"] is False and "report" in row["note"]
+    assert doc["stages"][-1]["step"] == "recovery"
