@@ -23,7 +23,7 @@ def quantized_inputs(qdq: onnx.ModelProto, layers: list[Layer]) -> dict[str, str
     return {layer.node: by_name[layer.node].input[0] for layer in layers if layer.node in by_name}
 
 
-def row_limit(layer: Layer, k: int, budget: float) -> int:
+def row_limit(k: int, budget: float) -> int:
     """Rows per batch for a layer whose rows have ``k`` values: the K x K products stay within
     ``budget`` multiply-adds, between 256 and 4096 rows."""
     return int(np.clip(budget / max(k * k, 1), 256, 4096))

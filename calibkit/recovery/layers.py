@@ -16,8 +16,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from calibkit.qdq.placement import weight_axis
-
 
 @dataclass(frozen=True)
 class Layer:
@@ -149,16 +147,6 @@ def weight_from_matrix(layer: Layer, m: np.ndarray, shape: tuple[int, ...]) -> n
         return m.reshape(shape)
     m = m[0]
     return m if layer.op == "Gemm" and layer.trans_b else np.ascontiguousarray(m.T)
-
-
-def channel_axis_matches(layer: Layer, node: onnx.NodeProto) -> bool:
-    """Rows of ``weight_matrix`` run along the per-channel axis the exporter uses."""
-    axis = weight_axis(node)
-    return (
-        (layer.op == "Conv" and axis == 0)
-        or (layer.op == "Gemm" and axis == (0 if layer.trans_b else 1))
-        or (layer.op == "MatMul" and axis == 1)
-    )
 
 
 def positions(layer: Layer, shape: tuple[int, ...], limit: int, seed: int) -> np.ndarray:

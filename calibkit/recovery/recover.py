@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -45,9 +45,6 @@ class RecoveryOptions:
     @property
     def changes_weights(self) -> bool:
         return self.bias_correction or self.rounding != "nearest"
-
-    def off(self) -> RecoveryOptions:
-        return replace(self, bias_correction=False, rounding="nearest")
 
 
 def choose_thresholds(

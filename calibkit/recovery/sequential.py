@@ -127,7 +127,7 @@ class Stepper:
             for i, layer in enumerate(layers):
                 x = got[layer.input]
                 k = self.weights[i].shape[2]
-                pick = gather.positions_for(layer, x.shape, gather.row_limit(layer, k, budget), seed, b, i)
+                pick = gather.positions_for(layer, x.shape, gather.row_limit(k, budget), seed, b, i)
                 per.append((pick, patches(layer, x, pick)))
             self.fp_rows.append(per)
 

@@ -137,3 +137,26 @@ def test_consumer_thresholds_beat_auto_on_sparse_outliers(tmp_path):
     x = _data(96, 9)
     c_auto, c_cons = _cosine(model, auto, x, tmp_path), _cosine(model, chosen, x, tmp_path)
     assert (1 - c_cons) < 0.1 * (1 - c_auto), (c_auto, c_cons)  # measured 0.99502 -> 0.99997
+
+
+def test_channel_histogram_and_moments_merge_exactly():
+    """Split the data in two, reduce each half, merge: the same counts and sums as one pass."""
+    from calibkit.recovery.thresholds import ChannelHistogram
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_t(3, size=(10, 6, 5, 5)) * 3).astype(np.float32)
+    whole = ChannelHistogram(6, float(np.abs(x).max()))
+    whole.update(x, 1)
+    a, b = ChannelHistogram(6, float(np.abs(x).max())), ChannelHistogram(6, float(np.abs(x).max()))
+    a.update(x[:4], 1)
+    b.update(x[4:], 1)
+    assert np.array_equal(a.merge(b).counts, whole.counts) and whole.counts.sum() == x.size
+    rows = rng.normal(size=(2, 300, 7)).astype(np.float32)
+    m, m1, m2 = Moments(2, 7), Moments(2, 7), Moments(2, 7)
+    m.update(rows, rows * 0.9)
+    m1.update(rows[:, :100], rows[:, :100] * 0.9)
+    m2.update(rows[:, 100:], rows[:, 100:] * 0.9)
+    merged = m1.merge(m2)
+    assert merged.n == m.n == 300
+    np.testing.assert_allclose(merged.qx, m.qx, rtol=1e-12)
+    np.testing.assert_allclose(merged.cov_qq(), m.cov_qq(), rtol=1e-9, atol=1e-12)
