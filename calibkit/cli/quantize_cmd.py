@@ -15,6 +15,18 @@ from calibkit.cli.options import (
     user_errors,
 )
 
+def _smoothquant(ctx, param, value: str) -> str:
+    if value in ("auto", "off"):
+        return value
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = float("nan")
+    if not 0.0 <= alpha <= 1.0:
+        raise click.BadParameter(f"{value!r}: give auto, off or an alpha in [0, 1] (e.g. 0.5)")
+    return value
+
+
 recovery_options = compose(
     click.option(
         "--thresholds",
@@ -42,6 +54,7 @@ recovery_options = compose(
         default="auto",
         show_default=True,
         metavar="auto|off|ALPHA",
+        callback=_smoothquant,
         help="SmoothQuant for MatMul/Gemm inputs with outlier channels: alpha tuned per tensor (auto), off, or fixed.",
     ),
     click.option(

@@ -77,6 +77,9 @@ class Pipeline:
             original, fingerprint_file(self.model_path), self.val, self.preprocess, self.labels, self.metric, self.feed
         )
         self.gates, self.default_target = self.target.applied(self.vs.task is not None)
+        self.warnings = self._warnings()
+        for w in self.warnings:
+            self.say(f"warning: {w}")
         ref = {"cosine": 1.0}
         if self.vs.ref_task is not None:
             ref["task"] = self.vs.ref_task
@@ -155,12 +158,32 @@ class Pipeline:
             "recovery": recovery,
             "fallback": self.fallback_doc,
             "kept_in_float": self.excluded,
+            "warnings": self.warnings,
             "int8_layers": final["int8_layers"],
             "layers": final["layers"],
         }
         doc["pass"] = bool(final["meets"])
         doc["verdict"] = _verdict(doc)
         return doc
+
+    def _warnings(self) -> list[str]:
+        """What makes the search-set verdict doubtful though the run can go on."""
+        out = []
+        if _same_source(self.data, self.val):
+            out.append(
+                "--val is the calibration data itself: every step is judged on the samples it was fitted to, "
+                "so the search-set numbers flatter it; pass a disjoint split"
+            )
+        vs = self.vs
+        if vs.labels is not None and vs.metric is None and vs.ref_task is not None and vs.class_index is not None:
+            classes = vs.reference[0][vs.class_index].shape[1]
+            chance = 100.0 / classes
+            if vs.ref_task <= 1.5 * chance:
+                out.append(
+                    f"the FP32 model scores {vs.ref_task:.1f}% top-1 on these labels, about chance for {classes} "
+                    f"classes ({chance:.1f}%): are the labels in the order of the samples, and of this model?"
+                )
+        return out
 
     def _kept(self) -> dict:
         """The last stage whose result was kept: what the output set holds."""
@@ -242,6 +265,14 @@ def _verdict(doc: dict) -> str:
     if doc["pass"]:
         return f"PASS: {final['stage']} meets the target ({gates}) with {share}"
     return f"FAIL: no step met the target ({gates}); best reached: {final['stage']}, {share}"
+
+
+def _same_source(a, b) -> bool:
+    """Whether two data arguments name the same file or folder."""
+    try:
+        return isinstance(a, (str, Path)) and isinstance(b, (str, Path)) and Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def first_samples(feeds: list[dict[str, np.ndarray]], n: int) -> list[dict[str, np.ndarray]]:

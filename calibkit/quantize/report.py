@@ -138,6 +138,7 @@ def page(doc: dict) -> str:
     )
     body = f"""
 <h2>{verdict}</h2>
+{"".join(f'<p class="warn">Warning: {H.escape(w)}</p>' for w in doc.get("warnings", []))}
 <p>Target: {H.escape(", ".join(f"{k} {v}" for k, v in doc["target"].items()))}
 {"(default)" if doc.get("default_target") else ""}; judged on {doc["samples"]} samples of {H.escape(str(doc["search_set"]))}
 (the search set: report held-out numbers from data the search never saw).</p>

@@ -28,7 +28,7 @@ from calibkit.data.options import FeedOptions
 from calibkit.data.script import load_function
 from calibkit.errors import CalibkitError
 from calibkit.graph.model import input_specs
-from calibkit.validate.engine import VALIDATION_BATCH, _class_output, _labels, _score
+from calibkit.validate.engine import VALIDATION_BATCH, _class_output, _labels, _score, check_class_ids
 from calibkit.validate.metrics import Agreement
 
 REF_FORMAT = 1
@@ -118,6 +118,8 @@ def load_valset(
     else:
         ref, scores = cached
     cls = _class_output(out_names, ref[0]) if lab is not None and metric is None else None
+    if cls is not None:
+        check_class_ids(lab, ref[0][cls], labels)
     vs = ValSet(
         feeds,
         counts,

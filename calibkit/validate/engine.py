@@ -101,6 +101,20 @@ def _labels(path: str | None):
     return lab
 
 
+def check_class_ids(batch_labels: np.ndarray, scores: np.ndarray, labels) -> np.ndarray:
+    """``batch_labels`` as class ids of the class-score output ``scores`` [N, C]; an id outside
+    0..C-1 can never match an argmax, so it is an error, not a silent miss."""
+    ids = np.asarray(batch_labels).reshape(-1)
+    c = scores.shape[1]
+    bad = np.flatnonzero((ids < 0) | (ids >= c))
+    if bad.size:
+        raise CalibkitError(
+            f"labels {labels}: {bad.size} class ids lie outside 0..{c - 1} (first: {int(ids[bad[0]])}), but the class-score "
+            f"output has {c} classes; are these the labels of this model and data (or should --metric score them)?"
+        )
+    return ids
+
+
 def _class_output(names: list[str], ref: list[np.ndarray]) -> int:
     for i, a in enumerate(ref):
         if a.ndim == 2 and a.shape[1] >= 2:
@@ -180,7 +194,7 @@ def evaluate(
             if metric_fn is None:  # labels alone: top-1 accuracy on the class-score output
                 if cls_index is None:
                     cls_index = _class_output(out_names, ref_out)
-                ref_res.add_scores(ref_out[cls_index].argmax(1) == batch_labels.reshape(-1))
+                ref_res.add_scores(ref_out[cls_index].argmax(1) == check_class_ids(batch_labels, ref_out[cls_index], labels))
         if metric_fn is not None:
             ref_res.add_scores(_score(metric_fn, out_names, ref_out, batch_labels, n, metric))
         ref_layer_vals = dict(zip(layer_tensors, ref_layers.run(layer_tensors, feed))) if ref_layers else {}

@@ -113,9 +113,9 @@ def test_quantize_switches_are_recorded(cli, tmp_path):
 def test_quantize_bad_input_loses_nothing(cli, tmp_path):
     model, cal, val = _inputs(tmp_path)
     before = model.read_bytes()
-    r = cli("quantize", model, "--data", cal, "--val", val, "--smoothquant", "2", "-o", "q", expect=None)
-    assert r.returncode == 2 or r.returncode == 1
-    assert "--smoothquant" in r.stderr and not (tmp_path / "q").exists()
+    for bad in ("2", "-0.1", "nan", "strong"):
+        r = cli("quantize", model, "--data", cal, "--val", val, "--smoothquant", bad, "-o", "q", expect=2)
+        assert "--smoothquant" in r.stderr and not (tmp_path / "q").exists()
     r = cli("quantize", model, "--data", cal, "--val", val, "--batch-size", "4", "-o", "q", expect=2)
     assert "--batch-size" in r.stderr and not (tmp_path / "q").exists()
     r = cli("quantize", model, "--data", cal, "--val", tmp_path / "missing.npz", "-o", "q", expect=1)
@@ -207,3 +207,26 @@ def test_ablation_row_is_reported_not_kept(cli, tmp_path):
     row = next(s for s in doc["stages"] if s["step"] == "bias_correction")
     assert row["kept"] is False and "report" in row["note"]
     assert doc["stages"][-1]["step"] == "recovery"
+
+
+def test_labels_out_of_range_are_an_error_and_chance_level_is_flagged(cli, tmp_path):
+    """Class ids the class-score output cannot produce can never match: an error naming the
+    labels file. Labels the FP32 model scores at chance on, or --val equal to --data, go on
+    with a warning in the output and the report (the verdict would flatter or mislead)."""
+    model, cal, val = _inputs(tmp_path)
+    np.save(tmp_path / "bad.npy", np.full(32, 6, dtype=np.int64))  # the model has 6 classes: ids 0..5
+    r = cli("quantize", model, "--data", cal, "--val", val, "--labels", tmp_path / "bad.npy", "-o", "q", expect=1)
+    assert "bad.npy" in r.stderr and "outside 0..5" in r.stderr and not (tmp_path / "q").exists()
+    x = np.load(cal)["x"]
+    ref = session(onnx.load(str(model))).run(None, {"x": x})[0]
+    wrong = (ref.argmax(1) + 1 + np.arange(48) % 5) % 6  # never the FP32 answer: 0% top-1
+    np.save(tmp_path / "wrong.npy", wrong.astype(np.int64))
+    r = cli(
+        "quantize", model, "--data", cal, "--val", cal, "--labels", tmp_path / "wrong.npy",
+        "--iterations", "50", "--no-fallback", "-o", "q", expect=None,
+    )
+    assert r.returncode in (0, 3), r.stderr
+    assert "about chance" in r.stderr and "--val is the calibration data itself" in r.stderr
+    doc = json.loads((tmp_path / "q" / "quantize.json").read_text())
+    assert len(doc["warnings"]) == 2
+    assert "about chance" in (tmp_path / "q" / "report.html").read_text()
