@@ -15,6 +15,7 @@ from calibkit.cli.options import (
     method_from,
     method_options,
     preprocess_from,
+    tensors_option,
     user_errors,
     warn_clip_option,
 )
@@ -26,6 +27,7 @@ from calibkit.cli.options import (
 @feed_options
 @method_options
 @warn_clip_option
+@tensors_option
 @click.option("--histograms", type=click.Path(dir_okay=False), help="Re-threshold stored histograms (no inference).")
 @click.option(
     "-o",
@@ -89,7 +91,9 @@ def calibrate(
       histograms.npz         stored histograms (re-threshold with --histograms)
       <model>.tensors.json   ONNX Runtime TensorsData (quantize_static calibration_cache_path)
 
-    With no MODEL, calibrates the shipped demo (digits CNN) into ./calibkit-demo.
+    With no MODEL, calibrates the shipped demo (digits CNN) into ./calibkit-demo. With MODEL
+    and no --data, reads ./calibration_data/<model stem>/ (or ./calibration_data/ when it holds
+    one set), with the set's preprocess.json when no preprocessing option is given.
     """
     from calibkit import demo
     from calibkit.calibration import calibrate as run
@@ -103,6 +107,19 @@ def calibrate(
             kw["preprocess_file"] = str(demo.PREPROCESS)
         output_dir = output_dir or DEMO_OUT
         err.print(f"calibkit: no model given: calibrating the shipped demo {demo.MODEL.name} on {demo.CALIB}")
+    elif kw["data"] is None and histograms is None:
+        from calibkit.data import sets
+
+        found = sets.find(model)
+        kw["data"] = str(found.data)
+        said = f"calibkit: no --data: using {found.why}"
+        if found.preprocess is not None and all(
+            kw.get(k) is None
+            for k in ("preprocess_file", "size", "resize", "pixel_scale", "channels", "layout", "mean", "std")
+        ):
+            kw["preprocess_file"] = str(found.preprocess)
+            said += f", with its {found.preprocess.name}"
+        err.print(said)
     method, cfg = method_from(kw)
     pre = preprocess_from(kw)
     feed = feed_from(kw)
@@ -131,6 +148,7 @@ def calibrate(
             ray=ray_address,
             warn_clip=warn_clip,
             feed=feed,
+            tensors=kw["tensors"],
         )
     print_calibration(result)
 
