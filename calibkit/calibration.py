@@ -25,6 +25,7 @@ from calibkit.errors import CalibkitError
 from calibkit.graph.model import check_fingerprint, fingerprint_file, has_external, input_specs, load
 from calibkit.numerics import clipping
 from calibkit.outputs.publish import Transaction
+from calibkit.qdq.fusion import TENSOR_SELECTIONS
 
 HISTOGRAMS = "histograms.npz"
 SCALES = "scales.json"
@@ -74,8 +75,12 @@ def calibrate(
     workers: int = 0,
     ray: str | None = None,
     warn_clip: float = clipping.DEFAULT_WARN_CLIP,
+    tensors: str = "all",
 ) -> CalibrateResult:
-    """``feed``: how the data is cut into runs (FeedOptions: batch axes, rebatch, max_samples);
+    """``tensors``: which tensors get histograms: ``all`` (every float tensor), ``trt`` (not
+    those inside TensorRT's fused layers: all a TensorRT 10 cache needs), ``qdq`` (the Q/DQ
+    placement's inputs); calibkit/qdq/fusion.py. Left-out tensors are listed in scales.json.
+    ``feed``: how the data is cut into runs (FeedOptions: batch axes, rebatch, max_samples);
     ``devices``: GPU indices to shard the data over, one process each (multi_gpu.py);
     ``workers``: processes decoding images; ``ray``: run the ``devices`` shards as Ray actors
     ("auto" or HOST:PORT; results never change with any of these); tensors whose
@@ -86,13 +91,15 @@ def calibrate(
     proto = load(model_path, keep_external=True)  # weights stay on disk: ORT reads them
     model_fp = fingerprint_file(model_path)
     methods.get(method)
+    if tensors not in TENSOR_SELECTIONS:
+        raise CalibkitError(f"--tensors {tensors!r} must be one of {', '.join(TENSOR_SELECTIONS)}")
     warn_clip = clipping.check_limit(warn_clip)
     if cache_algorithm not in trt_cache.ALGORITHMS:
         raise CalibkitError(f"--cache-algorithm {cache_algorithm!r} must be one of {', '.join(trt_cache.ALGORITHMS)}")
     version = trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION
     version_code = trt_cache.encode_version(version)
     with Transaction(Path(output_dir), "calibrate") as tx:
-        run = {"devices": devices, "workers": workers, "ray": ray}
+        run = {"devices": devices, "workers": workers, "ray": ray, "tensors": tensors}
         hset, reused, collection, fresh = _histograms(
             tx,
             model_path,
@@ -161,6 +168,9 @@ def stage_scales(
         "uncalibrated": dict(hset.meta.get("uncalibrated") or {}),
         "clip_warnings": clipping.summary(clipping.warnings(table, warn_clip), warn_clip),
     }
+    if hset.meta.get("tensors", "all") != "all":  # --tensors all: scales.json as before
+        table.meta["tensors"] = hset.meta["tensors"]
+        table.meta["skipped"] = dict(hset.meta.get("skipped") or {})
     check_table(table)  # nothing is published unless every value is usable
     return {
         "scales": (SCALES, table.dumps()),
@@ -216,6 +226,7 @@ def _histograms(
             )
             if (
                 same_feed
+                and old.meta.get("tensors", "all") == run["tensors"]
                 and old.meta.get("model_fingerprint") == model_fp
                 and old.meta.get("preprocess_fingerprint") == preprocess_fingerprint(source)
             ):
@@ -240,7 +251,16 @@ def _histograms(
             if device == "cpu":
                 raise CalibkitError("--devices shards the data over GPUs; it cannot be combined with --device cpu")
             collection = collect_sharded(
-                str(model_path), data, pre, source, feed, run_batch, run["devices"], run["workers"], ray=run["ray"]
+                str(model_path),
+                data,
+                pre,
+                source,
+                feed,
+                run_batch,
+                run["devices"],
+                run["workers"],
+                ray=run["ray"],
+                selection=run["tensors"],
             )
         else:
             collection = collect(
@@ -254,6 +274,7 @@ def _histograms(
                 feed=feed,
                 external_dir=str(model_path.parent) if has_external(proto) else None,
                 hash_stream=not getattr(source, "hashes_files", False),
+                tensors=run["tensors"],
             )
         data_fp = fingerprint.result()
     stats = collection.stats
@@ -272,6 +293,7 @@ def _histograms(
             **feed.meta(),
             "samples_limited": stats.limited,
             "uncalibrated": collection.uncalibrated,
+            **({"tensors": run["tensors"], "skipped": collection.skipped} if run["tensors"] != "all" else {}),
         },
     )
     return hset, None, collection, True

@@ -165,6 +165,21 @@ def warn_clip_option(fn: Callable) -> Callable:
     )(fn)
 
 
+def tensors_option(fn: Callable) -> Callable:
+    return click.option(
+        "--tensors",
+        "tensors",
+        type=click.Choice(("trt", "qdq", "all")),
+        default="trt",
+        show_default=True,
+        help=(
+            "Which tensors get histograms: trt = all but those inside TensorRT's fused layers (every scale a "
+            "TensorRT 10 build reads); qdq = only the inputs the Q/DQ placement quantizes; all = every float tensor. "
+            "Left-out tensors are listed in scales.json with the reason."
+        ),
+    )(fn)
+
+
 def method_from(kw: dict):
     spec = kw.pop("method")
     name, cfg = methods.parse_spec(spec)

@@ -56,6 +56,7 @@ def collect(
     external_dir: str | None = None,
     pad: bool | None = None,
     hash_stream: bool = True,
+    tensors: str = "all",
 ) -> Collection:
     """Histograms of every calibration tensor over the whole ``source`` (or its first
     ``max_samples`` samples).
@@ -65,7 +66,9 @@ def collect(
     provider: GPU kernels may round differently at different batch shapes, so every run is
     padded to exactly ``run_batch`` (default 32) samples; results are then invariant to
     sharding, order and chunking of the data (keep --batch-size fixed across shards).
-    ``pad`` forces padding on or off (tests pad on the CPU provider).
+    ``pad`` forces padding on or off (tests pad on the CPU provider). ``tensors``: ``all``
+    (every float tensor), ``trt`` (not those inside TensorRT's fused layers) or ``qdq`` (the
+    Q/DQ placement's inputs): calibkit/qdq/fusion.py; left-out tensors are listed with why.
     """
     if run_batch is not None and run_batch < 1:
         raise CalibkitError(f"--batch-size must be >= 1, got {run_batch}")
@@ -81,8 +84,18 @@ def collect(
     start = time.perf_counter()
     batches = run_batches(source, specs, lambda: size["n"], stats, feed, hash_stream=hash_stream)
     first = next(batches)  # run_batches raises a CalibkitError when there is no sample
-    p, names, listed = plan(
-        model, specs, first, device, threads, model_name, source, external_dir, pad, FeedOptions.of(feed).rebatch
+    p, names, listed, dropped = plan(
+        model,
+        specs,
+        first,
+        device,
+        threads,
+        model_name,
+        source,
+        external_dir,
+        pad,
+        FeedOptions.of(feed).rebatch,
+        tensors,
     )
     on_cuda = "CUDAExecutionProvider" in p.sess.get_providers()
 
@@ -100,7 +113,9 @@ def collect(
     else:
         hists = _collect_host(p, stream(), stats, size, run_batch, progress)
     ordered = {n: hists[n] for n in names if n in hists}
-    return Collection(ordered, stats, time.perf_counter() - start, list(p.sess.get_providers()), listed, p.pad)
+    return Collection(
+        ordered, stats, time.perf_counter() - start, list(p.sess.get_providers()), listed, p.pad, dropped
+    )
 
 
 def _collect_host(

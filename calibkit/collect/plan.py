@@ -16,6 +16,7 @@ from calibkit.graph.batch_axes import activation_axes, axes_from_shapes
 from calibkit.graph.model import InputSpec, calibration_tensors, with_outputs
 from calibkit.graph.subgraphs import data_dependent_reasons, inline_constant_ifs, uncalibrated
 from calibkit.numerics.histogram import TensorHistogram
+from calibkit.qdq import fusion
 from calibkit.sessions import ort_message, session
 
 MEMORY_BUDGET = 64 << 20  # activation bytes per run when calibkit picks the batch size
@@ -40,6 +41,7 @@ class Collection:
     providers: list[str]
     uncalibrated: dict[str, str] = field(default_factory=dict)  # tensor -> why it has no histogram
     padded: bool = False
+    skipped: dict[str, str] = field(default_factory=dict)  # tensor -> why --tensors left it out
 
 
 @dataclass
@@ -113,9 +115,11 @@ def plan(
     external_dir: str | None,
     pad: bool | None,
     rebatch: bool,
-) -> tuple[Plan, list[str], dict[str, str]]:
+    tensors: str = "all",
+) -> tuple[Plan, list[str], dict[str, str], dict[str, str]]:
     """Inline constant Ifs, build the exposed session, find batch axes. Returns the plan, the
-    calibration tensor names (graph order) and {tensor: why not calibrated}."""
+    calibration tensor names (graph order), {tensor: why not calibrated} and {tensor: why the
+    ``tensors`` selection (calibkit/qdq/fusion.py) left it out}."""
     sampled = {s.name for s in specs if s.axis is not None}
 
     def evaluate(m: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
@@ -129,7 +133,7 @@ def plan(
         return dict(zip(names, ort_run(lambda: sess.run(names, dict(first)), model_name, source)))
 
     work, guards, skipped = inline_constant_ifs(model, sampled, evaluate)
-    names = calibration_tensors(work, everything=True)
+    names, dropped = fusion.select(work, calibration_tensors(work, everything=True), tensors)
     input_names = [s.name for s in specs]
     outputs = [n for n in names if n not in input_names]
     exposed = outputs + [g for g in guards if g not in outputs and g not in input_names]
@@ -148,7 +152,7 @@ def plan(
     calibrated = set(names)
     listed = {**uncalibrated(work, why=data_dependent_reasons(work, sampled)), **skipped}
     listed = {k: v for k, v in listed.items() if k not in calibrated}
-    return Plan(sess, specs, exposed, input_names, axes, guards, pad, model_name, source), names, listed
+    return Plan(sess, specs, exposed, input_names, axes, guards, pad, model_name, source), names, listed, dropped
 
 
 def check_guards(p: Plan, values: dict[str, np.ndarray]) -> None:

@@ -102,7 +102,9 @@ def _use_gpu(index: int) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
 
 
-def _collect_shard(model: str, data, pre, feed, run_batch: int, start: int, stop: int, workers: int):
+def _collect_shard(
+    model: str, data, pre, feed, run_batch: int, start: int, stop: int, workers: int, tensors: str = "all"
+):
     """In a worker: collect samples ``[start, stop)`` on its one visible GPU."""
     from calibkit.collect.host import collect
     from calibkit.data import open_source
@@ -124,6 +126,7 @@ def _collect_shard(model: str, data, pre, feed, run_batch: int, start: int, stop
         feed=FeedOptions(feed.batch_axes, feed.rebatch),
         external_dir=os.path.dirname(os.path.abspath(model)) if has_external(proto) else None,
         hash_stream=False,
+        tensors=tensors,
     )
     col.stats.digest = None  # not picklable; file sources need no streamed hash
     return col
@@ -166,6 +169,7 @@ def collect_sharded(
     devices: list[int],
     workers: int = 0,
     ray: str | None = None,
+    selection: str = "all",
 ):
     """One process per GPU over contiguous shards (Ray actors with ``ray``); their collections
     merged (exact)."""
@@ -184,7 +188,7 @@ def collect_sharded(
     run_batch = run_batch or CUDA_RUN_BATCH
     ranges = shard_ranges(total, run_batch, len(devices))
     t0 = time.perf_counter()
-    jobs = [(str(model), str(data), pre, feed, run_batch, a, b, workers) for a, b in ranges]
+    jobs = [(str(model), str(data), pre, feed, run_batch, a, b, workers, selection) for a, b in ranges]
     if ray is not None:
         parts = _on_ray(ray, devices, jobs)
     else:
@@ -215,4 +219,6 @@ def collect_sharded(
         limited=limited,
     )
     uncal = {k: v for p in parts for k, v in p.uncalibrated.items()}
-    return Collection(tensors, stats, time.perf_counter() - t0, parts[0].providers, uncal, any(p.padded for p in parts))
+    return Collection(
+        tensors, stats, time.perf_counter() - t0, parts[0].providers, uncal, any(p.padded for p in parts), parts[0].skipped
+    )
