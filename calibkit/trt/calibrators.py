@@ -49,9 +49,14 @@ class _Protocol:
 
 
 class _LegacyProtocol(_Protocol):
+    """IInt8LegacyCalibrator's extra methods, with the arguments TensorRT passes (pyInt8.cpp).
+
+    The histogram cache is not kept: TensorRT passes ``length`` by value to Python, so a
+    Python ``read_histogram_cache`` cannot hand a cache back (its length never reaches
+    TensorRT); returning None makes TensorRT build the histograms, as Polygraphy does."""
+
     quantile_value: float = 0.9999
     cutoff_value: float = 1.0
-    histogram_cache: bytes | None = None
 
     def get_quantile(self) -> float:
         return self.quantile_value
@@ -59,11 +64,11 @@ class _LegacyProtocol(_Protocol):
     def get_regression_cutoff(self) -> float:
         return self.cutoff_value
 
-    def read_histogram_cache(self):
-        return self.histogram_cache
+    def read_histogram_cache(self, length):
+        return None
 
-    def write_histogram_cache(self, data) -> None:
-        self.histogram_cache = bytes(data)
+    def write_histogram_cache(self, ptr, length) -> None:
+        return None
 
 
 def _build() -> None:
