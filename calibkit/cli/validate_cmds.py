@@ -19,6 +19,14 @@ from calibkit.cli.options import (
 
 DEFAULT_METHODS = "entropy,percentile:99.99,percentile:99.999,minmax,mse"
 
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(["int8", "fp8"]),
+    default="int8",
+    show_default=True,
+    help="int8: symmetric INT8 (scale amax/127); fp8: FP8 E4M3FN (scale amax/448, opset 19), Hopper/Ada/Blackwell.",
+)
+
 gate_options = compose(
     click.option(
         "--labels",
@@ -345,9 +353,12 @@ def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt
     help="File of node names to keep in float, one per line (`calibkit fallback` writes exclude-nodes.txt).",
 )
 @click.option("--exclude-op-types", metavar="OPS", help="Comma-separated op types to keep in float, e.g. Gemm.")
+@precision_option
 @click.option("--force", is_flag=True, help="Accept scales whose model fingerprint differs.")
 @user_errors
-def export_qdq(model, scales, output, placement, exclude_nodes, exclude_list, exclude_op_types, force) -> None:
+def export_qdq(
+    model, scales, output, placement, exclude_nodes, exclude_list, exclude_op_types, precision, force
+) -> None:
     """Write a Q/DQ (explicitly quantized) ONNX model from calibkit scales.
 
     Constant-node weights and opsets below 13 are normalised in a copy; float16 graphs get
@@ -382,7 +393,14 @@ def export_qdq(model, scales, output, placement, exclude_nodes, exclude_list, ex
     ops = [o.strip() for o in exclude_op_types.split(",")] if exclude_op_types else None
     notes: list[str] = []
     path = run(
-        model, table.amax(), output, placement=placement, exclude_nodes=exclude_nodes, exclude_op_types=ops, notes=notes
+        model,
+        table.amax(),
+        output,
+        placement=placement,
+        exclude_nodes=exclude_nodes,
+        exclude_op_types=ops,
+        notes=notes,
+        precision=precision,
     )
     written = onnx.load(str(path), load_external_data=False)
     q = len(activation_qdq(written)) + body_activation_count(written)
@@ -391,5 +409,5 @@ def export_qdq(model, scales, output, placement, exclude_nodes, exclude_list, ex
         out.print(f"note: {note}")
     extra = f" + {data.name}" if data.exists() else ""
     out.print(
-        f"wrote {path}{extra}: {q} quantized activations ({placement} placement, method {table.method}), weights per-channel INT8, {time.perf_counter() - start:.1f} s"
+        f"wrote {path}{extra}: {q} quantized activations ({placement} placement, method {table.method}), weights per-channel {precision.upper()}, {time.perf_counter() - start:.1f} s"
     )

@@ -28,7 +28,7 @@ import onnx
 
 from calibkit.artifacts import tensors_data as ort_tensors
 from calibkit.errors import CalibkitError
-from calibkit.numerics.formats import INT8
+from calibkit.numerics.formats import INT8, number_format
 from calibkit.qdq.placement import COMPUTE_OPS, ORT_EXTRA_OPS, PLACEMENTS, activation_inputs, quantized_ops
 
 FP16_MIN_OPSET = 19  # QuantizeLinear takes float16 input (and a float16 scale) from opset 19
@@ -91,10 +91,12 @@ def export_qdq(
     exclude_op_types: list[str] | None = None,
     tx=None,
     notes: list[str] | None = None,
+    precision: str = "int8",
 ) -> Path:
     """Write the Q/DQ model atomically (with ``<name>.data`` beside it for external-data or
     large models); returns its path. ``model`` is a ModelProto or the path of an .onnx file
-    (then its weights are never loaded here). ``notes`` collects what was normalised."""
+    (then its weights are never loaded here). ``notes`` collects what was normalised.
+    ``precision``: ``int8`` (default) or ``fp8`` (E4M3FN, opset 19; calibkit/qdq/fp8.py)."""
     from calibkit.graph import forms as graph_forms
     from calibkit.qdq import bodies as qdq_subgraph
     from calibkit.qdq import files as qdq_io
@@ -102,6 +104,14 @@ def export_qdq(
 
     if placement not in PLACEMENTS:
         raise CalibkitError(f"--placement {placement!r} must be one of {', '.join(PLACEMENTS)}")
+    try:
+        fmt = number_format(precision)
+    except ValueError as exc:
+        raise CalibkitError(f"--{exc}") from None
+    if fmt is not INT8 and placement == "ort":
+        raise CalibkitError(
+            f"--precision {precision} with --placement ort: ONNX Runtime has no {precision} integer kernels to fuse into; use --placement trt"
+        )
     source_dir = None
     if not isinstance(model, onnx.ModelProto):
         source_dir = Path(model).parent
@@ -114,6 +124,10 @@ def export_qdq(
         named, old = graph_forms.upgrade_opset(named, FP16_MIN_OPSET)
         if old is not None:
             done.append(f"opset {old} converted to {FP16_MIN_OPSET} for float16 Q/DQ")
+    if fmt is not INT8:
+        named, old = graph_forms.upgrade_opset(named, fmt.min_opset)
+        if old is not None:
+            done.append(f"opset {old} converted to {fmt.min_opset} for {fmt.name} Q/DQ")
     skip_types = set(exclude_op_types or [])
     known = set(COMPUTE_OPS) | set(ORT_EXTRA_OPS)
     unknown = sorted(skip_types - known)
@@ -161,8 +175,14 @@ def export_qdq(
         done.extend(inner.notes())
         if placement == "ort" and inner.quantized:
             done.append("ops inside bodies get the trt placement (inputs of Conv/Gemm/MatMul only)")
+        if fmt is not INT8:
+            from calibkit.qdq import fp8 as qdq_fp8
+
+            n = qdq_fp8.convert(qdq, amax, named, source_dir)
+            qdq.ir_version = max(qdq.ir_version, qdq_fp8.MIN_IR_VERSION)
+            done.append(f"{n} activation scales amax/{fmt.qmax:g}, weights per-channel, as FP8 E4M3FN")
         onnx.save_model(qdq, str(staged))
-        qdq_io.check_written(staged)
+        qdq_io.check_written(staged, basic=fmt is not INT8)
         if notes is not None:
             notes.extend(done)
         return qdq_io.publish(staged, target, tx)

@@ -1,0 +1,91 @@
+"""FP8 E4M3FN: the grid (against ml_dtypes' cast), and the Q/DQ export on ORT CPU."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, numpy_helper
+
+from calibkit.artifacts import scales as scales_io
+from calibkit.calibration import calibrate
+from calibkit.errors import CalibkitError
+from calibkit.graph.model import load
+from calibkit.numerics.formats import FP8, INT8, number_format
+from calibkit.qdq.export import activation_qdq, export_qdq
+from calibkit.sessions import session
+
+
+def test_fp8_levels_match_the_e4m3fn_cast():
+    rng = np.random.default_rng(0)
+    x = np.concatenate(
+        [rng.normal(0, 100, 20000), rng.normal(0, 0.01, 20000), rng.normal(0, 1e-4, 2000)]
+        + [[448.0, 449.0, 464.0, 465.0, 1e6, -1e6, 0.0, 2.0**-10, 3 * 2.0**-11, 2.0**-9 * 1.5]]
+    )
+    expect = np.clip(x, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float64)
+    np.testing.assert_array_equal(FP8.levels(x), expect)
+    assert FP8.levels(np.array([1000.0]))[0] == 448.0  # saturating, never NaN
+
+
+def test_formats_and_scales():
+    assert number_format("int8") is INT8 and number_format("fp8") is FP8
+    with pytest.raises(ValueError, match="int8, fp8"):
+        number_format("fp4")
+    assert FP8.scale(448.0) == 1.0 and FP8.onnx_type == TensorProto.FLOAT8E4M3FN
+    assert np.float32(FP8.scale(3.0)) == np.float32(3.0) / np.float32(448.0)
+    np.testing.assert_array_equal(INT8.fake_quant([1.0, 0.5, -3.0], 0.01), [1.0, 0.5, -1.27])
+
+
+@pytest.fixture
+def calibrated(conv_model, conv_data, tmp_path):
+    calibrate(conv_model, conv_data, output_dir=tmp_path / "cal")
+    return load(conv_model), scales_io.read(tmp_path / "cal" / "scales.json")
+
+
+def test_fp8_export_scales_weights_and_runs(calibrated, tmp_path):
+    model, table = calibrated
+    path = export_qdq(model, table.amax(), tmp_path / "m.fp8.onnx", precision="fp8")
+    q = onnx.load(str(path))
+    onnx.checker.check_model(q)
+    assert max(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) >= 19
+    inits = {i.name: i for i in q.graph.initializer}
+    acts = activation_qdq(q)
+    assert set(acts) == {"x", "r1", "flat"}  # same placement as INT8
+    for tensor, (_, scale) in acts.items():
+        assert np.float32(scale) == np.float32(table.amax()[tensor]) / np.float32(448)
+    for n in q.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zp = inits[n.input[2]]
+            assert zp.data_type == TensorProto.FLOAT8E4M3FN and not numpy_helper.to_array(zp).astype(np.float32).any()
+    w1 = numpy_helper.to_array({i.name: i for i in model.graph.initializer}["w1"])
+    ws = numpy_helper.to_array(inits["w1_scale"])
+    np.testing.assert_array_equal(ws, (np.abs(w1).reshape(8, -1).max(1) / np.float32(448)).astype(np.float32))
+    wq = inits["w1_quantized"]
+    assert wq.data_type == TensorProto.FLOAT8E4M3FN
+    got_w = numpy_helper.to_array(wq).astype(np.float64)
+    np.testing.assert_array_equal(got_w, FP8.levels(w1 / ws[:, None, None, None].astype(np.float64)))
+    assert np.abs(got_w).max() == 448.0  # each channel's amax maps to the top of the grid
+    x = np.load(tmp_path / "calib.npz")["x"][:8]
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = session(path.read_bytes(), device="cpu", exact_qdq=True).run(None, {"x": x})[0]
+    cos = float((ref.ravel() @ got.ravel()) / (np.linalg.norm(ref) * np.linalg.norm(got)))
+    assert cos > 0.999
+
+
+def test_fp8_refuses_ort_placement(calibrated, tmp_path):
+    model, table = calibrated
+    with pytest.raises(CalibkitError, match="--placement trt"):
+        export_qdq(model, table.amax(), tmp_path / "m.onnx", placement="ort", precision="fp8")
+    with pytest.raises(CalibkitError, match="precision 'fp4'"):
+        export_qdq(model, table.amax(), tmp_path / "m.onnx", precision="fp4")
+
+
+def test_export_qdq_cli_precision(cli, conv_model, conv_data, tmp_path):
+    calibrate(conv_model, conv_data, output_dir=tmp_path / "cal")
+    out = tmp_path / "m.fp8.onnx"
+    r = cli("export-qdq", conv_model, "--scales", tmp_path / "cal" / "scales.json", "-o", out, "--precision", "fp8")
+    assert "weights per-channel FP8" in r.stdout
+    q = onnx.load(str(out))
+    assert {i.data_type for i in q.graph.initializer if i.name.endswith("_zero_point")} == {TensorProto.FLOAT8E4M3FN}
