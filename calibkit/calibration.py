@@ -168,8 +168,8 @@ def stage_scales(
         "uncalibrated": dict(hset.meta.get("uncalibrated") or {}),
         "clip_warnings": clipping.summary(clipping.warnings(table, warn_clip), warn_clip),
     }
-    if hset.meta.get("tensors", "all") != "all":  # --tensors all: scales.json as before
-        table.meta["tensors"] = hset.meta["tensors"]
+    if hset.meta.get("tensor_selection", "all") != "all":  # --tensors all: scales.json as before
+        table.meta["tensor_selection"] = hset.meta["tensor_selection"]
         table.meta["skipped"] = dict(hset.meta.get("skipped") or {})
     check_table(table)  # nothing is published unless every value is usable
     return {
@@ -226,7 +226,7 @@ def _histograms(
             )
             if (
                 same_feed
-                and old.meta.get("tensors", "all") == run["tensors"]
+                and old.meta.get("tensor_selection", "all") == run["tensors"]
                 and old.meta.get("model_fingerprint") == model_fp
                 and old.meta.get("preprocess_fingerprint") == preprocess_fingerprint(source)
             ):
@@ -293,7 +293,7 @@ def _histograms(
             **feed.meta(),
             "samples_limited": stats.limited,
             "uncalibrated": collection.uncalibrated,
-            **({"tensors": run["tensors"], "skipped": collection.skipped} if run["tensors"] != "all" else {}),
+            **({"tensor_selection": run["tensors"], "skipped": collection.skipped} if run["tensors"] != "all" else {}),
         },
     )
     return hset, None, collection, True

@@ -76,8 +76,6 @@ def collect(
     # One core is the reducer's: ORT gets the rest (measured: 1.5x faster on 2 cores).
     threads = threads or max(1, (os.cpu_count() or 2) - 1)
     on_cuda = "CUDAExecutionProvider" in providers_for(device)
-    if not on_cuda:
-        hist_kernel.warm()  # the compiled reducer loads while the model is prepared
     padded_run = bool(pad) or (pad is None and on_cuda)
     size = {"n": run_batch or (CUDA_RUN_BATCH if padded_run else 1)}
     stats = FeedStats()
@@ -111,11 +109,24 @@ def collect(
         else:
             hists = _collect_host(p, stream(), stats, size, run_batch or size["n"], progress)
     else:
-        hists = _collect_host(p, stream(), stats, size, run_batch, progress)
+        with hist_kernel.deferred():  # numba only when the run is large enough to gain from it
+            hists = _collect_host(p, stream(), stats, size, run_batch, progress)
     ordered = {n: hists[n] for n in names if n in hists}
     return Collection(
         ordered, stats, time.perf_counter() - start, list(p.sess.get_providers()), listed, p.pad, dropped
     )
+
+
+# Activation bytes below which the NumPy reducer finishes before numba's import and LLVM would
+# (about a second on a loaded 2-core machine): the demo never loads numba.
+WARM_BYTES = 256 << 20
+
+
+def worth_compiling(per_sample: int, source) -> bool:
+    """Whether to load the compiled reducer: the whole run's activations (unknown length: yes)
+    exceed WARM_BYTES. Either reducer gives the same counts."""
+    total = source.num_samples() if hasattr(source, "num_samples") else None
+    return total is None or per_sample * total > WARM_BYTES
 
 
 def _collect_host(
@@ -141,6 +152,8 @@ def _collect_host(
             values = ort_run(lambda f=run_feed: runner.run(f), p.model_name, p.source)
             if stats.batches == 1 and not p.pad:
                 per_sample = sum(getattr(v, "nbytes", 0) for v in values) // max(1, n)
+                if worth_compiling(per_sample, p.source):
+                    hist_kernel.warm()  # loads in a thread; NumPy reduces (same counts) meanwhile
                 if run_batch is None:
                     size["n"] = auto_batch(per_sample)
                 if per_sample * size["n"] > OVERLAP_LIMIT:

@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 import numpy as np
-from scipy.special import rel_entr
 
 from calibkit.methods import entropy as host_entropy
 from calibkit.methods import minmax as host_minmax
@@ -161,6 +160,8 @@ def _resolve(picks: np.ndarray, near, exact, last: bool, none: int) -> list[int]
 def kl_exact(bins: np.ndarray, i: int, levels: int) -> float:
     """``entropy._kl_exact`` without scipy.stats.entropy's call overhead: the same numpy
     operations in the same order (normalise q, normalise p, rel_entr, sum), so the same value."""
+    from scipy.special import rel_entr
+
     p, q = host_entropy.pq(bins, i, levels)
     if q.sum() == 0 or np.any((q == 0) & (p > 0)):
         return float("inf")

@@ -13,8 +13,6 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import xlogy
-from scipy.stats import entropy as kl_divergence
 
 from calibkit.methods.base import edge_amax, pick_near_min, register
 from calibkit.numerics.histogram import NUM_BINS, TensorHistogram
@@ -72,14 +70,23 @@ def pq(bins: np.ndarray, i: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _kl_exact(bins: np.ndarray, i: int, levels: int) -> float:
+    """KL(P||Q) as scipy.stats.entropy(p, q) computes it (normalise q, normalise p, rel_entr,
+    sum: the same operations in the same order, so the same value) without importing
+    scipy.stats, which costs about a second at start-up."""
+    from scipy.special import rel_entr
+
     p, q = pq(bins, i, levels)
     if q.sum() == 0 or np.any((q == 0) & (p > 0)):
         return float("inf")
-    return float(kl_divergence(p, q))
+    q = q / np.sum(q)
+    p = p / np.sum(p)
+    return float(np.sum(rel_entr(p, q)))
 
 
 def _group_terms(c: np.ndarray, n: np.ndarray) -> np.ndarray:
     """sum over groups of c * log(c / n), float64, for rows of group totals/sizes."""
+    from scipy.special import xlogy
+
     with np.errstate(divide="ignore", invalid="ignore"):
         return (xlogy(c, c) - xlogy(c, n)).sum(axis=1)
 
@@ -90,6 +97,8 @@ def divergences(bins: np.ndarray, cfg: EntropyConfig, rows: np.ndarray | None = 
     With ``rows=None`` the per-group logarithms run in float32 (a screen, accurate to ~1e-6);
     with ``rows`` given they run in float64 for those candidates only.
     """
+    from scipy.special import xlogy  # on first use, not at start-up
+
     ws = _WS.get(cfg.levels, cfg.start_bin)
     total = float(bins.sum())
     s = np.concatenate(([0.0], np.cumsum(bins)))

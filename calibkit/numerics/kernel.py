@@ -15,6 +15,7 @@ collector starts ``warm()`` first and reduces with NumPy until it is ready.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -76,7 +77,7 @@ def kernel():
         return None
     fn = _state.get("fn", False)
     if fn is False:
-        if _state.get("loading") and mode != "numba":
+        if (_state.get("loading") or _state.get("deferred")) and mode != "numba":
             return None  # being loaded by warm()'s thread: do not wait for it
         fn = _load()
     if fn is None and mode == "numba":
@@ -98,6 +99,18 @@ def _load():
                 _state["why"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
             _state["fn"] = fn
     return fn
+
+
+@contextlib.contextmanager
+def deferred():
+    """Within: ``kernel()`` does not load numba itself (the NumPy path runs, same counts) unless
+    ``warm()`` starts loading it: a small collection never pays numba's second of import."""
+    before = _state.get("deferred", False)
+    _state["deferred"] = True
+    try:
+        yield
+    finally:
+        _state["deferred"] = before
 
 
 def warm() -> threading.Thread | None:
