@@ -115,9 +115,8 @@ def read_side(path: str | Path, method: str = "entropy", config: Any = None) -> 
     p = Path(path)
     kind = _kind(p)
     if kind == "scales":
-        from calibkit.artifacts import scales
-
         from calibkit import methods
+        from calibkit.artifacts import scales
 
         t = scales.read(p)
         try:
@@ -172,7 +171,5 @@ def compare(a: Side, b: Side) -> Diff:
     return Diff(a, b, rows, sorted(n for n in b.amax if n not in a.amax), sorted(n for n in a.amax if n not in b.amax))
 
 
-def diff_files(
-    path_a: str | Path, path_b: str | Path, method: str = "entropy"
-) -> Diff:
+def diff_files(path_a: str | Path, path_b: str | Path, method: str = "entropy") -> Diff:
     return compare(read_side(path_a, method), read_side(path_b, method))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 
 import click
 
@@ -66,9 +67,9 @@ def diff(a, b, max_change, method, limit, report, json_path) -> None:
     for label, names in (("added (only in B)", d.added), ("removed (only in A)", d.removed)):
         if names:
             shown = ", ".join(names[:limit]) + (f", ... {len(names) - limit} more" if len(names) > limit else "")
-            out.print(f"{label}: {shown}")
+            out.print(textwrap.fill(f"{label}: {shown}", 80, break_on_hyphens=False, break_long_words=False))
     line = summary_line(d, max_change)
-    out.print(line)
+    out.print(textwrap.fill(line, 80, break_on_hyphens=False, break_long_words=False))
     if json_path:
         write_text(json_path, json.dumps(d.to_dict(max_change), indent=1, allow_nan=False) + "\n")
         out.print(f"wrote json   {json_path}")
