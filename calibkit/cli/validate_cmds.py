@@ -177,7 +177,7 @@ def _run_reporting(fn, **kwargs):
 @click.option("--scales", type=click.Path(dir_okay=False), help="scales.json from `calibkit calibrate`.")
 @click.option(
     "--backends",
-    help="Comma-separated: ort-int8, ort-int8-cpu, ort-fp16, ort-fp32, trt-int8, trt-fp16 "
+    help="Comma-separated: ort-int8, ort-int8-cpu, ort-fp8, ort-fp16, ort-fp32, trt-int8, trt-fp16 "
     "[default: ort-int8,ort-fp16; the bare demo: ort-int8,ort-fp16,trt-int8].",
 )
 @click.option(

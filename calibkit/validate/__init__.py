@@ -70,7 +70,8 @@ def _advise(doc: dict, model: str | Path, scales_of: Callable[[dict], Path | Non
         scales = scales_of(c)
         if not fb or not fb.get("exclude_nodes") or scales is None:
             continue
-        out = scales.parent / f"{Path(model).stem}.fp16-fallback.qdq.onnx"
+        fp8 = c.get("backend") == "ort-fp8"
+        out = scales.parent / f"{Path(model).stem}.fp16-fallback{'.fp8' if fp8 else ''}.qdq.onnx"
         fb["command"] = shlex.join(
             [
                 "calibkit",
@@ -78,6 +79,7 @@ def _advise(doc: dict, model: str | Path, scales_of: Callable[[dict], Path | Non
                 str(model),
                 "--scales",
                 str(scales),
+                *(["--precision", "fp8"] if fp8 else []),
                 "--exclude-nodes",
                 fb["exclude_nodes"],
                 "-o",
@@ -99,7 +101,7 @@ def _finish(doc, ev, hists, title, report, results, tx_dir=None, extra=None) -> 
     with Transaction(
         tx_dir or report.parent,
         f"report-{report.name}" if tx_dir is None else "compare",
-        command=doc.get("command", "validate"),
+        command=doc.get("command") or ("validate" if tx_dir is None else "compare"),
     ) as tx:
         if extra is not None:
             extra(tx)
@@ -180,7 +182,12 @@ def validate(
     out_names = [o.name for o in proto.graph.output]
     with tempfile.TemporaryDirectory(prefix="calibkit-validate-") as tmp:
         specs = [
-            (b, table.amax() if table else None, table.method if table and "int8" in b else None) for b in backends
+            (
+                b,
+                table.amax() if table else None,
+                table.method if table and ("int8" in b or b in B.QDQ_BACKENDS) else None,
+            )
+            for b in backends
         ]
         cands, unavailable = _candidates(specs, proto, out_names, Path(tmp), device, exclude_nodes, emulate_fp16)
         ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source, feed)

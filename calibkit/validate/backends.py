@@ -1,5 +1,5 @@
-"""Candidates behind one interface: ort-fp32 (reference), ort-int8, ort-int8-cpu, ort-fp16,
-and trt-int8 / trt-fp16 (calibkit.trt; listed unavailable, with the reason, without TensorRT).
+"""Candidates behind one interface: ort-fp32 (reference), ort-int8, ort-int8-cpu, ort-fp8
+(FP8 E4M3FN Q/DQ, TensorRT placement, run as dequantize -> FP32 kernels), ort-fp16, and trt-int8 / trt-fp16 (calibkit.trt; listed unavailable, with the reason, without TensorRT).
 
 A candidate runs a feed and returns the model outputs in the reference's order; INT8
 candidates also expose, for per-layer analysis, every quantized activation before and
@@ -19,7 +19,8 @@ from calibkit.sessions import int8_saturates, session
 from calibkit.validate import fp16
 from calibkit.validate.candidate import Candidate, Unavailable  # noqa: F401  (Unavailable: raised by backends)
 
-BACKENDS = ("ort-fp32", "ort-int8", "ort-int8-cpu", "ort-fp16", "trt-int8", "trt-fp16")
+BACKENDS = ("ort-fp32", "ort-int8", "ort-int8-cpu", "ort-fp8", "ort-fp16", "trt-int8", "trt-fp16")
+QDQ_BACKENDS = {"ort-int8": ("trt", "int8"), "ort-int8-cpu": ("ort", "int8"), "ort-fp8": ("trt", "fp8")}
 
 
 def trt_reason() -> str:
@@ -51,8 +52,10 @@ def make(
     method: str | None = None,
     exclude_nodes: str | None = None,
     emulate_fp16: bool = False,
+    placement: str | None = None,
 ) -> Candidate:
-    """Build one candidate; raises Unavailable with the reason when it cannot run here."""
+    """Build one candidate; raises Unavailable with the reason when it cannot run here.
+    ``placement``: the Q/DQ placement of an ort-int8/ort-fp8 candidate (default ``trt``)."""
     if backend not in BACKENDS:
         raise CalibkitError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend.startswith("trt-"):
@@ -62,17 +65,25 @@ def make(
     if backend == "ort-fp32":
         c, _ = reference(model, device)
         return c
-    if backend in ("ort-int8", "ort-int8-cpu"):
+    if backend in QDQ_BACKENDS:
         if amax is None:
             raise CalibkitError(f"backend {backend} needs scales: pass --scales scales.json (from calibkit calibrate)")
-        placement = "trt" if backend == "ort-int8" else "ort"
-        tag = f"{method or 'int8'}.{placement}"
-        path = export_qdq(model, amax, workdir / f"{tag}.qdq.onnx", placement=placement, exclude_nodes=exclude_nodes)
+        default, precision = QDQ_BACKENDS[backend]
+        placement = placement or default
+        tag = f"{method or 'int8'}.{placement}" + ("" if precision == "int8" else f".{precision}")
+        path = export_qdq(
+            model,
+            amax,
+            workdir / f"{tag}.qdq.onnx",
+            placement=placement,
+            exclude_nodes=exclude_nodes,
+            precision=precision,
+        )
         qdq = onnx.load(str(path))
         layers = activation_qdq(qdq)
         # The Q/DQ model runs on the CPU provider: real INT8 kernels for the "ort" placement,
         # dequantize -> float kernels (exact INT8 numerics) for the TensorRT placement.
-        exact = placement == "trt"
+        exact = placement != "ort"
         sess = session(qdq, device="cpu", where=f"the Q/DQ model {path.name}", exact_qdq=exact)
         graph_inputs = {i.name for i in qdq.graph.input}
         names = [n for t, (dq, _) in layers.items() for n in (t, dq) if n not in graph_inputs]
@@ -80,8 +91,8 @@ def make(
             session(with_outputs(qdq, names), device="cpu", where=path.name, exact_qdq=exact) if names else None
         )
         how = (
-            "TensorRT Q/DQ placement, dequantize->FP32 kernels on ORT CPU"
-            if placement == "trt"
+            f"TensorRT Q/DQ placement ({placement}, {precision.upper()}), dequantize->FP32 kernels on ORT CPU"
+            if placement != "ort"
             else "ORT placement, real INT8 kernels on ORT CPU"
             + (" (this CPU has no VNNI: ORT's u8s8 kernels saturate here, unlike TensorRT)" if int8_saturates() else "")
         )

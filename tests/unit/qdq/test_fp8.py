@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import ml_dtypes
 import numpy as np
 import onnx
@@ -89,3 +91,16 @@ def test_export_qdq_cli_precision(cli, conv_model, conv_data, tmp_path):
     assert "weights per-channel FP8" in r.stdout
     q = onnx.load(str(out))
     assert {i.data_type for i in q.graph.initializer if i.name.endswith("_zero_point")} == {TensorProto.FLOAT8E4M3FN}
+
+
+def test_validate_backend_ort_fp8(cli, conv_model, conv_data, tmp_path):
+    calibrate(conv_model, conv_data, output_dir=tmp_path / "cal")
+    r = cli(
+        "validate", conv_model, "--scales", tmp_path / "cal" / "scales.json", "--data", conv_data,
+        "--backends", "ort-int8,ort-fp8", "--report", tmp_path / "r.html",
+    )  # fmt: skip
+    assert "ort-fp8 (" in r.stdout and "FP8), dequantize->FP32" in r.stdout
+    doc = json.loads((tmp_path / "r.results.json").read_text())
+    by = {c["backend"]: c for c in doc["candidates"]}
+    assert by["ort-fp8"]["method"] == by["ort-int8"]["method"]
+    assert min(o["cosine"] for o in by["ort-fp8"]["outputs"].values()) > 0.999
