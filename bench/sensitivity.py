@@ -90,6 +90,13 @@ def _corpus(tmp: Path, name: str, samples: int, method: str):
     )
 
 
+def _rss_mb(who: str) -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF if who == "self" else resource.RUSAGE_CHILDREN)
+    return r.ru_maxrss / 1024
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", help="corpus model name (python tools/corpus.py list)")
@@ -97,6 +104,11 @@ def main() -> None:
     ap.add_argument("--method", default="entropy")
     ap.add_argument("--max-accuracy-drop", type=float, default=5.0)
     ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument(
+        "--downstream-only",
+        action="store_true",
+        help="only compare 2 workers with full runs against 2 workers with downstream-only evaluation",
+    )
     args = ap.parse_args()
     from calibkit.errors import ThresholdFailed
     from calibkit.sensitivity import Target, fallback, sensitivity
@@ -107,24 +119,34 @@ def main() -> None:
             _corpus(tmp, args.corpus, args.samples, args.method) if args.corpus else _hostile(tmp, args.samples)
         )
         print(f"model {Path(model).name}, {args.samples} validation samples, {os.cpu_count()} CPUs")
-        runs = [("1 worker", 1, None), ("2 workers", 2, None)] + (
-            [] if args.no_ray else [("Ray, 2 CPUs (local cluster)", 2, "auto")]
-        )
+        from calibkit.sensitivity import downstream
+
+        budget = downstream.BUDGET_BYTES
+        runs = [("2 workers, full runs", 2, None, 0), ("2 workers, downstream only", 2, None, budget)]
+        if not args.downstream_only:
+            runs = (
+                [("1 worker", 1, None, budget), ("2 workers", 2, None, budget)]
+                + ([] if args.no_ray else [("Ray, 2 CPUs (local cluster)", 2, "auto", budget)])
+                + runs[:1]
+            )
         base = None
-        for label, workers, ray in runs:
-            os.environ["CALIBKIT_CACHE"] = str(tmp / f"cache-{workers}-{ray}")
+        for k, (label, workers, ray, disk) in enumerate(runs):
+            downstream.BUDGET_BYTES = disk  # 0: every configuration is a full run (the old path)
+            os.environ["CALIBKIT_CACHE"] = str(tmp / f"cache-{k}")
             t0 = time.perf_counter()
-            res = sensitivity(model, scales, val, tmp / f"sens-{workers}-{ray}", workers=workers, ray=ray, **task)
+            res = sensitivity(model, scales, val, tmp / f"sens-{k}", workers=workers, ray=ray, **task)
             wall = time.perf_counter() - t0
             n = res.doc["evaluations"]["run"]
             rate = res.doc["execution"]["per_second_after_startup"] or float("nan")
             base = base or (wall, rate)
             print(
-                f"{label:30s} {n} evaluations, {wall:6.1f} s end to end ({base[0] / wall:4.2f}x vs 1 worker); "
-                f"after start-up {rate:6.2f} evaluations/s ({rate / base[1]:4.2f}x); top layer {res.doc['layers'][0]['layer']}"
+                f"{label:30s} {n} evaluations, {wall:6.1f} s end to end ({base[0] / wall:4.2f}x vs {runs[0][0]}); "
+                f"after start-up {rate:6.2f} evaluations/s ({rate / base[1]:4.2f}x); top layer {res.doc['layers'][0]['layer']}; "
+                f"peak RSS: this process {_rss_mb('self'):.0f} MB, largest worker {_rss_mb('children'):.0f} MB"
             )
-        if args.corpus:
-            os.environ["CALIBKIT_CACHE"] = str(tmp / "cache-2-None")
+        downstream.BUDGET_BYTES = budget
+        if args.corpus and not args.downstream_only:
+            os.environ["CALIBKIT_CACHE"] = str(tmp / "cache-1")
             t0 = time.perf_counter()
             try:
                 fb = fallback(

@@ -207,9 +207,10 @@ def _write_ref(path: Path, ref, scores) -> None:
 _STATE: dict = {}
 
 
-def payload(model: onnx.ModelProto, vs: ValSet) -> bytes:
-    """Everything a worker needs, serialised once (shipped once per worker)."""
-    return pickle.dumps({"model": model.SerializeToString(), "vs": vs}, protocol=pickle.HIGHEST_PROTOCOL)
+def payload(model: onnx.ModelProto, vs: ValSet, bases=None) -> bytes:
+    """Everything a worker needs, serialised once (shipped once per worker); ``bases``: the
+    on-disk base runs of downstream-only evaluation (calibkit.sensitivity.downstream), if any."""
+    return pickle.dumps({"model": model.SerializeToString(), "vs": vs, "bases": bases}, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def setup(blob: bytes) -> None:
@@ -221,9 +222,12 @@ def setup(blob: bytes) -> None:
     _STATE["vs"] = vs
     _STATE["sess"] = session(state["model"], device="cpu", threads=1, where="the switchable INT8 model", exact_qdq=True)
     _STATE["metric_fn"] = load_function(vs.metric, default="metric")[1] if vs.metric else None
-    _STATE["n_switch"] = sum(
-        1 for i in onnx.load_from_string(state["model"]).graph.input if i.name.startswith("calibkit_int8_")
-    )
+    proto = onnx.load_from_string(state["model"])
+    _STATE["n_switch"] = sum(1 for i in proto.graph.input if i.name.startswith("calibkit_int8_"))
+    if state.get("bases") is not None:
+        from calibkit.sensitivity.downstream import Runner
+
+        _STATE["downstream"] = Runner(proto, _STATE["n_switch"], state["bases"])
 
 
 def task(kept: tuple[int, ...]) -> dict:
@@ -234,7 +238,14 @@ def task(kept: tuple[int, ...]) -> dict:
     sess = _STATE["sess"]
     keep = set(kept)
     switches = {switch_name(i): np.array(i not in keep) for i in range(_STATE["n_switch"])}
-    return score_outputs(vs, lambda feed: sess.run(vs.output_names, {**feed, **switches}), _STATE["metric_fn"])
+    ds = _STATE.get("downstream")
+    plan = ds.plan(frozenset(keep)) if ds is not None else None
+    if plan is None:
+        return score_outputs(vs, lambda feed: sess.run(vs.output_names, {**feed, **switches}), _STATE["metric_fn"])
+    batch = iter(range(len(vs.feeds)))
+    return score_outputs(
+        vs, lambda feed: ds.run(plan, next(batch), feed, switches, vs.output_names), _STATE["metric_fn"]
+    )
 
 
 def score_outputs(vs: ValSet, run: Callable[[dict], list[np.ndarray]], metric_fn=None) -> dict:

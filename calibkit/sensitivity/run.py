@@ -33,6 +33,7 @@ class Session:
     ray: str | None
     amax: dict[str, float]
     reference: onnx.ModelProto | None = None  # the FP32 model compared with (None: ``model``)
+    downstream: bool = True  # evaluate changed parts only (local workers; see downstream.py)
 
     @property
     def ref_task(self) -> float | None:
@@ -57,7 +58,12 @@ class Session:
 
         def pool():
             if "ex" not in state:
-                blob = E.payload(self.sw.model, self.vs)
+                bases = None
+                if self.downstream and self.ray is None:
+                    from calibkit.sensitivity.downstream import write_bases
+
+                    bases = state["bases"] = write_bases(self.sw.model, len(self.sw.units), self.vs.feeds)
+                blob = E.payload(self.sw.model, self.vs, bases)
                 state["ex"] = executors.make(workers=self.workers, ray=self.ray, setup=E.setup, setup_args=(blob,))
                 state["ex"].__enter__()
             return state["ex"]
@@ -70,6 +76,10 @@ class Session:
         def close() -> None:
             if "ex" in state:
                 state.pop("ex").__exit__(None, None, None)
+            if state.get("bases") is not None:
+                import shutil
+
+                shutil.rmtree(state.pop("bases").folder, ignore_errors=True)
             journal.close()
 
         return Evaluator(run_missing, known, progress), close
