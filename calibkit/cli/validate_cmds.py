@@ -341,10 +341,12 @@ def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Q/DQ model to write.")
 @click.option(
     "--placement",
-    type=click.Choice(["trt", "ort"]),
+    type=click.Choice(["trt", "trt-min", "trt-fused", "ort"]),
     default="trt",
     show_default=True,
-    help="trt: inputs of Conv/Gemm/MatMul (TensorRT 11); ort: outputs too (real INT8 on ORT CPU).",
+    help="trt (= trt-min): inputs of Conv/Gemm/MatMul + residual skip (TensorRT 11); trt-fused: TensorRT's "
+    "fusion rules too (pooling, shared Concat scales, no constants, small-channel/GEMV exclusions; "
+    "`calibkit placement` lists them); ort: outputs too (real INT8 on ORT CPU).",
 )
 @click.option("--exclude-nodes", metavar="REGEX", help="Nodes (name or first output) to keep in float.")
 @click.option(

@@ -29,7 +29,15 @@ import onnx
 from calibkit.artifacts import tensors_data as ort_tensors
 from calibkit.errors import CalibkitError
 from calibkit.numerics.formats import INT8, number_format
-from calibkit.qdq.placement import COMPUTE_OPS, ORT_EXTRA_OPS, PLACEMENTS, activation_inputs, quantized_ops
+from calibkit.qdq import rules as qdq_rules
+from calibkit.qdq.placement import (
+    COMPUTE_OPS,
+    ORT_EXTRA_OPS,
+    PLACEMENTS,
+    TRT_PLACEMENTS,
+    activation_inputs,
+    quantized_ops,
+)
 
 FP16_MIN_OPSET = 19  # QuantizeLinear takes float16 input (and a float16 scale) from opset 19
 
@@ -142,9 +150,12 @@ def export_qdq(
     if not present & set(ops):
         raise CalibkitError(f"the model has none of the quantizable op types ({', '.join(ops)}); nothing to export")
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
-    if placement == "trt":
-        extra["OpTypesToExcludeOutputQuantization"] = list(COMPUTE_OPS)
-    missing = [t for t in needed_activations(named, ops) if t not in amax]
+    fused = placement == "trt-fused"
+    if placement in TRT_PLACEMENTS:
+        extra["OpTypesToExcludeOutputQuantization"] = list(ops) if fused else list(COMPUTE_OPS)
+    if fused:  # pooling reads a tensor no quantized op writes (outputs stay float): quantize it anyway
+        extra["ForceQuantizeNoInputCheck"] = True
+    missing = [t for t in needed_activations(named, ops) if t not in amax] if not fused else []
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise CalibkitError(
@@ -155,7 +166,16 @@ def export_qdq(
         raise CalibkitError(f"output {target} is a directory; pass a file path for the Q/DQ model")
     skipped = excluded_nodes(named, exclude_nodes)
     skip_conv = set(skipped) | {n.name for n in named.graph.node if n.op_type in skip_types}
-    joins = qdq_post.residual_inputs(named, amax, skip_conv) if placement == "trt" else {}
+    quantized = None
+    if fused:
+        amax, skipped, skip_conv, quantized = _fused(named, amax, ops, skipped, skip_conv, done)
+    joins = (
+        qdq_post.residual_inputs(
+            named, amax, skip_conv, constants=qdq_rules.constant_tensors(named.graph) if fused else ()
+        )
+        if placement in TRT_PLACEMENTS
+        else {}
+    )
     with tempfile.TemporaryDirectory(prefix="calibkit-qdq-") as tmp:
         cache = Path(tmp) / "ranges.json"
         cache.write_text(json.dumps(ort_tensors.tensors_data_dict(amax)))
@@ -164,14 +184,16 @@ def export_qdq(
         staged.parent.mkdir()
         _quantize(src, staged, ops, skipped, extra, cache, external)
         qdq = onnx.load(str(staged), load_external_data=False)
-        if placement == "trt":
-            quantized = {n.name for n in named.graph.node if n.op_type in ops and n.name not in skipped} | set(joins)
-            qdq_post.float_consumers(qdq, quantized)
+        if placement in TRT_PLACEMENTS:
+            if quantized is None:
+                quantized = {n.name for n in named.graph.node if n.op_type in ops and n.name not in skipped}
+            qdq_post.float_consumers(qdq, quantized | set(joins))
         if joins and qdq_post.quantize_residuals(qdq, joins, amax):
             done.append(f"{len(joins)} residual Add inputs quantized (Conv+Add fusion)")
         if half and qdq_post.float16_scales(qdq, half):
             done.append("float16 activation scales (float16 graph)")
-        inner = qdq_subgraph.quantize_bodies(qdq, amax, ops, exclude_nodes, staged.parent)
+        body_ops = [o for o in ops if o in COMPUTE_OPS] if fused else ops
+        inner = qdq_subgraph.quantize_bodies(qdq, amax, body_ops, exclude_nodes, staged.parent)
         done.extend(inner.notes())
         if placement == "ort" and inner.quantized:
             done.append("ops inside bodies get the trt placement (inputs of Conv/Gemm/MatMul only)")
@@ -186,6 +208,30 @@ def export_qdq(
         if notes is not None:
             notes.extend(done)
         return qdq_io.publish(staged, target, tx)
+
+
+def _fused(named, amax, ops, skipped, skip_conv, done):
+    """The ``trt-fused`` rules (calibkit/qdq/rules.py): (amax with Concat inputs sharing their
+    output's, nodes for ORT to exclude, nodes kept float, nodes quantized)."""
+    decisions = qdq_rules.decide(named, skip_conv)
+    kept = [n for n, d in decisions.items() if d.op_type in ops and not d.quantized]
+    missing = [t for t in qdq_rules.needed(named, decisions) if t not in amax]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise CalibkitError(
+            f"the scales have no entry for activation {missing[0]!r}{more}, read by the trt-fused placement; recalibrate with `calibkit calibrate --tensors all` or use --placement trt"
+        )
+    shared = qdq_rules.shared_concat_amax(named, decisions, amax)
+    if shared:
+        done.append(f"{len(shared)} Concat inputs share their Concat's scale")
+    by_rule: dict[str, int] = {}
+    for d in decisions.values():
+        if d.op_type in ops and not d.quantized and d.rule != "excluded":
+            by_rule[d.rule] = by_rule.get(d.rule, 0) + 1
+    if by_rule:
+        done.append("kept in float by rule: " + ", ".join(f"{k} {v}" for k, v in sorted(by_rule.items())))
+    quantized = {n for n, d in decisions.items() if d.quantized}
+    return {**amax, **shared}, list(dict.fromkeys([*skipped, *kept])), set(skip_conv) | set(kept), quantized
 
 
 def _quantize(src: Path, staged: Path, ops, skipped, extra, cache: Path, external: bool) -> None:

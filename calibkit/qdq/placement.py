@@ -29,18 +29,83 @@ WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1}
 
 # ``ort`` placement only: op types ONNX Runtime has QLinear kernels for on the CPU provider.
 ORT_EXTRA_OPS = ("Add", "Mul", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Concat")
-PLACEMENTS = ("trt", "ort")
+# ``trt`` is today's placement (compute inputs + residual skip); ``trt-min`` names it
+# explicitly (byte-identical output); ``trt-fused`` adds the rules of FUSED_RULES below.
+PLACEMENTS = ("trt", "trt-min", "trt-fused", "ort")
+TRT_PLACEMENTS = ("trt", "trt-min", "trt-fused")
+
+RESIDUAL_JOIN = "Add"
+SMALL_CHANNELS = 16  # ModelOpt's channel / K / N floor for INT8 and FP8 GEMMs and convolutions
+CHANNEL_MULTIPLE = 8  # ... unless the channel count is a multiple of this (tensor-core friendly)
+
+# ``trt-fused``: TensorRT's fusion rules as data, each with its source. ``ops``: op types the
+# rule concerns; ``action``: what the placement does. calibkit/qdq/rules.py applies them and
+# ``calibkit placement`` reports, per node, which one decided.
+FUSED_RULES = (
+    {
+        "rule": "compute-input",
+        "ops": COMPUTE_OPS,
+        "action": "quantize the activation inputs, per-channel weights, output left to the next layer",
+        "source": "TensorRT developer guide, Explicit Quantization: Q/DQ layer-placement recommendations",
+    },
+    {
+        "rule": "pooling-next-to-quantized",
+        "ops": ("MaxPool", "AveragePool", "GlobalAveragePool"),
+        "action": "quantize the input when the pooling's output feeds a quantized op (INT8 pooling, no reformat)",
+        "source": "ModelOpt onnx/quantization/graph_utils.py (quantizable pooling beside quantized ops); "
+        "TensorRT developer guide, Explicit Quantization (pooling commutes with Q/DQ)",
+    },
+    {
+        "rule": "concat-shared-scale",
+        "ops": ("Concat",),
+        "action": "quantize every input with one scale: the Concat output's (its histogram is the exact merge "
+        "of the inputs'), so TensorRT eliminates the Concat instead of requantizing",
+        "source": "ModelOpt onnx/quantization/qdq_utils.py concat_elimination; NVIDIA/TensorRT#3197",
+    },
+    {
+        "rule": "residual-add",
+        "ops": (RESIDUAL_JOIN,),
+        "action": "quantize the skip input of a Conv(+BN) + Add join, never the Conv side",
+        "source": "TensorRT developer guide, Explicit Quantization (Conv + elementwise-sum fusion); "
+        "NVIDIA/TensorRT#4366, #3861",
+    },
+    {
+        "rule": "no-constant",
+        "ops": (),
+        "action": "never a Q/DQ on a tensor computed from constants only (e.g. a bias through Reshape): "
+        "TensorRT folds it into the layer",
+        "source": "TensorRT developer guide, Explicit Quantization (weights are quantized by DQ on the "
+        "constant; activations only by Q/DQ pairs); ModelOpt skips non-activation inputs",
+    },
+    {
+        "rule": "small-channels",
+        "ops": ("Conv", "ConvTranspose"),
+        "action": f"keep in float a convolution with fewer than {SMALL_CHANNELS} input or output "
+        f"channels unless a multiple of {CHANNEL_MULTIPLE}",
+        "source": "ModelOpt onnx/quantization/graph_utils.py (find_nodes_from_convs_to_exclude: channels < 16)",
+    },
+    {
+        "rule": "gemv",
+        "ops": ("Gemm", "MatMul"),
+        "action": f"keep in float a GEMV (M == 1, known from a static shape) and a GEMM with K or N < {SMALL_CHANNELS}",
+        "source": "ModelOpt onnx/quantization/graph_utils.py (find_nodes_from_mha_to_exclude / "
+        "_exclude_matmuls_by_shape: GEMV and small K, N)",
+    },
+)
+FUSED_POOLING = FUSED_RULES[1]["ops"]
+RULE_OF = {r["rule"]: r for r in FUSED_RULES}
 
 # Residual joins (TensorRT fuses Conv (+BatchNorm) + Add (+ReLU)): the Add's input that does
 # not come from a weighted layer (the skip branch) is quantized; ops it looks through.
-RESIDUAL_JOIN = "Add"
 RESIDUAL_WEIGHTED = ("Conv", "ConvTranspose")
 RESIDUAL_PASS_THROUGH = ("BatchNormalization",)
+CONSTANT_ELEMENTWISE = ("Add", "Sub", "Mul", "Div")  # as calibkit/qdq/fusion.py (TensorRT folds them)
 
 
 def quantized_ops(placement: str, skip_types=()) -> list[str]:
-    """The op types that get Q/DQ under ``placement`` (``trt`` or ``ort``), less ``skip_types``."""
-    return [o for o in COMPUTE_OPS + (ORT_EXTRA_OPS if placement == "ort" else ()) if o not in set(skip_types)]
+    """The op types that get Q/DQ under ``placement``, less ``skip_types``."""
+    extra = ORT_EXTRA_OPS if placement == "ort" else FUSED_POOLING + ("Concat",) if placement == "trt-fused" else ()
+    return [o for o in COMPUTE_OPS + extra if o not in set(skip_types)]
 
 
 def activation_inputs(node: onnx.NodeProto) -> list[str]:
@@ -57,10 +122,22 @@ def weight_axis(node: onnx.NodeProto) -> int:
     return WEIGHT_AXIS[node.op_type]
 
 
-def weighted_source(name: str, producers: dict[str, onnx.NodeProto], skipped=frozenset()) -> onnx.NodeProto | None:
+def weighted_source(
+    name: str, producers: dict[str, onnx.NodeProto], skipped=frozenset(), constants=frozenset()
+) -> onnx.NodeProto | None:
     """The weighted layer ``name`` comes from, looking through the pass-through ops (None when
-    it does not come from one, or that layer is kept in float)."""
+    it does not come from one, or that layer is kept in float). With ``constants``, also
+    through an elementwise op with a constant operand (a bias or scale TensorRT folds into the
+    layer: calibkit/qdq/fusion.py's CONSTANT_ELEMENTWISE)."""
     node = producers.get(name)
-    while node is not None and node.op_type in RESIDUAL_PASS_THROUGH:
-        node = producers.get(node.input[0])
+    while node is not None:
+        if node.op_type in RESIDUAL_PASS_THROUGH:
+            node = producers.get(node.input[0])
+        elif constants and node.op_type in CONSTANT_ELEMENTWISE and len(node.input) == 2:
+            a, b = node.input
+            if (a in constants) == (b in constants):
+                break
+            node = producers.get(b if a in constants else a)
+        else:
+            break
     return node if node is not None and node.op_type in RESIDUAL_WEIGHTED and node.name not in skipped else None

@@ -53,20 +53,24 @@ def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in graph.node for o in n.output}
 
 
-def residual_inputs(model: onnx.ModelProto, amax: dict[str, float], skipped: set[str] = frozenset()) -> dict[str, str]:
+def residual_inputs(
+    model: onnx.ModelProto, amax: dict[str, float], skipped: set[str] = frozenset(), constants=()
+) -> dict[str, str]:
     """{Add node name: skip input to quantize} for Conv(+BN) + Add residual joins; a Conv kept
-    in float (``skipped``) makes no join, and neither does a skipped Add."""
+    in float (``skipped``) makes no join, and neither does a skipped Add, nor a skip input in
+    ``constants`` (a bias reached through a Reshape: TensorRT folds it, no Q/DQ)."""
     prod = _producers(model.graph)
     found: dict[str, str] = {}
     for node in model.graph.node:
         if node.op_type != RESIDUAL_JOIN or len(node.input) != 2 or node.name in skipped:
             continue
         a, b = node.input
-        wa, wb = weighted_source(a, prod, skipped) is not None, weighted_source(b, prod, skipped) is not None
+        wa = weighted_source(a, prod, skipped, constants) is not None
+        wb = weighted_source(b, prod, skipped, constants) is not None
         if wa == wb:
             continue
         skip = b if wa else a
-        if skip in amax:
+        if skip in amax and skip not in constants:
             found[node.name] = skip
     return found
 
