@@ -11,18 +11,20 @@ builds the same groups to place its Q/DQ (``modelopt/onnx/quantization/partition
 ``_build_fusible_partition``: a linear op grows a partition through BatchNormalization, Relu
 and pointwise ops whose other inputs are constants) and puts no Q/DQ inside them.
 
-The rule here is a conservative subset, so it can only keep a tensor TensorRT does not need,
-never drop one it does:
+The rule here is a conservative subset of ModelOpt's, so it keeps tensors rather than drop one
+TensorRT may read:
 
-- the chain starts at a weighted layer: Conv, ConvTranspose, or Gemm/MatMul whose second input
-  is a constant (a fully connected layer);
-- a tensor of the chain is internal only if it has exactly one consumer, is not a graph output,
-  and that consumer is a BatchNormalization (after Conv/ConvTranspose), a pointwise activation,
-  or an Add/Sub/Mul/Div whose other operand is a constant; the chain continues from that
-  consumer's output;
-- residual joins (an Add of two activations) end the chain: TensorRT's Conv + elementwise-sum
+- a layer starts at a weighted op: Conv, ConvTranspose, or Gemm/MatMul whose second input is a
+  constant (a fully connected layer);
+- it grows through BatchNormalization (after Conv/ConvTranspose), pointwise activations and
+  Add/Sub/Mul/Div whose non-constant inputs all come from the layer (a bias, Swish's
+  Mul(conv, Sigmoid(conv)), the decomposed hard-swish x * Clip(x + 3, 0, 6) / 6);
+- a tensor of the layer is internal only if every reader is in the layer and it is not a graph
+  output; what leaves the layer is kept;
+- residual joins (an Add of two layers' outputs) are no member: TensorRT's Conv + elementwise-sum
   fusion needs the skip input quantized, and the Q/DQ placement reads the Add's inputs
-  (calibkit/qdq/placement.py), so both are kept.
+  (calibkit/qdq/placement.py), so both are kept. (ModelOpt also grows through MaxPool after a
+  Conv-activation and the non-residual Add input; not done here.)
 
 Used by the collector (``calibrate --tensors trt``, the default): tensors this returns get no
 histogram and are listed in scales.json with the reason.
@@ -54,7 +56,8 @@ ACTIVATIONS = (
     "Gelu",
     "ThresholdedRelu",
 )
-# Elementwise ops that fold into the weights/bias when their other operand is a constant.
+# Elementwise ops of the epilogue (a constant operand folds into the weights/bias; two operands
+# from the layer make a pointwise epilogue such as Swish).
 CONSTANT_ELEMENTWISE = ("Add", "Sub", "Mul", "Div")
 
 
@@ -73,44 +76,58 @@ def _is_head(node: onnx.NodeProto, constants: set[str]) -> bool:
     return True
 
 
-def _joins(consumer: onnx.NodeProto, tensor: str, head: onnx.NodeProto, constants: set[str]) -> bool:
-    """Whether ``consumer`` (the one reader of ``tensor``) fuses into the chain started by ``head``."""
-    op = consumer.op_type
+def _fusible(node: onnx.NodeProto, inside: set[str], head: onnx.NodeProto, constants: set[str]) -> bool:
+    """Whether ``node`` joins the fused layer whose tensors so far are ``inside``: a pointwise op
+    reading at least one of them and otherwise only constants (ModelOpt's "cask fusible" test)."""
+    op = node.op_type
+    live = [i for i in node.input if i and i not in constants]
+    if not live or any(i not in inside for i in live):
+        return False
     if op in NORMALIZATION:
-        return head.op_type in NORMALIZED_HEADS and consumer.input[0] == tensor
-    if op in ACTIVATIONS:
-        return consumer.input[0] == tensor and all(i in constants for i in consumer.input[1:] if i)
-    if op in CONSTANT_ELEMENTWISE:
-        others = [i for i in consumer.input if i != tensor]
-        return len(consumer.input) == 2 and len(others) == 1 and others[0] in constants
-    return False
+        return head.op_type in NORMALIZED_HEADS and live == [node.input[0]]
+    return op in ACTIVATIONS or op in CONSTANT_ELEMENTWISE
 
 
 def fused_internal(model: onnx.ModelProto) -> dict[str, str]:
-    """{tensor: why} for the tensors inside a fused layer (main graph only), in graph order."""
+    """{tensor: why} for the tensors inside a fused layer (main graph only), in graph order.
+
+    A layer grows from its head through the pointwise ops whose non-constant inputs all come
+    from the layer (Conv -> BatchNormalization -> Relu; Conv -> Sigmoid -> Mul(conv, sigmoid);
+    the decomposed hard-swish x * Clip(x + 3) / 6); its tensors read only inside it are internal."""
     g = model.graph
+    nodes = list(g.node)
     constants = _constants(g)
     outputs = {o.name for o in g.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in g.node:
+    consumers: dict[str, list[int]] = {}
+    for k, node in enumerate(nodes):
         for i in dict.fromkeys(node.input):
             if i:
-                consumers.setdefault(i, []).append(node)
+                consumers.setdefault(i, []).append(k)
+    taken: set[int] = set()
     found: dict[str, str] = {}
-    for head in g.node:
-        if not _is_head(head, constants) or not head.output:
+    for h, head in enumerate(nodes):
+        if h in taken or not _is_head(head, constants) or not head.output:
             continue
-        node = head
-        while node.output:
-            t = node.output[0]
-            readers = consumers.get(t, [])
-            if t in outputs or len(readers) != 1 or not _joins(readers[0], t, head, constants):
-                break
-            nxt = readers[0]
-            where = head.name or head.output[0]
-            found[t] = f"inside the fused {head.op_type} layer {where!r} ({node.op_type} -> {nxt.op_type})"
-            node = nxt
-    return found
+        members = {h}
+        inside = {o for o in head.output if o}
+        pending = sorted({c for o in inside for c in consumers.get(o, [])})
+        while pending:
+            k = pending.pop(0)  # graph order: a node's inputs from the layer are in by now
+            if k in taken or k in members or not _fusible(nodes[k], inside, head, constants):
+                continue
+            members.add(k)
+            new = [o for o in nodes[k].output if o]
+            inside.update(new)
+            pending = sorted(set(pending) | {c for o in new for c in consumers.get(o, []) if c not in members})
+        taken.update(members)
+        where = head.name or head.output[0]
+        for k in sorted(members):
+            for t in nodes[k].output:
+                readers = consumers.get(t, [])
+                if t and t not in outputs and readers and all(r in members for r in readers):
+                    ops = ", ".join(dict.fromkeys(nodes[r].op_type for r in readers))
+                    found[t] = f"inside the fused {head.op_type} layer {where!r} ({nodes[k].op_type} -> {ops})"
+    return {t: found[t] for n in nodes for t in n.output if t in found}
 
 
 TENSOR_SELECTIONS = ("trt", "qdq", "all")

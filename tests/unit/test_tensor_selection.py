@@ -49,12 +49,12 @@ def test_conv_bn_activation_chain_is_internal_up_to_its_last_output():
     assert "BatchNormalization -> HardSwish" in inside["bn"]
 
 
-def test_a_tensor_read_twice_or_a_graph_output_or_a_residual_join_stays():
+def test_swish_is_internal_but_a_graph_output_or_a_residual_join_stays():
     m = _model(
         [
             helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
             helper.make_node("Sigmoid", ["c"], ["sig"]),
-            helper.make_node("Mul", ["c", "sig"], ["swish"]),  # c has two readers: kept
+            helper.make_node("Mul", ["c", "sig"], ["swish"]),  # c, sig: both read inside the layer
             helper.make_node("Conv", ["swish", "w"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
             helper.make_node("Add", ["c2", "swish"], ["res"]),  # residual join: kept
             helper.make_node("Conv", ["res", "w"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
@@ -63,7 +63,8 @@ def test_a_tensor_read_twice_or_a_graph_output_or_a_residual_join_stays():
         [_init("w", (4, 4, 3, 3))],
         outputs=("y", "c3"),
     )
-    assert fusion.fused_internal(m) == {}
+    inside = fusion.fused_internal(m)
+    assert list(inside) == ["c", "sig"] and inside["c"].endswith("(Conv -> Sigmoid, Mul)")
 
 
 def test_weighted_matmul_with_constant_bias_fuses_but_activation_matmul_does_not():
@@ -156,3 +157,22 @@ def test_exact_kl_matches_scipy_stats_entropy():
             if q.sum() == 0 or np.any((q == 0) & (p > 0)):
                 continue
             assert entropy._kl_exact(bins, i, 128) == float(scipy_kl(p, q))
+
+
+def test_decomposed_hard_swish_and_a_tensor_read_outside_the_layer():
+    three = numpy_helper.from_array(np.array(3.0, np.float32), "three")
+    six = numpy_helper.from_array(np.array(6.0, np.float32), "six")
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    m = _model(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Add", ["c", "three"], ["a"]),
+            helper.make_node("Clip", ["a", "zero", "six"], ["cl"]),
+            helper.make_node("Mul", ["c", "cl"], ["m"]),
+            helper.make_node("Div", ["m", "six"], ["hs"]),
+            helper.make_node("GlobalAveragePool", ["a"], ["gap"]),  # a is read outside: kept
+            helper.make_node("Add", ["hs", "gap"], ["y"]),
+        ],
+        [_init("w", (4, 4, 3, 3)), three, six, zero],
+    )
+    assert list(fusion.fused_internal(m)) == ["c", "cl", "m"]
