@@ -67,9 +67,25 @@ from calibkit.cli.options import (
         "or a cluster's HOST:PORT. Needs pip install 'calibkit[ray]'."
     ),
 )
+@click.option(
+    "--shards",
+    type=int,
+    metavar="K",
+    help="Is the data enough? Deal it into K parts, keep each part's histograms, and report how much each amax moves across parts.",
+)
+@click.option(
+    "--shard-tolerance",
+    type=float,
+    default=0.05,
+    show_default=True,
+    metavar="F",
+    help="--shards verdict: every amax within this fraction of the whole set's across parts is 'stable'.",
+)
 @user_errors
 def calibrate(
     model,
+    shards,
+    shard_tolerance,
     output_dir,
     histograms,
     recollect,
@@ -126,6 +142,9 @@ def calibrate(
     data = kw.pop("data")
     if data is None and histograms is None:
         raise click.UsageError("give --data (or --histograms to re-threshold stored histograms)")
+    if shards is not None:
+        _calibrate_shards(model, data, method, cfg, pre, feed, output_dir, histograms, devices, shards, kw, locals())
+        return
     with sample_progress("collecting") as (set_total, update):
         result = run(
             model,
@@ -151,6 +170,44 @@ def calibrate(
             tensors=kw["tensors"],
         )
     print_calibration(result)
+
+
+def _calibrate_shards(model, data, method, cfg, pre, feed, output_dir, histograms, devices, shards, kw, opts) -> None:
+    """calibrate --shards K: the usual outputs, each part's histograms and the sufficiency verdict."""
+    from calibkit.cli.progress import sample_progress
+    from calibkit.cli.summary import print_calibration, print_sufficiency
+    from calibkit.errors import CalibkitError
+    from calibkit.sufficiency import calibrate_shards
+
+    for flag, given in (("--histograms", histograms), ("--devices", devices)):
+        if given:
+            raise CalibkitError(
+                f"--shards collects the data in parts on this device; it cannot be combined with {flag}"
+            )
+    with sample_progress("collecting") as (set_total, update):
+        result, report = calibrate_shards(
+            model,
+            data,
+            shards,
+            method=method,
+            config=cfg,
+            output_dir=output_dir or ".",
+            tolerance=opts["shard_tolerance"],
+            batch_size=kw["batch_size"],
+            preprocess=pre,
+            trt_version=opts["trt_version"],
+            cache_algorithm=opts["cache_algorithm"],
+            device=kw["device"],
+            feed=feed,
+            warn_clip=opts["warn_clip"],
+            progress=update,
+            on_source=lambda s: set_total(_total(s.num_samples(), feed.max_samples)),
+            tensors=kw.get("tensors", "all"),
+        )
+    print_calibration(result)
+    print_sufficiency(report)
+    if not report.enough:
+        raise SystemExit(3)
 
 
 def _devices(text: str | None, ray: str | None = None) -> list[int] | None:

@@ -156,3 +156,24 @@ def inspect_file(path: Path, limit: int) -> None:
     out.print(table("cache", ["tensor", "scale", "amax"], rows))
     if len(c.scales) > limit:
         out.print(f"... {len(c.scales) - limit} more (--limit)")
+
+
+def print_sufficiency(report, shown: int = 10) -> None:
+    """calibrate --shards: the tensors whose amax moves most across parts, and the verdict."""
+    import textwrap
+
+    rows = [
+        [r.tensor, f"{r.amax:.5g}", f"{min(r.parts):.5g} .. {max(r.parts):.5g}", f"{r.spread:.1%}"]
+        for r in report.rows[:shown]
+    ]
+    if rows:
+        out.print(
+            table(
+                f"amax across {report.k} parts (samples per part: {', '.join(map(str, report.samples))})",
+                ["tensor", "whole set", "parts", "spread"],
+                rows,
+                keep=1,
+            )
+        )
+    word = "ENOUGH DATA" if report.enough else "NOT ENOUGH DATA"
+    out.print(textwrap.fill(f"{word}: {report.verdict()}", 80, break_on_hyphens=False, break_long_words=False))
