@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from calibkit import __version__
-from calibkit.cli import build_cmd, calibrate_cmd, diff_cmd, drift_cmd, quantize_cmd, sensitivity_cmd, validate_cmds
+from calibkit.cli import build_cmd, calibrate_cmd, diff_cmd, placement_cmd, quantize_cmd, sensitivity_cmd, validate_cmds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -26,12 +26,12 @@ COMMANDS = (
     validate_cmds.validate,
     validate_cmds.compare,
     validate_cmds.export_qdq,
+    placement_cmd.placement,
     sensitivity_cmd.sensitivity,
     sensitivity_cmd.fallback,
     quantize_cmd.quantize,
     build_cmd.build,
     diff_cmd.diff,
-    drift_cmd.drift,
 )
 for _command in COMMANDS:
     cli.add_command(_command)
