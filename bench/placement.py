@@ -1,0 +1,89 @@
+"""Q/DQ placement and precision on the corpus: activation Q nodes, placement lint, held-out accuracy.
+
+    nice -n 10 python bench/placement.py --models ppocr_cls,ppocrv4_rec [-o bench/out/accuracy]
+
+Per model, from the entropy scales bench/accuracy.py left in <out>/<model>/entropy/ (calibrated
+there on the calib split when missing) and the same held-out test split (tools/realdata.py):
+calibkit export-qdq with --placement trt (today's, = trt-min) and trt-fused, each --precision
+int8 and fp8, plus every ModelOpt Q/DQ model bench/accuracy.py wrote (<out>/<model>/modelopt-*/,
+ModelOpt's own venv). Columns: activation QuantizeLinear nodes, lint findings by kind
+(calibkit/qdq/lint.py), compute layers quantized, task metric vs labels, agreement with FP32,
+worst-output cosine to FP32 (ORT CPU, basic optimizations: Q/DQ run as written). Appends the
+table to bench/placement.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import onnx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import accuracy  # noqa: E402  (bench/accuracy.py: data, model paths, evaluation)
+
+ROWS = (("trt", "int8"), ("trt", "fp8"), ("trt-fused", "int8"), ("trt-fused", "fp8"))
+
+
+def row(qdq: Path, model: Path, d: Path) -> dict:
+    from calibkit.qdq.lint import LINTS, activation_q_count, lint
+
+    q = onnx.load(str(qdq), load_external_data=False)
+    found = lint(q)
+    return {
+        "act_q": activation_q_count(q),
+        "lint": {k: sum(1 for f in found if f.lint == k) for k in LINTS},
+        **accuracy.evaluate(qdq, model, d),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="ppocr_cls,ppocrv4_rec")
+    ap.add_argument("-o", "--out", type=Path, default=REPO / "bench" / "out" / "accuracy")
+    ap.add_argument("--md", type=Path, default=REPO / "bench" / "placement.md")
+    a = ap.parse_args()
+    for name in a.models.split(","):
+        model = accuracy._model_path(name)
+        d = accuracy._data(name, a.out)
+        work = a.out / name
+        scales = work / "entropy" / "scales.json"
+        if not scales.exists():
+            accuracy._cli("calibrate", model, "--data", d / "calib.npz", "--method", "entropy", "-o", work / "entropy")
+        results = {}
+        for placement, precision in ROWS:
+            label = f"calibkit {placement} {precision}"
+            qdq = work / "placement" / f"{placement}.{precision}.qdq.onnx"
+            qdq.parent.mkdir(parents=True, exist_ok=True)
+            accuracy._cli(
+                "export-qdq", model, "--scales", scales, "-o", qdq, "--placement", placement, "--precision", precision
+            )
+            results[label] = row(qdq, model, d)
+            print(name, label, json.dumps(results[label]), flush=True)
+        for mo in sorted(work.glob("modelopt-*/model.qdq.onnx")):
+            label = f"ModelOpt {mo.parent.name.removeprefix('modelopt-')} int8"
+            results[label] = row(mo, model, d)
+            print(name, label, json.dumps(results[label]), flush=True)
+        (work / "placement" / "results.json").write_text(json.dumps(results, indent=1))
+        first = next(iter(results.values()))
+        lines = [
+            f"\n### {name} (held-out test split: {first['samples']} samples; FP32 task {first['task_fp32']:.3f}; entropy scales)\n",
+            "| row | activation Q | lint: conv-add / concat / constant / zero-point / island | compute layers quantized | task vs labels | agrees with FP32 | worst-output cosine |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for label, r in results.items():
+            lint = " / ".join(str(r["lint"][k]) for k in r["lint"])
+            lines.append(
+                f"| {label} | {r['act_q']} | {lint} | {r['int8_layers']}/{r['layers']} | {r['task']:.3f} | "
+                f"{r['agree_fp32']:.3f} | {r['min_cosine']:.4f} |"
+            )
+        with a.md.open("a") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
