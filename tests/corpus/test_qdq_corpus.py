@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+from conftest import corpus, corpus_files  # noqa: E402
 from qdq_models import check_trt_placement  # noqa: E402
 from test_corpus import _feed  # noqa: E402
 
@@ -46,11 +47,10 @@ CASES = {
 }
 
 
-def test_qdq_export_forms(corpus_model, model_files, tmp_path):  # corpus_model: parametrised by conftest
-    if corpus_model["name"] not in CASES:
-        pytest.skip("no Q/DQ graph form of interest (covered by test_corpus)")
-    model, calib, val = model_files
-    case = CASES[corpus_model["name"]]
+@pytest.mark.parametrize("name", list(CASES))  # only the models with a form of interest (the rest: test_corpus)
+def test_qdq_export_forms(name, tmp_path):
+    model, calib, val = corpus_files(corpus.by_name(name))
+    case = CASES[name]
     calibrate(model, calib, output_dir=tmp_path / "cal", device="cpu")
     table = scales_io.read(tmp_path / "cal" / "scales.json")
     notes: list[str] = []
