@@ -20,6 +20,7 @@ def _on_sigterm(signum, frame) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _check_onnxruntime()
     try:
         from calibkit.cli.commands import cli
     except KeyboardInterrupt as exc:
@@ -28,3 +29,15 @@ def main() -> None:
         )
         raise SystemExit(128 + getattr(exc, "signum", 2)) from None
     cli(prog_name="calibkit")
+
+
+def _check_onnxruntime() -> None:
+    """Exactly one ONNX Runtime flavour (calibkit/ort_package.py): none is an error, both a warning."""
+    from calibkit import ort_package
+
+    problem, warning = ort_package.missing(), ort_package.conflict()
+    if problem:
+        sys.stderr.write(f"calibkit: error: {problem}\n")
+        raise SystemExit(1)
+    if warning:
+        sys.stderr.write(f"calibkit: warning: {warning}\n")
