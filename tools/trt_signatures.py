@@ -52,8 +52,22 @@ def wheel(name: str, version: str, where: Path) -> Path:
     if not found:
         where.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
-             "--platform", "manylinux_2_28_x86_64", "-q", "-d", str(where), f"{name}=={version}"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.11",
+                "--platform",
+                "manylinux_2_28_x86_64",
+                "-q",
+                "-d",
+                str(where),
+                f"{name}=={version}",
+            ],
             check=True,
         )
         found = sorted(where.glob(pattern))
@@ -63,10 +77,7 @@ def wheel(name: str, version: str, where: Path) -> Path:
 def stand_ins(so: Path, libdir: Path, major: str) -> list[str]:
     """Empty shared libraries defining every unversioned non-Python symbol ``so`` needs."""
     out = subprocess.run(["nm", "-D", "--undefined-only", str(so)], capture_output=True, text=True, check=True).stdout
-    names = sorted(
-        {ln.split()[-1] for ln in out.splitlines() if ln.split() and ln.split()[0] == "U"}
-        - {""}
-    )
+    names = sorted({ln.split()[-1] for ln in out.splitlines() if ln.split() and ln.split()[0] == "U"} - {""})
     names = [n for n in names if "@" not in n and not n.startswith(("Py", "_Py", "dl"))]
     src = libdir / "stub.c"
     src.write_text("/* empty stand-ins, never called */\n" + "".join(f"void {n}(void) {{}}\n" for n in names))
@@ -75,7 +86,7 @@ def stand_ins(so: Path, libdir: Path, major: str) -> list[str]:
     return names
 
 
-DUMP = r'''
+DUMP = r"""
 import inspect, json, re, sys
 sys.path.insert(0, sys.argv[1])
 import tensorrt_bindings as trt
@@ -131,7 +142,7 @@ for name in sorted(dir(trt)):
         s = sigs(name, obj.__doc__)
         if s: table["functions"][name] = s
 print(json.dumps(table, sort_keys=True))
-'''
+"""
 
 
 def dump(major: str, whl: Path, work: Path) -> dict:
@@ -154,7 +165,9 @@ def dump(major: str, whl: Path, work: Path) -> dict:
         for meth, params in meths.items():
             if (cls, meth) not in pure:
                 raise SystemExit(f"{whl.name}: no pure virtual {cls}::{meth} in tensorrt.so; update TRAMPOLINE_ONLY")
-            table["trampoline_only"].setdefault(cls, {})[meth] = [{"params": [{"name": p} for p in params], "returns": ""}]
+            table["trampoline_only"].setdefault(cls, {})[meth] = [
+                {"params": [{"name": p} for p in params], "returns": ""}
+            ]
     table["stand_in_symbols"] = names
     table["wheel"] = whl.name
     return table
@@ -180,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     a.out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     for major, t in doc["versions"].items():
         n = sum(len(c["methods"]) for c in t["classes"].values())
-        print(f"TensorRT {t['version']}: {len(t['classes'])} classes, {n} methods, stand-ins for {len(t['stand_in_symbols'])} symbols")
+        print(
+            f"TensorRT {t['version']}: {len(t['classes'])} classes, {n} methods, stand-ins for {len(t['stand_in_symbols'])} symbols"
+        )
     print(f"wrote {a.out}")
     return 0
 

@@ -127,7 +127,12 @@ def build(
         major = int(trt_major) if trt_major else installed_major()
         if major is None:
             raise CalibkitError("no TensorRT installed to take the version from; pass --trt-major 10 or 11")
-        click.echo(trtexec_line(spec, major))
+        from calibkit.trt.prepare import notes
+
+        line = trtexec_line(spec, major)
+        for note in notes(spec, major):
+            err.print(f"note: {note}")
+        click.echo(line)
         return
     from calibkit.trt.build import build as run
 
@@ -136,5 +141,7 @@ def build(
         f"built {res['engine']} with TensorRT {res['trt']}"
         + (f" ({res['kept_fp16']} layers kept in FP16)" if res["kept_fp16"] else "")
     )
+    for note in res.get("notes", []):
+        err.print(f"note: {note}")
     if res.get("calibration_batches"):
         err.print(f"TensorRT calibrated on {res['calibration_batches']} batches")

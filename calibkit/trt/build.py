@@ -29,5 +29,6 @@ def trtexec_line(spec: BuildSpec, major: int) -> str:
     spec.check()
     if major < 11 and spec.int8 and spec.cache is None:
         raise CalibkitError("trtexec cannot read --data: it would calibrate on random inputs; write a cache with `calibkit calibrate` and pass --cache")
+    spec.check_shapes_given()
     model: Path | None = prepare_v11(spec) if major >= 11 else None
     return command(spec, major, model)

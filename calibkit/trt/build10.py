@@ -9,6 +9,7 @@ from calibkit.graph.model import input_specs, load
 from calibkit.trt import common
 from calibkit.trt.calibrators import KINDS, make_calibrator
 from calibkit.trt.feed import CalibrationFeed
+from calibkit.trt.prepare import notes
 from calibkit.trt.spec import BuildSpec
 
 TRT_MAJORS = (10,)
@@ -66,13 +67,18 @@ def build(spec: BuildSpec, version: str) -> dict:
     if kept:
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
     try:
-        path = common.finish(builder, network, config, spec)
+        path = common.finish(builder, network, config, spec, check=lambda: _raise_stored(calib))
     finally:
         if calib is not None:
             calib.feed.close()
+    return {"engine": path, "trt": version, "kept_fp16": kept, "calibration_batches": calib.feed.batches_served if calib else 0,
+            "notes": notes(spec, 10)}
+
+
+def _raise_stored(calib) -> None:
+    """TensorRT swallows a calibrator's exceptions; the one calibkit kept is the real error."""
     if calib is not None and calib.error is not None:
         raise calib.error if isinstance(calib.error, CalibkitError) else CalibkitError(f"calibration failed: {calib.error}")
-    return {"engine": path, "trt": version, "kept_fp16": kept, "calibration_batches": calib.feed.batches_served if calib else 0}
 
 
 def _opt_profile(builder, spec: BuildSpec):

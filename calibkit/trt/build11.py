@@ -4,7 +4,7 @@ the FP16-converted model (prepare.py); there are no calibrators or precision fla
 from __future__ import annotations
 
 from calibkit.trt import common
-from calibkit.trt.prepare import prepare_v11
+from calibkit.trt.prepare import notes, prepare_v11
 from calibkit.trt.spec import BuildSpec
 
 TRT_MAJORS = (11,)
@@ -18,4 +18,5 @@ def build(spec: BuildSpec, version: str) -> dict:
     common.add_profile(builder, network, config, spec)
     common.load_timing_cache(config, spec.timing_cache)
     path = common.finish(builder, network, config, spec)
-    return {"engine": path, "trt": version, "parsed": model, "kept_fp16": len(spec.keep_fp16), "calibration_batches": 0}
+    return {"engine": path, "trt": version, "parsed": model, "kept_fp16": len(spec.keep_fp16), "calibration_batches": 0,
+            "notes": notes(spec, 11)}

@@ -70,8 +70,12 @@ def set_workspace(config, spec: BuildSpec) -> None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mb << 20)
 
 
-def finish(builder, network, config, spec: BuildSpec) -> Path:
+def finish(builder, network, config, spec: BuildSpec, check=None) -> Path:
+    """Build, then ``check()`` (raises a calibrator's stored error) BEFORE anything is written:
+    a failed or partly calibrated build leaves no engine and no timing cache."""
     serialized = builder.build_serialized_network(network, config)
+    if check is not None:
+        check()
     if serialized is None:
         raise CalibkitError(f"TensorRT could not build {spec.onnx.name}; see the TensorRT errors above")
     save_timing_cache(config, spec.timing_cache)

@@ -57,6 +57,17 @@ def topo_sort(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def notes(spec: BuildSpec, major: int) -> list[str]:
+    """What the build does beyond what was asked, in words for the user."""
+    if not spec.keep_fp16 or spec.fp16:
+        return []
+    kept = ", ".join(spec.keep_fp16[:4]) + (", ..." if len(spec.keep_fp16) > 4 else "")
+    if major >= 11:
+        return [f"TensorRT 11 has no FP16 flag: the layers kept out of INT8 ({kept}) run FP16 through the FP16-converted model "
+                f"{spec.engine.with_suffix('').name}.fp16.onnx, so the other float layers run FP16 too (as with --fp16)"]
+    return [f"the layers kept out of INT8 ({kept}) run FP16 with the FP16 builder flag (trtexec --fp16), which lets TensorRT run other float layers in FP16 too"]
+
+
 def prepare_v11(spec: BuildSpec) -> Path:
     """Write (beside the engine) and return the model a strongly typed build parses."""
     from calibkit.qdq.export import export_qdq
@@ -72,7 +83,7 @@ def prepare_v11(spec: BuildSpec) -> Path:
     elif spec.int8:
         model = onnx.load(str(spec.onnx))
         path = export_qdq(model, amax_from_cache(spec.cache), Path(f"{stem}.qdq.onnx"), placement="trt", exclude_nodes=keep_regex(spec.keep_fp16))
-    if spec.fp16:
+    if spec.fp16 or spec.keep_fp16:  # a layer kept out of INT8 runs FP16 only in an FP16 model (11 has no FP16 flag)
         model = to_fp16(onnx.load(str(path)))
         path = Path(f"{stem}.fp16.onnx")
         write_bytes(path, model.SerializeToString())

@@ -87,6 +87,15 @@ class BuildSpec:
             if len(lo) != len(want) or any(isinstance(d, int) and d != g for d, g in zip(want, lo)):
                 raise CalibkitError(f"--shapes {name}: {'x'.join(map(str, lo))} does not fit the model's {specs[name].describe()}")
 
+    def check_shapes_given(self) -> None:
+        """Every dynamic input of the model has --shapes (trtexec would build batch 1 with only a warning)."""
+        from calibkit.graph.model import input_specs, load
+
+        for spec in input_specs(load(self.onnx), self.batch_axes):
+            if spec.name not in self.shapes and any(not isinstance(d, int) for d in spec.shape):
+                dims = "x".join(str(d) if isinstance(d, int) else "?" for d in spec.shape)
+                raise CalibkitError(f"input {spec.name!r} has dynamic shape {dims}; pass --shapes {spec.name}:MIN/OPT/MAX")
+
     @property
     def quantized(self) -> bool:
         return self.int8 or self.qdq is not None

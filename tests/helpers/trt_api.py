@@ -67,7 +67,9 @@ class Api:
         return None
 
     def has(self, cls: str, name: str) -> bool:
-        return cls in self.classes and (name in self.classes[cls]["names"] or name == "__init__" and self.methods(cls, name) is not None)
+        return cls in self.classes and (
+            name in self.classes[cls]["names"] or name == "__init__" and self.methods(cls, name) is not None
+        )
 
     def class_in(self, text: str) -> str | None:
         """The first TensorRT class named in a type string (``typing.Optional[ICudaEngine]`` -> ICudaEngine)."""
@@ -90,7 +92,10 @@ class Api:
 
 def load(path: Path = TABLE) -> dict[int, Api]:
     doc = json.loads(Path(path).read_text())
-    return {int(m): Api(int(m), t["version"], t["classes"], t["functions"], t.get("trampoline_only", {})) for m, t in doc["versions"].items()}
+    return {
+        int(m): Api(int(m), t["version"], t["classes"], t["functions"], t.get("trampoline_only", {}))
+        for m, t in doc["versions"].items()
+    }
 
 
 def call_problem(sigs: list[dict], npos: int, kwnames: list[str], starred: bool) -> str | None:
@@ -109,7 +114,9 @@ def call_problem(sigs: list[dict], npos: int, kwnames: list[str], starred: bool)
         if {p["name"] for p in rest if not p.get("default")} - set(kwnames):
             continue
         return None
-    shown = " | ".join("(" + ", ".join(p["name"] + ("=..." if p.get("default") else "") for p in s["params"]) + ")" for s in sigs)
+    shown = " | ".join(
+        "(" + ", ".join(p["name"] + ("=..." if p.get("default") else "") for p in s["params"]) + ")" for s in sigs
+    )
     kw = f" + keywords {', '.join(kwnames)}" if kwnames else ""
     return f"takes {shown}, called with {npos} positional{kw}"
 
@@ -157,7 +164,9 @@ class _Module:
 
     def typeof(self, node: ast.AST) -> tuple | None:
         api = self.api
-        if isinstance(node, ast.Name) or (isinstance(node, ast.Attribute) and _key(node) and _key(node).startswith("self.")):
+        if isinstance(node, ast.Name) or (
+            isinstance(node, ast.Attribute) and _key(node) and _key(node).startswith("self.")
+        ):
             return self.types.get(_key(node))
         if isinstance(node, ast.Attribute):
             t = self.typeof(node.value)
@@ -227,7 +236,15 @@ def check_module(source: str, api: Api, filename: str = "<snippet>") -> list[Fin
                 out.append(Finding(at(node), chain, None if ok else f"{v} has no trt.{node.attr}"))
             elif id(node) in stored:
                 p = api.prop(base[1], node.attr)
-                problem = None if p and p["writable"] else (f"{v}: {base[1]}.{node.attr} is read-only" if p else f"{v}: {base[1]} has no property {node.attr!r}")
+                problem = (
+                    None
+                    if p and p["writable"]
+                    else (
+                        f"{v}: {base[1]}.{node.attr} is read-only"
+                        if p
+                        else f"{v}: {base[1]} has no property {node.attr!r}"
+                    )
+                )
                 out.append(Finding(at(node), f"{chain} = ...", problem))
             elif id(node) not in callee_ids:
                 ok = api.has(base[1], node.attr)
@@ -292,9 +309,17 @@ def _overrides(tree: ast.Module, cls: ast.ClassDef, api: Api, filename: str) -> 
             params = [a.arg for a in fn.args.posonlyargs + fn.args.args][1:]
             what = f"{cls.name}.{name}({', '.join(params)}) overrides trt.{c[1]}"
             if name not in table:
-                out.append(Finding(f"{filename}:{fn.lineno}", what, f"{v}: TensorRT never calls {name} on {c[1]} (it calls: {', '.join(sorted(table))})"))
+                out.append(
+                    Finding(
+                        f"{filename}:{fn.lineno}",
+                        what,
+                        f"{v}: TensorRT never calls {name} on {c[1]} (it calls: {', '.join(sorted(table))})",
+                    )
+                )
             elif params != table[name] or fn.args.vararg or fn.args.kwonlyargs:
-                out.append(Finding(f"{filename}:{fn.lineno}", what, f"{v}: TensorRT calls {name}({', '.join(table[name])})"))
+                out.append(
+                    Finding(f"{filename}:{fn.lineno}", what, f"{v}: TensorRT calls {name}({', '.join(table[name])})")
+                )
             else:
                 out.append(Finding(f"{filename}:{fn.lineno}", what, None))
     return out

@@ -82,11 +82,13 @@ def test_trtexec_for_11_prepares_the_qdq_model(cli, tmp_path, conv_model, calibr
         "--print-trtexec",
         "--trt-major",
         "11",
+        "--shapes",
+        "x:1x3x8x8/4x3x8x8/8x3x8x8",
     )
     a = _args(p.stdout.strip())
     assert "--stronglyTyped" in a and "--int8" not in a and "--fp16" not in a and "--calib" not in a
-    qdq = onnx.load(a["--onnx"])
-    assert a["--onnx"] == str(tmp_path / "e.qdq.onnx")
+    assert a["--onnx"] == str(tmp_path / "e.fp16.onnx")  # the kept layer runs FP16 (see test_trt_fake_build)
+    qdq = onnx.load(str(tmp_path / "e.qdq.onnx"))
     scales = cache_io.read(calibrated).scales
     layers = activation_qdq(qdq)
     assert layers and all(
@@ -109,6 +111,8 @@ def test_trtexec_for_11_fp16_and_int8(cli, tmp_path, conv_model, calibrated):
         "--print-trtexec",
         "--trt-major",
         "11",
+        "--shapes",
+        "x:1x3x8x8/4x3x8x8/8x3x8x8",
     )
     model = onnx.load(_args(p.stdout.strip())["--onnx"])
     onnx.checker.check_model(model)
@@ -158,6 +162,8 @@ def test_from_report_reads_validate_results(cli, tmp_path, conv_model, conv_data
         "--print-trtexec",
         "--trt-major",
         "10",
+        "--shapes",
+        "x:1x3x8x8/4x3x8x8/8x3x8x8",
     )
     assert _args(p.stdout.strip())["--layerPrecisions"] == ",".join(f"{n}:fp16" for n in nodes)
     (tmp_path / "layers.txt").write_text("# keep\nconv1\n\nfc\n")
@@ -174,6 +180,8 @@ def test_from_report_reads_validate_results(cli, tmp_path, conv_model, conv_data
         "--print-trtexec",
         "--trt-major",
         "10",
+        "--shapes",
+        "x:1x3x8x8/4x3x8x8/8x3x8x8",
     )
     assert _args(p.stdout.strip())["--layerPrecisions"] == "conv1:fp16,fc:fp16"
 
@@ -284,5 +292,5 @@ def test_trtexec_10_checks_cache_layers_and_data(cli, tmp_path, conv_model, conv
     rep = tmp_path / "r.json"
     rep.write_text('{"candidates": [{"fp16_fallback": {"nodes": "conv1"}}]}')
     assert "must be a list" in cli(*base, "--cache", cache, "--from-report", rep, expect=1).stderr
-    ok = cli(*base, "--cache", cache, "--keep-fp16", "conv1")
+    ok = cli(*base, "--cache", cache, "--keep-fp16", "conv1", "--shapes", "x:1x3x8x8/4x3x8x8/8x3x8x8")
     assert "--layerPrecisions=conv1:fp16" in ok.stdout
