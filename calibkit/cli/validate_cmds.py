@@ -143,7 +143,7 @@ def _print(res) -> None:
         out.print(f"unavailable: {u['backend']}: {u['reason']}")
     for c in doc["candidates"]:
         cmd = (c.get("fp16_fallback") or {}).get("command")
-        if cmd:
+        if cmd and not c.get("pass"):  # a passing candidate needs no fallback (the report still lists it)
             out.print(f"to keep {c['label']}'s weakest layers in FP16:\n  {cmd}")
     if doc.get("method_outputs"):
         out.print(
@@ -298,8 +298,8 @@ def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt
         model = str(demo.MODEL)
         histograms = f"{DEMO_OUT}/histograms.npz"
         kw["report"] = kw["report"] or f"{DEMO_OUT}/compare.html"
-        if method_list == DEFAULT_METHODS:  # the digits CNN is robust; 99.9/99 show clipping cost
-            method_list = "entropy,percentile:99.99,percentile:99.9,percentile:99,minmax,mse"
+        if method_list == DEFAULT_METHODS:  # the digits CNN is robust; 99.9 shows clipping cost, auto the per-tensor pick
+            method_list = "entropy,percentile:99.99,percentile:99.9,minmax,mse,auto"
     if not histograms:
         raise click.UsageError("give --histograms (from calibkit calibrate)")
     if not kw["data"]:

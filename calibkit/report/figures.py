@@ -12,6 +12,7 @@ from calibkit import methods
 from calibkit.numerics.histogram import NUM_BINS, TensorHistogram
 
 COMPARE_METHODS = ("entropy", "percentile", "minmax", "mse")
+DASHES = ((0, (6, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (3, 1)), (0, (8, 2, 1, 2, 1, 2)), (0, (2, 3)), "-")
 
 
 def _plt():
@@ -128,10 +129,18 @@ def threshold_plot(name: str, h: TensorHistogram, used: dict[str, float], colors
         if not any(f"({m}" in label for label in used):
             spec = methods.get(m)
             lines[f"{m} (default)"] = spec.amax(h, spec.config_cls())
+    # Lines at the same amax are one line with every name (else the last drawn hides the others);
+    # each line has its own dash pattern, so methods differ by more than a shade of grey.
+    groups: dict[float, list[str]] = {}
+    for label, amax in sorted(lines.items(), key=lambda kv: (kv[1], kv[0] not in used, kv[0])):
+        groups.setdefault(float(amax), []).append(label)
     greys = iter(("#444444", "#777777", "#999999", "#bbbbbb"))
-    for label, amax in sorted(lines.items(), key=lambda kv: kv[1]):
-        color = colors.get(label) if label in used else next(greys, "#aaaaaa")
-        ax.axvline(amax, color=color, lw=1.5, ls="--" if label in used else ":", label=_t(f"{label}: {amax:.4g}"))
+    dashes = iter(DASHES)
+    for amax, labels in groups.items():
+        mine = [lb for lb in labels if lb in used]
+        color = colors.get(mine[0]) if mine else next(greys, "#aaaaaa")
+        ls = next(dashes, (0, (1, 1)))
+        ax.axvline(amax, color=color, lw=1.8 if mine else 1.3, ls=ls, label=_t(f"{' = '.join(labels)}: {amax:.4g}"))
     ax.set_title(_t(f"{name}: |x| histogram and thresholds (clipped beyond the line)"))
     ax.set_xlabel("|activation|")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

@@ -42,7 +42,48 @@ def _table(rows: list[dict], cls: str = "") -> str:
     )
 
 
+def points(v, samples: int | None) -> str:
+    """Accuracy points (%) at the precision the data supports: one sample of N is 100/N points
+    (497 samples: 0.2, so one decimal)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return fmt(v)
+    step = 100.0 / samples if samples else 0.01
+    d = max(0, -math.floor(math.log10(step))) if step < 1 else 0
+    text = f"{v:.{d}f}"
+    return "0" if float(text) == 0 else text
+
+
+def per_second(v) -> str:
+    """A rate as a plain number: 14,032 samples/s, never 1.4e+04."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return fmt(v)
+    return f"{v:,.0f}" if v >= 10 else f"{v:.2g}"
+
+
+def plain(v) -> str:
+    """A provenance/environment value as text, never a Python repr (None, lists, dicts)."""
+    if v is None:
+        return "none"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(plain(x) for x in v) or "none"
+    if isinstance(v, dict):
+        return "; ".join(f"{k} {plain(x)}" for k, x in v.items()) or "none"
+    return fmt(v) if isinstance(v, float) else str(v)
+
+
+def best_line(doc: dict) -> str | None:
+    """The banner's winner: one name, or every candidate tied for first place."""
+    tested = [c for c in doc["candidates"][1:] if c.get("rank")]
+    if not tested:
+        return f"best candidate: {doc['best']}" if doc.get("best") else None
+    first = [c["label"] for c in tested if str(c["rank"]).rstrip("=") == "1"]
+    if len(first) > 1:
+        return f"tied for best (within the run's noise): {', '.join(first)}"
+    return f"best candidate: {first[0] if first else doc.get('best')}"
+
+
 def summary_rows(doc: dict) -> list[dict]:
+    samples = (doc.get("data") or {}).get("samples")
     rows = []
     for i, c in enumerate(doc["candidates"]):
         worst = min(
@@ -55,13 +96,13 @@ def summary_rows(doc: dict) -> list[dict]:
                 "rank": c.get("rank") or "–",
                 "candidate": c["label"],
                 "verdict": "reference" if i == 0 else ("PASS" if c["pass"] else "FAIL"),
-                "accuracy %": c["accuracy"],
-                "drop pp": c["accuracy_drop_pp"],
-                "worst SQNR dB": worst,
+                "accuracy %": points(c["accuracy"], samples),
+                "drop pp": points(c["accuracy_drop_pp"], samples),
+                "worst SQNR dB": f"{worst:.1f}" if isinstance(worst, float) and math.isfinite(worst) else worst,
                 "min cosine": cos,
                 "median ms/batch": with_noise(c["latency"]["median_ms"], c["latency"].get("median_noise_ms")),
                 "p99 ms/batch": fmt(c["latency"]["p99_ms"], 2),
-                "samples/s": fmt(c["latency"]["throughput_sps"], 2),
+                "samples/s": per_second(c["latency"]["throughput_sps"]),
                 "how it ran": c["note"],
             }
         )
@@ -102,7 +143,7 @@ def layer_rows(doc: dict) -> list[dict]:
                     "tensor": t,
                     "SQNR dB (accumulated)": v["sqnr_db"],
                     "cosine": v["cosine"],
-                    "local SQNR dB": v["local_sqnr_db"],
+                    "local SQNR dB": _exact(v["local_sqnr_db"]),
                     "scale": v["scale"],
                 }
             )
@@ -113,6 +154,15 @@ def layer_rows(doc: dict) -> list[dict]:
         )
     )
     return rows
+
+
+def _exact(v):
+    """Infinite SQNR is no error at all: say so instead of a bare ∞."""
+    if isinstance(v, float) and math.isinf(v) and v > 0:
+        return "∞ (exact)"
+    if isinstance(v, str) and v.lower() in ("inf", "infinity"):
+        return "∞ (exact)"
+    return v
 
 
 def render(doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: str, extra: str = "") -> str:
@@ -138,7 +188,9 @@ def render(doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: 
             errors.append({"output": name, "uri": figures.error_distribution(name, per, colors)})
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
     tpl = env.get_template("report.html.j2")
-    fallback = [(c["label"], c["fp16_fallback"]) for c in cands if c.get("fp16_fallback")]
+    fallback = [
+        (c["label"], {**c["fp16_fallback"], "passed": bool(c.get("pass"))}) for c in cands if c.get("fp16_fallback")
+    ]
     return tpl.render(
         title=title,
         doc=doc,
@@ -152,6 +204,8 @@ def render(doc: dict, ev: Evaluation | None, hists: HistogramSet | None, title: 
         extra=extra,
         fmt=fmt,
         esc=html.escape,
+        plain=plain,
+        best=best_line(doc),
     )
 
 
