@@ -1,7 +1,8 @@
 """Train the shipped demo: a small residual CNN on scikit-learn's handwritten digits.
 
-Writes ``calibkit/demo/digits_cnn.onnx`` and ``calibkit/demo/digits/{calib,val}/``
-(8x8 grayscale PNGs + labels.npy) plus ``calibkit/demo/digits/preprocess.json``.
+Writes ``calibkit/demo/digits_cnn.onnx``, the calibration split to ``calibration_data/digits_cnn/``
+(``calibkit/demo/digits/calib`` links to it, so the package ships it) and the validation split to
+``calibkit/demo/digits/val/`` (8x8 grayscale PNGs + labels.npy), plus ``preprocess.json`` in both.
 The ONNX graph is written node by node from the trained weights, so it keeps its
 Conv / BatchNormalization / Relu / Add / MaxPool / GlobalAveragePool / Gemm structure.
 
@@ -150,10 +151,12 @@ def main() -> None:
     print(f"held-out accuracy: {acc:.4f}")
     export(net, ROOT / "calibkit" / "demo" / "digits_cnn.onnx")
     data = ROOT / "calibkit" / "demo" / "digits"
-    write_split(data / "calib", pixels[calib], labels[calib])
+    calib_set = ROOT / "calibration_data" / "digits_cnn"
+    write_split(calib_set, pixels[calib], labels[calib])
     write_split(data / "val", pixels[val], labels[val])
     pre = {"channels": "L", "layout": "NCHW", "scale": 1.0 / 255.0, "mean": [0.0], "std": [1.0]}
-    (data / "preprocess.json").write_text(json.dumps(pre, indent=2) + "\n")
+    for folder in (data, calib_set):  # the set's own copy: `calibkit calibrate MODEL` finds it
+        (folder / "preprocess.json").write_text(json.dumps(pre, indent=2) + "\n")
 
 
 if __name__ == "__main__":
