@@ -280,12 +280,38 @@ def _demo_defaults(kw):
 @click.option(
     "--trt-version", help="TensorRT version for the caches' header (default: installed TensorRT, else 10.16.1)."
 )
+@click.option(
+    "--precision",
+    "precision_list",
+    default="int8",
+    show_default=True,
+    help="Comma-separated precisions to run each method in, side by side: int8, fp8 (FP8 E4M3FN, ort-fp8).",
+)
+@click.option(
+    "--placement",
+    "placement_list",
+    default="trt",
+    show_default=True,
+    help="Comma-separated Q/DQ placements to run each method with, side by side: trt (= trt-min), trt-fused.",
+)
 @warn_clip_option
 @gate_options
 @data_options
 @feed_options
 @user_errors
-def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt_version, warn_clip, **kw) -> None:
+def compare(
+    model,
+    histograms,
+    method_list,
+    backend,
+    output_dir,
+    export_qdq,
+    trt_version,
+    precision_list,
+    placement_list,
+    warn_clip,
+    **kw,
+) -> None:
     """Score several threshold methods from one stored histogram set in one validation pass.
 
     The report ranks methods by task accuracy, then output SQNR. With no MODEL: the demo.
@@ -332,6 +358,8 @@ def compare(model, histograms, method_list, backend, output_dir, export_qdq, trt
         trt_version=trt_version,
         warn_clip=warn_clip,
         feed=feed,
+        precisions=tuple(p.strip() for p in precision_list.split(",") if p.strip()),
+        placements=tuple(p.strip() for p in placement_list.split(",") if p.strip()),
     )
 
 

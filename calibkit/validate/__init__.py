@@ -71,6 +71,8 @@ def _advise(doc: dict, model: str | Path, scales_of: Callable[[dict], Path | Non
         if not fb or not fb.get("exclude_nodes") or scales is None:
             continue
         fp8 = c.get("backend") == "ort-fp8"
+        label = c.get("label", "")
+        placement = ["--placement", label[label.rindex("[") + 1 : -1]] if label.endswith("]") else []
         out = scales.parent / f"{Path(model).stem}.fp16-fallback{'.fp8' if fp8 else ''}.qdq.onnx"
         fb["command"] = shlex.join(
             [
@@ -80,6 +82,7 @@ def _advise(doc: dict, model: str | Path, scales_of: Callable[[dict], Path | Non
                 "--scales",
                 str(scales),
                 *(["--precision", "fp8"] if fp8 else []),
+                *placement,
                 "--exclude-nodes",
                 fb["exclude_nodes"],
                 "-o",
@@ -117,9 +120,38 @@ def _finish(doc, ev, hists, title, report, results, tx_dir=None, extra=None) -> 
     return res
 
 
+def _variants(backend: str, precisions, placements) -> list[tuple[str, str | None]]:
+    """(backend, placement or None for the backend's own) per compared precision x placement."""
+    from calibkit.qdq.placement import TRT_PLACEMENTS
+
+    if not precisions or not placements:
+        raise CalibkitError("compare --precision / --placement: give at least one value")
+    out = []
+    for precision in precisions:
+        if precision not in ("int8", "fp8"):
+            raise CalibkitError(f"compare --precision {precision!r}: choose int8 or fp8")
+        b = backend if precision == "int8" else "ort-fp8"
+        for p in placements:
+            if p not in TRT_PLACEMENTS:
+                raise CalibkitError(f"compare --placement {p!r}: choose from {', '.join(TRT_PLACEMENTS)}")
+            own = B.QDQ_BACKENDS[b][0]
+            if b == "ort-int8-cpu":  # real INT8 kernels: ORT's own placement only
+                out.append((b, None))
+                break
+            out.append((b, None if p == own else p))
+    return list(dict.fromkeys(out))
+
+
+def _placement_of(c) -> str | None:
+    """The non-default placement a candidate's label names (None: its backend's own)."""
+    label = c.label
+    return label[label.rindex("[") + 1 : -1] if label.endswith("]") else None
+
+
 def _candidates(specs, model, out_names, tmp, device, exclude_nodes, emulate_fp16):
+    """``specs``: (backend, amax, method) or (backend, amax, method, Q/DQ placement)."""
     cands, unavailable = [], []
-    for backend, amax, method in specs:
+    for backend, amax, method, *placement in specs:
         try:
             cands.append(
                 B.make(
@@ -132,6 +164,7 @@ def _candidates(specs, model, out_names, tmp, device, exclude_nodes, emulate_fp1
                     method=method,
                     exclude_nodes=exclude_nodes,
                     emulate_fp16=emulate_fp16,
+                    placement=placement[0] if placement else None,
                 )
             )
         except B.Unavailable as why:
@@ -230,16 +263,21 @@ def compare(
     on_source: Callable[[Any], None] | None = None,
     warn_clip: float = clipping.DEFAULT_WARN_CLIP,
     feed: FeedOptions | None = None,
+    precisions: tuple[str, ...] = ("int8",),
+    placements: tuple[str, ...] = ("trt",),
 ) -> ValidationResult:
     """Score ``method_specs`` on one validation pass; each method's scales.json, TensorRT cache
     and TensorsData (and with ``export_qdq`` its Q/DQ model) go to ``output_dir/<method>/``
-    (default: ``<report>.methods/`` beside the report), published with the report as one set."""
+    (default: ``<report>.methods/`` beside the report), published with the report as one set.
+    ``precisions`` x ``placements``: each method also runs as FP8 (ort-fp8) and/or with other
+    Q/DQ placements, side by side (the first of each is the method's main candidate)."""
     from calibkit import methods
     from calibkit.artifacts import trt_cache
     from calibkit.calibration import stage_scales, write_scales
 
     if backend not in ("ort-int8", "ort-int8-cpu"):
         raise CalibkitError(f"compare --backend {backend!r}: methods are compared on ort-int8 or ort-int8-cpu")
+    variants = _variants(backend, precisions, placements)
     model_path = Path(model)
     proto = load(model_path)
     model_fp = fingerprint_file(model_path)
@@ -262,7 +300,7 @@ def compare(
         name, cfg = methods.parse_spec(spec)
         table = scales_io.compute(hs, name, cfg)
         staged[spec] = stage_scales(table, hs, model_path, model_fp, version, "EntropyCalibration2", warn_clip)
-        specs.append((backend, table.amax(), spec))
+        specs += [(b, table.amax(), spec, p) for b, p in variants]
         clip[spec] = _clip_doc(clipping.warnings(table, warn_clip), warn_clip)
     out_names = [o.name for o in proto.graph.output]
     with tempfile.TemporaryDirectory(prefix="calibkit-compare-") as tmp:
@@ -284,7 +322,13 @@ def compare(
             model,
             lambda c: out_dir / method_dir(c["method"]) / "scales.json" if c.get("method") in staged else None,
         )
-        qdq_of = {c.method: c.model_path for c in cands}
+        main = variants[0]
+        qdq_of = {c.method: c.model_path for c in cands if (c.backend, _placement_of(c)) == main}
+        more_qdq = [
+            (c.method, c.model_path, _placement_of(c), c.backend)
+            for c in cands
+            if c.model_path and (c.backend, _placement_of(c)) != main
+        ]
 
         def extra(tx) -> None:
             for spec, files in staged.items():
@@ -294,6 +338,12 @@ def compare(
                     tx.write_with(
                         d / f"{model_path.stem}.qdq.onnx", lambda fh, src=qdq_of[spec]: copy_into(src, fh)
                     )  # streamed, not read whole
+            for spec, src, placement, b in more_qdq if export_qdq else []:
+                tag = f"{placement or B.QDQ_BACKENDS[b][0]}.{B.QDQ_BACKENDS[b][1]}"
+                tx.write_with(
+                    out_dir / method_dir(spec) / f"{model_path.stem}.{tag}.qdq.onnx",
+                    lambda fh, src=src: copy_into(src, fh),
+                )
 
         return _finish(
             doc, ev, hs, f"calibkit method comparison: {model_path.name}", report, results, tx_dir=out_dir, extra=extra

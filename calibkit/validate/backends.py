@@ -97,6 +97,8 @@ def make(
             + (" (this CPU has no VNNI: ORT's u8s8 kernels saturate here, unlike TensorRT)" if int8_saturates() else "")
         )
         label = f"{backend} ({method})" if method else backend
+        if placement != default:
+            label += f" [{placement}]"
         return Candidate(
             label,
             backend,

@@ -104,3 +104,29 @@ def test_validate_backend_ort_fp8(cli, conv_model, conv_data, tmp_path):
     by = {c["backend"]: c for c in doc["candidates"]}
     assert by["ort-fp8"]["method"] == by["ort-int8"]["method"]
     assert min(o["cosine"] for o in by["ort-fp8"]["outputs"].values()) > 0.999
+
+
+def test_compare_precisions_and_placements_side_by_side(cli, conv_model, conv_data, tmp_path):
+    calibrate(conv_model, conv_data, output_dir=tmp_path / "cal")
+    cli(
+        "compare", conv_model, "--histograms", tmp_path / "cal" / "histograms.npz", "--data", conv_data,
+        "--methods", "minmax", "--precision", "int8,fp8", "--placement", "trt,trt-fused",
+        "--report", tmp_path / "c.html", "--export-qdq", "-o", tmp_path / "m",
+    )  # fmt: skip
+    doc = json.loads((tmp_path / "c.results.json").read_text())
+    labels = sorted(c["label"] for c in doc["candidates"][1:])
+    assert labels == [
+        "ort-fp8 (minmax)",
+        "ort-fp8 (minmax) [trt-fused]",
+        "ort-int8 (minmax)",
+        "ort-int8 (minmax) [trt-fused]",
+    ]
+    written = sorted(p.name for p in (tmp_path / "m" / "minmax").glob("*.qdq.onnx"))
+    assert written == [
+        "conv.qdq.onnx",
+        "conv.trt-fused.fp8.qdq.onnx",
+        "conv.trt-fused.int8.qdq.onnx",
+        "conv.trt.fp8.qdq.onnx",
+    ]
+    fp8 = onnx.load(str(tmp_path / "m" / "minmax" / "conv.trt.fp8.qdq.onnx"))
+    assert any(i.data_type == TensorProto.FLOAT8E4M3FN for i in fp8.graph.initializer)
