@@ -59,7 +59,11 @@ from calibkit.cli.options import data_options, feed_from, feed_options, preproce
 @click.option(
     "--trt-major",
     type=click.Choice(["10", "11"]),
-    help="TensorRT major version for --print-trtexec (default: the installed one).",
+    help="TensorRT major version for --print-trtexec (default: the installed one, else what the inputs decide: --cache 10, --qdq strongly typed).",
+)
+@click.option(
+    "--trt-version",
+    help="TensorRT version of the trtexec that --print-trtexec is for (10.x): --calib then names a copy of the cache with that version's header.",
 )
 @data_options
 @feed_options
@@ -80,6 +84,7 @@ def build(
     workspace_mb,
     print_trtexec,
     trt_major,
+    trt_version,
     **kw,
 ) -> None:
     """Build a TensorRT engine with calibkit's INT8 scales (10.x and 11.x).
@@ -91,7 +96,6 @@ def build(
       --qdq) and/or the FP16-converted model; kept layers get no Q/DQ.
     """
     from calibkit.cli.progress import err, out
-    from calibkit.errors import CalibkitError
     from calibkit.trt import installed_major
     from calibkit.trt.spec import BuildSpec, parse_shapes, read_layers
 
@@ -121,16 +125,16 @@ def build(
         workspace_mb=workspace_mb,
         **vars(feed_from(kw)),
     )
+    if trt_version and not print_trtexec:
+        raise click.UsageError("--trt-version is for --print-trtexec (a build re-headers the cache for the installed TensorRT)")
     if print_trtexec:
-        from calibkit.trt.build import trtexec_line
-
-        major = int(trt_major) if trt_major else installed_major()
-        if major is None:
-            raise CalibkitError("no TensorRT installed to take the version from; pass --trt-major 10 or 11")
+        from calibkit.trt.build import trtexec_line, trtexec_major
         from calibkit.trt.prepare import notes
 
-        line = trtexec_line(spec, major)
-        for note in notes(spec, major):
+        major, why = trtexec_major(spec, int(trt_major) if trt_major else None, installed_major())
+        said: list[str] = [f"trtexec for TensorRT {major}: {why}"] if why else []
+        line = trtexec_line(spec, major, trt_version, said)
+        for note in said + notes(spec, major):
             err.print(f"note: {note}")
         click.echo(line)
         return

@@ -12,7 +12,11 @@ import importlib.util
 
 from calibkit.errors import CalibkitError
 
-INSTALL = "install TensorRT (pip install tensorrt-cu12==10.* for 10.x, or tensorrt-cu13 for 11.x) and cuda-python; it needs an NVIDIA GPU with its driver"
+INSTALL = (
+    "install TensorRT and cuda-python: pip install 'calibkit[tensorrt10]' (TensorRT 10.x: calibrators, --ranges) "
+    "or 'calibkit[tensorrt11]' (11.x: Q/DQ only); it needs an NVIDIA GPU with its driver"
+)
+EXTRA = {10: "calibkit[tensorrt10]", 11: "calibkit[tensorrt11]"}
 SUPPORTED_MAJORS = (10, 11)
 
 
@@ -59,5 +63,5 @@ def require(major: int | None = None, what: str = "this") -> int:
         raise CalibkitError(why)
     have = installed_major()
     if major is not None and have != major:
-        raise CalibkitError(f"{what} needs TensorRT {major}.x but {installed_version()} is installed")
+        raise CalibkitError(f"{what} needs TensorRT {major}.x but {installed_version()} is installed; pip install '{EXTRA[major]}' in another environment")
     return have  # type: ignore[return-value]

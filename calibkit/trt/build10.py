@@ -9,29 +9,44 @@ from calibkit.graph.model import input_specs, load
 from calibkit.trt import common
 from calibkit.trt.calibrators import KINDS, make_calibrator
 from calibkit.trt.feed import CalibrationFeed
+from calibkit.trt.layers import layer_nodes
 from calibkit.trt.prepare import notes
 from calibkit.trt.spec import BuildSpec
 
 TRT_MAJORS = (10,)
 
 
-def _keep_fp16(network, names: list[str], fp16_ok: bool) -> int:
+FLOATS = ("FLOAT", "HALF", "BF16")
+
+
+def _keep_fp16(network, names: list[str], fp16_ok: bool) -> tuple[int, list[str]]:
+    """Constrain every layer made from a kept ONNX node (matched through ``ILayer.metadata``,
+    ``[ONNX Layer: <node>]``, so a node that became several layers is kept whole) to FP16; only
+    float outputs get an output type (an INT32/INT64/bool output forced to FP16 fails the build
+    under OBEY). Returns (layers constrained, kept names that matched no layer)."""
     import tensorrt as trt
 
     wanted = set(names)
+    matched: set[str] = set()
     kept = 0
     dtype = trt.DataType.HALF if fp16_ok else trt.DataType.FLOAT
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.name in wanted:
-            layer.precision = dtype
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, dtype)
-            kept += 1
-            wanted.discard(layer.name)
+        hits = wanted.intersection(layer_nodes(layer.name, layer.metadata)) | wanted.intersection([layer.name])
+        if not hits:
+            continue
+        outputs = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype.name in FLOATS]
+        if not outputs:
+            continue  # Shape, TopK indices, ...: nothing float to run in FP16
+        layer.precision = dtype
+        for j in outputs:
+            layer.set_output_type(j, dtype)
+        kept += 1
+        matched |= hits
+    missed = [n for n in names if n not in matched]
     if names and not kept:
         raise CalibkitError(f"none of the {len(names)} layers to keep in FP16 ({names[0]}, ...) is a layer of the TensorRT network; check the names")
-    return kept
+    return kept, missed
 
 
 def _calibrator(spec: BuildSpec, version: str):
@@ -63,7 +78,7 @@ def build(spec: BuildSpec, version: str) -> dict:
         config.int8_calibrator = calib
         if profile is not None:
             config.set_calibration_profile(_opt_profile(builder, spec))
-    kept = _keep_fp16(network, spec.keep_fp16, fp16) if spec.keep_fp16 else 0
+    kept, missed = _keep_fp16(network, spec.keep_fp16, fp16) if spec.keep_fp16 else (0, [])
     if kept:
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
     try:
@@ -72,7 +87,7 @@ def build(spec: BuildSpec, version: str) -> dict:
         if calib is not None:
             calib.feed.close()
     return {"engine": path, "trt": version, "kept_fp16": kept, "calibration_batches": calib.feed.batches_served if calib else 0,
-            "notes": notes(spec, 10)}
+            "notes": notes(spec, 10) + ([f"kept in FP16 but no TensorRT layer came from: {', '.join(missed)} (their ONNX nodes were folded away or fused; see the layer report)"] if missed else [])}
 
 
 def _raise_stored(calib) -> None:

@@ -54,7 +54,8 @@ def add_profile(builder, network, config, spec: BuildSpec):
 def load_timing_cache(config, path: Path | None):
     data = path.read_bytes() if path is not None and path.is_file() else b""
     cache = config.create_timing_cache(data)
-    config.set_timing_cache(cache, False)
+    if not config.set_timing_cache(cache, False):
+        raise CalibkitError(f"TensorRT refused the timing cache {path} (made on another GPU or TensorRT version?); delete it or pass --timing-cache with a new path")
     return cache
 
 

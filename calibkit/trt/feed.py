@@ -86,7 +86,7 @@ class CalibrationFeed:
             for name, shape in self.opt_shapes.items():
                 if name in feed and tuple(feed[name].shape) != tuple(shape):
                     raise CalibkitError(f"calibration input {name!r} has shape {feed[name].shape} but TensorRT calibrates at the OPT shape {tuple(shape)}; match --shapes OPT to the data")
-            yield feed
+            yield _float32(feed)
 
     def next_pointers(self, names: list[str]) -> list[int] | None:
         """Device pointers of the next batch in ``names`` order, or None when the data is done."""
@@ -105,3 +105,13 @@ class CalibrationFeed:
         if self._stager is not None:
             self._stager.close()
             self._stager = None
+
+
+def _float32(feed):
+    """TensorRT takes calibration batches of float tensors as float32 whatever the model's input
+    type (Polygraphy converts too); index and bool inputs stay as they are."""
+    for name in list(feed):
+        a = feed[name]
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.dtype != np.float32:
+            feed[name] = a.astype(np.float32)
+    return feed

@@ -48,6 +48,11 @@ class BuildSpec:
             raise CalibkitError("--cache is the INT8 calibration cache; add --int8")
         if self.int8 and self.cache is None and self.data is None:
             raise CalibkitError("--int8 needs --cache (calibkit's scales) or --data (TensorRT 10 calibrates)")
+        if self.cache is not None and self.calibrator == "legacy":
+            raise CalibkitError(
+                "--calibrator legacy cannot take --cache: TensorRT's legacy cache also carries the quantile and regression cutoff, "
+                "which calibkit's cache does not; use --calibrator entropy2 (it applies any calibkit method's scales) or give --data"
+            )
         if self.cache is not None and not self.cache.is_file():
             raise CalibkitError(f"cache {self.cache} not found; write it with `calibkit calibrate`")
         if self.data is None and (self.batch_axes or not self.rebatch or self.max_samples is not None):

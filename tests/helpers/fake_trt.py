@@ -43,6 +43,7 @@ class World:
     reject_cache: bool = False  # TensorRT ignores the cache the calibrator hands it
     fail_build: bool = False  # build_serialized_network returns None whatever happens
     timing_cache_ok: bool = True  # set_timing_cache's result
+    fold: set = field(default_factory=set)  # ONNX nodes the parser folds away (no layer)
     calls: list[str] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
     batches: int = 0
@@ -227,6 +228,8 @@ def make(major: int, world: World | None = None) -> types.ModuleType:
                 net._inputs.append(t)
             inits = {i.name for i in g.initializer}
             for n in g.node:
+                if n.name in world.fold:
+                    continue
                 ins = [tensor(x) for x in n.input if x and x not in inits]
                 outs = [tensor(x) for x in n.output]
                 parts = [n.name, f"{n.name}_bias"] if n.op_type == "Gemm" else [n.name]

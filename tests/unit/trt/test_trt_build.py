@@ -39,7 +39,7 @@ def test_build_without_tensorrt_is_one_line(cli, tmp_path, conv_model, calibrate
     p = cli("build", conv_model, "--engine", tmp_path / "e.plan", "--int8", "--cache", calibrated, expect=1)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, p.stderr
-    assert "pip install tensorrt" in lines[0] and "NVIDIA GPU" in lines[0]
+    assert "calibkit[tensorrt10]" in lines[0] and "NVIDIA GPU" in lines[0]
     assert not (tmp_path / "e.plan").exists()
 
 
@@ -146,7 +146,7 @@ def test_from_report_reads_validate_results(cli, tmp_path, conv_model, conv_data
     nodes = doc["candidates"][1]["fp16_fallback"]["nodes"]
     assert nodes
     if NO_TRT:
-        assert [u["backend"] for u in doc["unavailable"]] == ["trt-int8"] and "pip install tensorrt" in doc[
+        assert [u["backend"] for u in doc["unavailable"]] == ["trt-int8"] and "calibkit[tensorrt10]" in doc[
             "unavailable"
         ][0]["reason"]
     p = cli(

@@ -166,3 +166,166 @@ def test_fake_follows_the_signatures(monkeypatch):
         config.no_such_thing = 1
     assert np.all([hasattr(trt, c) for c in ("IInt8LegacyCalibrator", "IInt8EntropyCalibrator2")])
     assert not hasattr(fake_trt.make(11), "IInt8EntropyCalibrator2")
+
+
+# -- likely bugs ---------------------------------------------------------------------------
+SHAPE_ARGS = ["--shapes", "x:1x3x8x8/4x3x8x8/8x3x8x8"]
+
+
+def test_print_trtexec_takes_the_major_from_the_inputs(cli, tmp_path, conv_model, calibrated):
+    from calibkit.qdq.export import export_qdq
+    from calibkit.trt import installed_major
+
+    if installed_major() is not None:
+        pytest.skip("TensorRT is installed here: its version decides")
+    p = cli(
+        "build",
+        conv_model,
+        "--engine",
+        tmp_path / "e.plan",
+        "--int8",
+        "--cache",
+        calibrated,
+        "--print-trtexec",
+        *SHAPE_ARGS,
+    )
+    assert "--int8" in p.stdout and f"--calib={calibrated}" in p.stdout and "TensorRT 10" in p.stderr
+    qdq = export_qdq(
+        onnx.load(str(conv_model)), {"x": 4.0, "r1": 3.0, "flat": 2.0}, tmp_path / "m.qdq.onnx", placement="trt"
+    )
+    p = cli("build", conv_model, "--engine", tmp_path / "e.plan", "--qdq", qdq, "--print-trtexec", *SHAPE_ARGS)
+    assert "--stronglyTyped" in p.stdout and "--int8" not in p.stdout and "strongly typed" in p.stderr
+
+
+def test_print_trtexec_reheaders_the_cache_for_trt_version(cli, tmp_path, conv_model, calibrated):
+    from calibkit.artifacts import trt_cache
+
+    p = cli(
+        "build",
+        conv_model,
+        "--engine",
+        tmp_path / "e.plan",
+        "--int8",
+        "--cache",
+        calibrated,
+        "--print-trtexec",
+        "--trt-major",
+        "10",
+        "--trt-version",
+        "10.8.0",
+        *SHAPE_ARGS,
+    )
+    calib = next(a.split("=", 1)[1] for a in shlex.split(p.stdout.strip()) if a.startswith("--calib="))
+    copy = trt_cache.read(calib)
+    assert Path(calib) != calibrated and copy.version == 100800 and copy.algorithm == "EntropyCalibration2"
+    assert copy.scales == trt_cache.read(calibrated).scales and "TRT-100800-EntropyCalibration2" in p.stderr
+    plain = cli(
+        "build",
+        conv_model,
+        "--engine",
+        tmp_path / "e.plan",
+        "--int8",
+        "--cache",
+        calibrated,
+        "--print-trtexec",
+        "--trt-major",
+        "10",
+        *SHAPE_ARGS,
+    )
+    assert f"--calib={calibrated}" in plain.stdout and "--trt-version" in plain.stderr  # says how to get a copy
+
+
+def test_kept_node_is_kept_in_every_layer_it_became(monkeypatch, tmp_path, conv_model, calibrated):
+    trt = fake_trt.install(monkeypatch, 10, fake_trt.World(fold={"flatten"}))
+    res = _build(_spec(tmp_path, conv_model, int8=True, cache=calibrated, keep_fp16=["fc", "flatten"]))
+    prec = {layer["name"]: layer["precision"] for layer in trt.world.built}
+    assert prec["fc"] == prec["fc_bias"] == "HALF" and prec["conv1"] == "INT8"  # the Gemm became 2 layers: both kept
+    assert any("flatten" in n and "no TensorRT layer" in n for n in res["notes"])  # the miss is reported
+
+
+def _two_input(tmp_path):
+    import models
+
+    from calibkit.artifacts import trt_cache
+
+    model = models.two_input_net(tmp_path / "two.onnx")
+    cache = trt_cache.Cache(101601, "EntropyCalibration2", {"a": 0.01, "b": 0.01, "mm": 0.02, "sum": 0.03}).write(
+        tmp_path / "two.cache"
+    )
+    shapes = {n: ((1, *d), (4, *d), (8, *d)) for n, d in (("a", (4,)), ("b", (4,)), ("idx", (1,)))}
+    return model, cache, shapes
+
+
+def test_kept_layer_with_integer_output_builds(monkeypatch, tmp_path):
+    trt = fake_trt.install(monkeypatch, 10)
+    model, cache, shapes = _two_input(tmp_path)
+    spec = BuildSpec(model, tmp_path / "e.plan", int8=True, cache=cache, shapes=shapes, keep_fp16=["shape", "mm"])
+    res = _build(spec)  # forcing the INT64 Shape output to FP16 under OBEY fails a TensorRT build
+    prec = {layer["name"]: layer["precision"] for layer in trt.world.built}
+    assert prec["mm"] == "HALF" and res["kept_fp16"] == 1 and not trt.world.log
+
+
+def test_legacy_calibrator_refuses_a_cache(cli, tmp_path, conv_model, calibrated):
+    p = cli(
+        "build",
+        conv_model,
+        "--engine",
+        tmp_path / "e.plan",
+        "--int8",
+        "--cache",
+        calibrated,
+        "--calibrator",
+        "legacy",
+        "--print-trtexec",
+        "--trt-major",
+        "10",
+        *SHAPE_ARGS,
+        expect=1,
+    )
+    assert "legacy cannot take --cache" in p.stderr and "quantile" in p.stderr
+
+
+def test_fp16_input_is_calibrated_with_float32_batches(tmp_path):
+    from onnx import helper
+
+    from calibkit.graph.model import input_specs, load
+    from calibkit.trt.feed import CalibrationFeed
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        "h",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 4])],
+    )
+    path = tmp_path / "h.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.linspace(-2, 2, 32, dtype=np.float16).reshape(8, 4)
+    np.savez(tmp_path / "h.npz", x=x)
+    mem = fake_trt.HostMemory()
+    feed = CalibrationFeed(
+        input_specs(load(path)), "EntropyCalibration2", batch_size=4, data=str(tmp_path / "h.npz"), device=mem
+    )
+    (ptr,) = feed.next_pointers(["x"])
+    assert mem._bufs[ptr].nbytes == 4 * 4 * 4  # float32, not float16
+    assert np.array_equal(mem._bufs[ptr].view(np.float32).reshape(4, 4), x[:4].astype(np.float32))
+
+
+def test_refused_timing_cache_is_an_error(monkeypatch, tmp_path, conv_model, calibrated):
+    fake_trt.install(monkeypatch, 10, fake_trt.World(timing_cache_ok=False))
+    (tmp_path / "e.timing.cache").write_bytes(b"from another GPU")
+    with pytest.raises(CalibkitError, match="refused the timing cache"):
+        _build(_spec(tmp_path, conv_model, int8=True, cache=calibrated))
+    assert not (tmp_path / "e.plan").exists()
+
+
+def test_extras_for_both_tensorrt_lines():
+    import tomllib
+
+    from calibkit.trt import INSTALL
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert any(r.startswith("tensorrt>=10") and "<11" in r for r in extras["tensorrt10"])
+    assert any(r.startswith("tensorrt>=11") and "<12" in r for r in extras["tensorrt11"])
+    assert "calibkit[tensorrt10]" in INSTALL and "calibkit[tensorrt11]" in INSTALL
