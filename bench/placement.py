@@ -10,6 +10,12 @@ ModelOpt's own venv). Columns: activation QuantizeLinear nodes, lint findings by
 (calibkit/qdq/lint.py), compute layers quantized, task metric vs labels, agreement with FP32,
 worst-output cosine to FP32 (ORT CPU, basic optimizations: Q/DQ run as written). Appends the
 table to bench/placement.md.
+
+    nice -n 10 python bench/placement.py --fp8-corpus [--models a,b] [--method entropy]
+
+FP8 on every corpus model present (tools/corpus.py's calib/val inputs): calibkit calibrate, then
+calibkit validate --backends ort-int8,ort-fp8 (TensorRT placement), worst-output cosine of each;
+appends that table too.
 """
 
 from __future__ import annotations
@@ -41,12 +47,59 @@ def row(qdq: Path, model: Path, d: Path) -> dict:
     }
 
 
+def fp8_corpus(models: list[str] | None, method: str, out: Path, md: Path) -> None:
+    import importlib.util
+    import time
+
+    spec = importlib.util.spec_from_file_location("calibkit_corpus", REPO / "tools" / "corpus.py")
+    corpus = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(corpus)
+    root = corpus.cache_dir()
+    lines = [
+        f"\n### FP8 vs INT8 on the corpus (method {method}, TensorRT placement, tools/corpus.py calib/val inputs)\n",
+        "| model | worst-output cosine INT8 | worst-output cosine FP8 | FP8 >= 0.995 where INT8 is |",
+        "|---|---|---|---|",
+    ]
+    for m in corpus.MODELS:
+        if models and m["name"] not in models:
+            continue
+        path = corpus.model_path(root, m)
+        if not path.exists():
+            continue
+        calib, val = corpus.input_paths(root, m)
+        if not (calib.exists() and val.exists()):
+            corpus.make_inputs(root, m)
+        work = out / "fp8-corpus" / m["name"]
+        t0 = time.perf_counter()
+        accuracy._cli("calibrate", path, "--data", calib, "--method", method, "-o", work, "--device", "cpu")
+        accuracy._cli(
+            "validate", path, "--scales", work / "scales.json", "--data", val, "--device", "cpu",
+            "--backends", "ort-int8,ort-fp8", "--report", work / "report.html",
+        )  # fmt: skip
+        doc = json.loads((work / "report.results.json").read_text())
+        cos = {}
+        for c in doc["candidates"][1:]:
+            vals = [o["cosine"] for o in c["outputs"].values()]
+            cos[c["backend"]] = min(v if isinstance(v, float) else float("nan") for v in vals)
+        i8, f8 = cos.get("ort-int8", float("nan")), cos.get("ort-fp8", float("nan"))
+        ok = "n/a (INT8 below)" if not i8 >= 0.995 else ("yes" if f8 >= 0.995 else "NO")
+        print(m["name"], json.dumps(cos), f"{time.perf_counter() - t0:.0f} s", flush=True)
+        lines.append(f"| {m['name']} | {i8:.4f} | {f8:.4f} | {ok} |")
+    with md.open("a") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="ppocr_cls,ppocrv4_rec")
     ap.add_argument("-o", "--out", type=Path, default=REPO / "bench" / "out" / "accuracy")
     ap.add_argument("--md", type=Path, default=REPO / "bench" / "placement.md")
+    ap.add_argument("--fp8-corpus", action="store_true", help="FP8 vs INT8 cosine on every corpus model present")
+    ap.add_argument("--method", default="entropy")
     a = ap.parse_args()
+    if a.fp8_corpus:
+        given = a.models.split(",") if a.models != ap.get_default("models") else None
+        return fp8_corpus(given, a.method, a.out, a.md)
     for name in a.models.split(","):
         model = accuracy._model_path(name)
         d = accuracy._data(name, a.out)

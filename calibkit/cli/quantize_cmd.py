@@ -15,6 +15,7 @@ from calibkit.cli.options import (
     user_errors,
 )
 
+
 def _smoothquant(ctx, param, value: str) -> str:
     if value in ("auto", "off"):
         return value
@@ -101,6 +102,13 @@ recovery_options = compose(
 @click.option("--metric", metavar="FILE.py:FN", help="Task metric: FN(outputs: dict, labels) -> one score per sample.")
 @click.option("--min-cosine", type=float, help="Target: every output's cosine similarity to FP32 >= this.")
 @click.option("--max-accuracy-drop", type=float, help="Target: task score drop vs FP32 <= this, percentage points.")
+@click.option(
+    "--precision",
+    type=click.Choice(["int8", "fp8"]),
+    default="int8",
+    show_default=True,
+    help="fp8: FP8 E4M3FN Q/DQ (scale amax/448); weight rounding and bias correction are skipped.",
+)
 @recovery_options
 @parallel_options
 @data_options
@@ -145,6 +153,7 @@ def quantize(model, val, output_dir, data, **kw) -> None:
         fallback=kw.pop("fallback"),
         recovery_samples=kw.pop("recovery_samples"),
         ablate=kw.pop("ablate"),
+        precision=kw.pop("precision"),
     )
     par = parallel_from(kw)
     args = dict(

@@ -16,7 +16,8 @@ class QuantizeOptions:
     ``equalize``: cross-layer equalization of Conv chains; ``fallback``: keep layers in float
     when recovery alone misses the target; ``recovery_samples``: calibration samples the
     layer-wise recovery uses (the histograms use all); ``ablate``: also score bias correction
-    alone, for the report (one more recovery pass)."""
+    alone, for the report (one more recovery pass); ``precision``: the Q/DQ number format every
+    stage is scored and published in."""
 
     recovery: RecoveryOptions = field(default_factory=RecoveryOptions)
     smoothquant: str = "auto"
@@ -25,8 +26,11 @@ class QuantizeOptions:
     recovery_samples: int = 16
     run_batch: int = 16
     ablate: bool = False
+    precision: str = "int8"  # "fp8": FP8 E4M3FN Q/DQ; integer weight recovery is skipped
 
     def __post_init__(self) -> None:
+        if self.precision not in ("int8", "fp8"):
+            raise CalibkitError(f"--precision {self.precision!r} must be int8 or fp8")
         if self.smoothquant not in ("auto", "off"):
             try:
                 a = float(self.smoothquant)

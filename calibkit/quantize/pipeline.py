@@ -58,7 +58,9 @@ class Pipeline:
     def _stage(self, label: str, step: str, model, amax, excluded=(), note: str = "") -> dict:
         from calibkit.sensitivity.exclusions import regex
 
-        r = ST.evaluate(model, amax, self.vs, regex(list(excluded)) if excluded else None, self.device)
+        r = ST.evaluate(
+            model, amax, self.vs, regex(list(excluded)) if excluded else None, self.device, self.o.precision
+        )
         q, total = ST.int8_fraction(model, amax, list(excluded))
         row = {"stage": label, "step": step, "int8_layers": q, "layers": total, **r}
         if note:
@@ -119,7 +121,14 @@ class Pipeline:
                 model, hset, amax, why = cand, cal.histograms, c_amax, c_why
                 transforms["kept"].append(key)
         recovery: dict = {"layers": {}, "skipped": {}}
-        if o.recovery.changes_weights:
+        weights = o.recovery.changes_weights and o.precision == "int8"
+        if o.recovery.changes_weights and not weights:
+            self.warnings.append(
+                f"--precision {o.precision}: bias correction and weight rounding skipped (they fit INT8's integer grid); "
+                "thresholds and the fallback's layer ranking are INT8's, every stage is scored in FP8"
+            )
+            self.say(f"warning: {self.warnings[-1]}")
+        if weights:
             if o.ablate and o.recovery.bias_correction and o.recovery.rounding == "adaptive":
                 self.say("bias correction alone (for the report)")
                 bc, _ = recover_weights(model, amax, rec_feeds, replace(o.recovery, rounding="nearest"), self.device)
@@ -130,7 +139,7 @@ class Pipeline:
             if not recovery["layers"]:
                 recovery["kept"] = False
                 self.say("  no layer could be recovered: " + "; ".join(sorted(set(recovery["skipped"].values()))))
-        if o.recovery.changes_weights and recovery["layers"]:
+        if weights and recovery["layers"]:
             label = "+ adaptive rounding" if o.recovery.rounding == "adaptive" else "+ bias correction"
             if o.recovery.rounding == "adaptive" and o.recovery.bias_correction:
                 label += " and bias correction"
@@ -162,6 +171,8 @@ class Pipeline:
             "int8_layers": final["int8_layers"],
             "layers": final["layers"],
         }
+        if o.precision != "int8":
+            doc["precision"] = o.precision
         doc["pass"] = bool(final["meets"])
         doc["verdict"] = _verdict(doc)
         return doc

@@ -60,7 +60,9 @@ def publish(tx, p, doc: dict) -> dict[str, Path]:
             paths[key] = tx.write_text(out / name, text)
         paths["recovered"] = tx.write_with(out / rec.name, lambda fh: copy_into(rec, fh))
         excluded = regex(p.excluded) if p.excluded else None
-        qdq = export_qdq(p.model, p.amax, Path(tmp) / f"{stem}.qdq.onnx", exclude_nodes=excluded)
+        qdq = export_qdq(
+            p.model, p.amax, Path(tmp) / f"{stem}.qdq.onnx", exclude_nodes=excluded, precision=p.o.precision
+        )
         paths["qdq"] = tx.write_with(out / qdq.name, lambda fh: copy_into(qdq, fh))
         paths["histograms"] = store.save(p.hset, out / "histograms.npz", tx)
         text = "".join(f"{n}\n" for n in p.excluded)

@@ -19,6 +19,7 @@ def evaluate(
     vs: ValSet,
     exclude_nodes: str | None = None,
     device: str = "cpu",
+    precision: str = "int8",
 ) -> dict:
     """{"cosine": {output: c}, "min_cosine", "task"?, "seconds"} of ``model`` in INT8 with ``amax``."""
     from calibkit.qdq.export import export_qdq
@@ -26,7 +27,7 @@ def evaluate(
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="calibkit-stage-") as tmp:
-        path = export_qdq(model, amax, Path(tmp) / "stage.qdq.onnx", exclude_nodes=exclude_nodes)
+        path = export_qdq(model, amax, Path(tmp) / "stage.qdq.onnx", exclude_nodes=exclude_nodes, precision=precision)
         sess = session(onnx.load(str(path)), device=device, where="the Q/DQ model", exact_qdq=True)
     result = score_outputs(vs, lambda feed: sess.run(vs.output_names, feed))
     result["seconds"] = round(time.perf_counter() - t0, 3)

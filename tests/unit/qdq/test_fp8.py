@@ -130,3 +130,28 @@ def test_compare_precisions_and_placements_side_by_side(cli, conv_model, conv_da
     ]
     fp8 = onnx.load(str(tmp_path / "m" / "minmax" / "conv.trt.fp8.qdq.onnx"))
     assert any(i.data_type == TensorProto.FLOAT8E4M3FN for i in fp8.graph.initializer)
+
+
+def test_quantize_precision_fp8(cli, tmp_path):
+    from recovery_models import chain
+
+    model = chain(tmp_path / "m.onnx")
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "cal.npz", x=rng.normal(0, 1, (48, 4, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "val.npz", x=rng.normal(0, 1, (32, 4, 8, 8)).astype(np.float32))
+    r = cli(
+        "quantize", model, "--data", tmp_path / "cal.npz", "--val", tmp_path / "val.npz",
+        "--min-cosine", "0.99", "--precision", "fp8", "-o", "q",
+    )  # fmt: skip
+    assert "bias correction and weight rounding skipped" in r.stdout + r.stderr
+    doc = json.loads((tmp_path / "q" / "quantize.json").read_text())
+    assert doc["precision"] == "fp8" and doc["recovery"]["layers"] == {}
+    assert not any(s["step"] == "recovery" for s in doc["stages"])
+    q = onnx.load(str(tmp_path / "q" / "m.qdq.onnx"))
+    assert any(i.data_type == TensorProto.FLOAT8E4M3FN for i in q.graph.initializer)
+    x = np.load(tmp_path / "val.npz")["x"]
+    ref = session(onnx.load(str(model))).run(None, {"x": x})[0].ravel()
+    got = session(q, exact_qdq=True).run(None, {"x": x})[0].ravel()
+    cos = float(ref @ got / np.linalg.norm(ref) / np.linalg.norm(got))
+    kept = [s for s in doc["stages"] if s.get("kept", True)][-1]
+    assert abs(cos - kept["min_cosine"]) < 1e-5  # every stage was scored in FP8, as published
