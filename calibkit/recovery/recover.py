@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 import calibkit.recovery.gather as gather
 import calibkit.recovery.rounding as rounding
@@ -104,6 +105,38 @@ def choose_thresholds(
     return out, why
 
 
+def with_matmul_biases(model: onnx.ModelProto, amax: dict[str, float]) -> onnx.ModelProto:
+    """``model`` with a zero bias ``Add`` after every recoverable MatMul that has none, so bias
+    correction has a slot (TensorRT fuses MatMul + bias Add into one layer). The Add takes over
+    the MatMul's output name, so consumers, graph outputs and scales keep theirs. Returns
+    ``model`` itself when no MatMul needs one."""
+    layers, _ = find(model, amax)
+    bare = {layer.node for layer in layers if layer.op == "MatMul" and layer.bias is None}
+    if not bare:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    inits = {i.name: i for i in g.initializer}
+    taken = {t for n in g.node for t in (*n.input, *n.output)} | set(inits)
+    nodes = []
+    for node in g.node:
+        nodes.append(node)
+        if node.name not in bare:
+            continue
+        n_out = int(inits[node.input[1]].dims[-1])
+        y = node.output[0]
+        pre, bias = f"{y}.calibkit_no_bias", f"{node.name}.calibkit_bias"
+        if pre in taken or bias in taken:
+            continue  # a name clash: leave this layer without a slot
+        node.output[0] = pre
+        g.initializer.append(numpy_helper.from_array(np.zeros(n_out, np.float32), bias))
+        nodes.append(helper.make_node("Add", [pre, bias], [y], name=f"{node.name}.calibkit_bias_add"))
+    del g.node[:]
+    g.node.extend(nodes)
+    return out
+
+
 def recover_weights(
     model: onnx.ModelProto,
     amax: dict[str, float],
@@ -121,6 +154,8 @@ def recover_weights(
     layers' weights and biases are its inputs (sequential.py)."""
     from calibkit.recovery.sequential import Stepper
 
+    if opts.bias_correction:
+        model = with_matmul_biases(model, amax)
     layers, skipped = find(model, amax)
     inits = {i.name: i for i in model.graph.initializer}
     float_layers = [layer for layer in layers if onnx.numpy_helper.to_array(inits[layer.weight]).dtype == np.float32]

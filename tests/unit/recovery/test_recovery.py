@@ -160,3 +160,53 @@ def test_channel_histogram_and_moments_merge_exactly():
     assert merged.n == m.n == 300
     np.testing.assert_allclose(merged.qx, m.qx, rtol=1e-12)
     np.testing.assert_allclose(merged.cov_qq(), m.cov_qq(), rtol=1e-9, atol=1e-12)
+
+
+def _matmul_chain(path: Path) -> Path:
+    """x[N, 16] -> MatMul (no bias) -> Relu -> MatMul (no bias) -> y[N, 4]: nowhere to put a
+    bias correction until one is made."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(4)
+    w1 = rng.normal(0, 0.5, (16, 12)).astype(np.float32)
+    w2 = rng.normal(0, 0.5, (12, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+def test_matmul_without_bias_gets_a_slot_and_is_corrected(tmp_path):
+    """A MatMul with no bias Add gets a zero bias Add (taking over its output name) so bias
+    correction lands; the output mean drift shrinks, the graph output keeps its name, and with
+    bias correction off the model is untouched."""
+    path = _matmul_chain(tmp_path / "mm.onnx")
+    x = np.abs(np.random.default_rng(1).normal(0, 1, (64, 16))).astype(np.float32)
+    np.savez(tmp_path / "cal.npz", x=x)
+    res = calibrate(path, tmp_path / "cal.npz", output_dir=tmp_path / "cal")
+    model = name_nodes(onnx.load(str(path)))
+    amax = {k: v * 0.3 for k, v in res.table.amax().items()}  # clip hard: a real mean shift
+    feeds = [{"x": x[i : i + 16]} for i in range(0, 64, 16)]
+
+    def drift(m):
+        ref = session(model).run(["y"], {"x": x})[0].mean(0)
+        q = onnx.load(str(export_qdq(m, amax, tmp_path / "d.onnx")))
+        return float(np.abs(session(q, exact_qdq=True).run(["y"], {"x": x})[0].mean(0) - ref).mean())
+
+    rec, doc = recover_weights(model, amax, feeds, RecoveryOptions(rounding="nearest"))
+    assert {doc["layers"][n]["bias"] for n in ("mm1", "mm2")} == {"corrected"}
+    adds = [n for n in rec.graph.node if n.op_type == "Add"]
+    assert [a.output[0] for a in adds] == ["h", "y"] and [o.name for o in rec.graph.output] == ["y"]
+    assert drift(rec) < 0.5 * drift(model), (drift(model), drift(rec))
+    same, doc = recover_weights(model, amax, feeds, RecoveryOptions(rounding="nearest", bias_correction=False))
+    assert not any(n.op_type == "Add" for n in same.graph.node)
