@@ -1,7 +1,9 @@
 """The weighted layers recovery works on, seen as matrices: ``y = W x + b`` per group.
 
-A Conv is ``W [Cout, Cin/g*kh*kw]`` applied to image patches (im2col), a Gemm or a MatMul with
-a constant weight is ``W [N, K]`` applied to rows. Rows of ``W`` are output channels, which is
+A Conv is ``W [Cout, Cin/g*kh*kw]`` applied to image patches (im2col), a ConvTranspose (one
+group) is ``W [Cout, Cin*kh*kw]`` applied to the input values each output position reads (the
+transposed gather: zeros where the stride skips), a Gemm or a MatMul with a constant weight is
+``W [N, K]`` applied to rows. Rows of ``W`` are output channels, which is
 also the per-channel axis the INT8 weight scales run along (qdq/placement.weight_axis), so one
 per-row scale describes the weights ONNX Runtime's quantizer and TensorRT will write.
 
@@ -20,7 +22,7 @@ from onnx import numpy_helper
 @dataclass(frozen=True)
 class Layer:
     node: str  # node name (unique: qdq.export.name_nodes)
-    op: str  # Conv, Gemm or MatMul
+    op: str  # Conv, ConvTranspose, Gemm or MatMul
     input: str  # the activation it reads
     output: str
     weight: str  # initializer name
@@ -32,6 +34,7 @@ class Layer:
     pads: tuple[int, ...] = ()  # begin..., end...
     dilations: tuple[int, ...] = ()
     trans_b: bool = False
+    output_padding: tuple[int, ...] = ()  # ConvTranspose
 
     @property
     def spatial(self) -> int:
@@ -67,6 +70,31 @@ def _conv(node: onnx.NodeProto, w: np.ndarray, bias: str | None) -> Layer | None
     )
 
 
+def _conv_transpose(node: onnx.NodeProto, w: np.ndarray, bias: str | None) -> Layer | None:
+    k = tuple(int(d) for d in w.shape[2:])
+    pad_mode = _attr(node, "auto_pad", b"NOTSET")
+    if len(k) not in (1, 2) or int(_attr(node, "group", 1)) != 1 or _attr(node, "output_shape", None) is not None:
+        return None  # per-channel scales run along axis 1 (Cout/g): one group only
+    if pad_mode not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        return None
+    n = len(k)
+    return Layer(
+        node.name,
+        "ConvTranspose",
+        node.input[0],
+        node.output[0],
+        node.input[1],
+        bias,
+        node.name if bias else None,
+        1,
+        k,
+        tuple(int(s) for s in _attr(node, "strides", [1] * n)),
+        tuple(int(p) for p in _attr(node, "pads", [0] * 2 * n)),
+        tuple(int(d) for d in _attr(node, "dilations", [1] * n)),
+        output_padding=tuple(int(p) for p in _attr(node, "output_padding", [0] * n)),
+    )
+
+
 def find(model: onnx.ModelProto, amax: dict[str, float] | None = None) -> tuple[list[Layer], dict[str, str]]:
     """The recoverable layers of the main graph in topological (node) order, and
     {node: why not} for the other compute nodes. ``amax``: only layers whose input has a scale."""
@@ -81,9 +109,7 @@ def find(model: onnx.ModelProto, amax: dict[str, float] | None = None) -> tuple[
         if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             continue
         why = None
-        if node.op_type == "ConvTranspose":
-            why = "ConvTranspose: not covered by weight rounding and bias correction"
-        elif len(node.input) < 2 or node.input[1] not in inits:
+        if len(node.input) < 2 or node.input[1] not in inits:
             why = "its weight is not a constant (activation x activation)"
         elif amax is not None and node.input[0] not in amax:
             why = "its input has no scale"
@@ -92,9 +118,9 @@ def find(model: onnx.ModelProto, amax: dict[str, float] | None = None) -> tuple[
             continue
         w = numpy_helper.to_array(inits[node.input[1]])
         layer = None
-        if node.op_type == "Conv":
+        if node.op_type in ("Conv", "ConvTranspose"):
             bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
-            layer = _conv(node, w, bias)
+            layer = (_conv if node.op_type == "Conv" else _conv_transpose)(node, w, bias)
         elif node.op_type == "Gemm":
             ok = w.ndim == 2 and not _attr(node, "transA", 0) and float(_attr(node, "alpha", 1.0)) == 1.0
             c = node.input[2] if len(node.input) > 2 and node.input[2] else None
@@ -136,6 +162,8 @@ def weight_matrix(layer: Layer, w: np.ndarray) -> np.ndarray:
     """``W`` as [groups, rows per group, K] (rows = output channels in order)."""
     if layer.op == "Conv":
         return w.reshape(layer.groups, w.shape[0] // layer.groups, -1)
+    if layer.op == "ConvTranspose":  # [Cin, Cout, k...] -> rows = output channels
+        return np.ascontiguousarray(np.moveaxis(w, 1, 0).reshape(w.shape[1], -1))[None]
     if layer.op == "Gemm":
         return (w if layer.trans_b else w.T)[None]
     return w.T[None]  # MatMul [K, N]
@@ -145,6 +173,8 @@ def weight_from_matrix(layer: Layer, m: np.ndarray, shape: tuple[int, ...]) -> n
     """The inverse of :func:`weight_matrix`."""
     if layer.op == "Conv":
         return m.reshape(shape)
+    if layer.op == "ConvTranspose":
+        return np.ascontiguousarray(np.moveaxis(m[0].reshape(shape[1], shape[0], *shape[2:]), 0, 1))
     m = m[0]
     return m if layer.op == "Gemm" and layer.trans_b else np.ascontiguousarray(m.T)
 
@@ -169,14 +199,31 @@ def _out_size(layer: Layer, spatial: tuple[int, ...]) -> tuple[int, ...]:
     )
 
 
+def _out_size_transposed(layer: Layer, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    n = layer.spatial
+    return tuple(
+        (spatial[i] - 1) * layer.strides[i]
+        - layer.pads[i]
+        - layer.pads[i + n]
+        + layer.dilations[i] * (layer.kernel[i] - 1)
+        + layer.output_padding[i]
+        + 1
+        for i in range(n)
+    )
+
+
 def rows(layer: Layer, shape: tuple[int, ...]) -> int:
     if layer.op == "Conv":
         return int(shape[0] * np.prod(_out_size(layer, tuple(shape[2:]))))
+    if layer.op == "ConvTranspose":
+        return int(shape[0] * np.prod(_out_size_transposed(layer, tuple(shape[2:]))))
     return int(np.prod(shape[:-1])) if layer.op == "MatMul" else int(shape[0])
 
 
 def patches(layer: Layer, x: np.ndarray, pick: np.ndarray) -> np.ndarray:
     """The sampled rows of the layer's input as [groups, len(pick), K] float32 (im2col for a Conv)."""
+    if layer.op == "ConvTranspose":
+        return _transposed_patches(layer, x, pick)
     if layer.op != "Conv":
         flat = x.reshape(-1, x.shape[-1])
         return np.ascontiguousarray(flat[pick], dtype=np.float32)[None]
@@ -203,3 +250,32 @@ def patches(layer: Layer, x: np.ndarray, pick: np.ndarray) -> np.ndarray:
     ]
     g = layer.groups
     return np.ascontiguousarray(p.reshape(len(pick), g, -1).transpose(1, 0, 2), dtype=np.float32)
+
+
+def _transposed_patches(layer: Layer, x: np.ndarray, pick: np.ndarray) -> np.ndarray:
+    """[1, M, Cin*kh*kw]: for each sampled output position, the input value each kernel tap
+    multiplies (ConvTranspose scatters x[i, q] * w[i, o, k] to p = q * stride - pad + k * dil,
+    so p reads q = (p + pad - k * dil) / stride where that is a whole in-range index), else 0."""
+    n = layer.spatial
+    if n == 1:
+        x = x[:, :, None, :]
+    kernel = (1,) * (2 - n) + layer.kernel
+    strides = (1,) * (2 - n) + layer.strides
+    dil = (1,) * (2 - n) + layer.dilations
+    pb = (0,) * (2 - n) + layer.pads[:n]
+    size = _out_size_transposed(layer, tuple(x.shape[2 + (2 - n) :]) if n == 1 else tuple(x.shape[2:]))
+    oh, ow = (1, size[0]) if n == 1 else size
+    b, idx = np.divmod(pick, oh * ow)
+    r, c = np.divmod(idx, ow)
+
+    def taps(pos, axis):
+        num = pos[:, None] + pb[axis] - np.arange(kernel[axis])[None, :] * dil[axis]  # [M, k]
+        q, rem = np.divmod(num, strides[axis])
+        ok = (rem == 0) & (q >= 0) & (q < x.shape[2 + axis])
+        return np.where(ok, q, 0), ok
+
+    ys, vy = taps(r, 0)
+    xs, vx = taps(c, 1)
+    p = x[b[:, None, None, None], np.arange(x.shape[1])[None, :, None, None], ys[:, None, :, None], xs[:, None, None, :]]
+    p = p * (vy[:, None, :, None] & vx[:, None, None, :])
+    return np.ascontiguousarray(p.reshape(len(pick), -1), dtype=np.float32)[None]

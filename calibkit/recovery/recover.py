@@ -77,7 +77,7 @@ def choose_thresholds(
     for got in gather.tensors(model, list(consumers), feeds, device):
         for name, users in consumers.items():
             x = got[name]
-            axis = 1 if users[0].op in ("Conv", "Gemm") else x.ndim - 1
+            axis = 1 if users[0].op in ("Conv", "ConvTranspose", "Gemm") else x.ndim - 1
             if name not in hists:
                 hists[name] = thresholds.ChannelHistogram(x.shape[axis], hset.tensors[name].amax)
             hists[name].update(x, axis)

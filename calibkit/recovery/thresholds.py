@@ -91,6 +91,8 @@ def channel_energy(op: str, w: np.ndarray, groups: int = 1, trans_b: bool = Fals
     if op == "Conv":
         per = w.reshape(groups, w.shape[0] // groups, w.shape[1], -1).sum(axis=(1, 3))  # [G, Cin/g]
         return per.reshape(-1)
+    if op == "ConvTranspose":  # [Cin, Cout/g, k...]: input channels on axis 0
+        return w.reshape(w.shape[0], -1).sum(axis=1)
     if op == "Gemm":
         return w.sum(axis=0) if trans_b else w.sum(axis=1)
     return w.sum(axis=1)  # MatMul [K, N]
