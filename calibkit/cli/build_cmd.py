@@ -19,6 +19,11 @@ from calibkit.cli.options import data_options, feed_from, feed_options, preproce
     "--cache", type=click.Path(dir_okay=False), help="Calibration cache from `calibkit calibrate` (<model>.cache)."
 )
 @click.option(
+    "--ranges",
+    type=click.Path(dir_okay=False),
+    help="TensorRT 10: calibkit's amaxes (scales.json or .cache) set as each tensor's dynamic range, no calibrator (11: the Q/DQ model from them).",
+)
+@click.option(
     "--qdq", type=click.Path(dir_okay=False), help="Q/DQ model from `calibkit export-qdq` (explicit quantization)."
 )
 @click.option("--fp16", is_flag=True, help="Allow FP16 (10.x: builder flag; 11.x: builds the FP16-converted model).")
@@ -73,6 +78,7 @@ def build(
     engine,
     int8,
     cache,
+    ranges,
     qdq,
     fp16,
     shapes,
@@ -112,6 +118,7 @@ def build(
         eng,
         int8=int8,
         cache=Path(cache) if cache else None,
+        ranges=Path(ranges) if ranges else None,
         qdq=Path(qdq) if qdq else None,
         fp16=fp16,
         shapes=parse_shapes(shapes),
@@ -147,5 +154,7 @@ def build(
     )
     for note in res.get("notes", []):
         err.print(f"note: {note}")
+    if res.get("ranges"):
+        err.print(f"dynamic ranges set on {res['ranges']} tensors")
     if res.get("calibration_batches"):
         err.print(f"TensorRT calibrated on {res['calibration_batches']} batches")

@@ -45,6 +45,8 @@ def trtexec_line(spec: BuildSpec, major: int, trt_version: str | None = None, no
     cache is re-headered for ``trt_version`` (a copy beside the engine) when its header differs."""
     notes = notes if notes is not None else []
     spec.check()
+    if major < 11 and spec.ranges is not None:
+        raise CalibkitError("trtexec takes no per-tensor ranges: pass the cache (`calibkit calibrate` writes <model>.cache) with --cache instead of --ranges")
     if major < 11 and spec.int8 and spec.cache is None:
         raise CalibkitError("trtexec cannot read --data: it would calibrate on random inputs; write a cache with `calibkit calibrate` and pass --cache")
     spec.check_shapes_given()

@@ -73,7 +73,12 @@ def build(spec: BuildSpec, version: str) -> dict:
     calib = None
     if spec.quantized:
         config.set_flag(trt.BuilderFlag.INT8)
-    if spec.int8:
+    ranged = None
+    if spec.int8 and spec.ranges is not None:
+        from calibkit.trt import ranges
+
+        ranged = ranges.apply(network, ranges.read_amax(spec.ranges))
+    elif spec.int8:
         calib = _calibrator(spec, version)
         config.int8_calibrator = calib
         if profile is not None:
@@ -86,8 +91,13 @@ def build(spec: BuildSpec, version: str) -> dict:
     finally:
         if calib is not None:
             calib.feed.close()
-    return {"engine": path, "trt": version, "kept_fp16": kept, "calibration_batches": calib.feed.batches_served if calib else 0,
-            "notes": notes(spec, 10) + ([f"kept in FP16 but no TensorRT layer came from: {', '.join(missed)} (their ONNX nodes were folded away or fused; see the layer report)"] if missed else [])}
+    said = notes(spec, 10)
+    if ranged and ranged[1]:
+        said.append(f"{len(ranged[1])} tensors of --ranges are not in the TensorRT network (e.g. {ranged[1][0]})")
+    if missed:
+        said.append(f"kept in FP16 but no TensorRT layer came from: {', '.join(missed)} (their ONNX nodes were folded away or fused; see the layer report)")
+    batches = calib.feed.batches_served if calib else 0
+    return {"engine": path, "trt": version, "kept_fp16": kept, "calibration_batches": batches, "ranges": ranged[0] if ranged else 0, "notes": said}
 
 
 def _raise_stored(calib) -> None:

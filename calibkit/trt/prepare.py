@@ -73,7 +73,7 @@ def prepare_v11(spec: BuildSpec) -> Path:
     from calibkit.qdq.export import export_qdq
 
     stem = spec.engine.with_suffix("")
-    if spec.int8 and spec.cache is None:
+    if spec.int8 and spec.cache is None and spec.ranges is None:
         raise CalibkitError("TensorRT 11 has no calibrators: run `calibkit calibrate` and pass --int8 --cache MODEL.cache (or --qdq)")
     path = spec.onnx
     if spec.qdq is not None:
@@ -82,7 +82,10 @@ def prepare_v11(spec: BuildSpec) -> Path:
             raise CalibkitError("--keep-fp16 with --qdq on TensorRT 11: re-export the Q/DQ model with `calibkit export-qdq --exclude-nodes` instead")
     elif spec.int8:
         model = onnx.load(str(spec.onnx))
-        path = export_qdq(model, amax_from_cache(spec.cache), Path(f"{stem}.qdq.onnx"), placement="trt", exclude_nodes=keep_regex(spec.keep_fp16))
+        from calibkit.trt.ranges import read_amax
+
+        amax = read_amax(spec.ranges) if spec.ranges is not None else amax_from_cache(spec.cache)
+        path = export_qdq(model, amax, Path(f"{stem}.qdq.onnx"), placement="trt", exclude_nodes=keep_regex(spec.keep_fp16))
     if spec.fp16 or spec.keep_fp16:  # a layer kept out of INT8 runs FP16 only in an FP16 model (11 has no FP16 flag)
         model = to_fp16(onnx.load(str(path)))
         path = Path(f"{stem}.fp16.onnx")

@@ -21,6 +21,7 @@ class BuildSpec:
     engine: Path
     int8: bool = False
     cache: Path | None = None
+    ranges: Path | None = None  # TensorRT 10: calibkit's amaxes as per-tensor dynamic ranges (no calibrator)
     qdq: Path | None = None
     fp16: bool = False
     shapes: dict[str, tuple[Shape, Shape, Shape]] = field(default_factory=dict)
@@ -44,9 +45,13 @@ class BuildSpec:
                 raise CalibkitError("--qdq already carries the INT8 scales; drop --int8/--cache")
             if not self.qdq.is_file():
                 raise CalibkitError(f"Q/DQ model {self.qdq} not found; write it with `calibkit export-qdq`")
+        if self.ranges is not None and (not self.int8 or self.cache is not None or self.data is not None):
+            raise CalibkitError("--ranges gives the INT8 ranges itself: use it with --int8, without --cache or --data")
+        if self.ranges is not None and not self.ranges.is_file():
+            raise CalibkitError(f"--ranges {self.ranges} not found; pass calibkit's scales.json or <model>.cache")
         if self.cache is not None and not self.int8:
             raise CalibkitError("--cache is the INT8 calibration cache; add --int8")
-        if self.int8 and self.cache is None and self.data is None:
+        if self.int8 and self.cache is None and self.data is None and self.ranges is None:
             raise CalibkitError("--int8 needs --cache (calibkit's scales) or --data (TensorRT 10 calibrates)")
         if self.cache is not None and self.calibrator == "legacy":
             raise CalibkitError(

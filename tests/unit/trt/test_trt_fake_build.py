@@ -329,3 +329,73 @@ def test_extras_for_both_tensorrt_lines():
     assert any(r.startswith("tensorrt>=10") and "<11" in r for r in extras["tensorrt10"])
     assert any(r.startswith("tensorrt>=11") and "<12" in r for r in extras["tensorrt11"])
     assert "calibkit[tensorrt10]" in INSTALL and "calibkit[tensorrt11]" in INSTALL
+
+
+# -- --ranges: calibkit's amaxes as TensorRT 10 dynamic ranges -----------------------------
+def test_ranges_set_calibkit_amax_on_each_tensor(monkeypatch, tmp_path, conv_model, calibrated):
+    from calibkit.artifacts import scales as scales_io
+
+    trt = fake_trt.install(monkeypatch, 10)
+    scales = calibrated.parent / "scales.json"
+    amax = scales_io.read(scales).amax()
+    captured = {}
+    real_apply = __import__("calibkit.trt.ranges", fromlist=["apply"]).apply
+
+    def spy(network, a):
+        out = real_apply(network, a)
+        captured.update(
+            {t.name: t._range for i in range(network.num_layers) for t in network.get_layer(i)._outputs if t._range}
+        )
+        captured.update({t.name: t._range for t in network._inputs if t._range})
+        return out
+
+    monkeypatch.setattr("calibkit.trt.ranges.apply", spy)
+    res = _build(_spec(tmp_path, conv_model, int8=True, ranges=scales, keep_fp16=["fc"]))
+    assert captured and all(captured[n] == (-amax[n], amax[n]) for n in captured)
+    assert set(captured) == {n for n in amax if n in captured} and res["ranges"] == len(captured)
+    assert (
+        not getattr(trt.world, "calls", None) or "IBuilderConfig.set_calibration_profile" not in trt.world.calls
+    )  # no calibrator
+    prec = {layer["name"]: layer["precision"] for layer in trt.world.built}
+    assert prec["conv2"] == "INT8" and prec["fc"] == prec["fc_bias"] == "HALF"
+
+
+def test_ranges_from_a_cache_equal_the_cache(tmp_path, calibrated):
+    from calibkit.artifacts import trt_cache
+    from calibkit.trt.ranges import read_amax
+
+    amax = read_amax(calibrated)
+    assert amax == {n: s * 127 for n, s in trt_cache.read(calibrated).scales.items()}
+
+
+def test_ranges_on_11_build_the_qdq_model(monkeypatch, tmp_path, conv_model, calibrated):
+    from calibkit.qdq.export import activation_qdq
+
+    fake_trt.install(monkeypatch, 11)
+    res = _build(_spec(tmp_path, conv_model, int8=True, ranges=calibrated.parent / "scales.json"))
+    assert res["parsed"].name == "e.qdq.onnx" and activation_qdq(onnx.load(str(res["parsed"])))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--cache", "C"], "without --cache"), ([], "with --int8")],
+)
+def test_ranges_user_errors(cli, tmp_path, conv_model, calibrated, extra, message):
+    args = [a if a != "C" else str(calibrated) for a in extra]
+    int8 = ["--int8"] if extra else []
+    p = cli(
+        "build",
+        conv_model,
+        "--engine",
+        tmp_path / "e.plan",
+        *int8,
+        "--ranges",
+        calibrated.parent / "scales.json",
+        *args,
+        "--print-trtexec",
+        "--trt-major",
+        "10",
+        *SHAPE_ARGS,
+        expect=1,
+    )
+    assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1
