@@ -122,23 +122,24 @@ def test_the_onnxruntime_flavour_is_an_extra(wheel):
 
 
 def _other_flavour(tmp: Path) -> tuple[str, Path]:
-    """(name, wheel) of the ONNX Runtime flavour this interpreter does not have, at its version,
+    """(name, wheel) of the ONNX Runtime flavour this interpreter does not have (the newest
+    release calibkit accepts: the two flavours are not always released at the same versions),
     downloaded once into ~/.cache/calibkit/ort-wheels (or $CALIBKIT_ORT_WHEELS)."""
     have = [n for n in ORT if _installed(n)]
     if len(have) != 1:
         pytest.skip(f"this environment has {have or 'no ONNX Runtime'}; the flavour test needs exactly one")
     other = ORT[1 - ORT.index(have[0])]
-    version = metadata.version(have[0])
     cache = Path(os.environ.get("CALIBKIT_ORT_WHEELS", Path.home() / ".cache" / "calibkit" / "ort-wheels"))
-    pattern = f"{other.replace('-', '_')}-{version}-*.whl"
+    tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    pattern = f"{other.replace('-', '_')}-*-{tag}-*.whl"
     found = sorted(cache.glob(pattern))
     if not found:
         if os.environ.get("CALIBKIT_OFFLINE") or os.environ.get("PIP_NO_INDEX"):
-            pytest.skip(f"offline: no {other} {version} wheel in {cache}")
+            pytest.skip(f"offline: no {other} wheel for {tag} in {cache}")
         cache.mkdir(parents=True, exist_ok=True)
-        _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{other}=={version}", "-d", str(cache)], tmp)
+        _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{other}>=1.31", "-d", str(cache)], tmp)
         found = sorted(cache.glob(pattern))
-    return other, found[0]
+    return other, found[-1]
 
 
 def _installed(name: str) -> bool:
