@@ -124,8 +124,8 @@ def calibrate(
         outputs: dict[str, Path] = {}
         if fresh:
             outputs["histograms"] = store.save(hset, HISTOGRAMS, tx)
-        elif histograms is None:
-            tx.keep(HISTOGRAMS)
+        elif histograms is None or Path(histograms).resolve() == (tx.directory / HISTOGRAMS).resolve():
+            tx.keep(HISTOGRAMS)  # reused in place (also `--histograms OUT/histograms.npz -o OUT`): still the set's
         outputs.update(write_scales(tx, staged, tx.directory))
         tx.commit()
     return CalibrateResult(

@@ -1,7 +1,7 @@
 """The ``calibkit`` entry point: signals first, then the (heavier) command modules.
 
-SIGTERM unwinds like Ctrl-C, and an interrupt that lands while modules are still being
-imported ends quietly: nothing has been written by then.
+SIGTERM (and SIGHUP: a closed terminal) unwinds like Ctrl-C, and an interrupt that lands while
+modules are still being imported ends quietly: nothing has been written by then.
 """
 
 from __future__ import annotations
@@ -14,12 +14,22 @@ class Terminated(KeyboardInterrupt):
     signum = 15
 
 
+class HungUp(KeyboardInterrupt):
+    signum = 1
+
+
 def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
+def _on_sighup(signum, frame) -> None:
+    raise HungUp()
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:  # nohup'ed runs keep ignoring it
+        signal.signal(signal.SIGHUP, _on_sighup)
     _check_onnxruntime()
     try:
         from calibkit.cli.commands import cli

@@ -229,12 +229,18 @@ def parallel_from(kw: dict) -> dict:
     return {"workers": None if workers is None else check_workers(workers), "ray": ray}
 
 
+OUTPUT_OPTIONS = frozenset({"output", "output_dir", "report", "results", "json_path"})  # what a run writes
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn CalibkitError into a one-line message and exit code 1 (no traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            from calibkit.outputs.sets import note_inputs
+
+            note_inputs({k: v for k, v in kwargs.items() if k not in OUTPUT_OPTIONS})
             return fn(*args, **kwargs)
         except CalibkitError as exc:
             click.echo(f"calibkit: error: {exc}", err=True)

@@ -25,6 +25,10 @@ def load_function(spec: str, default: str = "load_data"):
     module = importlib.util.module_from_spec(mod_spec)
     try:
         mod_spec.loader.exec_module(module)
+    except SystemExit as exc:
+        raise CalibkitError(
+            f"script {path} called sys.exit({exc.code!r}) while being imported; a script defines functions, it must not exit"
+        ) from None
     except Exception as exc:
         raise CalibkitError(f"script {path} failed to import: {type(exc).__name__}: {exc}") from None
     fn = getattr(module, func, None)
@@ -50,6 +54,11 @@ class ScriptSource(IterableSource):
                 yield feed
         except CalibkitError:
             raise
+        except SystemExit as exc:
+            raise CalibkitError(
+                f"{self.description} called sys.exit({exc.code!r}); a loader yields {{input_name: ndarray}} dicts "
+                "and returns when the data ends, it must not exit"
+            ) from None
         except Exception as exc:
             raise CalibkitError(f"{self.description} raised {type(exc).__name__}: {exc}") from None
 

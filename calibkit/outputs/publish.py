@@ -4,9 +4,15 @@ A run stages every output in ``<dir>/.calibkit/stage-<run id>/`` (beside each ta
 rename publishes it), then commits:
 
 1. a manifest naming the run id and every file's sha256 is staged beside the files;
-2. a journal listing every (staged file -> target) move is written atomically: the commit
-   point. Before it, an interrupted run leaves the previous set untouched;
+2. a journal listing every (staged file -> target) move, as names relative to the folder, is
+   written atomically: the commit point. Before it, an interrupted run leaves the previous set
+   untouched. (A file published into another folder gets that folder's own journal, written
+   just before the commit point: recovery only ever moves a folder's own staged files.)
 3. the files are renamed over their targets, the manifest last; the journal is removed.
+
+SIGINT, SIGTERM and SIGHUP are deferred for the whole process from step 1 to the end of
+step 3 (:func:`signals_deferred`): one that arrives before the commit point cancels the
+publish, one after it is re-delivered once the set is complete, so the interrupt message is true.
 
 A run killed after the commit point (SIGKILL, power loss) is rolled forward by the next
 calibkit process that touches the directory, so every reader sees either the complete old
@@ -32,6 +38,8 @@ from typing import IO
 from calibkit.errors import CalibkitError
 from calibkit.outputs.sets import (  # noqa: F401  (re-exported: readers import them from here)
     FILE_MODE,
+    JOURNAL_FORMAT,
+    JOURNAL_VERSION,
     META,
     PUBLISHED,
     _clean_stale,
@@ -41,6 +49,7 @@ from calibkit.outputs.sets import (  # noqa: F401  (re-exported: readers import 
     _Lock,
     _oserror,
     _roll_forward,
+    check_not_input,
     ensure_dir,
     recover,
     sha256_file,
@@ -68,6 +77,8 @@ class Transaction:
         self.other_locks: list[_Lock] = []
         self.created_dir = False
         self.committed = False
+        self.past_commit = False  # this folder's journal (the commit point) is written
+        self.journals: list[Path] = []
 
     # -- lifecycle
     def __enter__(self) -> Transaction:
@@ -79,17 +90,32 @@ class Transaction:
                 "wait for it to finish or choose another -o"
             )
         try:
+            if (self.directory / META).is_symlink():
+                recover(self.directory)  # refuses it, naming the link
             for j in _journals(self.directory):
-                _roll_forward(j)
+                _roll_forward(j, self.directory)
             _clean_stale(self.directory)
         except OSError as exc:
             self.lock.release()
             raise _oserror(exc, self.directory) from None
+        except BaseException:
+            self.lock.release()
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if not self.committed:
+            if not self.committed and self.past_commit:
+                # cut off after the commit point (an OSError mid-rename): finish it, never delete
+                # what the journal still needs; a folder that cannot be finished now is by the next run
+                with contextlib.suppress(OSError, CalibkitError):
+                    for j in self.journals:
+                        _roll_forward(j)
+                    PUBLISHED.append(self.directory)
+            elif not self.committed:
+                for j in self.journals:  # other folders' journals written before the commit point
+                    with contextlib.suppress(OSError):
+                        j.unlink()
                 for d in self.stages.values():
                     shutil.rmtree(d, ignore_errors=True)
                 if self.created_dir:
@@ -110,6 +136,9 @@ class Transaction:
         t = self._target(target)
         if t.is_dir():
             raise CalibkitError(f"output {t} is a directory; remove it or choose another output path")
+        check_not_input(t, self.command)
+        if t in self.staged:
+            raise CalibkitError(f"output {t} is named twice in this run; give each output its own path")
         parent = t.parent
         if parent not in self.stages:
             ensure_dir(parent)
@@ -178,6 +207,29 @@ class Transaction:
     def _relative(self, target: Path) -> str:
         return os.path.relpath(target, self.directory)
 
+    def _journal_plan(self, moves: list[tuple[Path, Path]]) -> dict[Path, list[list[str]]]:
+        """Moves grouped by the folder they publish into (each folder's journal holds only its
+        own moves, as names relative to it: recovery refuses anything else)."""
+        plans: dict[Path, list[list[str]]] = {}
+        for staged, target in moves:
+            home = target.parent.parent if target.parent.name == META else target.parent
+            rel_target = target.name if target.parent == home else f"{META}/{target.name}"
+            plans.setdefault(home, []).append([f"{staged.parent.name}/{staged.name}", rel_target])
+        return plans
+
+    def _write_journal(self, home: Path, moves: list[list[str]], final: bool) -> Path:
+        journal = home / META / f"{self.name}.journal.json"
+        tmp = journal.with_name(journal.name + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump({"format": JOURNAL_FORMAT, "version": JOURNAL_VERSION, "run_id": self.run_id, "moves": moves}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final:
+            _fault("before-commit", self.directory)
+        os.replace(tmp, journal)
+        _fsync_dir(journal.parent)
+        return journal
+
     def commit(self) -> dict[str, Path]:
         files = {self._relative(t): sha256_file(s) for t, s in self.staged.items()}
         files.update({self._relative(t): sha256_file(t) for t in self.kept if t.is_file()})
@@ -189,40 +241,62 @@ class Transaction:
             "files": dict(sorted(files.items())),
         }
         meta = self.directory / META
-        staged_manifest = self.path(meta / f"{self.name}.manifest.json")
-        moves = [(str(s), str(t)) for t, s in self.staged.items() if t != meta / f"{self.name}.manifest.json"]
-        moves.append((str(staged_manifest), str(meta / f"{self.name}.manifest.json")))
-        journal = meta / f"{self.name}.journal.json"
-        main_thread = threading.current_thread() is threading.main_thread()
-        blocked = {signal.SIGINT, signal.SIGTERM}
-        if main_thread:
-            signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-        try:
+        manifest_target = meta / f"{self.name}.manifest.json"
+        staged_manifest = self.path(manifest_target)
+        moves = [(s, t) for t, s in self.staged.items() if t != manifest_target]
+        moves.append((staged_manifest, manifest_target))
+        plans = self._journal_plan(moves)
+        main = next(h for h in plans if h.resolve() == self.directory.resolve())
+        with signals_deferred() as caught:
             try:
                 staged_manifest.write_text(json.dumps(manifest, indent=1) + "\n")
                 os.chmod(staged_manifest, FILE_MODE)
-                tmp = journal.with_name(journal.name + ".tmp")
-                with open(tmp, "w") as fh:
-                    json.dump({"run_id": self.run_id, "moves": moves}, fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                _fault("before-commit")
-                os.replace(tmp, journal)
-                _fsync_dir(meta)
+                # other folders' journals first; this folder's is the commit point
+                for home in [h for h in plans if h is not main] + [main]:
+                    if home is main and caught:
+                        break  # interrupted before the commit point: publish nothing
+                    self.journals.append(self._write_journal(home, plans[home], final=home is main))
+                    self.past_commit = home is main
             except OSError as exc:
                 raise _oserror(exc, self.directory) from None
-            _fault("committed")
-            for k, (staged, target) in enumerate(moves):
-                os.replace(staged, target)
-                _fault(f"moved:{k}")
-            for d in {Path(t).parent for _, t in moves}:
-                _fsync_dir(d)
-            journal.unlink()
-            self.committed = True
-            PUBLISHED.append(self.directory)
-            for d in self.stages.values():
-                shutil.rmtree(d, ignore_errors=True)
-        finally:
-            if main_thread:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+            if self.past_commit:
+                _fault("committed", self.directory)
+                for k, (staged, target) in enumerate(moves):
+                    os.replace(staged, target)
+                    _fault(f"moved:{k}", self.directory)
+                for d in {t.parent for _, t in moves}:
+                    _fsync_dir(d)
+                for j in self.journals:
+                    j.unlink()
+                self.committed = True
+                PUBLISHED.append(self.directory)
+                for d in self.stages.values():
+                    shutil.rmtree(d, ignore_errors=True)
         return {name: self.directory / name for name in files}
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[list[int]]:
+    """Hold SIGINT, SIGTERM and SIGHUP for the whole process while the block runs; re-deliver
+    the first one afterwards. CPython runs Python-level signal handlers only in the main thread,
+    whichever thread (ORT's, the progress bar's) the kernel handed the signal to, so swapping
+    the handlers defers them for every thread. Yields the list of signals caught so far."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    held = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.getsignal(s) for s in held}
+    for s in held:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            else:
+                os.kill(os.getpid(), caught[0])

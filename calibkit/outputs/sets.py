@@ -22,10 +22,21 @@ PUBLISHED: list[Path] = []  # directories this process published a set into (for
 LOCK_WAIT = 60.0  # seconds a reader waits for a run that is committing right now
 
 
-def _fault(point: str) -> None:
-    """Test hook: ``CALIBKIT_TEST_KILL_AT=<point>`` kills the process right there (SIGKILL)."""
+def _fault(point: str, directory: Path | None = None) -> None:
+    """Test hooks: ``CALIBKIT_TEST_KILL_AT=<point>`` kills the process right there (SIGKILL);
+    ``CALIBKIT_TEST_PAUSE_AT=<point>`` touches ``$CALIBKIT_TEST_PAUSE_FILE`` and sleeps
+    ``$CALIBKIT_TEST_PAUSE_S`` seconds there (default 3), so a test can aim a signal at it; with
+    ``$CALIBKIT_TEST_PAUSE_DIR`` only in the publish into that folder."""
     if os.environ.get("CALIBKIT_TEST_KILL_AT") == point:
         os.kill(os.getpid(), signal.SIGKILL)
+    only = os.environ.get("CALIBKIT_TEST_PAUSE_DIR")
+    if os.environ.get("CALIBKIT_TEST_PAUSE_AT") == point and (
+        not only or (directory is not None and str(directory.resolve()) == only)
+    ):
+        Path(os.environ["CALIBKIT_TEST_PAUSE_FILE"]).touch()
+        end = time.monotonic() + float(os.environ.get("CALIBKIT_TEST_PAUSE_S", "3"))
+        while time.monotonic() < end:
+            time.sleep(0.02)
 
 
 def _umask() -> int:
@@ -123,16 +134,72 @@ class _Lock:
 
 
 # --------------------------------------------------------------------------- recovery
+JOURNAL_FORMAT = "calibkit-journal"
+JOURNAL_VERSION = 2
+
+
 def _journals(directory: Path) -> list[Path]:
     meta = directory / META
-    return sorted(meta.glob("*.journal.json")) if meta.is_dir() else []
+    return sorted(meta.glob("*.journal.json")) if meta.is_dir() and not meta.is_symlink() else []
 
 
-def _roll_forward(journal: Path) -> None:
+def _plain_name(name: object) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
+
+
+def _refuse(journal: Path, directory: Path, why: str) -> CalibkitError:
+    return CalibkitError(
+        f"{journal}: not a publish journal calibkit can finish ({why}); recovery only moves files from "
+        f"{directory / META}/stage-*/ to names in {directory}, so it did nothing: delete {journal} "
+        f"(and check who wrote it) to use {directory} again"
+    )
+
+
+def _journal_moves(journal: Path, directory: Path) -> list[tuple[Path, Path]] | None:
+    """The checked moves of ``journal`` (data from the disk): each staged file must be a plain
+    file directly in a ``stage-*`` folder of ``directory``'s own META folder, and its target
+    the same name in ``directory`` (or a ``*.manifest.json`` in META). ``None`` for an
+    unreadable journal (torn: it never became the commit point); anything else is refused."""
     try:
         plan = json.loads(journal.read_text())
-        moves = [(Path(a), Path(b)) for a, b in plan["moves"]]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    meta = directory / META
+    if meta.is_symlink():
+        raise _refuse(journal, directory, f"{meta} is a symbolic link")
+    if not isinstance(plan, dict) or not isinstance(plan.get("moves"), list):
+        raise _refuse(journal, directory, "no list of moves")
+    legacy = plan.get("format") != JOURNAL_FORMAT
+    moves: list[tuple[Path, Path]] = []
+    for entry in plan["moves"]:
+        if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
+            raise _refuse(journal, directory, f"a move is not a pair of names: {str(entry)[:80]!r}")
+        stage_rel, target_rel = entry
+        if legacy:  # version 1 held absolute paths
+            if not (os.path.isabs(stage_rel) and os.path.isabs(target_rel)):
+                raise _refuse(journal, directory, "relative paths in a version-1 journal")
+            stage_rel = os.path.relpath(stage_rel, meta.absolute())
+            target_rel = os.path.relpath(target_rel, directory.absolute())
+        sp, tp = stage_rel.split("/"), target_rel.split("/")
+        if not (len(sp) == 2 and sp[0].startswith("stage-") and all(_plain_name(x) for x in sp)):
+            raise _refuse(journal, directory, f"{stage_rel!r} is not in {meta}/stage-*/")
+        manifest = len(tp) == 2 and tp[0] == META and tp[1].endswith(".manifest.json")
+        if not ((len(tp) == 1 or manifest) and all(_plain_name(x) for x in tp) and tp[-1] == sp[1]):
+            raise _refuse(journal, directory, f"target {target_rel!r} is not the staged name in {directory}")
+        stage_dir = meta / sp[0]
+        if stage_dir.is_symlink():
+            raise _refuse(journal, directory, f"{stage_dir} is a symbolic link")
+        staged = stage_dir / sp[1]
+        if staged.is_symlink() or (staged.exists() and not staged.is_file()):
+            raise _refuse(journal, directory, f"{staged} is not a plain file")
+        moves.append((staged, directory / target_rel))
+    return moves
+
+
+def _roll_forward(journal: Path, directory: Path | None = None) -> None:
+    directory = journal.parent.parent if directory is None else directory
+    moves = _journal_moves(journal, directory)
+    if moves is None:
         journal.unlink(missing_ok=True)  # unreadable: it was never the commit point
         return
     for staged, target in moves:
@@ -148,6 +215,11 @@ def _roll_forward(journal: Path) -> None:
 def recover(directory: Path, wait: float = LOCK_WAIT) -> None:
     """Finish a publish cut off after its commit point, and drop the staging of runs cut off
     before it (any process may do this; a run still going keeps the lock and its staging)."""
+    if (directory / META).is_symlink():
+        raise CalibkitError(
+            f"{directory / META} is a symbolic link; calibkit keeps a folder's publishing records in a real "
+            f"folder and touches nothing through a link: remove the link (or copy the files elsewhere)"
+        )
     pending = bool(_journals(directory))
     if not pending and not any((directory / META).glob("stage-*")):
         return
@@ -160,7 +232,7 @@ def recover(directory: Path, wait: float = LOCK_WAIT) -> None:
         )
     try:
         for j in _journals(directory):
-            _roll_forward(j)
+            _roll_forward(j, directory)
         _clean_stale(directory)
     finally:
         lock.release()
@@ -168,7 +240,7 @@ def recover(directory: Path, wait: float = LOCK_WAIT) -> None:
 
 def _clean_stale(directory: Path) -> None:
     meta = directory / META
-    if meta.is_dir():
+    if meta.is_dir() and not meta.is_symlink():
         for d in meta.glob("stage-*"):
             shutil.rmtree(d, ignore_errors=True)
 
@@ -205,13 +277,66 @@ def _verify_in(p: Path, directory: Path) -> None:
     rel = os.path.relpath(p, directory)
     for mf in _manifests(directory):
         doc = read_manifest(mf)
-        if doc is None or rel not in doc["files"]:
+        if doc is None or not all(isinstance(k, str) and isinstance(v, str) for k, v in doc["files"].items()):
+            raise CalibkitError(
+                f"{mf} is not a readable calibkit manifest, so it cannot vouch for the files beside it "
+                f"(damaged or edited by hand?); re-run the command that wrote {directory}, or delete {mf} "
+                "to use the files as they are"
+            )
+        if rel not in doc["files"]:
             continue
+        command = doc.get("command") if isinstance(doc.get("command"), str) else "calibrate"
         for name, digest in sorted(doc["files"].items()):
             f = directory / name
-            if f.is_file() and sha256_file(f) != digest:
+            if not f.is_file():
+                raise CalibkitError(
+                    f"{name} in {directory}, published by run {doc.get('run_id')} together with {p.name}, is missing: "
+                    f"the set is incomplete; re-run `calibkit {command}` into {directory}, or delete {mf} to use "
+                    "the files as they are"
+                )
+            if sha256_file(f) != digest:
                 raise CalibkitError(
                     f"{f.name} in {directory} changed after run {doc.get('run_id')} published it with {p.name} (sha256 differs from {mf.name}): "
-                    f"the set is mixed (edited or overwritten by hand?); re-run `calibkit {doc.get('command', 'calibrate')}` into {directory}, "
+                    f"the set is mixed (edited or overwritten by hand?); re-run `calibkit {command}` into {directory}, "
                     f"or delete {mf} to use the files as they are"
                 )
+
+
+# --------------------------------------------------------------------------- inputs of the run
+INPUTS: dict[Path, tuple[str, str | None]] = {}  # resolved path -> (what named it, command of its set or None)
+
+
+def note_inputs(named: dict[str, object]) -> None:
+    """Record the files this run reads (``{option: path}``), so no output replaces one. A file
+    that a calibkit manifest lists brings the rest of its set along (validate reads the
+    histograms beside --scales): those are refused only to other commands than the set's own."""
+    for key, value in named.items():
+        label = "MODEL" if key == "model" else "--" + key.replace("_", "-")
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(v, (str, os.PathLike)) or not str(v):
+                continue
+            s = str(v)
+            s = s.split(".py:", 1)[0] + ".py" if ".py:" in s else s
+            with contextlib.suppress(OSError, ValueError):
+                p = Path(s)
+                if not p.is_file():
+                    continue
+                INPUTS[p.resolve()] = (label, None)
+                home = p.resolve().parent
+                for mf in _manifests(home):
+                    doc = read_manifest(mf)
+                    if doc and os.path.relpath(p.resolve(), home) in doc["files"]:
+                        for name in doc["files"]:
+                            q = (home / str(name)).resolve()
+                            INPUTS.setdefault(q, (f"{label}'s set", str(doc.get("command"))))
+
+
+def check_not_input(target: Path, command: str) -> None:
+    t = target.resolve()
+    hit = INPUTS.get(t)
+    if hit is None or (hit[1] is not None and hit[1] == command):
+        return
+    raise CalibkitError(
+        f"output {target} is also an input of this run ({hit[0]}); writing it would replace that input: "
+        "choose another output path"
+    )

@@ -61,6 +61,7 @@ class OutputMetrics:
     abs_err: TensorHistogram = field(default_factory=TensorHistogram)
     elements: int = 0
     nonfinite: int = 0
+    reference_nonfinite: int = 0  # NaN/Inf in the FP32 reference itself: no verdict can be trusted
     min_sample_cosine: float = 1.0
     samples: int = 0
     top1: int = 0
@@ -71,6 +72,12 @@ class OutputMetrics:
     def add(self, ref: np.ndarray, cand: np.ndarray) -> None:
         if ref.shape != cand.shape:
             raise ValueError(f"shape {cand.shape} != reference {ref.shape}")
+        ref_finite = np.isfinite(ref)
+        ref_bad = int(ref.size - ref_finite.sum())
+        if ref_bad:  # counted, and left out of every sum (both sides zero there)
+            self.reference_nonfinite += ref_bad
+            ref = np.where(ref_finite, ref, 0).astype(ref.dtype, copy=False)
+            cand = np.where(ref_finite, cand, 0).astype(cand.dtype, copy=False)
         finite = np.isfinite(cand)
         bad = int(cand.size - finite.sum())
         if bad:
@@ -108,6 +115,7 @@ class OutputMetrics:
             "min_sample_cosine": self.min_sample_cosine,
             "sqnr_db": self.agree.sqnr,
             "nonfinite": self.nonfinite,
+            "reference_nonfinite": self.reference_nonfinite,
             "elements": self.elements,
         }
         for p in PERCENTILES:

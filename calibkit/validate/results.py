@@ -64,6 +64,11 @@ def verdict(ev: Evaluation, r: CandidateResult, gates: dict) -> tuple[bool, list
         fails.append("no output was compared (no validation samples?)")
     for name, m in r.outputs.items():
         s = m.summary()
+        if s.get("reference_nonfinite"):
+            fails.append(
+                f"{name}: the FP32 reference has {s['reference_nonfinite']} NaN/Inf values, so nothing can be "
+                "compared with it (NaN/Inf in the validation data?)"
+            )
         if s["nonfinite"]:
             fails.append(f"{name}: {s['nonfinite']} NaN/Inf values")
         if "min_cosine" in gates and _below(s["cosine"], gates["min_cosine"]):

@@ -1,0 +1,143 @@
+"""Issue 21, second hostile pass: verdicts on poisoned inputs, user code that exits, outputs
+that would replace inputs, readers that trusted too much. Real CLI, real files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+
+def _one_line_error(r) -> str:
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("calibkit: error: ")]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def calibrated(cli, tmp_path, conv_model, conv_data):
+    cli("calibrate", conv_model, "--data", conv_data, "-o", tmp_path / "cal")
+    return conv_model, tmp_path / "cal"
+
+
+def _fp32_labels(model, x) -> np.ndarray:
+    s = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0].argmax(1)
+
+
+# ---------------------------------------------------------------- item 3: NaN in the reference
+def test_nan_in_the_fp32_reference_fails_the_verdict(cli, tmp_path, calibrated):
+    model, cal = calibrated
+    x = np.random.default_rng(2).normal(0, 1, (40, 3, 8, 8)).astype(np.float32)
+    labels = _fp32_labels(model, x)  # FP32 is right on every clean sample: accuracy can be judged
+    x[3, 0, 0, 0] = np.nan
+    np.savez(tmp_path / "val.npz", x=x)
+    np.save(tmp_path / "labels.npy", labels)
+    r = cli(
+        "validate",
+        model,
+        "--scales",
+        cal / "scales.json",
+        "--data",
+        tmp_path / "val.npz",
+        "--labels",
+        tmp_path / "labels.npy",
+        "--max-accuracy-drop",
+        "10",
+        "--backends",
+        "ort-int8",
+        "--report",
+        tmp_path / "r" / "report.html",
+        expect=None,
+    )
+    assert r.returncode == 3, (r.returncode, r.stderr)
+    assert "the FP32 reference has" in r.stderr and "NaN/Inf" in r.stderr
+    doc = json.loads((tmp_path / "r" / "report.results.json").read_text())
+    assert doc["pass"] is False
+
+
+# ---------------------------------------------------------------- item 4: user code that exits
+def test_a_loader_script_that_exits_is_an_error_naming_it(cli, tmp_path, conv_model):
+    for body, where in (
+        ("import sys\ndef load_data():\n    sys.exit(0)\n    yield {}\n", "load_data"),
+        ("import sys\nsys.exit(0)\n", "import"),
+    ):
+        script = tmp_path / f"exits_{where}.py"
+        script.write_text(body)
+        line = _one_line_error(cli("calibrate", conv_model, "--data", script, "-o", tmp_path / "o", expect=None))
+        assert script.name in line and "sys.exit(0)" in line, line
+        assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- item 6: outputs over inputs
+def test_export_qdq_over_its_own_model_is_refused(cli, tmp_path, calibrated):
+    model, cal = calibrated
+    before = model.read_bytes()
+    line = _one_line_error(cli("export-qdq", model, "--scales", cal / "scales.json", "-o", model, expect=None))
+    assert "is also an input" in line and "MODEL" in line
+    assert model.read_bytes() == before
+
+
+def test_validate_report_over_the_calibration_it_reads_is_refused(cli, tmp_path, calibrated, conv_data):
+    model, cal = calibrated
+    before = {f.name: f.read_bytes() for f in cal.iterdir() if f.is_file()}
+    for extra in (
+        ["--report", cal / "scales.json"],
+        ["--report", tmp_path / "r.html", "--results", cal / "histograms.npz"],
+        ["--report", tmp_path / "r2.html", "--results", conv_data],
+    ):
+        line = _one_line_error(
+            cli("validate", model, "--scales", cal / "scales.json", "--data", conv_data, *extra, expect=None)
+        )
+        assert "is also an input" in line, line
+    assert {f.name: f.read_bytes() for f in cal.iterdir() if f.is_file()} == before
+
+
+def test_calibrate_may_still_rethreshold_its_own_histograms_in_place(cli, tmp_path, calibrated):
+    """The one legitimate overlap: `calibrate --histograms OUT/histograms.npz -o OUT` replaces
+    its own set, and histograms.npz stays in the new set's manifest (item 8)."""
+    model, cal = calibrated
+    cli("calibrate", model, "--histograms", cal / "histograms.npz", "--method", "minmax", "-o", cal)
+    manifest = json.loads((cal / ".calibkit" / "calibrate.manifest.json").read_text())
+    assert "histograms.npz" in manifest["files"]
+
+
+# ---------------------------------------------------------------- item 8: readers
+def test_a_set_missing_a_file_is_refused(cli, tmp_path, calibrated):
+    model, cal = calibrated
+    (cal / "histograms.npz").unlink()
+    line = _one_line_error(
+        cli("export-qdq", model, "--scales", cal / "scales.json", "-o", tmp_path / "q.onnx", expect=None)
+    )
+    assert "histograms.npz" in line and "missing" in line
+
+
+def test_an_unreadable_manifest_is_refused_not_skipped(cli, tmp_path, calibrated):
+    model, cal = calibrated
+    cache = next(cal.glob("*.cache"))
+    cache.write_bytes(cache.read_bytes().replace(b"\n", b"\n ", 1))  # an edited cache
+    (cal / ".calibkit" / "calibrate.manifest.json").write_text("{not json")
+    line = _one_line_error(cli("inspect", cache, expect=None))
+    assert "calibrate.manifest.json" in line and "not a readable calibkit manifest" in line
+
+
+def test_compare_set_manifest_names_compare(cli, tmp_path, calibrated, conv_data):
+    model, cal = calibrated
+    cli(
+        "compare",
+        model,
+        "--histograms",
+        cal / "histograms.npz",
+        "--data",
+        conv_data,
+        "--methods",
+        "entropy,minmax",
+        "--report",
+        tmp_path / "c" / "report.html",
+    )
+    (mf,) = (tmp_path / "c" / "report.methods" / ".calibkit").glob("*.manifest.json")
+    assert json.loads(mf.read_text())["command"] == "compare"
