@@ -1,6 +1,7 @@
 """``calibkit drift``: has new data moved away from what a calibration saw?
 
-New data streams through the same collection as ``calibrate`` (same data options, GPU path);
+New data streams through the same collection as ``calibrate`` (same data options, GPU path;
+the calibration's ``--batch-axis`` when none is given);
 its histograms are compared, per tensor, with the stored calibration histograms:
 
 - ``clipped_new``: the fraction of new values that saturate INT8 under the calibrated amax
@@ -215,6 +216,10 @@ def drift(
     else:
         amax, label = scales_io.compute(calib, method, config).amax(), methods.spec_of(method, config)
     feed = FeedOptions.of(feed)
+    recorded = calib.meta.get("batch_axes") or {}
+    if not feed.batch_axes and isinstance(recorded, dict) and recorded:  # the calibration's --batch-axis
+        axes = {str(k): (None if v == "none" else int(v)) for k, v in recorded.items()}
+        feed = FeedOptions(axes, feed.rebatch and calib.meta.get("rebatch", True) is not False, feed.max_samples)
     selection = calib.meta.get("tensor_selection", "all")
     pre = resolve_preprocess(preprocess, calib.meta.get("preprocess"), data, allow_preprocess_mismatch, str(histograms))
     specs = input_specs(proto, feed.batch_axes)

@@ -165,7 +165,7 @@ def load(path: str | Path) -> HistogramSet:
                 isinstance(x, list) and len(x) == 2 and all(isinstance(v, str) for v in x) for x in shards
             )
             ints_ok = all(
-                isinstance(meta.get(k, 0), int) and not isinstance(meta.get(k, 0), bool)
+                isinstance(meta.get(k, 0), int) and not isinstance(meta.get(k, 0), bool) and meta.get(k, 0) >= 0
                 for k in ("version", "samples", "dropped_samples")
             )
             if not (ints_ok and shards_ok):

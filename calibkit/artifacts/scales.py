@@ -201,7 +201,8 @@ def read(path: str | Path) -> ScaleTable:
                     f"{p}: tensor {name!r} has {key} {t[key]!r}; it must be a finite number or null; re-run calibrate"
                 )
     verify(p)
-    meta = {k: v for k, v in raw.items() if k not in ("format", "version", "method", "tensors")}
+    # a null section is an absent one (readers use meta.get(key, {})): never None further on
+    meta = {k: v for k, v in raw.items() if k not in ("format", "version", "method", "tensors") and v is not None}
     return ScaleTable(str(m.get("name", "?")), m.get("params", {}), tensors, meta)
 
 

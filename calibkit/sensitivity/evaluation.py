@@ -183,15 +183,28 @@ def _read_ref(path: Path, batches: int, outputs: int):
         with np.load(path, allow_pickle=False) as z:
             ref = [[z[f"b{i}_o{j}"] for j in range(outputs)] for i in range(batches)]
             scores = z["scores"] if "scores" in z.files else None
-        return ref, scores
-    except (OSError, KeyError, ValueError, EOFError):
+            digest = bytes(z["digest"]).decode() if "digest" in z.files else None
+    except Exception:  # BadZipFile, zlib.error, a torn member: not a cache entry
         return None  # a damaged cache entry is recomputed
+    if digest != _ref_digest(ref, scores):
+        return None  # edited, truncated or from an older calibkit: recomputed, never trusted
+    return ref, scores
+
+
+def _ref_digest(ref, scores) -> str:
+    h = hashlib.sha256()
+    for a in [x for outs in ref for x in outs] + ([] if scores is None else [scores]):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _write_ref(path: Path, ref, scores) -> None:
     arrays = {f"b{i}_o{j}": a for i, outs in enumerate(ref) for j, a in enumerate(outs)}
     if scores is not None:
         arrays["scores"] = scores
+    arrays["digest"] = np.frombuffer(_ref_digest(ref, scores).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     try:

@@ -93,3 +93,17 @@ def test_bad_input_is_one_line(cli, calibrated, tmp_path, two_input_model=None):
         assert r.stderr.startswith("calibkit: error: ") and said in r.stderr and "Traceback" not in r.stderr
     r = cli("drift", model, "--histograms", cal / "histograms.npz", expect=2)
     assert "give --data" in r.stderr
+
+
+def test_the_calibrations_batch_axes_are_used_when_none_is_given(tmp_path):
+    import feed_models as fm
+
+    from calibkit import calibrate
+    from calibkit.data.options import FeedOptions
+
+    model = fm.relu_net(tmp_path / "r.onnx", ["A", "B"])  # both dims dynamic: axis 0 by default
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(3, 10)).astype(np.float32))
+    calibrate(model, tmp_path / "d.npz", output_dir=tmp_path / "cal", feed=FeedOptions({"x": 1}), device="cpu")
+    res = drift(model, tmp_path / "cal" / "histograms.npz", tmp_path / "d.npz", device="cpu")
+    assert res.calib_samples == res.new_samples == 10  # samples on axis 1, as calibrated
+    assert all(r.excess == 0 and r.distance == 0 for r in res.rows)
