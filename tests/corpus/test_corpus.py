@@ -62,7 +62,10 @@ def test_calibrate_export_validate(corpus_model, model_files, corpus_cli, tmp_pa
     model, calib, val = model_files
     out = tmp_path / "calib"
 
-    cal = corpus_cli("calibrate", model, "--data", calib, "--method", "entropy", "-o", out, "--device", "cpu")
+    # --tensors all: every float tensor gets a scale (the default leaves out those inside fused layers)
+    cal = corpus_cli(
+        "calibrate", model, "--data", calib, "--method", "entropy", "-o", out, "--device", "cpu", "--tensors", "all"
+    )
     assert cal.returncode == 0, f"calibrate exit {cal.returncode}\n{_tail(cal)}"
     scales = json.loads((out / "scales.json").read_text())["tensors"]
     floats, untyped = exposable_float_activations(model)

@@ -151,10 +151,10 @@ def _edit(scales, fn):
 @pytest.mark.parametrize(
     "edit,needle",
     [
-        (lambda d: d["tensors"]["c1"].update(amax=1e39), "has amax"),
-        (lambda d: d["tensors"]["c1"].update(scale=0.0), "has scale 0.0"),
-        (lambda d: d["tensors"]["c1"].update(scale=1.0), 'delete the tensor\'s "scale" field'),
-        (lambda d: d["tensors"]["c1"].update(amax=float("nan")), "has amax"),
+        (lambda d: d["tensors"]["r1"].update(amax=1e39), "has amax"),
+        (lambda d: d["tensors"]["r1"].update(scale=0.0), "has scale 0.0"),
+        (lambda d: d["tensors"]["r1"].update(scale=1.0), 'delete the tensor\'s "scale" field'),
+        (lambda d: d["tensors"]["r1"].update(amax=float("nan")), "has amax"),
         (lambda d: d.update(tensors=[1, 2]), "must map each tensor name"),
         (lambda d: d.update(method="entropy"), '"method" must be an object'),
         (lambda d: d["tensors"].pop("r1"), "no entry for activation 'r1'"),
