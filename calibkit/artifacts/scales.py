@@ -65,7 +65,7 @@ def device_amaxes(hset: HistogramSet, method: str, cfg: Any, device: str) -> dic
         return None
     from calibkit.methods import cuda as gpu_methods
 
-    if methods.get(method).cuda is None or not gpu_methods.available():
+    if methods.get(method).cuda is None or getattr(cfg, "fp8", 0) or not gpu_methods.available():  # GPU: INT8 grid only
         return None
     return gpu_methods.amaxes(hset.tensors, method, cfg)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from calibkit.methods.base import REGISTRY, make_config, register, spec_of
-from calibkit.numerics.formats import INT8, as_float32, int8_scale, usable_amax
+from calibkit.methods.base import REGISTRY, grid, grid_field, make_config, register, spec_of
+from calibkit.numerics.formats import INT8, NumberFormat, as_float32, int8_scale, usable_amax
 from calibkit.numerics.histogram import TensorHistogram
 
 PERCENTILES = (99.9, 99.99, 99.999)
@@ -27,7 +27,11 @@ PERCENTILES = (99.9, 99.99, 99.999)
 
 @dataclass(frozen=True)
 class AutoConfig:
-    pass
+    fp8: int = grid_field()  # 1: E(a) on the FP8 E4M3FN grid, s = float32(a) / 448 (auto:fp8=1)
+
+    def __post_init__(self) -> None:
+        if self.fp8 not in (0, 1):
+            raise ValueError(f"fp8 must be 0 (INT8 grid) or 1 (FP8 E4M3FN grid), got {self.fp8}")
 
 
 def candidates() -> list[tuple[str, Any]]:
@@ -46,8 +50,9 @@ def candidates() -> list[tuple[str, Any]]:
     return out
 
 
-def expected_mse(hist: TensorHistogram, amaxes: list[float] | np.ndarray) -> np.ndarray:
-    """E(a) (module docstring) of each amax in ``amaxes``, as the table would store it."""
+def expected_mse(hist: TensorHistogram, amaxes: list[float] | np.ndarray, fmt: NumberFormat = INT8) -> np.ndarray:
+    """E(a) (module docstring) of each amax in ``amaxes``, as the table would store it; on the
+    grid of ``fmt`` (INT8 by default, FP8 E4M3FN for ``--precision fp8``)."""
     amaxes = np.asarray([usable_amax(a) for a in np.asarray(amaxes, dtype=np.float64).reshape(-1)])
     nz = np.flatnonzero(hist.counts)
     total = float(hist.counts.sum())
@@ -56,6 +61,9 @@ def expected_mse(hist: TensorHistogram, amaxes: list[float] | np.ndarray) -> np.
     n = hist.counts[nz].astype(np.float64)
     w = hist.bin_width
     c = (nz * w + np.minimum((nz + 1) * w, hist.amax)) / 2.0
+    if fmt is not INT8:
+        s = np.array([fmt.scale(a) for a in amaxes])[:, None]
+        return ((fmt.fake_quant(c[None, :], s) - c) ** 2 * n).sum(axis=1) / total
     s = np.array([int8_scale(a) for a in amaxes])[:, None]
     q = np.clip(np.rint(c / s), -INT8.qmax, INT8.qmax) * s
     return ((q - c) ** 2 * n).sum(axis=1) / total
@@ -65,10 +73,12 @@ def choose(hist: TensorHistogram, cfg: AutoConfig) -> tuple[float, dict[str, Any
     """(chosen amax, the fields scales.json records: chosen method, criterion, every candidate)."""
     cands = candidates()
     amaxes = [as_float32(float(m.amax(hist, c))) for _, (m, c) in cands]
-    errs = expected_mse(hist, amaxes)
+    fmt = grid(cfg)
+    errs = expected_mse(hist, amaxes, fmt)
     k = int(np.argmin(errs))  # the first of equal minima: the fixed order breaks ties
     table = {spec: {"amax": a, "expected_mse": float(e)} for (spec, _), a, e in zip(cands, amaxes, errs)}
-    return amaxes[k], {"method": cands[k][0], "criterion": "expected_mse", "candidates": table}
+    criterion = "expected_mse" if fmt is INT8 else f"expected_mse_{fmt.name}"
+    return amaxes[k], {"method": cands[k][0], "criterion": criterion, "candidates": table}
 
 
 @register(

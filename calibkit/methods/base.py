@@ -103,7 +103,29 @@ def parse_spec(spec: str) -> tuple[str, Any]:
 
 
 def config_params(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """The config as scales.json records it; a field marked ``omit_default`` (an option added
+    later, such as ``fp8``) is left out at its default, so existing tables keep their bytes."""
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if not (f.metadata.get("omit_default") and getattr(config, f.name) == f.default)
+    }
+
+
+def grid_field() -> Any:
+    """The ``fp8`` option of a method whose criterion is a quantization error: 0 measures it on
+    INT8's grid (the default), 1 on FP8 E4M3FN's (scale amax / 448), for ``--precision fp8``."""
+    return dataclasses.field(default=0, metadata={"omit_default": True})
+
+
+def grid(config: Any):
+    """The number format a config's error criterion is measured on (calibkit.numerics.formats)."""
+    from calibkit.numerics.formats import FP8, INT8
+
+    fp8 = getattr(config, "fp8", 0)
+    if fp8 not in (0, 1):
+        raise CalibkitError(f"method option fp8={fp8!r}: give 0 (INT8 grid) or 1 (FP8 E4M3FN grid)")
+    return FP8 if fp8 else INT8
 
 
 def spec_of(name: str, config: Any) -> str:
@@ -113,7 +135,7 @@ def spec_of(name: str, config: Any) -> str:
     shown = [f for f in fields if getattr(config, f.name) != f.default]
     if not shown:
         return name
-    if len(fields) == 1:
+    if len(fields) == 1 and not fields[0].metadata.get("omit_default"):
         return f"{name}:{getattr(config, fields[0].name)!r}"
     return f"{name}:" + ",".join(f"{f.name}={getattr(config, f.name)!r}" for f in shown)
 

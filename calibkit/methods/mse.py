@@ -12,18 +12,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibkit.methods.base import pick_near_min, register
-from calibkit.numerics.formats import INT8
+from calibkit.methods.base import grid_field, pick_near_min, register
+from calibkit.numerics.formats import FP8, INT8
 from calibkit.numerics.histogram import NUM_BINS, TensorHistogram
 
 
 @dataclass(frozen=True)
 class MSEConfig:
     start_bin: int = 128
+    fp8: int = grid_field()  # 1: the error on the FP8 E4M3FN grid (mse:fp8=1)
 
     def __post_init__(self) -> None:
         if not 1 <= self.start_bin < NUM_BINS:
             raise ValueError(f"start_bin must be in [1, {NUM_BINS}), got {self.start_bin}")
+        if self.fp8 not in (0, 1):
+            raise ValueError(f"fp8 must be 0 (INT8 grid) or 1 (FP8 E4M3FN grid), got {self.fp8}")
 
 
 def fq_error(counts: np.ndarray, centers: np.ndarray, amax: np.ndarray) -> np.ndarray:
@@ -87,8 +90,24 @@ def select_bin(hist: TensorHistogram, cfg: MSEConfig) -> int:
     return int(cand[k])
 
 
-@register("mse", MSEConfig, "bin centre minimising histogram-weighted quantisation MSE")
+def select_bin_fp8(hist: TensorHistogram, cfg: MSEConfig, chunk: int = 128) -> int:
+    """Like :func:`select_bin` with the error on the FP8 E4M3FN grid (scale a / 448, the float32
+    scale the export stores), evaluated directly on the non-empty bins; ties to the smaller."""
+    nz = np.flatnonzero(hist.counts)
+    n = hist.counts[nz].astype(np.float64)
+    c = (nz + 0.5) * hist.bin_width
+    cand = np.arange(cfg.start_bin, NUM_BINS)
+    errs = np.empty(len(cand))
+    for i in range(0, len(cand), chunk):
+        a = ((cand[i : i + chunk] + 0.5) * hist.bin_width).astype(np.float32)
+        s = (a / np.float32(FP8.qmax)).astype(np.float64)[:, None]
+        errs[i : i + chunk] = ((FP8.fake_quant(c[None, :], s) - c) ** 2 * n).sum(axis=1)
+    return int(cand[int(np.argmin(errs))])
+
+
+@register("mse", MSEConfig, "bin centre minimising histogram-weighted quantisation MSE (mse:fp8=1: on FP8's grid)")
 def mse_amax(hist: TensorHistogram, cfg: MSEConfig) -> float:
     if hist.counts.sum() == 0:
         return hist.amax
-    return min((select_bin(hist, cfg) + 0.5) * hist.bin_width, hist.amax)
+    k = select_bin_fp8(hist, cfg) if cfg.fp8 else select_bin(hist, cfg)
+    return min((k + 0.5) * hist.bin_width, hist.amax)

@@ -155,3 +155,47 @@ def test_quantize_precision_fp8(cli, tmp_path):
     cos = float(ref @ got / np.linalg.norm(ref) / np.linalg.norm(got))
     kept = [s for s in doc["stages"] if s.get("kept", True)][-1]
     assert abs(cos - kept["min_cosine"]) < 1e-5  # every stage was scored in FP8, as published
+
+
+def _heavy_tail_hist():
+    from calibkit.numerics.histogram import TensorHistogram
+
+    rng = np.random.default_rng(0)
+    h = TensorHistogram()
+    h.update(np.concatenate([rng.standard_normal(100000), rng.laplace(0, 4, 300), [60.0]]).astype(np.float32))
+    return h
+
+
+def test_mse_and_auto_on_the_fp8_grid():
+    from calibkit import methods
+    from calibkit.methods import auto, mse
+
+    h = _heavy_tail_hist()
+    name, cfg = methods.parse_spec("mse:fp8=1")
+    assert methods.spec_of(name, cfg) == "mse:fp8=1"
+    # defaults keep their recorded params (scales.json bytes of existing methods unchanged)
+    assert methods.config_params(methods.make_config("mse")) == {"start_bin": 128}
+    assert methods.config_params(methods.make_config("auto")) == {}
+    # the FP8 pick is the brute-force argmin of the FP8 error over the candidate bin centres
+    k = mse.select_bin_fp8(h, cfg)
+    nz = np.flatnonzero(h.counts)
+    c, n = (nz + 0.5) * h.bin_width, h.counts[nz].astype(np.float64)
+
+    def err(i):
+        s = float(np.float32((i + 0.5) * h.bin_width) / np.float32(448))
+        q = np.clip(c / s, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float64) * s
+        return float(((q - c) ** 2 * n).sum())
+
+    brute = min(range(cfg.start_bin, 2048, 7), key=err)
+    assert err(k) <= err(brute)
+    # FP8's relative precision makes clipping the tail cost more than INT8's uniform steps do
+    int8_amax = methods.get("mse").amax(h, methods.make_config("mse"))
+    fp8_amax = methods.get("mse").amax(h, cfg)
+    assert fp8_amax > int8_amax
+    a8, detail = auto.choose(h, methods.make_config("auto", fp8=1))
+    assert detail["criterion"] == "expected_mse_fp8"
+    assert detail["candidates"]["minmax"]["expected_mse"] == pytest.approx(
+        float(auto.expected_mse(h, [detail["candidates"]["minmax"]["amax"]], FP8)[0])
+    )
+    _, d8 = auto.choose(h, methods.make_config("auto"))
+    assert d8["criterion"] == "expected_mse"
