@@ -8,6 +8,7 @@ the archive (compressed or not) ``chunk`` samples at a time.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,6 +91,14 @@ class NpzSource:
         return hash_files([self.path])
 
     def batches(self) -> Iterator[Feed]:
+        try:
+            yield from self._batches()
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:  # a damaged member: CRC, deflate, truncation
+            raise CalibkitError(
+                f"{self.path} is damaged ({str(exc) or type(exc).__name__}); re-save it with numpy.savez"
+            ) from None
+
+    def _batches(self) -> Iterator[Feed]:
         with zipfile.ZipFile(self.path) as zf:
             handles = {k: zf.open(k + ".npy") for k in self.keys}
             try:

@@ -141,3 +141,63 @@ def test_compare_set_manifest_names_compare(cli, tmp_path, calibrated, conv_data
     )
     (mf,) = (tmp_path / "c" / "report.methods" / ".calibkit").glob("*.manifest.json")
     assert json.loads(mf.read_text())["command"] == "compare"
+
+
+def test_negative_sample_count_in_histograms_is_refused(cli, tmp_path, calibrated):
+    _, cal = calibrated
+    with np.load(cal / "histograms.npz") as z:
+        d = dict(z)
+    meta = json.loads(bytes(d["meta"]).decode())
+    meta["samples"] = -5
+    d["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "h.npz", **d)
+    line = _one_line_error(cli("inspect", tmp_path / "h.npz", expect=None))
+    assert "h.npz" in line and "corrupt" in line
+
+
+def test_null_model_section_in_scales_is_no_traceback(cli, tmp_path, calibrated, conv_data):
+    model, cal = calibrated
+    doc = json.loads((cal / "scales.json").read_text())
+    doc["model"] = None
+    (tmp_path / "s.json").write_text(json.dumps(doc))
+    for args in (
+        ("export-qdq", model, "--scales", tmp_path / "s.json", "-o", tmp_path / "q.onnx"),
+        ("inspect", tmp_path / "s.json"),
+    ):
+        r = cli(*args, expect=None)
+        assert "Traceback" not in r.stderr and r.returncode in (0, 1), r.stderr
+
+
+def test_a_damaged_npz_member_is_an_error_naming_the_file(cli, tmp_path, conv_model, conv_data):
+    raw = bytearray(conv_data.read_bytes())
+    raw[500:540] = b"\xff" * 40  # inside x.npy's data: the member's CRC no longer matches
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(bytes(raw))
+    line = _one_line_error(cli("calibrate", conv_model, "--data", bad, "-o", tmp_path / "o", expect=None))
+    assert "bad.npz" in line and "damaged" in line
+
+
+def test_a_damaged_cached_fp32_reference_is_recomputed(tmp_path, calibrated, conv_data):
+    import os
+    import subprocess
+    import sys
+
+    model, cal = calibrated
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "CALIBKIT_CACHE": str(tmp_path / "cache")}
+    argv = [sys.executable, "-m", "calibkit", "sensitivity", str(model), "--scales", str(cal / "scales.json")]
+    argv += ["--data", str(conv_data), "--max-samples", "8"]
+
+    def run(out):
+        return subprocess.run([*argv, "-o", str(tmp_path / out)], capture_output=True, text=True, env=env, timeout=300)
+
+    first = run("s1")
+    assert first.returncode == 0, first.stderr
+    (entry,) = (tmp_path / "cache" / "reference").glob("*.npz")
+    raw = bytearray(entry.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 16] = b"\x00" * 16
+    entry.write_bytes(bytes(raw))
+    second = run("s2")
+    assert second.returncode == 0 and "Traceback" not in second.stderr, second.stderr
+    a = json.loads((tmp_path / "s1" / "sensitivity.json").read_text())
+    b = json.loads((tmp_path / "s2" / "sensitivity.json").read_text())
+    assert a.get("layers") == b.get("layers")
