@@ -47,3 +47,25 @@ def test_missing_or_ambiguous_is_one_line_naming_the_folder(cli, conv_model, tmp
     r = cli("calibrate", conv_model, expect=1)
     assert "has no set for model 'conv' (it holds: other, third)" in r.stderr
     assert "calibration_data/conv/" in r.stderr
+
+
+def test_find_prefers_the_models_own_set(tmp_path):
+    from calibkit.data import sets
+
+    root = tmp_path / "calibration_data"
+    (root / "other").mkdir(parents=True)
+    np.save(root / "conv.npy", np.zeros((2, 3), np.float32))
+    found = sets.find(tmp_path / "models" / "conv.onnx", root)
+    assert found.data == root / "conv.npy" and found.preprocess is None
+    (root / "conv").mkdir()
+    (root / "conv" / "preprocess.json").write_text("{}")
+    found = sets.find("conv.onnx", root)
+    assert found.data == root / "conv" and found.preprocess == root / "conv" / "preprocess.json"
+
+
+def test_a_preprocessing_flag_wins_over_the_sets_file(cli, tmp_path):
+    shutil.copytree(demo.CALIB, tmp_path / "calibration_data" / "digits_cnn")
+    shutil.copy(demo.MODEL, tmp_path / "digits_cnn.onnx")
+    r = cli("calibrate", "digits_cnn.onnx", "--channels", "L", "--scale", "0.5", "-o", "out")
+    assert "with its preprocess.json" not in r.stderr and "using the set named after the model" in r.stderr
+    assert histograms.load(tmp_path / "out" / "histograms.npz").meta["preprocess"]["scale"] == 0.5
