@@ -51,12 +51,14 @@ class ClipWarning:
     limit: float
     auto: bool = False
 
-    def message(self) -> str:
-        advice = (
-            "auto chose it as the least expected INT8 error; check the accuracy with `calibkit compare` or keep the tensor's consumers in FP16"
-            if self.auto
-            else "try --method percentile:99.99 or --method auto, and compare them with `calibkit compare`"
-        )
+    def message(self, in_compare: bool = False) -> str:
+        """``in_compare``: said inside ``calibkit compare``, whose table already scores the methods."""
+        if in_compare:
+            advice = "the candidates' task scores above say whether it costs accuracy"
+        elif self.auto:
+            advice = "auto chose it as the least expected INT8 error; check the accuracy with `calibkit compare` or keep the tensor's consumers in FP16"
+        else:
+            advice = "try --method percentile:99.99 or --method auto, and compare them with `calibkit compare`"
         return (
             f"tensor {self.tensor!r}: {self.method} clips {self.clipped:.4%} of its values (amax {self.amax:.5g} vs max |x| {_g(self.absmax)}; "
             f"--warn-clip {self.limit:g}); {advice}"

@@ -58,9 +58,13 @@ def _recorded_limit(table) -> float:
     return float(limit) if ok else clipping.DEFAULT_WARN_CLIP
 
 
-def _clip_doc(ws: list[clipping.ClipWarning], limit: float) -> dict:
+def _clip_doc(ws: list[clipping.ClipWarning], limit: float, in_compare: bool = False) -> dict:
     """A method's clip warnings as results.json records them (every tensor, worst first)."""
-    return {"limit": limit, "count": len(ws), "tensors": [{**w.to_dict(), "message": w.message()} for w in ws]}
+    return {
+        "limit": limit,
+        "count": len(ws),
+        "tensors": [{**w.to_dict(), "message": w.message(in_compare)} for w in ws],
+    }
 
 
 def _advise(doc: dict, model: str | Path, scales_of: Callable[[dict], Path | None]) -> None:
@@ -301,7 +305,7 @@ def compare(
         table = scales_io.compute(hs, name, cfg)
         staged[spec] = stage_scales(table, hs, model_path, model_fp, version, "EntropyCalibration2", warn_clip)
         specs += [(b, table.amax(), spec, p) for b, p in variants]
-        clip[spec] = _clip_doc(clipping.warnings(table, warn_clip), warn_clip)
+        clip[spec] = _clip_doc(clipping.warnings(table, warn_clip), warn_clip, in_compare=True)
     out_names = [o.name for o in proto.graph.output]
     with tempfile.TemporaryDirectory(prefix="calibkit-compare-") as tmp:
         cands, _ = _candidates(specs, proto, out_names, Path(tmp), device, exclude_nodes, False)

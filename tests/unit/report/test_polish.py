@@ -67,3 +67,14 @@ def test_threshold_lines_at_the_same_amax_are_one_labelled_line(monkeypatch):
     assert len(amaxes) == len(set(amaxes))  # no line drawn over another
     assert any("A (entropy) = B (mse): 2.5" == label for _, label, _ in seen), seen
     assert len({str(ls) for _, _, ls in seen}) == len(seen)  # every line its own dash pattern
+
+
+def test_clip_advice_inside_compare_does_not_send_you_to_compare():
+    from calibkit.numerics.clipping import ClipWarning
+    from calibkit.validate import _clip_doc
+
+    w = ClipWarning("pool", "percentile:99.0", 0.0097, 3.47, 7.01, 0.001)
+    assert "calibkit compare" in w.message()  # after calibrate: the advice is to compare
+    assert "calibkit compare" not in w.message(in_compare=True)
+    doc = _clip_doc([w], 0.001, in_compare=True)
+    assert doc["count"] == 1 and "calibkit compare" not in doc["tensors"][0]["message"]
