@@ -25,7 +25,7 @@ _HEADER = re.compile(r"^TRT-([0-9]{1,9})-(\w+)$", re.ASCII)  # TensorRT versions
 _HEX = re.compile(r"^[0-9a-f]{8}$")
 
 
-_VERSION = re.compile(r"^(\d{1,2})(?:\.(\d{1,2}))?(?:\.(\d{1,2}))?(?:\.\d+)*$")
+_VERSION = re.compile(r"^(\d{1,2})(?:\.(\d{1,2})(?:\.(\d{1,2})(?:\.\d+)?)?)?$")  # a build number only after 3 parts
 # Characters str.splitlines() breaks on, and NUL: a name holding one would split its cache line.
 _LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\x00")
 

@@ -116,6 +116,23 @@ def calibrate(
     from calibkit.cli.progress import err, sample_progress
     from calibkit.cli.summary import print_calibration
 
+    if histograms is not None:  # stored histograms: collection options would be silently ignored
+        given = [
+            o
+            for o, v in (
+                ("--data", kw.get("data")),
+                ("--max-samples", kw.get("max_samples")),
+                ("--recollect", recollect),
+            )
+            if v
+        ]
+        if given:
+            from calibkit.errors import CalibkitError
+
+            raise CalibkitError(
+                f"--histograms re-thresholds stored histograms, so {' and '.join(given)} would be ignored; "
+                "drop them, or drop --histograms to collect afresh"
+            )
     if model is None:
         model = str(demo.MODEL)
         kw["data"] = kw["data"] or str(demo.CALIB)

@@ -201,3 +201,41 @@ def test_a_damaged_cached_fp32_reference_is_recomputed(tmp_path, calibrated, con
     a = json.loads((tmp_path / "s1" / "sensitivity.json").read_text())
     b = json.loads((tmp_path / "s2" / "sensitivity.json").read_text())
     assert a.get("layers") == b.get("layers")
+
+
+# ---------------------------------------------------------------- item 10: nonsense accepted
+@pytest.mark.parametrize(
+    "extra,named",
+    [
+        (["--data", "DATA"], "--data"),
+        (["--max-samples", "3"], "--max-samples"),
+        (["--recollect"], "--recollect"),
+    ],
+)
+def test_histograms_with_collection_options_is_refused(cli, tmp_path, calibrated, conv_data, extra, named):
+    model, cal = calibrated
+    extra = [conv_data if a == "DATA" else a for a in extra]
+    line = _one_line_error(
+        cli("calibrate", model, "--histograms", cal / "histograms.npz", *extra, "-o", tmp_path / "o", expect=None)
+    )
+    assert named in line and "--histograms" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("version", ["10.999", "10.16.100", "10.1.2.3.4"])
+def test_a_trt_version_out_of_range_is_refused_not_rounded(cli, tmp_path, calibrated, version):
+    model, cal = calibrated
+    line = _one_line_error(
+        cli(
+            "calibrate",
+            model,
+            "--histograms",
+            cal / "histograms.npz",
+            "--trt-version",
+            version,
+            "-o",
+            tmp_path / "o",
+            expect=None,
+        )
+    )
+    assert "--trt-version" in line and version in line
