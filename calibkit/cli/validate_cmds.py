@@ -384,10 +384,39 @@ def compare(
 )
 @click.option("--exclude-op-types", metavar="OPS", help="Comma-separated op types to keep in float, e.g. Gemm.")
 @precision_option
+@click.option(
+    "--rounding",
+    type=click.Choice(["nearest", "adaptive"]),
+    default="nearest",
+    show_default=True,
+    help="INT8 weight rounding: to nearest, or adaptive (AdaRound on each layer's output error; needs --data).",
+)
+@click.option(
+    "--bias-correction/--no-bias-correction",
+    default=False,
+    show_default=True,
+    help="Correct each layer's bias for the mean shift INT8 causes (topological order; needs --data).",
+)
+@click.option("--data", metavar="PATH", help="Calibration data the weight recovery reads (same forms as calibrate).")
+@click.option(
+    "--recovery-samples", type=click.IntRange(min=1), default=16, show_default=True, help="Samples recovery reads."
+)
 @click.option("--force", is_flag=True, help="Accept scales whose model fingerprint differs.")
 @user_errors
 def export_qdq(
-    model, scales, output, placement, exclude_nodes, exclude_list, exclude_op_types, precision, force
+    model,
+    scales,
+    output,
+    placement,
+    exclude_nodes,
+    exclude_list,
+    exclude_op_types,
+    precision,
+    rounding,
+    bias_correction,
+    data,
+    recovery_samples,
+    force,
 ) -> None:
     """Write a Q/DQ (explicitly quantized) ONNX model from calibkit scales.
 
@@ -422,8 +451,23 @@ def export_qdq(
     )
     ops = [o.strip() for o in exclude_op_types.split(",")] if exclude_op_types else None
     notes: list[str] = []
+    source = model
+    recover = rounding == "adaptive" or bias_correction
+    if recover and not data:
+        raise click.UsageError("--rounding adaptive and --bias-correction fit the weights to data: pass --data CALIB")
+    if data and not recover:
+        raise click.UsageError("--data is read only by --rounding adaptive or --bias-correction; drop it or add one")
+    if recover and precision != "int8":
+        raise click.UsageError(f"--rounding/--bias-correction fit INT8 weights; with --precision {precision} drop them")
+    if recover:
+        from calibkit.quantize.weights import recovered, summary
+        from calibkit.recovery import RecoveryOptions
+
+        opts = RecoveryOptions(thresholds="method", bias_correction=bias_correction, rounding=rounding)
+        source, doc = recovered(model, table.amax(), table.meta, data, opts, recovery_samples)
+        notes.append(summary(doc) + "; a TensorRT 10 cache build needs these weights too: `calibkit quantize` writes the recovered float model")
     path = run(
-        model,
+        source,
         table.amax(),
         output,
         placement=placement,

@@ -30,22 +30,7 @@ class Pipeline:
 
     # -- helpers -------------------------------------------------------------------------
     def _feeds(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-        """The calibration data as run batches; NaN/inf in a float input is refused (recovery
-        fits weights to these values: one NaN would turn every statistic into NaN)."""
-        specs = input_specs(model, self.feed.batch_axes)
-        source = open_source(self.data, specs, self.preprocess)
-        feeds = []
-        for b in run_batches(source, specs, self.o.run_batch, FeedStats(), self.feed):
-            f = {k: np.ascontiguousarray(v) for k, v in b.items()}
-            for k, v in f.items():
-                if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
-                    bad = int(np.size(v) - np.count_nonzero(np.isfinite(v)))
-                    raise CalibkitError(
-                        f"calibration data {source.description}: input {k!r} holds {bad} NaN/inf values in batch "
-                        f"{len(feeds) + 1}; quantize fits weights to this data: fix or drop those samples"
-                    )
-            feeds.append(f)
-        return feeds
+        return read_feeds(model, self.data, self.preprocess, self.feed, self.o.run_batch)
 
     def _calibrate(self, proto: onnx.ModelProto, name: str):
         d = self.tmp / name
@@ -276,6 +261,25 @@ def _verdict(doc: dict) -> str:
     if doc["pass"]:
         return f"PASS: {final['stage']} meets the target ({gates}) with {share}"
     return f"FAIL: no step met the target ({gates}); best reached: {final['stage']}, {share}"
+
+
+def read_feeds(model: onnx.ModelProto, data, preprocess, feed: FeedOptions, batch: int) -> list[dict[str, np.ndarray]]:
+    """The calibration data as run batches of ``batch``; NaN/inf in a float input is refused
+    (recovery fits weights to these values: one NaN would turn every statistic into NaN)."""
+    specs = input_specs(model, feed.batch_axes)
+    source = open_source(data, specs, preprocess)
+    feeds = []
+    for b in run_batches(source, specs, batch, FeedStats(), feed):
+        f = {k: np.ascontiguousarray(v) for k, v in b.items()}
+        for k, v in f.items():
+            if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+                bad = int(np.size(v) - np.count_nonzero(np.isfinite(v)))
+                raise CalibkitError(
+                    f"calibration data {source.description}: input {k!r} holds {bad} NaN/inf values in batch "
+                    f"{len(feeds) + 1}; quantize fits weights to this data: fix or drop those samples"
+                )
+        feeds.append(f)
+    return feeds
 
 
 def _same_source(a, b) -> bool:
