@@ -89,12 +89,12 @@ def _decisions(model, placement: str) -> list[list[str]]:
     from calibkit.graph import forms
     from calibkit.qdq import rules
     from calibkit.qdq.export import name_nodes
-    from calibkit.qdq.placement import COMPUTE_OPS, FUSED_POOLING
+    from calibkit.qdq.placement import COMPUTE_OPS, FUSED_NEIGHBOURS
 
     prepared, _ = forms.fold_constant_nodes(model)
     named = name_nodes(prepared)
     if placement == "trt-fused":
-        listed = set(COMPUTE_OPS) | set(FUSED_POOLING) | {"Concat"}
+        listed = set(COMPUTE_OPS) | set(FUSED_NEIGHBOURS) | {"Concat"}
         return [
             [d.node, d.op_type, "yes" if d.quantized else "no", d.rule + (f" ({d.why})" if d.why else "")]
             for d in rules.decide(named).values()

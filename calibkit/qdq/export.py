@@ -190,6 +190,8 @@ def export_qdq(
             qdq_post.float_consumers(qdq, quantized | set(joins))
         if joins and qdq_post.quantize_residuals(qdq, joins, amax):
             done.append(f"{len(joins)} residual Add inputs quantized (Conv+Add fusion)")
+        if fused and joins and qdq_post.float_weighted_side(qdq, joins):
+            done.append("residual Adds read their Conv side in float (Conv+Add fusion)")
         if half and qdq_post.float16_scales(qdq, half):
             done.append("float16 activation scales (float16 graph)")
         body_ops = [o for o in ops if o in COMPUTE_OPS] if fused else ops

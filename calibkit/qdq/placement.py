@@ -56,6 +56,14 @@ FUSED_RULES = (
         "TensorRT developer guide, Explicit Quantization (pooling commutes with Q/DQ)",
     },
     {
+        "rule": "resize-next-to-quantized",
+        "ops": ("Resize",),
+        "action": "quantize the input when the Resize's output feeds a quantized op (an FPN's upsampling "
+        "between Conv groups runs in INT8/FP8)",
+        "source": "ModelOpt onnx/quantization/graph_utils.py (Resize among the ops quantized next to a "
+        "quantized Conv group); TensorRT developer guide, Explicit Quantization (Resize commutes with Q/DQ)",
+    },
+    {
         "rule": "concat-shared-scale",
         "ops": ("Concat",),
         "action": "quantize every input with one scale: the Concat output's (its histogram is the exact merge "
@@ -92,8 +100,11 @@ FUSED_RULES = (
         "_exclude_matmuls_by_shape: GEMV and small K, N)",
     },
 )
-FUSED_POOLING = FUSED_RULES[1]["ops"]
 RULE_OF = {r["rule"]: r for r in FUSED_RULES}
+FUSED_POOLING = RULE_OF["pooling-next-to-quantized"]["ops"]
+FUSED_RESIZE = RULE_OF["resize-next-to-quantized"]["ops"]
+# ops whose first input is quantized when their output feeds a quantized op (outputs stay float)
+FUSED_NEIGHBOURS = FUSED_POOLING + FUSED_RESIZE
 
 # Residual joins (TensorRT fuses Conv (+BatchNorm) + Add (+ReLU)): the Add's input that does
 # not come from a weighted layer (the skip branch) is quantized; ops it looks through.
@@ -104,7 +115,7 @@ CONSTANT_ELEMENTWISE = ("Add", "Sub", "Mul", "Div")  # as calibkit/qdq/fusion.py
 
 def quantized_ops(placement: str, skip_types=()) -> list[str]:
     """The op types that get Q/DQ under ``placement``, less ``skip_types``."""
-    extra = ORT_EXTRA_OPS if placement == "ort" else FUSED_POOLING + ("Concat",) if placement == "trt-fused" else ()
+    extra = ORT_EXTRA_OPS if placement == "ort" else FUSED_NEIGHBOURS + ("Concat",) if placement == "trt-fused" else ()
     return [o for o in COMPUTE_OPS + extra if o not in set(skip_types)]
 
 

@@ -130,6 +130,27 @@ def quantize_residuals(
     return changed
 
 
+def float_weighted_side(qdq: onnx.ModelProto, joins: dict[str, str]) -> int:
+    """Point each residual join's Conv-side input back at the float tensor where ORT's quantizer
+    pointed it at a dequantized copy (the Conv output is quantized for another consumer, e.g. a
+    pooling): TensorRT fuses Conv + Add only with the Conv side in float. Returns how many."""
+    g = qdq.graph
+    q_src = {n.output[0]: n.input[0] for n in g.node if n.op_type == "QuantizeLinear"}
+    float_of = {
+        n.output[0]: q_src[n.input[0]] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in q_src
+    }
+    changed = 0
+    for node in g.node:
+        skip = joins.get(node.name)
+        if skip is None:
+            continue
+        for i, name in enumerate(node.input):
+            if name in float_of and float_of[name] != skip:
+                node.input[i] = float_of[name]
+                changed += 1
+    return changed
+
+
 def float_consumers(qdq: onnx.ModelProto, quantized: set[str]) -> int:
     """Let nodes outside ``quantized`` read the float tensor, not its dequantized copy.
 

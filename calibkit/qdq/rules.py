@@ -15,7 +15,8 @@ import onnx
 from calibkit.qdq.placement import (
     CHANNEL_MULTIPLE,
     COMPUTE_OPS,
-    FUSED_POOLING,
+    FUSED_NEIGHBOURS,
+    FUSED_RULES,
     SMALL_CHANNELS,
     activation_inputs,
 )
@@ -114,8 +115,8 @@ def decide(model: onnx.ModelProto, kept_float: set[str] = frozenset()) -> dict[s
     for node in reversed(g.node):
         if node.name in out:
             continue
-        if node.op_type in FUSED_POOLING or node.op_type == "Concat":
-            rule = "concat-shared-scale" if node.op_type == "Concat" else "pooling-next-to-quantized"
+        if node.op_type in FUSED_NEIGHBOURS or node.op_type == "Concat":
+            rule = next(r["rule"] for r in FUSED_RULES if node.op_type in r["ops"])
             inputs = [i for i in node.input if i] if node.op_type == "Concat" else node.input[:1]
             if any(i in const for i in inputs):
                 out[node.name] = Decision(node.name, node.op_type, False, "no-constant", "a constant input")
@@ -153,7 +154,7 @@ def needed(model: onnx.ModelProto, decisions: dict[str, Decision]) -> list[str]:
             continue
         if node.op_type == "Concat":
             names = [*node.input, node.output[0]]
-        elif node.op_type in FUSED_POOLING:
+        elif node.op_type in FUSED_NEIGHBOURS:
             names = node.input[:1]
         else:
             names = activation_inputs(node)

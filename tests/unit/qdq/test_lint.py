@@ -106,3 +106,31 @@ def test_placement_command(cli, tmp_path):
     path = fused_net(tmp_path / "f.onnx")
     r = cli("placement", path)
     assert "small-channels" in r.stdout and "concat-shared-scale" in r.stdout and "gemv" in r.stdout
+
+
+def test_conv_side_of_a_residual_stays_float_when_the_conv_output_is_quantized_elsewhere(tmp_path):
+    """conv1's output feeds a MaxPool the trt-fused placement quantizes (it feeds conv2) and a
+    residual Add: ORT's quantizer points the Add at the dequantized copy; the export points it back."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.2, (16, 16, 1, 1)).astype(np.float32), f"w{i}") for i in (1, 2)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+        helper.make_node("MaxPool", ["c1"], ["p"], kernel_shape=[1, 1], name="pool"),
+        helper.make_node("Conv", ["p", "w2"], ["y2"], name="conv2"),
+        helper.make_node("Add", ["c1", "x"], ["y1"], name="add_res"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "join",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 4, 4])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 16, 4, 4]) for n in ("y1", "y2")],
+        inits,
+    )
+    path = tmp_path / "j.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    amax = {"x": 3.0, "c1": 2.0, "p": 2.0, "y1": 4.0, "y2": 1.0}
+    q = onnx.load(str(export_qdq(path, amax, tmp_path / "q.onnx", placement="trt-fused")))
+    add = next(n for n in q.graph.node if n.name == "add_res")
+    assert "c1" in add.input  # the Conv side in float
+    assert any(n.op_type == "QuantizeLinear" and n.input[0] == "c1" for n in q.graph.node)  # the pool's pair
+    assert lint(q) == []
