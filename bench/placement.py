@@ -33,6 +33,8 @@ sys.path.insert(0, str(REPO / "bench"))
 import accuracy  # noqa: E402  (bench/accuracy.py: data, model paths, evaluation)
 
 ROWS = (("trt", "int8"), ("trt", "fp8"), ("trt-fused", "int8"), ("trt-fused", "fp8"))
+# the same histograms re-thresholded by the expected error on each precision's grid
+AUTO_ROWS = (("trt-fused", "int8", "auto"), ("trt-fused", "fp8", "auto:fp8=1"))
 
 
 def row(qdq: Path, model: Path, d: Path) -> dict:
@@ -60,6 +62,8 @@ def fp8_corpus(models: list[str] | None, method: str, out: Path, md: Path) -> No
         "| model | worst-output cosine INT8 | worst-output cosine FP8 | FP8 >= 0.995 where INT8 is |",
         "|---|---|---|---|",
     ]
+    with md.open("a") as fh:  # rows are appended as they come: a long run cut short keeps its rows
+        fh.write("\n".join(lines) + "\n")
     for m in corpus.MODELS:
         if models and m["name"] not in models:
             continue
@@ -84,9 +88,8 @@ def fp8_corpus(models: list[str] | None, method: str, out: Path, md: Path) -> No
         i8, f8 = cos.get("ort-int8", float("nan")), cos.get("ort-fp8", float("nan"))
         ok = "n/a (INT8 below)" if not i8 >= 0.995 else ("yes" if f8 >= 0.995 else "NO")
         print(m["name"], json.dumps(cos), f"{time.perf_counter() - t0:.0f} s", flush=True)
-        lines.append(f"| {m['name']} | {i8:.4f} | {f8:.4f} | {ok} |")
-    with md.open("a") as fh:
-        fh.write("\n".join(lines) + "\n")
+        with md.open("a") as fh:
+            fh.write(f"| {m['name']} | {i8:.4f} | {f8:.4f} | {ok} |\n")
 
 
 def main() -> None:
@@ -117,14 +120,28 @@ def main() -> None:
             )
             results[label] = row(qdq, model, d)
             print(name, label, json.dumps(results[label]), flush=True)
+        for placement, precision, method in AUTO_ROWS:
+            sdir = work / "placement" / method.replace(":", "-").replace("=", "")
+            accuracy._cli(
+                "calibrate", model, "--histograms", work / "entropy" / "histograms.npz", "--method", method, "-o", sdir
+            )
+            label = f"calibkit {placement} {precision} ({method} scales)"
+            qdq = sdir / f"{placement}.{precision}.qdq.onnx"
+            accuracy._cli(
+                "export-qdq", model, "--scales", sdir / "scales.json", "-o", qdq,
+                "--placement", placement, "--precision", precision,
+            )  # fmt: skip
+            results[label] = row(qdq, model, d)
+            print(name, label, json.dumps(results[label]), flush=True)
         for mo in sorted(work.glob("modelopt-*/model.qdq.onnx")):
-            label = f"ModelOpt {mo.parent.name.removeprefix('modelopt-')} int8"
+            kind = mo.parent.name.removeprefix("modelopt-")
+            label = "ModelOpt max fp8" if kind == "fp8" else f"ModelOpt {kind} int8"
             results[label] = row(mo, model, d)
             print(name, label, json.dumps(results[label]), flush=True)
         (work / "placement" / "results.json").write_text(json.dumps(results, indent=1))
         first = next(iter(results.values()))
         lines = [
-            f"\n### {name} (held-out test split: {first['samples']} samples; FP32 task {first['task_fp32']:.3f}; entropy scales)\n",
+            f"\n### {name} (held-out test split: {first['samples']} samples; FP32 task {first['task_fp32']:.3f}; entropy scales unless named)\n",
             "| row | activation Q | lint: conv-add / concat / constant / zero-point / island | compute layers quantized | task vs labels | agrees with FP32 | worst-output cosine |",
             "|---|---|---|---|---|---|---|",
         ]
