@@ -150,6 +150,11 @@ def read_layers(path: str | Path) -> list[str]:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise CalibkitError(f"--from-report {p}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting deeper than Python's stack
+            why = "nested too deeply" if isinstance(exc, RecursionError) else "a number too long to read"
+            raise CalibkitError(
+                f"--from-report {p}: not a results.json calibkit can read ({why}); pass a calibkit results.json or a text file of layer names"
+            ) from None
         cands = doc.get("candidates") if isinstance(doc, dict) else None
         if not isinstance(cands, list):
             raise CalibkitError(f"--from-report {p}: no 'candidates' list; pass a calibkit results.json or a text file of layer names")
