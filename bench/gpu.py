@@ -10,6 +10,7 @@ For each case it prints: plain inference per run (input on the device), the same
 every activation exposed and bound on the device, calibkit's collect phase per run, the
 thresholds (all four methods, GPU batched vs host, with a check that every tensor's amax is
 equal), and end to end (``calibrate``) vs a plain-inference script over the same data.
+Fresh processes with peak GPU memory and each --tensors selection: bench/gpu_fresh.py.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def case(
     specs = input_specs(proto)
     first = Batch({"x": np.ascontiguousarray(x[:batch])})
     first.samples = batch
-    p, names, _ = plan(proto, specs, first, "cuda", 0, model.name, IterableSource([]), None, None, True)
+    p, names, _, _ = plan(proto, specs, first, "cuda", 0, model.name, IterableSource([]), None, None, True)
     run, keep, _ = bound_run(p.sess, np.ascontiguousarray(x[:batch]), p.outputs)
     r["exposed_tensors"] = len(p.outputs)
     r["exposed_ms"] = per_run(run, 30) * 1e3
