@@ -324,7 +324,9 @@ def compare(
         model = str(demo.MODEL)
         histograms = f"{DEMO_OUT}/histograms.npz"
         kw["report"] = kw["report"] or f"{DEMO_OUT}/compare.html"
-        if method_list == DEFAULT_METHODS:  # the digits CNN is robust; 99.9 shows clipping cost, auto the per-tensor pick
+        if (
+            method_list == DEFAULT_METHODS
+        ):  # the digits CNN is robust; 99.9 shows clipping cost, auto the per-tensor pick
             method_list = "entropy,percentile:99.99,percentile:99.9,minmax,mse,auto"
     if not histograms:
         raise click.UsageError("give --histograms (from calibkit calibrate)")
@@ -465,7 +467,10 @@ def export_qdq(
 
         opts = RecoveryOptions(thresholds="method", bias_correction=bias_correction, rounding=rounding)
         source, doc = recovered(model, table.amax(), table.meta, data, opts, recovery_samples)
-        notes.append(summary(doc) + "; a TensorRT 10 cache build needs these weights too: `calibkit quantize` writes the recovered float model")
+        notes.append(
+            summary(doc)
+            + "; a TensorRT 10 cache build needs these weights too: `calibkit quantize` writes the recovered float model"
+        )
     path = run(
         source,
         table.amax(),
@@ -485,3 +490,7 @@ def export_qdq(
     out.print(
         f"wrote {path}{extra}: {q} quantized activations ({placement} placement, method {table.method}), weights per-channel {precision.upper()}, {time.perf_counter() - start:.1f} s"
     )
+    if precision == "fp8":
+        out.print(
+            f"build: trtexec --onnx={path} --stronglyTyped  (TensorRT 10/11; FP8 needs SM 8.9+: Ada, Hopper, Blackwell)"
+        )

@@ -88,7 +88,7 @@ def test_export_qdq_cli_precision(cli, conv_model, conv_data, tmp_path):
     calibrate(conv_model, conv_data, output_dir=tmp_path / "cal")
     out = tmp_path / "m.fp8.onnx"
     r = cli("export-qdq", conv_model, "--scales", tmp_path / "cal" / "scales.json", "-o", out, "--precision", "fp8")
-    assert "weights per-channel FP8" in r.stdout
+    assert "weights per-channel FP8" in r.stdout and "trtexec --onnx=" in r.stdout
     q = onnx.load(str(out))
     assert {i.data_type for i in q.graph.initializer if i.name.endswith("_zero_point")} == {TensorProto.FLOAT8E4M3FN}
 
