@@ -125,6 +125,8 @@ def preprocess_from(kw: dict) -> Preprocess:
             vals = []
         if len(vals) != 2:
             raise CalibkitError(f"--size {size!r}: expected two whole numbers H,W (e.g. 224,224)")
+        if not all(1 <= v <= 16384 for v in vals):
+            raise CalibkitError(f"--size {size!r}: each side must be 1 to 16384 pixels")
         d["size"] = vals
     for key, opt in (("resize", "resize"), ("pixel_scale", "scale"), ("channels", "channels"), ("layout", "layout")):
         v = kw.pop(key, None)
@@ -245,6 +247,13 @@ def user_errors(fn: Callable) -> Callable:
         except CalibkitError as exc:
             click.echo(f"calibkit: error: {exc}", err=True)
             raise SystemExit(getattr(exc, "exit_code", 1)) from None
+        except MemoryError:
+            click.echo(
+                "calibkit: error: out of memory (an input the model declares, --size or --batch-size too large for this "
+                "machine?): use smaller inputs, --size or --batch-size",
+                err=True,
+            )
+            raise SystemExit(1) from None
         except KeyboardInterrupt as exc:
             from calibkit.outputs.publish import PUBLISHED
 

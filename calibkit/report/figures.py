@@ -178,7 +178,11 @@ def error_distribution(name: str, per_cand: dict[str, TensorHistogram], colors: 
 
 
 def accuracy_bars(cands: list[dict], colors: dict[str, str]) -> str | None:
-    rows = [(c["label"], c["accuracy"]) for c in cands if c["accuracy"] is not None]
+    rows = [
+        (c["label"], float(c["accuracy"]))
+        for c in cands
+        if isinstance(c["accuracy"], (int, float)) and math.isfinite(c["accuracy"])  # the table says "inf"/"nan"
+    ]
     if len(rows) < 2:
         return None
     plt = _plt()

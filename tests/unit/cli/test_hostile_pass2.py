@@ -239,3 +239,66 @@ def test_a_trt_version_out_of_range_is_refused_not_rounded(cli, tmp_path, calibr
         )
     )
     assert "--trt-version" in line and version in line
+
+
+# ---------------------------------------------------------------- item 9: tracebacks
+@pytest.mark.parametrize("body,why", [("[" * 100000 + "]" * 100000, "nested"), ('{"x": ' + "9" * 5000 + "}", "number")])
+def test_from_report_that_json_cannot_hold_is_an_error(cli, tmp_path, conv_model, body, why):
+    report = tmp_path / "r.json"
+    report.write_text(body)
+    line = _one_line_error(
+        cli(
+            "build",
+            conv_model,
+            "--from-report",
+            report,
+            "--engine",
+            tmp_path / "e.plan",
+            "--print-trtexec",
+            expect=None,
+        )
+    )
+    assert "--from-report" in line and why in line
+
+
+def test_image_size_too_large_is_an_error(cli, tmp_path, conv_model):
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "imgs" / "a.png")
+    line = _one_line_error(
+        cli(
+            "calibrate",
+            conv_model,
+            "--data",
+            tmp_path / "imgs",
+            "--size",
+            "99999999,99999999",
+            "-o",
+            tmp_path / "o",
+            expect=None,
+        )
+    )
+    assert "--size" in line
+
+
+def test_a_metric_returning_huge_scores_gives_a_report_not_a_traceback(cli, tmp_path, calibrated, conv_data):
+    model, cal = calibrated
+    (tmp_path / "m.py").write_text(
+        "import numpy as np\ndef fn(outputs, labels):\n    return np.full(len(next(iter(outputs.values()))), 1e308)\n"
+    )
+    r = cli(
+        "validate",
+        model,
+        "--scales",
+        cal / "scales.json",
+        "--data",
+        conv_data,
+        "--metric",
+        f"{tmp_path / 'm.py'}:fn",
+        "--report",
+        tmp_path / "r" / "r.html",
+        expect=None,
+    )
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode in (0, 3) and (tmp_path / "r" / "r.html").is_file()
