@@ -93,7 +93,10 @@ def ort_message(exc: BaseException) -> str:
 
     text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    text = re.sub(r"\s*/\S*onnxruntime\S*\.(?:cc|h|cpp):\d+ [^ ]*\([^)]*\)(?: const)?", " ", text)
+    # "/onnxruntime_src/.../x.h:46 void ns::F(args) reason": a return type may precede the function
+    text = re.sub(
+        r"\s*/\S*onnxruntime\S*\.(?:cc|h|cpp):\d+ (?:[\w:<>*&]+ ){0,3}?[^ ()]*\([^)]*\)(?: const)?", " ", text
+    )
     return re.sub(r"\s+", " ", text).strip() or type(exc).__name__
 
 

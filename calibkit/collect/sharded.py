@@ -35,7 +35,11 @@ def parse_devices(text: str | None, visible: int, check_visible: bool = True) ->
     except ValueError:
         raise CalibkitError(f"--devices {text!r}: expected GPU indices like 0,1 or 'all'") from None
     bad = [i for i in ids if i < 0 or (check_visible and i >= visible)]
-    if not ids or bad or len(set(ids)) != len(ids):
+    if not ids:
+        raise CalibkitError(f"--devices {text!r} names no GPU; give indices like 0,1 or 'all', or leave --devices out")
+    if check_visible and visible == 0:
+        raise CalibkitError(f"--devices {text!r}: no CUDA device is visible; leave --devices out to run on the CPU")
+    if bad or len(set(ids)) != len(ids):
         raise CalibkitError(
             f"--devices {text!r}: {visible} CUDA device(s) visible; give distinct indices in 0..{visible - 1} or 'all'"
         )
@@ -220,5 +224,11 @@ def collect_sharded(
     )
     uncal = {k: v for p in parts for k, v in p.uncalibrated.items()}
     return Collection(
-        tensors, stats, time.perf_counter() - t0, parts[0].providers, uncal, any(p.padded for p in parts), parts[0].skipped
+        tensors,
+        stats,
+        time.perf_counter() - t0,
+        parts[0].providers,
+        uncal,
+        any(p.padded for p in parts),
+        parts[0].skipped,
     )

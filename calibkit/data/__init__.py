@@ -94,8 +94,12 @@ def open_source(data, specs: list[InputSpec], preprocess: Preprocess | None = No
     if ".py:" in text or text.endswith(".py"):
         return ScriptSource(text)
     path = Path(text)
-    if not path.exists():
-        raise CalibkitError(f"data {path} not found; pass a folder of images, an .npz/.npy file or a loader script")
+    if not path.exists() or not (path.is_dir() or path.is_file()):
+        from calibkit.graph.model import not_a_file
+
+        raise CalibkitError(
+            f"data {path} {not_a_file(path)}; pass a folder of images, an .npz/.npy file or a loader script"
+        )
     if path.is_dir():
         if list_images(path):
             spec = _single(specs, f"image folder {path}")

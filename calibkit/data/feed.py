@@ -86,6 +86,10 @@ def check_feed(feed: Feed, specs: list[InputSpec], where: str) -> Batch:
     names = {s.name for s in specs}
     missing = [s.name for s in specs if s.name not in feed]
     extra = [k for k in feed if k not in names]
+    if extra and not names:
+        raise CalibkitError(
+            f"{where} has input {extra[0]!r} but the model declares no inputs (it computes constants): there is nothing to feed it"
+        )
     if extra:
         raise CalibkitError(
             f"{where} has input {extra[0]!r} but the model's inputs are: {', '.join(sorted(names))}; rename the data key"

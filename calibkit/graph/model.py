@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,10 +69,27 @@ def external_files(model: onnx.ModelProto, base: Path) -> list[Path]:
     return [base / loc for loc in sorted(locs)]
 
 
+def not_a_file(p: Path) -> str:
+    """Why ``p`` (not a regular file) cannot be read, in words."""
+    if p.is_symlink() and not p.exists():
+        try:
+            p.resolve(strict=True)
+        except RuntimeError:
+            return "is a symbolic link that loops"
+        except OSError:
+            pass
+        return f"is a symbolic link to {os.readlink(p)!r}, which does not exist"
+    if p.is_dir():
+        return "is a directory"
+    if p.exists():
+        return "is not a regular file (a FIFO, socket or device)"
+    return "not found"
+
+
 def read_graph(p: Path) -> onnx.ModelProto:
     """The model at ``p`` with external weights left on disk; one-line errors."""
     if not p.is_file():
-        raise CalibkitError(f"model {p} not found; pass the path of an .onnx file")
+        raise CalibkitError(f"model {p} {not_a_file(p)}; pass the path of an .onnx file")
     try:
         return onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # protobuf raises several types

@@ -302,3 +302,60 @@ def test_a_metric_returning_huge_scores_gives_a_report_not_a_traceback(cli, tmp_
     )
     assert "Traceback" not in r.stderr, r.stderr
     assert r.returncode in (0, 3) and (tmp_path / "r" / "r.html").is_file()
+
+
+# ---------------------------------------------------------------- item 11: messages
+def test_a_model_with_no_inputs_says_so(cli, tmp_path, conv_data):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph(
+        [helper.make_node("Constant", [], ["y"], value=numpy_helper.from_array(np.ones(3, np.float32)))],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "noin.onnx")
+    line = _one_line_error(
+        cli("calibrate", tmp_path / "noin.onnx", "--data", conv_data, "-o", tmp_path / "o", expect=None)
+    )
+    assert "declares no inputs" in line and "are: ;" not in line
+
+
+def test_a_symlink_loop_or_a_fifo_is_not_called_missing(cli, tmp_path, conv_model, conv_data):
+    import os
+
+    (tmp_path / "a.onnx").symlink_to(tmp_path / "b.onnx")
+    (tmp_path / "b.onnx").symlink_to(tmp_path / "a.onnx")
+    os.mkfifo(tmp_path / "fifo.onnx")
+    os.mkfifo(tmp_path / "fifo.npz")
+    cases = [
+        (["calibrate", tmp_path / "a.onnx", "--data", conv_data], "loops"),
+        (["calibrate", tmp_path / "fifo.onnx", "--data", conv_data], "not a regular file"),
+        (["calibrate", conv_model, "--data", tmp_path / "a.onnx"], "loops"),
+        (["calibrate", conv_model, "--data", tmp_path / "fifo.npz"], "not a regular file"),
+    ]
+    for args, said in cases:
+        line = _one_line_error(cli(*args, "-o", tmp_path / "o", expect=None))
+        assert said in line and "not found" not in line, line
+
+
+def test_ort_load_errors_carry_no_cpp_source_path(cli, tmp_path, conv_model, conv_data):
+    import onnx
+
+    m = onnx.load(conv_model)
+    m.opset_import[0].version = 99
+    onnx.save(m, tmp_path / "op99.onnx")
+    line = _one_line_error(
+        cli("calibrate", tmp_path / "op99.onnx", "--data", conv_data, "-o", tmp_path / "o", expect=None)
+    )
+    assert "onnxruntime_src" not in line and "::" not in line, line
+
+
+def test_empty_devices_says_it_names_no_gpu(cli, tmp_path, conv_model, conv_data):
+    line = _one_line_error(
+        cli("calibrate", conv_model, "--data", conv_data, "--devices", "", "-o", tmp_path / "o", expect=None)
+    )
+    assert "names no GPU" in line and "0..-1" not in line
