@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 from calibkit.errors import CalibkitError
+from calibkit.executor.orphans import init_worker
 
 
 def parse_devices(text: str | None, visible: int, check_visible: bool = True) -> list[int] | None:
@@ -198,7 +199,9 @@ def collect_sharded(
     else:
         ctx = get_context("spawn")
         pools = [
-            ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_use_gpu, initargs=(d,))
+            ProcessPoolExecutor(
+                max_workers=1, mp_context=ctx, initializer=init_worker, initargs=(os.getpid(), _use_gpu, d)
+            )
             for d in devices[: len(ranges)]
         ]
         try:

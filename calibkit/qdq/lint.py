@@ -34,7 +34,7 @@ class Finding:
     message: str
 
 
-class _Graph:
+class GraphIndex:
     def __init__(self, model: onnx.ModelProto) -> None:
         g = model.graph
         self.nodes = list(g.node)
@@ -93,7 +93,7 @@ def lint(model: onnx.ModelProto) -> list[Finding]:
     """Every finding of the main graph, in graph order."""
     from calibkit.qdq.rules import constant_tensors
 
-    g = _Graph(model)
+    g = GraphIndex(model)
     computed = constant_tensors(model.graph) - g.weights
     out: list[Finding] = []
     for node in g.nodes:
@@ -152,7 +152,7 @@ def lint(model: onnx.ModelProto) -> list[Finding]:
 
 def placement_rows(model: onnx.ModelProto) -> list[tuple[str, str, bool]]:
     """(node, op type, quantized) for the compute, pooling and Concat nodes of a Q/DQ model."""
-    g = _Graph(model)
+    g = GraphIndex(model)
     rows = []
     for n in g.nodes:
         if n.op_type in COMPUTE_OPS:
@@ -164,5 +164,5 @@ def placement_rows(model: onnx.ModelProto) -> list[tuple[str, str, bool]]:
 
 def activation_q_count(model: onnx.ModelProto) -> int:
     """QuantizeLinear nodes on activations (not on constants) in the main graph."""
-    g = _Graph(model)
+    g = GraphIndex(model)
     return sum(1 for n in g.nodes if n.op_type == "QuantizeLinear" and n.input[0] not in g.weights)

@@ -86,6 +86,14 @@ FUSED_RULES = (
         "constant; activations only by Q/DQ pairs); ModelOpt skips non-activation inputs",
     },
     {
+        "rule": "no-island",
+        "ops": COMPUTE_OPS,
+        "action": "keep in float a layer the other rules leave quantized between float layers only (its "
+        "Q/DQ reformats cost more than INT8/FP8 saves)",
+        "source": "TensorRT developer guide, Explicit Quantization (Q/DQ placement: quantize whole "
+        "regions; reformatting between precisions is not free); NVIDIA/TensorRT#3197",
+    },
+    {
         "rule": "small-channels",
         "ops": ("Conv", "ConvTranspose"),
         "action": f"keep in float a convolution with fewer than {SMALL_CHANNELS} input or output "

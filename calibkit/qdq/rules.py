@@ -108,6 +108,8 @@ def decide(model: onnx.ModelProto, kept_float: set[str] = frozenset()) -> dict[s
         elif node.op_type in COMPUTE_OPS:
             out[node.name] = _compute(node, inits, const, shapes)
 
+    _drop_islands(model, out)
+
     def feeds_quantized(node) -> bool:
         return any(out.get(c.name) and out[c.name].quantized for o in node.output for c in consumers.get(o, []))
 
@@ -125,6 +127,28 @@ def decide(model: onnx.ModelProto, kept_float: set[str] = frozenset()) -> dict[s
             else:
                 out[node.name] = Decision(node.name, node.op_type, False, rule, "its output feeds no quantized op")
     return {n.name: out.get(n.name) or Decision(n.name, n.op_type, False, "float") for n in g.node}
+
+
+def _drop_islands(model: onnx.ModelProto, out: dict[str, Decision]) -> None:
+    """Keep in float each quantized compute layer whose nearest compute neighbours, upstream
+    and downstream, all stay float (until none is left: dropping one can isolate another)."""
+    from calibkit.qdq.lint import GraphIndex
+
+    g = GraphIndex(model)
+    by_name = {n.name: n for n in g.nodes}
+    while True:
+        dropped = False
+        for name, d in list(out.items()):
+            if not d.quantized or d.op_type not in COMPUTE_OPS:
+                continue
+            node = by_name[name]
+            ups = g.neighbours(activation_inputs(node), up=True)
+            downs = g.neighbours([o for o in node.output if o], up=False)
+            if ups and downs and not any(out.get(n.name) and out[n.name].quantized for n in ups + downs):
+                out[name] = Decision(name, d.op_type, False, "no-island", "its compute neighbours all stay float")
+                dropped = True
+        if not dropped:
+            return
 
 
 def shared_concat_amax(

@@ -134,3 +134,15 @@ def test_conv_side_of_a_residual_stays_float_when_the_conv_output_is_quantized_e
     assert "c1" in add.input  # the Conv side in float
     assert any(n.op_type == "QuantizeLinear" and n.input[0] == "c1" for n in q.graph.node)  # the pool's pair
     assert lint(q) == []
+
+
+def test_placement_command_exports_with_scales_and_lints_clean(cli, conv_model, conv_data, tmp_path):
+    from calibkit.calibration import calibrate
+
+    calibrate(conv_model, conv_data, output_dir=tmp_path / "cal")
+    for placement in ("trt", "trt-fused"):
+        r = cli(
+            "placement", conv_model, "--scales", tmp_path / "cal" / "scales.json", "--placement", placement, "--strict"
+        )
+        assert "activation Q nodes:" in r.stdout
+        assert "conv-add-qdq 0, concat-scales 0, constant-qdq 0, zero-point 0, island 0" in r.stdout
