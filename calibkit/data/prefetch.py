@@ -120,7 +120,13 @@ def ordered_map(fn: Callable, items: list, arg, workers: int, chunk: int = 4, ah
     from multiprocessing import get_context
 
     chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    import os
+
+    from calibkit.executor.orphans import init_worker
+
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=get_context("spawn"), initializer=init_worker, initargs=(os.getpid(),)
+    ) as pool:
         pending: deque = deque()
         it = iter(chunks)
         try:
@@ -133,3 +139,4 @@ def ordered_map(fn: Callable, items: list, arg, workers: int, chunk: int = 4, ah
         finally:
             for f in pending:
                 f.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: do not wait for queued decoding

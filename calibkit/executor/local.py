@@ -7,6 +7,7 @@ is pending and terminates the workers) and, on Linux, die with the caller if it 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -15,6 +16,7 @@ from typing import Any
 
 from calibkit.errors import CalibkitError
 from calibkit.executor.base import Executor, call, run_setup, set_state, state
+from calibkit.executor.orphans import init_worker
 
 
 class InProcess(Executor):
@@ -47,19 +49,8 @@ class InProcess(Executor):
             self._entered = False
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this worker when the process that started it dies (no orphans after kill -9)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _init_worker(setup: Callable[..., Any] | None, setup_args: Sequence[Any]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+def _init_worker(parent_pid: int, setup: Callable[..., Any] | None, setup_args: Sequence[Any]) -> None:
+    init_worker(parent_pid)  # dies with the parent, also one killed while this worker was starting
     run_setup(setup, setup_args)
 
 
@@ -88,7 +79,10 @@ class ProcessPool(Executor):
     def __enter__(self) -> ProcessPool:
         ctx = multiprocessing.get_context("spawn")
         self._pool = ProcessPoolExecutor(
-            self.workers, mp_context=ctx, initializer=_init_worker, initargs=(self._setup, self._setup_args)
+            self.workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(os.getpid(), self._setup, self._setup_args),
         )
         return self
 

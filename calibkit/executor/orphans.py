@@ -1,0 +1,33 @@
+"""Worker processes die with the process that started them (no orphans after ``kill -9``).
+
+Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` in the worker, then a check that the parent is
+still the one that started it: a parent killed while the worker was still importing (spawn
+start-up takes seconds) has already gone, and the death signal would never come. Elsewhere
+only the check runs. Workers ignore SIGINT: Ctrl-C reaches the parent, which shuts the pool down.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # the parent died while this worker started: nothing will read its results
+
+
+def init_worker(parent_pid: int | None, then=None, *args) -> None:
+    """ProcessPoolExecutor initializer: ``initializer=init_worker, initargs=(os.getpid(), fn, *args)``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)
+    if then is not None:
+        then(*args)
