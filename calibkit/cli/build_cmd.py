@@ -141,6 +141,7 @@ def build(
         major, why = trtexec_major(spec, int(trt_major) if trt_major else None, installed_major())
         said: list[str] = [f"trtexec for TensorRT {major}: {why}"] if why else []
         line = trtexec_line(spec, major, trt_version, said)
+        said.append(f"after the build, `calibkit inspect {spec.layer_info}` shows what each ONNX node ran in")
         for note in said + notes(spec, major):
             err.print(f"note: {note}")
         click.echo(line)
@@ -154,6 +155,8 @@ def build(
     )
     for note in res.get("notes", []):
         err.print(f"note: {note}")
+    if res.get("layer_report"):
+        out.print(f"layer report {res['layer_report']}: {res['layer_summary']}")
     if res.get("ranges"):
         err.print(f"dynamic ranges set on {res['ranges']} tensors")
     if res.get("calibration_batches"):

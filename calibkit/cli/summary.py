@@ -91,6 +91,29 @@ def _num(v) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
 
+def _layer_report(path: Path, limit: int) -> bool:
+    """A TensorRT layer report (calibkit's, or trtexec's --exportLayerInfo JSON): print it."""
+    from calibkit.trt import layer_report
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    if not (isinstance(doc, dict) and (doc.get("format") == layer_report.FORMAT or "Layers" in doc)):
+        return False
+    rep = doc if doc.get("format") == layer_report.FORMAT else layer_report.report(doc, where=str(path))
+    out.print(f"{path}: {layer_report.summary(rep)}")
+    rows = [[n, e.get("op") or "-", "/".join(e["precisions"]), len(e["layers"])] for n, e in list(rep["nodes"].items())[:limit]]
+    out.print(table("precision per ONNX node", ["node", "op", "ran in", "layers"], rows))
+    if len(rep["nodes"]) > limit:
+        out.print(f"... {len(rep['nodes']) - limit} more (--limit)")
+    for f in rep["fallbacks"]:
+        out.print(f"not in INT8: {f['node']} ({f['op']}) ran in {'/'.join(f['got']) or '?'}")
+    if rep["layers_without_node"]:
+        out.print(f"{len(rep['layers_without_node'])} layers from no ONNX node (reformats, ...)")
+    return True
+
+
 def inspect_file(path: Path, limit: int) -> None:
     if not path.is_file():
         raise CalibkitError(f"{path} not found")
@@ -109,6 +132,8 @@ def inspect_file(path: Path, limit: int) -> None:
         out.print(table("histograms", ["tensor", "min", "max", "count", "NaN", "Inf", "range"], rows))
         return
     head = path.read_bytes()[:64].lstrip()
+    if head.startswith(b"{") and _layer_report(path, limit):
+        return
     if head.startswith(b"{"):
         from calibkit.artifacts import scales
 

@@ -21,6 +21,7 @@ class LazyEngine:
         self.backend, self.model, self.workdir, self.amax = backend, model, workdir, amax
         self.runner = None
         self.built: dict | None = None
+        self.candidate = None  # the validate Candidate whose note gets the layer report
 
     def _build(self, feed: dict[str, np.ndarray]) -> None:
         from calibkit.trt import installed_version
@@ -43,6 +44,8 @@ class LazyEngine:
             spec.cache = cache_io.Cache(cache_io.encode_version(version), "EntropyCalibration2", scales).write(self.workdir / "trt-int8.cache")
             spec.int8 = True
         self.built = build(spec)
+        if self.candidate is not None and self.built.get("layer_summary"):
+            self.candidate.note += f"; layers: {self.built['layer_summary']}"
         self.runner = EngineRunner(self.built["engine"])
 
     def run(self, output_names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -66,4 +69,8 @@ def candidate(backend: str, model: onnx.ModelProto, output_names: list[str], wor
            ("fp16", 10): "TensorRT 10 FP16 builder flag", ("fp16", 11): "TensorRT 11 strongly typed FP16 model"}[(backend[4:], 11 if (major or 10) >= 11 else 10)]
     label = f"{backend} ({method})" if method and backend == "trt-int8" else backend
     # engine build time lands in the first batch's latency; later batches are pure execution
-    return Candidate(label, backend, LazyEngine(backend, model, workdir, amax), output_names, note=how + " (first batch includes the build)", method=method)
+    engine = LazyEngine(backend, model, workdir, amax)
+    report = workdir / f"trt-{backend[4:]}.layer-report.json"
+    cand = Candidate(label, backend, engine, output_names, note=how + f" (first batch includes the build; layer report {report})", method=method)
+    engine.candidate = cand
+    return cand

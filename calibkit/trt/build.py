@@ -20,10 +20,21 @@ def build(spec: BuildSpec) -> dict:
     if major >= 11:
         from calibkit.trt import build11
 
-        return build11.build(spec, version)
-    from calibkit.trt import build10
+        res = build11.build(spec, version)
+    else:
+        from calibkit.trt import build10
 
-    return build10.build(spec, version)
+        res = build10.build(spec, version)
+    return {**res, **write_layer_report(spec)}
+
+
+def write_layer_report(spec: BuildSpec) -> dict:
+    """<engine>.layer-report.json from <engine>.layers.json: what each ONNX node ran in."""
+    from calibkit.graph.model import load
+    from calibkit.trt import layer_report
+
+    rep = layer_report.report(spec.layer_info.read_text(encoding="utf-8"), load(spec.onnx), spec.keep_fp16, spec.quantized, str(spec.layer_info))
+    return {"layer_report": layer_report.write(rep, spec.layer_report), "layer_summary": layer_report.summary(rep), "fallbacks": rep["fallbacks"]}
 
 
 def trtexec_major(spec: BuildSpec, asked: int | None, installed: int | None) -> tuple[int, str | None]:

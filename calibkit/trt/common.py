@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from calibkit.errors import CalibkitError
-from calibkit.outputs.atomic import write_bytes
+from calibkit.outputs.atomic import write_bytes, write_text
 from calibkit.trt.spec import BuildSpec
 
 TRT_MAJORS = (10, 11)
@@ -73,11 +73,32 @@ def set_workspace(config, spec: BuildSpec) -> None:
 
 def finish(builder, network, config, spec: BuildSpec, check=None) -> Path:
     """Build, then ``check()`` (raises a calibrator's stored error) BEFORE anything is written:
-    a failed or partly calibrated build leaves no engine and no timing cache."""
+    a failed or partly calibrated build leaves no engine and no timing cache. Writes the engine,
+    the timing cache and the engine's layer information (<engine>.layers.json, what trtexec's
+    --exportLayerInfo writes)."""
+    import tensorrt as trt
+
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # per-layer precisions in the layer information
     serialized = builder.build_serialized_network(network, config)
     if check is not None:
         check()
     if serialized is None:
         raise CalibkitError(f"TensorRT could not build {spec.onnx.name}; see the TensorRT errors above")
+    plan = bytes(serialized)
+    info = engine_information(plan)
     save_timing_cache(config, spec.timing_cache)
-    return write_bytes(spec.engine, bytes(serialized))
+    path = write_bytes(spec.engine, plan)
+    write_text(spec.layer_info, info)
+    return path
+
+
+def engine_information(plan: bytes) -> str:
+    """IEngineInspector's JSON for a serialized engine (built with ProfilingVerbosity.DETAILED)."""
+    import tensorrt as trt
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise CalibkitError("TensorRT cannot load the engine it just built; see the TensorRT errors above")
+    inspector = engine.create_engine_inspector()
+    return inspector.get_engine_information(trt.LayerInformationFormat.JSON)

@@ -107,6 +107,16 @@ class BuildSpec:
                 raise CalibkitError(f"input {spec.name!r} has dynamic shape {dims}; pass --shapes {spec.name}:MIN/OPT/MAX")
 
     @property
+    def layer_info(self) -> Path:
+        """TensorRT's layer information JSON (IEngineInspector / trtexec --exportLayerInfo)."""
+        return self.engine.with_name(f"{self.engine.stem}.layers.json")
+
+    @property
+    def layer_report(self) -> Path:
+        """calibkit's reading of it: precision per ONNX node, fallbacks, kept layers."""
+        return self.engine.with_name(f"{self.engine.stem}.layer-report.json")
+
+    @property
     def quantized(self) -> bool:
         return self.int8 or self.qdq is not None
 

@@ -35,6 +35,7 @@ def command(spec: BuildSpec, major: int, model: Path | None = None) -> str:
             args.append("--layerPrecisions=" + ",".join(f"{n}:fp16" for n in spec.keep_fp16))
             args.append("--layerOutputTypes=" + ",".join(f"{n}:fp16" for n in spec.keep_fp16))
             args.append("--precisionConstraints=obey")
+    args += ["--profilingVerbosity=detailed", f"--exportLayerInfo={spec.layer_info}"]  # read by `calibkit inspect`
     if spec.timing_cache:
         args.append(f"--timingCacheFile={spec.timing_cache}")
     if spec.workspace_mb:

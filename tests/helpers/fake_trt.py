@@ -145,6 +145,7 @@ def make(major: int, world: World | None = None) -> types.ModuleType:
             self._ro("dtype", dtype)
             self._ro("shape", shape)
             self._range = None
+            self._dq = False  # made by a DequantizeLinear (strongly typed INT8)
 
         if "set_dynamic_range" in api.classes["ITensor"]["methods"]:
 
@@ -232,6 +233,8 @@ def make(major: int, world: World | None = None) -> types.ModuleType:
                     continue
                 ins = [tensor(x) for x in n.input if x and x not in inits]
                 outs = [tensor(x) for x in n.output]
+                for t in outs:
+                    t._dq = n.op_type == "DequantizeLinear"
                 parts = [n.name, f"{n.name}_bias"] if n.op_type == "Gemm" else [n.name]
                 for k, part in enumerate(parts):
                     layer = ILayer()
@@ -368,7 +371,15 @@ def make(major: int, world: World | None = None) -> types.ModuleType:
                         )
                         return None
                 has_scale = calib is not None or any(t._range is not None for t in layer._inputs)
-                if getattr(layer, "precision_is_set", False) and obey:
+                if "INT8" not in api.classes["BuilderFlag"]["members"]:  # strongly typed: the model's types decide
+                    prec = (
+                        "INT8"
+                        if any(t._dq for t in layer._inputs)
+                        else "HALF"
+                        if any(t.dtype.name == "HALF" for t in layer._inputs)
+                        else "FLOAT"
+                    )
+                elif getattr(layer, "precision_is_set", False) and obey:
                     prec = layer.precision.name
                 elif int8 and has_scale:
                     prec = "INT8"

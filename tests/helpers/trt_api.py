@@ -152,6 +152,10 @@ class _Module:
                 for a in fn.args.args + fn.args.kwonlyargs:
                     if a.arg in PARAM_TYPES:
                         self.types[a.arg] = ("inst", PARAM_TYPES[a.arg])
+            if isinstance(fn, (ast.For, ast.comprehension)):  # `for tensor in tensors`: the conventional names
+                for el in fn.target.elts if isinstance(fn.target, ast.Tuple) else [fn.target]:
+                    if isinstance(el, ast.Name) and el.id in PARAM_TYPES:
+                        self.types[el.id] = ("inst", PARAM_TYPES[el.id])
         for _ in range(5):  # assignments from typed expressions type their targets (to a fixpoint)
             for node in ast.walk(tree):
                 if isinstance(node, ast.Assign):
