@@ -162,6 +162,17 @@ def calibrate(
     if shards is not None:
         _calibrate_shards(model, data, method, cfg, pre, feed, output_dir, histograms, devices, shards, kw, locals())
         return
+    gpus = _devices(devices, ray_address)
+
+    def on_source(source) -> None:
+        from calibkit.collect.sharded import few_samples_warning
+
+        samples = _total(source.num_samples(), feed.max_samples)
+        set_total(samples)
+        said = few_samples_warning(len(gpus or ()), samples)
+        if said:
+            err.print(f"calibkit: warning: {said}")
+
     with sample_progress("collecting") as (set_total, update):
         result = run(
             model,
@@ -178,8 +189,8 @@ def calibrate(
             cache_algorithm=cache_algorithm,
             device=kw["device"],
             progress=update,
-            on_source=lambda s: set_total(_total(s.num_samples(), feed.max_samples)),
-            devices=_devices(devices, ray_address),
+            on_source=on_source,
+            devices=gpus,
             workers=workers,
             ray=ray_address,
             warn_clip=warn_clip,

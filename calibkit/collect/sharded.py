@@ -21,6 +21,26 @@ from multiprocessing import get_context
 from calibkit.errors import CalibkitError
 from calibkit.executor.orphans import init_worker
 
+# Below this many samples one GPU finishes first: every GPU's worker process pays its own start-up
+# (imports, ONNX Runtime session, CUDA context). From bench/gpu_multi.h200x2.log (two H200s, the
+# PP-OCRv4 detector, 3x640x640, --batch-size 8): at 256 images --devices all took 4.44 s end to end
+# against 3.63 s on one GPU; one GPU's cost per image in the same log is (3.69 - 1.25 s) / (1024 - 64)
+# = 2.54 ms, so two GPUs carry 0.81 + 128 x 2.54 ms = 1.14 s more start-up and win back 1.27 ms an
+# image: from about 893 images. A break-even derived from that log, not a measured crossover
+# (bench/gpu_ray.py measures one); inputs cheaper than 640x640 need more samples.
+MULTI_GPU_BREAK_EVEN = 900
+
+
+def few_samples_warning(gpus: int, samples: int | None) -> str | None:
+    """The start-up warning for ``gpus`` GPUs on ``samples`` samples (None: no warning)."""
+    if gpus < 2 or samples is None or samples >= MULTI_GPU_BREAK_EVEN:
+        return None
+    return (
+        f"--devices: {samples} samples over {gpus} GPUs; below about {MULTI_GPU_BREAK_EVEN} samples one GPU "
+        "is faster (each GPU's worker pays its own start-up; measured on two H200s with 640x640 images), "
+        "so --devices 0 will likely finish first"
+    )
+
 
 def parse_devices(text: str | None, visible: int, check_visible: bool = True) -> list[int] | None:
     """``"0,1"`` / ``"all"`` -> GPU indices (None: not given); ``check_visible=False`` (a Ray
