@@ -483,10 +483,11 @@ def export_qdq(
     )
     written = onnx.load(str(path), load_external_data=False)
     q = len(activation_qdq(written)) + body_activation_count(written)
-    data = Path(f"{path}.data")
+    from calibkit.qdq.files import external_locations
+
     for note in notes:
         out.print(f"note: {note}")
-    extra = f" + {data.name}" if data.exists() else ""
+    extra = "".join(f" + {loc}" for loc in external_locations(written))
     out.print(
         f"wrote {path}{extra}: {q} quantized activations ({placement} placement, method {table.method}), weights per-channel {precision.upper()}, {time.perf_counter() - start:.1f} s"
     )

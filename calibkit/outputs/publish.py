@@ -79,6 +79,7 @@ class Transaction:
         self.committed = False
         self.past_commit = False  # this folder's journal (the commit point) is written
         self.journals: list[Path] = []
+        self.after_commit: list[Callable[[], object]] = []  # run once the set is published (e.g. drop replaced files)
 
     # -- lifecycle
     def __enter__(self) -> Transaction:
@@ -272,6 +273,9 @@ class Transaction:
                 PUBLISHED.append(self.directory)
                 for d in self.stages.values():
                     shutil.rmtree(d, ignore_errors=True)
+                for fn in self.after_commit:
+                    with contextlib.suppress(OSError):
+                        fn()
         return {name: self.directory / name for name in files}
 
 

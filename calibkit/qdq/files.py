@@ -1,6 +1,6 @@
 """Files around Q/DQ export: reading the source model without its weights, staging it for
 ONNX Runtime's quantizer (external data beside it), checking the result (onnx.checker and an
-ONNX Runtime load) and publishing ``model.qdq.onnx`` (+ ``model.qdq.onnx.data``) together.
+ONNX Runtime load) and publishing ``model.qdq.onnx`` (+ ``model.qdq.onnx.<hash>.data``) together.
 
 Nothing is ever written beside the source model, and no step serialises the whole model into
 one protobuf, so models over 2 GiB (external data) work.
@@ -8,6 +8,7 @@ one protobuf, so models over 2 GiB (external data) work.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -120,18 +121,64 @@ def check_written(path: Path, basic: bool = False) -> None:
         ) from None
 
 
+def data_name(target: Path, data: Path) -> str:
+    """The name the external data of ``target`` is published under: one per content
+    (``q.onnx.<sha256 prefix>.data``), so a reader that is not calibkit (ONNX Runtime, TensorRT)
+    sees the old graph with the old data or the new graph with the new data, never a mix."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(data, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return f"{target.name}.{h.hexdigest()[:16]}.data"
+
+
+def _point_to(model_path: Path, location: str) -> None:
+    """Rewrite every external tensor of the graph at ``model_path`` to ``location`` (graph only)."""
+    m = onnx.load(str(model_path), load_external_data=False)
+    for t in _tensors(m.graph):
+        if t.data_location == TensorProto.EXTERNAL:
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = location
+    onnx.save_model(m, str(model_path))
+
+
+def _old_data(target: Path, keep: str | None) -> list[Path]:
+    """External data files of the model now at ``target`` that the new one no longer uses
+    (only names calibkit gives: ``<target>.data`` or ``<target>.<hex>.data``)."""
+    if not target.is_file():
+        return []
+    try:
+        old = onnx.load(str(target), load_external_data=False)
+    except Exception:
+        return []
+    pattern = re.compile(re.escape(target.name) + r"(?:\.[0-9a-f]{16})?\.data")
+    return [target.parent / loc for loc in external_locations(old) if loc != keep and pattern.fullmatch(loc)]
+
+
 def publish(staged: Path, target: Path, tx=None) -> Path:
-    """Publish ``staged`` as ``target`` and its external data file (if any) beside it, as one set."""
+    """Publish ``staged`` as ``target`` and its external data file (if any) beside it, as one
+    set: the data under a name of its own content (:func:`data_name`), renamed into place before
+    the graph that points to it; the data file the replaced graph used is removed afterwards."""
     from calibkit.outputs.publish import Transaction
 
-    files = [(target.name, staged)]
+    files = []
     data = staged.with_name(staged.name + ".data")
+    name = None
     if data.exists():
-        files.append((target.name + ".data", data))
+        name = data_name(target, data)
+        data = data.rename(data.with_name(name))
+        _point_to(staged, name)
+        files.append((name, data))
+    files.append((target.name, staged))
+    stale = _old_data(target, name)
 
     def put(t) -> None:
-        for name, src in files:
-            t.write_with(target.parent / name if t is tx else name, lambda fh, s=src: copy_into(s, fh))
+        for fname, src in files:
+            t.write_with(target.parent / fname if t is tx else fname, lambda fh, s=src: copy_into(s, fh))
+        t.after_commit.append(lambda: [p.unlink(missing_ok=True) for p in stale])
 
     if tx is not None:
         put(tx)
