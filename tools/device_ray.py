@@ -8,11 +8,13 @@
 ``stage`` (run from anywhere in the repository) downloads into ``.device/ray/wheels/`` the Ray
 wheel for CPython 3.12 manylinux x86_64 and the pinned wheels of what Ray needs that the GPU
 machine lacks (``NEEDS``), with ``--with-ort`` also onnxruntime-gpu and flatbuffers (the wheel
-that ``../shared/tools/device-ortgpu`` downloaded into ``.device/wheels/`` is reused). They go
-into one uncompressed tar (sorted names, zeroed times: the same wheels give the same bytes)
-with a ``SHA256SUMS`` of every wheel, split into parts ``.device/ray/pNN/bundle.partNN``, one
-folder per part so that each device call carries one folder and nothing is copied by hand
-between calls. ``.device/`` is git-ignored (``.git/info/exclude``).
+that ``../shared/tools/device-ortgpu`` downloaded into ``.device/wheels/`` is reused), and the
+two PP-OCRv4 models bench/gpu_ray.py calibrates (``models/`` in the bundle; ``--models ''``
+leaves them out). They go into one uncompressed tar (sorted names, zeroed times: the same files
+give the same bytes) with a ``SHA256SUMS`` of every file, split into as few equal parts as fit
+``--part-mb``, ``.device/ray/pNN/bundle.partNN``, one folder per part so that each device call
+carries one folder and nothing is copied by hand between calls. ``.device/`` is git-ignored
+(``.git/info/exclude``). With the models inside, the last copy call can run the bench too.
 
 The device calls, in order, on one warm machine (it is given back after ~30 s idle; a fresh
 one starts empty: then start again from part 00): one call per part copying it to
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import os
 import shlex
 import subprocess
@@ -40,6 +43,10 @@ import tarfile
 from pathlib import Path
 
 RAY_VERSION = "2.60.0"
+STAGE = Path(".device/ray")
+BUNDLE = "bundle.tar"
+SUMS = "SHA256SUMS"
+PARTS_AT, WHEELS_AT, SITE = "/tmp/parts", "/tmp/wheels", "/tmp/site"
 ORT_VERSION = "1.31.1"
 # What Ray needs that the GPU machine lacks (jsonschema's tree), or may have too old
 # (packaging>=24.2, referencing needs attrs>=22.2): the versions this project's CI runs Ray with.
@@ -53,11 +60,14 @@ NEEDS = (
 )
 ORT_WHEELS = (f"onnxruntime-gpu=={ORT_VERSION}", "flatbuffers")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
-PART_MB = 55  # + the working tree (~6 MB) stays under the 64 MiB a call carries
-STAGE = Path(".device/ray")
-BUNDLE = "bundle.tar"
-SUMS = "SHA256SUMS"
-PARTS_AT, WHEELS_AT, SITE = "/tmp/parts", "/tmp/wheels", "/tmp/site"
+PPOCR = ("ch_PP-OCRv4_det_infer.onnx", "ch_PP-OCRv4_rec_infer.onnx")
+_RUN = f"PYTHONUNBUFFERED=1 python3 bench/gpu_ray.py --models {WHEELS_AT}/models"
+BENCH = {  # bench/gpu_ray.py's rows: one GPU (--devices 0 vs --devices 0 --ray auto), or all of them
+    "one GPU": f"{_RUN} --det-images 1024 --rec-images 4096 --repeat 2 --log $OUT/gpu_ray.1gpu.log",
+    "two GPUs, call 1": f"{_RUN} --det-images 1024 --rec-images 4096 --repeat 2 --log $OUT/gpu_ray.2gpu.log",
+    "two GPUs, call 2 (8192 images: 40 GB of .npy)": f"{_RUN} --det-images 8192 --rec-images 0 --log $OUT/gpu_ray.2gpu.8192.log",
+}
+PART_MB = 58  # + the working tree (~2.5 MiB) stays under the 64 MiB a call carries
 
 
 def sha256(path: Path) -> str:
@@ -78,13 +88,13 @@ def download(dest: Path, reqs: list[str], python: str = "3.12") -> None:
     subprocess.run(cmd + reqs, check=True)
 
 
-def make_bundle(wheels: list[Path], out: Path) -> str:
-    """One uncompressed tar of ``wheels`` + SHA256SUMS, the same bytes for the same wheels;
-    returns the tar's SHA-256."""
-    names = sorted(wheels, key=lambda p: p.name)
-    if len({p.name for p in names}) != len(names):
-        raise SystemExit("two wheels of the same name")
-    sums = "".join(f"{sha256(p)}  {p.name}\n" for p in names).encode()
+def make_bundle(wheels: list[Path], out: Path, extra: dict[str, Path] | None = None) -> str:
+    """One uncompressed tar of ``wheels`` (and ``extra``: name in the tar -> file) + SHA256SUMS,
+    the same bytes for the same files; returns the tar's SHA-256."""
+    files = sorted([(p.name, p) for p in wheels] + list((extra or {}).items()))
+    if len({n for n, _ in files}) != len(files):
+        raise SystemExit("two files of the same name")
+    sums = "".join(f"{sha256(p)}  {n}\n" for n, p in files).encode()
 
     def info(name: str, size: int) -> tarfile.TarInfo:
         ti = tarfile.TarInfo(name)
@@ -93,15 +103,19 @@ def make_bundle(wheels: list[Path], out: Path) -> str:
 
     with tarfile.open(out, "w", format=tarfile.USTAR_FORMAT) as tar:
         tar.addfile(info(SUMS, len(sums)), io.BytesIO(sums))
-        for p in names:
+        for n, p in files:
             with open(p, "rb") as f:
-                tar.addfile(info(p.name, p.stat().st_size), f)
+                tar.addfile(info(n, p.stat().st_size), f)
     return sha256(out)
 
 
 def split(path: Path, part_bytes: int, stage: Path) -> list[Path]:
-    """``path`` cut into ``stage/pNN/<name>.partNN`` of ``part_bytes`` each (the last shorter)."""
+    """``path`` cut into ``stage/pNN/<name>.partNN``: as few parts of at most ``part_bytes`` as
+    will do, all of one size but the last."""
     parts = []
+    total = path.stat().st_size
+    count = max(1, -(-total // part_bytes))
+    part_bytes = -(-total // count)
     with open(path, "rb") as f:
         k = 0
         while block := f.read(part_bytes):
@@ -169,13 +183,22 @@ def print_calls(root: Path, stage: Path) -> None:
         cmd, carry = copy_command(p, root)
         size = (tree + p.stat().st_size) / 2**20
         flag = "  <-- OVER 64 MiB: stage with a smaller --part-mb" if size > 63 else ""
-        print(f"  {i}. run command={cmd!r} carry={carry!r}   ({size:.1f} MiB travels){flag}")
-    prefix = install_command(digest)
-    if has_ort:
-        prefix += "; " + ORT_LIBS
+        print(f"  {i}. carry={json.dumps(carry)} ({size:.1f} MiB travels){flag}, command:\n     {cmd}")
+    prefix = install_command(digest) + "; " + ORT_LIBS  # the CUDA libraries of the machine's PyTorch
+    if not has_ort:
+        print("(no onnxruntime-gpu in this bundle: it must be in /tmp/site already, from device-ortgpu)")
     print("Then begin every later command of the same machine with (it installs once, then only checks):")
     print(f"  {prefix};")
     print(f"  ({len(prefix) + 1} of the 2000 characters a command may have)")
+    if all(f"models/{m}" in wheels for m in PPOCR):
+        cmd, carry = copy_command(parts[-1], root)
+        print(
+            f"The bench (its models are in the bundle: {WHEELS_AT}/models) as the last call, instead of call {len(parts)}:"
+        )
+        for gpus, bench in BENCH.items():
+            full = f"{cmd}; {prefix}; {bench}"
+            print(f"  on {gpus} ({len(full)} characters), carry={json.dumps(carry)}, command:\n    {full}")
+        print("  (a later bench call on the same machine: the same command; copying the part again is harmless)")
 
 
 def check(dist: str = "ray", path: list[str] | None = None) -> list[str]:
@@ -242,12 +265,21 @@ def stage_main(a) -> int:
             ort = sorted(wheels_dir.glob(f"onnxruntime_gpu-{ORT_VERSION}-*.whl"))
             fb = sorted(wheels_dir.glob("flatbuffers-*.whl"))
         picked += [ort[-1], fb[-1]]
+    extra = {}
+    if a.models:  # the two PP-OCRv4 models bench/gpu_ray.py calibrates travel in the bundle
+        for name in PPOCR:
+            src = next(Path(a.models).expanduser().rglob(name), None)
+            if src is None:
+                raise SystemExit(
+                    f"{name} not under {a.models}: python tools/corpus.py fetch --only ppocrv4_det,ppocrv4_rec"
+                )
+            extra[f"models/{name}"] = src
     bundle = stage / BUNDLE
-    digest = make_bundle(picked, bundle)
+    digest = make_bundle(picked, bundle, extra)
     split(bundle, int(a.part_mb * 2**20), stage)
     bundle.unlink()  # the parts are the bundle; 'cat' them to get it back
     (stage / f"{BUNDLE}.sha256").write_text(f"{digest}  {BUNDLE}\n")
-    (stage / "wheels.txt").write_text("\n".join(p.name for p in sorted(picked, key=lambda p: p.name)) + "\n")
+    (stage / "wheels.txt").write_text("\n".join(sorted([p.name for p in picked] + list(extra))) + "\n")
     print_calls(root, stage)
     return 0
 
@@ -258,6 +290,11 @@ def main(argv=None) -> int:
     st = sub.add_parser("stage", help="download, bundle and split; print the device calls")
     st.add_argument("--with-ort", action="store_true", help=f"bundle onnxruntime-gpu {ORT_VERSION} + flatbuffers too")
     st.add_argument("--ray-version", default=RAY_VERSION)
+    st.add_argument(
+        "--models",
+        default="~/.cache/calibkit-corpus/models",
+        help="where the PP-OCRv4 det/rec models are (bundled for bench/gpu_ray.py; '' leaves them out)",
+    )
     st.add_argument("--part-mb", type=float, default=PART_MB, help="MiB per part (default %(default)s)")
     sub.add_parser("calls", help="print the device calls of the staged bundle again")
     ck = sub.add_parser("check", help="on the GPU machine: Ray's requirements met? import ray")

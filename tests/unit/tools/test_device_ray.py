@@ -63,7 +63,8 @@ def staged(tmp_path):
         wheel(src, "depb", "0.1", pad=3000),
     ]
     stage = tmp_path / "stage"
-    digest = device_ray.make_bundle(wheels, tmp_path / "bundle.tar")
+    (tmp_path / "det.onnx").write_bytes(hashlib.shake_256(b"model").digest(1500))
+    digest = device_ray.make_bundle(wheels, tmp_path / "bundle.tar", {"models/det.onnx": tmp_path / "det.onnx"})
     parts = device_ray.split(tmp_path / "bundle.tar", 2048, stage)
     return tmp_path, wheels, digest, parts
 
@@ -95,8 +96,9 @@ def shlex_quote(s: str) -> str:
 def test_parts_join_into_identical_wheels_and_install_into_a_fresh_target(staged):
     tmp_path, wheels, digest, parts = staged
     total = (tmp_path / "bundle.tar").stat().st_size
-    assert len(parts) == -(-total // 2048) >= 5
-    assert all(p.stat().st_size == 2048 for p in parts[:-1]) and 0 < parts[-1].stat().st_size <= 2048
+    sizes = [p.stat().st_size for p in parts]
+    assert len(parts) == -(-total // 2048) >= 5 and sum(sizes) == total  # as few as will do
+    assert max(sizes) <= 2048 and len(set(sizes[:-1])) == 1 and sizes[-1] <= sizes[0]  # of one size
     assert [p.name for p in parts] == [f"bundle.part{k:02d}" for k in range(len(parts))]
     at = device_copy(tmp_path, parts)
     proc = install(tmp_path, digest, at)
@@ -107,6 +109,7 @@ def test_parts_join_into_identical_wheels_and_install_into_a_fresh_target(staged
         assert (tmp_path / "wheels" / w.name).read_bytes() == w.read_bytes()
     assert (site / "depb" / "blob.bin").read_bytes() == hashlib.shake_256(b"depb").digest(3000)
     assert (site / "ray" / "__init__.py").read_text() == "__version__ = '9.9.9'\n"
+    assert (tmp_path / "wheels" / "models" / "det.onnx").read_bytes() == (tmp_path / "det.onnx").read_bytes()
     again = install(tmp_path, digest, at)  # installed: only the check runs
     assert again.returncode == 0 and "requirements met" in again.stdout
 
@@ -157,7 +160,9 @@ def test_bundle_bytes_depend_only_on_the_wheels(tmp_path, staged):
     copies = tmp_path / "copies"
     copies.mkdir()
     moved = [Path(shutil.copy(w, copies / w.name)) for w in reversed(wheels)]  # other folder, order, mtimes
-    assert device_ray.make_bundle(moved, tmp_path / "again.tar") == digest
+    model = {"models/det.onnx": Path(shutil.copy(base / "det.onnx", copies / "other-name.onnx"))}
+    assert device_ray.make_bundle(moved, tmp_path / "again.tar", model) == digest
+    assert device_ray.make_bundle(moved, tmp_path / "without.tar") != digest
 
 
 def test_split_drops_parts_of_an_earlier_longer_bundle(staged):
