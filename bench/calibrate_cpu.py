@@ -94,9 +94,10 @@ def scenario(name: str, model: Path, data: Path, data4: Path | None, tmp: Path, 
         for k, cmd in rows.items():
             got[k].append(fresh(cmd, tmp))
     med = {k: (statistics.median(w for w, _ in v), max(r for _, r in v)) for k, v in got.items()}
-    print(f"\n{name}: median of {repeat} fresh processes (wall s, peak RSS MB); runs: " + "; ".join(
-        f"{k} " + " ".join(f"{w:.2f}" for w, _ in v) for k, v in got.items()
-    ))
+    print(
+        f"\n{name}: median of {repeat} fresh processes (wall s, peak RSS MB); runs: "
+        + "; ".join(f"{k} " + " ".join(f"{w:.2f}" for w, _ in v) for k, v in got.items())
+    )
     for k, (w, r) in med.items():
         print(f"  {k:16s} {w:7.2f} s  {r:7.0f} MB")
     plain = med["plain"][0]
@@ -106,7 +107,9 @@ def scenario(name: str, model: Path, data: Path, data4: Path | None, tmp: Path, 
     print(f"    --tensors all             {med['calibkit all'][0] / plain:5.2f}x  (today's behaviour)")
     if data4 is not None:
         print(f"    default at 4N / plain 4N  {med['calibkit trt 4N'][0] / med['plain 4N'][0]:5.2f}x")
-        print(f"    RSS default 4N / N        {med['calibkit trt 4N'][1] / med['calibkit trt'][1]:5.3f}  (flat: <= 1.10)")
+        print(
+            f"    RSS default 4N / N        {med['calibkit trt 4N'][1] / med['calibkit trt'][1]:5.3f}  (flat: <= 1.10)"
+        )
     return med
 
 
@@ -153,7 +156,9 @@ def main() -> None:
             model = make_model(tmp / "anchor.onnx", channels=16, hw=96)
             d1 = make_data(tmp / "anchor.npz", model, a.samples)
             d4 = make_data(tmp / "anchor4.npz", model, 4 * a.samples)
-            scenario(f"anchor: generated conv net 16x96x96 (327 tensors), {a.samples} samples", model, d1, d4, tmp, a.repeat)
+            scenario(
+                f"anchor: generated conv net 16x96x96 (327 tensors), {a.samples} samples", model, d1, d4, tmp, a.repeat
+            )
         if "det" in only:
             sys.path.insert(0, str(REPO / "tools"))
             import corpus

@@ -112,9 +112,7 @@ def collect(
         with hist_kernel.deferred():  # numba only when the run is large enough to gain from it
             hists = _collect_host(p, stream(), stats, size, run_batch, progress)
     ordered = {n: hists[n] for n in names if n in hists}
-    return Collection(
-        ordered, stats, time.perf_counter() - start, list(p.sess.get_providers()), listed, p.pad, dropped
-    )
+    return Collection(ordered, stats, time.perf_counter() - start, list(p.sess.get_providers()), listed, p.pad, dropped)
 
 
 # Activation bytes below which the NumPy reducer finishes before numba's import and LLVM would

@@ -18,7 +18,9 @@ def cache_bytes(d, name="conv"):
 
 
 def test_calibrate_writes_all_outputs(cli, conv_model, conv_data, tmp_path):
-    r = cli("calibrate", conv_model, "--data", conv_data, "--method", "entropy", "--tensors", "all", "-o", tmp_path / "out")
+    r = cli(
+        "calibrate", conv_model, "--data", conv_data, "--method", "entropy", "--tensors", "all", "-o", tmp_path / "out"
+    )
     out = tmp_path / "out"
     c = cache.read(out / "conv.cache")
     assert c.algorithm == "EntropyCalibration2" and c.version == 101601
