@@ -141,6 +141,8 @@ def build(
         major, why = trtexec_major(spec, int(trt_major) if trt_major else None, installed_major())
         said: list[str] = [f"trtexec for TensorRT {major}: {why}"] if why else []
         line = trtexec_line(spec, major, trt_version, said)
+        if major < 11 and spec.keep_fp16:
+            said.append("trtexec matches --layerPrecisions by layer name (calibkit's build by [ONNX Layer:] metadata): a node TensorRT split into several layers is only partly kept; the layer report shows it")
         said.append(f"after the build, `calibkit inspect {spec.layer_info}` shows what each ONNX node ran in")
         for note in said + notes(spec, major):
             err.print(f"note: {note}")

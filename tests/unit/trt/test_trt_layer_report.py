@@ -108,7 +108,24 @@ def test_print_trtexec_exports_layer_info(cli, tmp_path, conv_model, calibrated)
     )
     args = shlex.split(p.stdout.strip())
     assert "--profilingVerbosity=detailed" in args and f"--exportLayerInfo={tmp_path / 'e.layers.json'}" in args
-    assert "calibkit inspect" in p.stderr
+    assert "calibkit inspect" in p.stderr and "by layer name" not in p.stderr
+    kept = cli(
+        "build",
+        conv_model,
+        "--engine",
+        tmp_path / "e.plan",
+        "--int8",
+        "--cache",
+        calibrated,
+        "--print-trtexec",
+        "--trt-major",
+        "10",
+        "--shapes",
+        "x:1x3x8x8/4x3x8x8/8x3x8x8",
+        "--keep-fp16",
+        "fc",
+    )
+    assert "--layerPrecisions=fc:fp16" in kept.stdout and "by layer name" in kept.stderr  # trtexec's limit is said
 
 
 @pytest.mark.parametrize("major", [10, 11])
