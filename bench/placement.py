@@ -92,6 +92,23 @@ def fp8_corpus(models: list[str] | None, method: str, out: Path, md: Path) -> No
             fh.write(f"| {m['name']} | {i8:.4f} | {f8:.4f} | {ok} |\n")
 
 
+def _add(md: Path, name: str, results: dict, label: str, r: dict) -> None:
+    results[label] = r
+    print(name, label, json.dumps(r), flush=True)
+    lines = [] if len(results) > 1 else [
+        f"\n### {name} (held-out test split: {r['samples']} samples; FP32 task {r['task_fp32']:.3f}; entropy scales unless named)\n",
+        "| row | activation Q | lint: conv-add / concat / constant / zero-point / island | compute layers quantized | task vs labels | agrees with FP32 | worst-output cosine |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    lint = " / ".join(str(r["lint"][k]) for k in r["lint"])
+    lines.append(
+        f"| {label} | {r['act_q']} | {lint} | {r['int8_layers']}/{r['layers']} | {r['task']:.3f} | "
+        f"{r['agree_fp32']:.3f} | {r['min_cosine']:.4f} |"
+    )
+    with md.open("a") as fh:  # row by row: a run cut short keeps its rows
+        fh.write("\n".join(lines) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="ppocr_cls,ppocrv4_rec")
@@ -111,6 +128,7 @@ def main() -> None:
         if not scales.exists():
             accuracy._cli("calibrate", model, "--data", d / "calib.npz", "--method", "entropy", "-o", work / "entropy")
         results = {}
+
         for placement, precision in ROWS:
             label = f"calibkit {placement} {precision}"
             qdq = work / "placement" / f"{placement}.{precision}.qdq.onnx"
@@ -118,8 +136,7 @@ def main() -> None:
             accuracy._cli(
                 "export-qdq", model, "--scales", scales, "-o", qdq, "--placement", placement, "--precision", precision
             )
-            results[label] = row(qdq, model, d)
-            print(name, label, json.dumps(results[label]), flush=True)
+            _add(a.md, name, results, label, row(qdq, model, d))
         for placement, precision, method in AUTO_ROWS:
             sdir = work / "placement" / method.replace(":", "-").replace("=", "")
             accuracy._cli(
@@ -131,28 +148,12 @@ def main() -> None:
                 "export-qdq", model, "--scales", sdir / "scales.json", "-o", qdq,
                 "--placement", placement, "--precision", precision,
             )  # fmt: skip
-            results[label] = row(qdq, model, d)
-            print(name, label, json.dumps(results[label]), flush=True)
+            _add(a.md, name, results, label, row(qdq, model, d))
         for mo in sorted(work.glob("modelopt-*/model.qdq.onnx")):
             kind = mo.parent.name.removeprefix("modelopt-")
             label = "ModelOpt max fp8" if kind == "fp8" else f"ModelOpt {kind} int8"
-            results[label] = row(mo, model, d)
-            print(name, label, json.dumps(results[label]), flush=True)
+            _add(a.md, name, results, label, row(mo, model, d))
         (work / "placement" / "results.json").write_text(json.dumps(results, indent=1))
-        first = next(iter(results.values()))
-        lines = [
-            f"\n### {name} (held-out test split: {first['samples']} samples; FP32 task {first['task_fp32']:.3f}; entropy scales unless named)\n",
-            "| row | activation Q | lint: conv-add / concat / constant / zero-point / island | compute layers quantized | task vs labels | agrees with FP32 | worst-output cosine |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for label, r in results.items():
-            lint = " / ".join(str(r["lint"][k]) for k in r["lint"])
-            lines.append(
-                f"| {label} | {r['act_q']} | {lint} | {r['int8_layers']}/{r['layers']} | {r['task']:.3f} | "
-                f"{r['agree_fp32']:.3f} | {r['min_cosine']:.4f} |"
-            )
-        with a.md.open("a") as fh:
-            fh.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -217,13 +217,13 @@ def _fused(named, amax, ops, skipped, skip_conv, done):
     output's, nodes for ORT to exclude, nodes kept float, nodes quantized)."""
     decisions = qdq_rules.decide(named, skip_conv)
     kept = [n for n, d in decisions.items() if d.op_type in ops and not d.quantized]
-    missing = [t for t in qdq_rules.needed(named, decisions) if t not in amax]
+    shared = qdq_rules.shared_concat_amax(named, decisions, amax)
+    missing = [t for t in qdq_rules.needed(named, decisions) if t not in amax and t not in shared]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise CalibkitError(
             f"the scales have no entry for activation {missing[0]!r}{more}, read by the trt-fused placement; recalibrate with `calibkit calibrate --tensors all` or use --placement trt"
         )
-    shared = qdq_rules.shared_concat_amax(named, decisions, amax)
     if shared:
         done.append(f"{len(shared)} Concat inputs share their Concat's scale")
     by_rule: dict[str, int] = {}
