@@ -211,7 +211,7 @@ def case(
             if t > s and t1 > s1:
                 line += f"{(t1 - s1) / (g * (t - s)):.0%} after start-up"
                 c1, cm = (t1 - s1) / (n - n0), (t - s) / (n - n0)
-                if s > s1 and c1 > cm:  # more start-up, less per sample: the counts where it wins
+                if g > 1 and s > s1 and c1 > cm:  # more start-up, less per sample: where it wins
                     line += f"; break-even ~{n0 + (s - s1) / (c1 - cm):.0f} samples"
             else:  # the start-up row took as long as the whole: noise larger than the work
                 line += "after start-up n/a (start-up row >= whole run: noise)"
