@@ -137,6 +137,10 @@ class Transaction:
         t = self._target(target)
         if t.is_dir():
             raise CalibkitError(f"output {t} is a directory; remove it or choose another output path")
+        if META in t.parent.parts and not (t.parent == self.directory / META and t.name.endswith(".manifest.json")):
+            raise CalibkitError(
+                f"output {t} is inside a {META} folder, where calibkit keeps its publishing records; choose an output path outside it"
+            )
         check_not_input(t, self.command)
         if t in self.staged:
             raise CalibkitError(f"output {t} is named twice in this run; give each output its own path")

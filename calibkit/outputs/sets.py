@@ -296,7 +296,7 @@ def _verify_in(p: Path, directory: Path) -> None:
                 )
             if sha256_file(f) != digest:
                 raise CalibkitError(
-                    f"{f.name} in {directory} changed after run {doc.get('run_id')} published it with {p.name} (sha256 differs from {mf.name}): "
+                    f"{name} in {directory} changed after run {doc.get('run_id')} published it with {p.name} (sha256 differs from {mf.name}): "
                     f"the set is mixed (edited or overwritten by hand?); re-run `calibkit {command}` into {directory}, "
                     f"or delete {mf} to use the files as they are"
                 )

@@ -359,3 +359,16 @@ def test_empty_devices_says_it_names_no_gpu(cli, tmp_path, conv_model, conv_data
         cli("calibrate", conv_model, "--data", conv_data, "--devices", "", "-o", tmp_path / "o", expect=None)
     )
     assert "names no GPU" in line and "0..-1" not in line
+
+
+# ---------------------------------------------------------------- fresh attack (issue 21, done-when)
+def test_outputs_inside_a_calibkit_folder_are_refused(cli, tmp_path, calibrated, conv_data):
+    """A publish into .calibkit/ would leave a journal that recovery (rightly) refuses."""
+    model, cal = calibrated
+    for args in (
+        ("calibrate", model, "--data", conv_data, "-o", tmp_path / "x" / ".calibkit"),
+        ("export-qdq", model, "--scales", cal / "scales.json", "-o", cal / ".calibkit" / "q.onnx"),
+    ):
+        line = _one_line_error(cli(*args, expect=None))
+        assert ".calibkit folder" in line, line
+    assert not (cal / ".calibkit" / "q.onnx").exists()
