@@ -67,4 +67,11 @@ def test_fusion_rule_never_drops_a_qdq_input(corpus_model, model_files):
     names = calibration_tensors(proto, everything=True)
     kept, dropped = fusion.select(proto, names, "trt")
     assert not set(fusion.qdq_inputs(proto)) & set(dropped)  # the rule never drops a Q/DQ input
+    # ... nor one the trt-fused placement reads (calibkit/qdq/rules.py)
+    from calibkit.graph.forms import fold_constant_nodes
+    from calibkit.qdq import rules
+    from calibkit.qdq.export import name_nodes
+
+    named = name_nodes(fold_constant_nodes(proto)[0])
+    assert not set(rules.needed(named, rules.decide(named))) & set(dropped)
     assert set(kept) | set(dropped) == set(names) and not set(kept) & set(dropped)
