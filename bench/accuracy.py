@@ -125,8 +125,15 @@ MODELOPT_PYTHON = [sys.executable]
 
 
 def _modelopt(method: str, model: Path, d: Path, qdq: Path) -> tuple[Path, float]:
+    import shutil
+
+    # ModelOpt rewrites the file given as --onnx_path: hand it a copy, never the corpus model.
+    copy = qdq.parent / f"input-{model.name}"
+    shutil.copyfile(model, copy)
+    for extra in model.parent.glob(f"{model.name}.data"):
+        shutil.copyfile(extra, qdq.parent / extra.name)
     t0 = time.perf_counter()
-    cmd = [MODELOPT_PYTHON[0], "-m", "modelopt.onnx.quantization", "--onnx_path", str(model), "--quantize_mode", "int8"]
+    cmd = [MODELOPT_PYTHON[0], "-m", "modelopt.onnx.quantization", "--onnx_path", str(copy), "--quantize_mode", "int8"]
     cmd += ["--calibration_data_path", str(d / "calib.npz"), "--calibration_method", method]
     cmd += ["--calibration_eps", "cpu", "--high_precision_dtype", "fp32", "--output_path", str(qdq)]
     r = subprocess.run(cmd, capture_output=True, text=True)
