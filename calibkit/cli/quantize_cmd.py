@@ -80,10 +80,10 @@ recovery_options = compose(
     click.option("--ablate", is_flag=True, help="Also score bias correction alone, for the report (one more pass)."),
     click.option(
         "--iterations",
-        type=click.IntRange(min=0),
+        type=click.IntRange(min=1),
         default=1000,
         show_default=True,
-        help="Adaptive rounding iterations per layer.",
+        help="Adaptive rounding iterations per layer (--rounding nearest for none).",
     ),
 )
 
@@ -184,10 +184,18 @@ def _print(res, out) -> None:
     doc = res.doc
     for s in doc["stages"]:
         task = f", task {fmt(s['task'], 4)}%" if s.get("task") is not None else ""
+        kept = "" if s.get("kept", True) else " (not kept)"
         out.print(
-            f"  {s['stage']}: worst output cosine {fmt(s['min_cosine'], 6)}{task}, {s['int8_layers']}/{s['layers']} INT8"
+            f"  {s['stage']}: worst output cosine {fmt(s['min_cosine'], 6)}{task}, {s['int8_layers']}/{s['layers']} INT8{kept}"
         )
     out.print(doc["verdict"])
     out.print(
         f"wrote {res.outputs['qdq']}, {res.outputs['recovered']}, {res.outputs['report']} ({doc['seconds']:.1f} s)"
     )
+
+
+for _p in quantize.params:  # shared data options that mean something else here
+    if _p.name == "batch_size":
+        _p.help = "Not accepted: quantize runs fixed batches of 16 (its sampled statistics depend on the batching)."
+    elif _p.name == "device":
+        _p.help = "Not accepted beyond cpu/auto: quantize evaluates on the CPU provider (exact INT8 emulation)."

@@ -467,6 +467,13 @@ def export_qdq(
 
         opts = RecoveryOptions(thresholds="method", bias_correction=bias_correction, rounding=rounding)
         source, doc = recovered(model, table.amax(), table.meta, data, opts, recovery_samples)
+        if not doc.get("layers"):
+            from calibkit.errors import CalibkitError
+
+            reasons = "; ".join(sorted(set(doc.get("skipped", {}).values()))) or "no Conv/ConvTranspose/Gemm/MatMul with a constant weight"
+            raise CalibkitError(
+                f"--rounding/--bias-correction: no layer of {model} can be recovered ({reasons}); nothing written"
+            )
         notes.append(
             summary(doc)
             + "; a TensorRT 10 cache build needs these weights too: `calibkit quantize` writes the recovered float model"

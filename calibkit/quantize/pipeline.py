@@ -77,6 +77,7 @@ class Pipeline:
         rec_feeds = first_samples(feeds, o.recovery_samples)
 
         self.say("thresholds by the consumer's error")
+        thr = o.recovery  # the threshold criterion every later candidate is given
         amax, why = choose_thresholds(original, base.histograms, base.table.amax(), feeds, o.recovery, self.device)
         if o.recovery.thresholds != "method":
             label = (
@@ -84,6 +85,7 @@ class Pipeline:
             )
             if not self._keep(self._stage(label, "thresholds", original, amax), "threshold choice"):
                 amax, why = base.table.amax(), {}
+                thr = replace(o.recovery, thresholds="method")  # later steps keep calibrate's thresholds too
 
         model, hset = original, base.histograms
         transforms: dict = {"equalize": [], "smoothquant": [], "kept": []}
@@ -98,9 +100,16 @@ class Pipeline:
             transforms[key] = recs
             changed = [r for r in recs if key == "equalize" or r.get("alpha") is not None]
             if not changed:
+                if key == "smoothquant":
+                    from calibkit.recovery.smoothquant import ineligible
+
+                    transforms["smoothquant_ineligible"] = why_not = ineligible(model)
+                    if o.smoothquant != "auto":
+                        reasons = "; ".join(f"{t}: {r}" for t, r in sorted(why_not.items())[:5]) or "no MatMul/Gemm reads an activation with a constant weight"
+                        self.say(f"  --smoothquant {o.smoothquant} applied to no tensor ({reasons})")
                 continue
             _, cal = self._calibrate(cand, key)
-            c_amax, c_why = choose_thresholds(cand, cal.histograms, cal.table.amax(), feeds, o.recovery, self.device)
+            c_amax, c_why = choose_thresholds(cand, cal.histograms, cal.table.amax(), feeds, thr, self.device)
             n = f"{len(changed)} pairs" if key == "equalize" else f"{len(changed)} tensors"
             if self._keep(self._stage(f"+ {name} ({n})", key, cand, c_amax), name):
                 model, hset, amax, why = cand, cal.histograms, c_amax, c_why
@@ -244,7 +253,8 @@ class Pipeline:
         self.fallback_doc = {
             k: res.doc.get(k) for k in ("verdict", "pass", "evaluations", "steps", "kept") if k in res.doc
         }
-        row = self._stage(f"+ fallback ({len(nodes)} layers kept in float)", "fallback", self.model, self.amax, nodes)
+        q, total = ST.int8_fraction(self.model, self.amax, nodes)
+        row = self._stage(f"+ fallback ({total - q} layers kept in float)", "fallback", self.model, self.amax, nodes)
         if self._keep(row, "fallback"):
             self.excluded = nodes
 

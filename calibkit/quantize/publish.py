@@ -17,27 +17,31 @@ from calibkit.numerics.clipping import saturated_fraction
 from calibkit.numerics.formats import int8_scale
 
 
-def scales_for(hset: HistogramSet, amax: dict[str, float], why: dict[str, dict], model_path: Path):
+def scales_for(hset: HistogramSet, amax: dict[str, float], why: dict[str, dict], model_path: Path, base="entropy"):
     """(the scale table of ``amax`` for the model at ``model_path``, its rendered files).
 
-    The rows are ``auto``'s (statistics, candidates) with each tensor's amax replaced by the one
-    chosen and ``criterion`` saying by what; the table's meta names the model (fingerprint)."""
+    Every tensor's amax is exactly the one the kept stages were scored with (``amax``); the rows
+    keep ``auto``'s statistics and candidates, with ``method`` and ``criterion`` saying where the
+    amax came from: the consumer's error, auto, or calibrate's ``base`` method (when the
+    threshold step was not kept or not asked for). The table's meta names the model."""
     from calibkit.calibration import stage_scales
 
     table = scales_io.compute(hset, "auto", threads=1)
     for name, row in table.tensors.items():
+        if name not in amax:
+            continue
         w = why.get(name, {})
-        if w.get("by") == "consumer_error":
-            a = amax[name]
-            row.update(
-                amax=a,
-                scale=int8_scale(a),
-                clipped=saturated_fraction(hset.tensors[name], a),
-                method=w["method"],
-                criterion="consumer_error",
-                consumer_error=w["error"],
-                consumer_error_auto=w["error_auto"],
-            )
+        a = float(amax[name])
+        by = w.get("by") or f"calibrate {base}"
+        row.update(
+            amax=a,
+            scale=int8_scale(a),
+            clipped=saturated_fraction(hset.tensors[name], a),
+            method=w.get("method", base),
+            criterion="consumer_error" if by == "consumer_error" else by,
+        )
+        if by == "consumer_error":
+            row.update(consumer_error=w["error"], consumer_error_auto=w["error_auto"])
     version = trt_cache.encode_version(trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION)
     staged = stage_scales(table, hset, model_path, fingerprint_file(model_path), version, "EntropyCalibration2")
     return table, staged

@@ -264,3 +264,65 @@ def test_export_qdq_recovers_weights_from_calibrate_scales(cli, tmp_path):
     assert "--data" in r.stderr and not (tmp_path / "x.onnx").exists()
     r = cli("export-qdq", model, "--scales", scales, "--data", cal, "-o", "x.onnx", expect=2)
     assert "--data" in r.stderr and not (tmp_path / "x.onnx").exists()
+
+
+def _qdq_amax(path: Path) -> dict[str, float]:
+    """{activation tensor: amax} as the Q/DQ model quantizes it (scale x 127)."""
+    g = onnx.load(str(path)).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    return {
+        n.input[0]: float(inits[n.input[1]]) * 127.0
+        for n in g.node
+        if n.op_type == "QuantizeLinear" and n.input[0] not in inits and inits[n.input[1]].ndim == 0
+    }
+
+
+def test_scales_and_cache_carry_the_thresholds_the_qdq_model_has(cli, tmp_path):
+    """Whatever threshold criterion the kept stages used (--thresholds method: calibrate's
+    entropy; consumer), scales.json and the TensorRT 10 cache carry exactly the amaxes of the
+    published Q/DQ model, and say where each came from."""
+    model, cal, val = _inputs(tmp_path)
+    for mode, criterion in (("method", "calibrate entropy"), ("consumer", None)):
+        out = tmp_path / mode
+        cli("quantize", model, "--data", cal, "--val", val, "--thresholds", mode, "--iterations", "50",
+            "--no-equalize", "-o", out)
+        qdq = _qdq_amax(out / "m.qdq.onnx")
+        scales = json.loads((out / "scales.json").read_text())["tensors"]
+        assert qdq and set(qdq) <= set(scales)
+        for t, a in qdq.items():
+            assert abs(scales[t]["amax"] - a) <= 1e-5 * a, (mode, t, scales[t]["amax"], a)
+        if criterion:
+            assert {scales[t]["criterion"] for t in qdq} == {criterion}
+        cache = (out / "m.recovered.cache").read_text().splitlines()[1:]
+        by_name = {line.split(":")[0]: line.split(":")[1].strip() for line in cache}
+        import struct
+
+        for t, a in qdq.items():
+            scale = struct.unpack(">f", bytes.fromhex(by_name[t]))[0]
+            assert abs(scale * 127.0 - a) <= 1e-5 * a, (mode, t)
+
+
+def test_a_rejected_threshold_choice_does_not_come_back(tmp_path, monkeypatch):
+    """When the consumer-error thresholds are not kept, the transforms after them are scored
+    with calibrate's thresholds too (not the rejected choice re-derived on the transformed model)."""
+    import calibkit.quantize.pipeline as P
+
+    seen = []
+    real = P.choose_thresholds
+
+    def spy(model, hset, amax, feeds, opts, device):
+        seen.append(opts.thresholds)
+        return real(model, hset, amax, feeds, opts, device)
+
+    monkeypatch.setattr(P, "choose_thresholds", spy)
+    monkeypatch.setattr(P.Pipeline, "_keep", lambda self, row, name: row["step"] != "thresholds" or (row.update(kept=False) or False))
+    from calibkit.quantize import QuantizeOptions, quantize
+    from calibkit.recovery import RecoveryOptions
+
+    model, cal, val = _inputs(tmp_path)
+    res = quantize(model, cal, val, tmp_path / "q", options=QuantizeOptions(
+        recovery=RecoveryOptions(iterations=20), fallback=False))
+    assert seen[0] == "consumer" and seen[1:] and set(seen[1:]) == {"method"}
+    scales = json.loads((tmp_path / "q" / "scales.json").read_text())["tensors"]
+    assert all(r.get("criterion") != "consumer_error" for r in scales.values())
+    assert res.doc["stages"][1]["kept"] is False
