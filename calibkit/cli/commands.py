@@ -5,7 +5,16 @@ from __future__ import annotations
 import click
 
 from calibkit import __version__
-from calibkit.cli import build_cmd, calibrate_cmd, diff_cmd, placement_cmd, quantize_cmd, sensitivity_cmd, validate_cmds
+from calibkit.cli import (
+    build_cmd,
+    calibrate_cmd,
+    diff_cmd,
+    drift_cmd,
+    placement_cmd,
+    quantize_cmd,
+    sensitivity_cmd,
+    validate_cmds,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -32,6 +41,7 @@ COMMANDS = (
     quantize_cmd.quantize,
     build_cmd.build,
     diff_cmd.diff,
+    drift_cmd.drift,
 )
 for _command in COMMANDS:
     cli.add_command(_command)

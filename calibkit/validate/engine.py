@@ -194,7 +194,9 @@ def evaluate(
             if metric_fn is None:  # labels alone: top-1 accuracy on the class-score output
                 if cls_index is None:
                     cls_index = _class_output(out_names, ref_out)
-                ref_res.add_scores(ref_out[cls_index].argmax(1) == check_class_ids(batch_labels, ref_out[cls_index], labels))
+                ref_res.add_scores(
+                    ref_out[cls_index].argmax(1) == check_class_ids(batch_labels, ref_out[cls_index], labels)
+                )
         if metric_fn is not None:
             ref_res.add_scores(_score(metric_fn, out_names, ref_out, batch_labels, n, metric))
         ref_layer_vals = dict(zip(layer_tensors, ref_layers.run(layer_tensors, feed))) if ref_layers else {}
