@@ -225,6 +225,8 @@ def evaluate(
         offset += n
         if progress:
             progress(offset)
+    for cand, res in zip(candidates, results):
+        res.note = cand.note  # a TensorRT candidate builds on its first batch and adds its layer report then
     if (
         lab is not None and offset != len(lab) and not (stats.limited and offset < len(lab))
     ):  # --max-samples: the first labels
