@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from calibkit.qdq.index import GraphIndex
 from calibkit.qdq.placement import COMPUTE_OPS, RESIDUAL_JOIN, activation_inputs, weighted_source
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -32,61 +33,6 @@ class Finding:
     lint: str
     node: str
     message: str
-
-
-class GraphIndex:
-    def __init__(self, model: onnx.ModelProto) -> None:
-        g = model.graph
-        self.nodes = list(g.node)
-        self.inits = {i.name: i for i in g.initializer}
-        # Constant-node values count as weights (some exporters keep every weight in one)
-        self.weights = set(self.inits) | {n.output[0] for n in g.node if n.op_type == "Constant" and n.output}
-        self.producer = {o: n for n in g.node for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in g.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-
-    def dq_source(self, name: str) -> onnx.NodeProto | None:
-        """The QuantizeLinear behind ``name`` when ``name`` is a DequantizeLinear output."""
-        dq = self.producer.get(name)
-        if dq is None or dq.op_type != "DequantizeLinear":
-            return None
-        q = self.producer.get(dq.input[0])
-        return q if q is not None and q.op_type == "QuantizeLinear" else None
-
-    def scale(self, node: onnx.NodeProto) -> float | None:
-        init = self.inits.get(node.input[1])
-        if init is None:
-            return None
-        a = numpy_helper.to_array(init)
-        return float(a) if a.size == 1 else None
-
-    def quantized(self, node: onnx.NodeProto) -> bool:
-        """A compute node reading an activation through a Q/DQ pair."""
-        return any(self.dq_source(i) is not None for i in activation_inputs(node))
-
-    def float_name(self, name: str) -> str:
-        q = self.dq_source(name)
-        return q.input[0] if q is not None else name
-
-    def neighbours(self, start: list[str], up: bool, limit: int = 64) -> list[onnx.NodeProto]:
-        """Nearest compute nodes from tensors ``start``, walking through every other op."""
-        found, seen, todo = [], set(), list(start)
-        while todo and len(seen) < limit:
-            t = todo.pop()
-            if t in seen:
-                continue
-            seen.add(t)
-            nodes = [self.producer[t]] if up and t in self.producer else [] if up else self.consumers.get(t, [])
-            for n in nodes:
-                if n.op_type in COMPUTE_OPS:
-                    found.append(n)
-                elif up:
-                    todo += [i for i in n.input if i and i not in self.inits]
-                else:
-                    todo += [o for o in n.output if o]
-        return found
 
 
 def lint(model: onnx.ModelProto) -> list[Finding]:

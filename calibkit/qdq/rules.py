@@ -132,7 +132,7 @@ def decide(model: onnx.ModelProto, kept_float: set[str] = frozenset()) -> dict[s
 def _drop_islands(model: onnx.ModelProto, out: dict[str, Decision]) -> None:
     """Keep in float each quantized compute layer whose nearest compute neighbours, upstream
     and downstream, all stay float (until none is left: dropping one can isolate another)."""
-    from calibkit.qdq.lint import GraphIndex
+    from calibkit.qdq.index import GraphIndex
 
     g = GraphIndex(model)
     by_name = {n.name: n for n in g.nodes}

@@ -12,20 +12,13 @@ from pathlib import Path
 
 import onnx
 
-from calibkit.artifacts import trt_cache as cache_io
 from calibkit.errors import CalibkitError
-from calibkit.numerics.formats import INT8
 from calibkit.outputs.atomic import write_bytes
 from calibkit.trt.spec import BuildSpec
 
 
 def keep_regex(layers: list[str]) -> str | None:
     return "^(" + "|".join(re.escape(n) for n in layers) + ")$" if layers else None
-
-
-def amax_from_cache(path: Path) -> dict[str, float]:
-    """amax = scale * 127 for every tensor of a calibration cache."""
-    return {name: scale * INT8.qmax for name, scale in cache_io.read(path).scales.items()}
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -82,7 +75,7 @@ def prepare_v11(spec: BuildSpec) -> Path:
             raise CalibkitError("--keep-fp16 with --qdq on TensorRT 11: re-export the Q/DQ model with `calibkit export-qdq --exclude-nodes` instead")
     elif spec.int8:
         model = onnx.load(str(spec.onnx))
-        from calibkit.trt.ranges import read_amax
+        from calibkit.trt.ranges import amax_from_cache, read_amax
 
         amax = read_amax(spec.ranges) if spec.ranges is not None else amax_from_cache(spec.cache)
         path = export_qdq(model, amax, Path(f"{stem}.qdq.onnx"), placement="trt", exclude_nodes=keep_regex(spec.keep_fp16))

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from calibkit.artifacts import trt_cache as cache_io
 from calibkit.errors import CalibkitError
+from calibkit.numerics.formats import INT8
 
 TRT_MAJORS = (10,)
 FLOATS = ("FLOAT", "HALF", "BF16")
 
 
+def amax_from_cache(path: Path) -> dict[str, float]:
+    """amax = scale * 127 for every tensor of a calibration cache."""
+    return {name: scale * INT8.qmax for name, scale in cache_io.read(path).scales.items()}
+
+
 def read_amax(path: Path) -> dict[str, float]:
     """amax per tensor from a calibkit scales.json or a TensorRT cache (amax = scale * 127)."""
     from calibkit.artifacts import scales as scales_io
-    from calibkit.trt.prepare import amax_from_cache
 
     if not path.is_file():
         raise CalibkitError(f"--ranges {path} not found; pass calibkit's scales.json or <model>.cache")
