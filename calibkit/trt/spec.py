@@ -45,6 +45,7 @@ class BuildSpec:
                 raise CalibkitError("--qdq already carries the INT8 scales; drop --int8/--cache")
             if not self.qdq.is_file():
                 raise CalibkitError(f"Q/DQ model {self.qdq} not found; write it with `calibkit export-qdq`")
+            self._check_qdq()
         if self.ranges is not None and (not self.int8 or self.cache is not None or self.data is not None):
             raise CalibkitError("--ranges gives the INT8 ranges itself: use it with --int8, without --cache or --data")
         if self.ranges is not None and not self.ranges.is_file():
@@ -80,11 +81,29 @@ class BuildSpec:
             foreign = [t for t in c.scales if t not in known]
             if not c.scales or len(foreign) == len(c.scales):
                 raise CalibkitError(f"cache {self.cache} has no tensor of {self.onnx.name} (e.g. {next(iter(c.scales), '-')!r}); calibrate this model")
+            from calibkit.qdq.fusion import qdq_inputs
+
+            needed = [t for t in qdq_inputs(model) if t not in {i.name for i in model.graph.input}]
+            missing = [t for t in needed if t not in c.scales]
+            if missing:
+                raise CalibkitError(
+                    f"cache {self.cache} has no scale for {len(missing)} of the {len(needed)} tensors the quantized layers of "
+                    f"{self.onnx.name} read (e.g. {missing[0]!r}): TensorRT would run those layers without INT8 ranges; "
+                    "calibrate this model (any --tensors mode keeps them)"
+                )
         if self.keep_fp16:
             nodes = [n.name for n in model.graph.node]
             for name in self.keep_fp16:
                 if name not in nodes:
                     raise CalibkitError(f"--keep-fp16/--from-report: the model has no node named {name!r} (nodes: {', '.join(nodes[:8])}{', ...' if len(nodes) > 8 else ''})")
+
+    def _check_qdq(self) -> None:
+        """The --qdq file is an ONNX model with Q/DQ nodes (not random bytes, not the float model)."""
+        from calibkit.qdq.files import read_light
+
+        m = read_light(self.qdq)
+        if not any(n.op_type == "QuantizeLinear" for n in m.graph.node):
+            raise CalibkitError(f"--qdq {self.qdq} has no QuantizeLinear node: it is not a Q/DQ model; write one with `calibkit export-qdq`")
 
     def _check_shapes(self) -> None:
         from calibkit.graph.model import input_specs, load
@@ -142,6 +161,10 @@ def parse_shapes(text: str | None) -> dict[str, tuple[Shape, Shape, Shape]]:
         if len(parts) != 3 or len({len(p) for p in parts}) != 1:
             raise CalibkitError(f"--shapes {item!r}: give MIN/OPT/MAX of the same rank")
         lo, opt, hi = parts
+        if name in shapes:
+            raise CalibkitError(f"--shapes names input {name!r} twice; give each input once")
+        if any(d < 1 for p in parts for d in p):
+            raise CalibkitError(f"--shapes {item!r}: every dim must be >= 1 (a zero batch builds an engine that runs nothing)")
         if any(not (a <= b <= c) for a, b, c in zip(lo, opt, hi)):
             raise CalibkitError(f"--shapes {item!r}: each dim needs MIN <= OPT <= MAX")
         shapes[name] = (lo, opt, hi)

@@ -1,0 +1,50 @@
+"""Build inputs that were silently accepted (issue 21, item 10): a zero batch or a repeated
+input in --shapes, random bytes as --qdq, and a cache that covers only part of what the
+model's quantized layers read. Each is a one-line error naming the option; nothing written."""
+
+from __future__ import annotations
+
+import pytest
+
+from calibkit.artifacts import trt_cache as cache_io
+
+
+@pytest.fixture
+def calibrated(cli, tmp_path, conv_model, conv_data):
+    cli("calibrate", conv_model, "--data", conv_data, "--tensors", "all", "-o", tmp_path / "out")
+    return tmp_path / "out" / "conv.cache"
+
+
+def _trtexec(cli, model, engine, *extra, expect):
+    return cli("build", model, "--engine", engine, *extra, "--print-trtexec", "--trt-major", "10", expect=expect)
+
+
+def test_shapes_with_a_zero_batch_or_a_repeated_input(cli, tmp_path, conv_model, calibrated):
+    e = tmp_path / "e.plan"
+    r = _trtexec(cli, conv_model, e, "--int8", "--cache", calibrated, "--shapes", "x:0x3x8x8/4x3x8x8/8x3x8x8", expect=1)
+    assert "--shapes" in r.stderr and ">= 1" in r.stderr
+    r = _trtexec(cli, conv_model, e, "--int8", "--cache", calibrated, "--shapes", "x:1x3x8x8,x:2x3x8x8", expect=1)
+    assert "twice" in r.stderr and "'x'" in r.stderr
+    assert not e.exists()
+
+
+def test_qdq_of_random_bytes_or_a_float_model(cli, tmp_path, conv_model):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(bytes(range(256)) * 8)
+    r = cli("build", conv_model, "--engine", tmp_path / "e.plan", "--qdq", junk, "--print-trtexec", expect=1)
+    assert "junk.onnx" in r.stderr and "Traceback" not in r.stderr
+    r = cli("build", conv_model, "--engine", tmp_path / "e.plan", "--qdq", conv_model, "--print-trtexec", expect=1)
+    assert "no QuantizeLinear" in r.stderr
+
+
+def test_a_cache_covering_part_of_the_quantized_inputs(cli, tmp_path, conv_model, calibrated):
+    c = cache_io.read(calibrated)
+    keep = dict(list(c.scales.items())[:1])
+    partial = tmp_path / "partial.cache"
+    partial.write_text(calibrated.read_text().splitlines()[0] + "\n" + "".join(
+        f"{k}: {line.split(': ')[1]}\n" for line in calibrated.read_text().splitlines()[1:] for k in [line.split(': ')[0]] if k in keep
+    ))
+    r = _trtexec(cli, conv_model, tmp_path / "e.plan", "--int8", "--cache", partial, "--shapes", "x:1x3x8x8", expect=1)
+    assert "partial.cache" in r.stderr and "has no scale for" in r.stderr
+    r = _trtexec(cli, conv_model, tmp_path / "e.plan", "--int8", "--cache", calibrated, "--shapes", "x:1x3x8x8", expect=0)
+    assert r.stdout.startswith("trtexec")
