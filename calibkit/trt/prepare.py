@@ -57,12 +57,14 @@ def notes(spec: BuildSpec, major: int) -> list[str]:
     kept = ", ".join(spec.keep_fp16[:4]) + (", ..." if len(spec.keep_fp16) > 4 else "")
     if major >= 11:
         return [f"TensorRT 11 has no FP16 flag: the layers kept out of INT8 ({kept}) run FP16 through the FP16-converted model "
-                f"{spec.engine.with_suffix('').name}.fp16.onnx, so the other float layers run FP16 too (as with --fp16)"]
+                f"{spec.engine.with_suffix('').name}.trt11.fp16.onnx, so the other float layers run FP16 too (as with --fp16)"]
     return [f"the layers kept out of INT8 ({kept}) run FP16 with the FP16 builder flag (trtexec --fp16), which lets TensorRT run other float layers in FP16 too"]
 
 
 def prepare_v11(spec: BuildSpec) -> Path:
-    """Write (beside the engine) and return the model a strongly typed build parses."""
+    """Write (beside the engine) and return the model a strongly typed build parses. Its names
+    (``<engine stem>.trt11.qdq.onnx`` / ``.trt11.fp16.onnx``) are the build's own, so a user's
+    ``<stem>.qdq.onnx`` from export-qdq is never replaced."""
     from calibkit.qdq.export import export_qdq
 
     stem = spec.engine.with_suffix("")
@@ -78,9 +80,9 @@ def prepare_v11(spec: BuildSpec) -> Path:
         from calibkit.trt.ranges import amax_from_cache, read_amax
 
         amax = read_amax(spec.ranges) if spec.ranges is not None else amax_from_cache(spec.cache)
-        path = export_qdq(model, amax, Path(f"{stem}.qdq.onnx"), placement="trt", exclude_nodes=keep_regex(spec.keep_fp16))
+        path = export_qdq(model, amax, Path(f"{stem}.trt11.qdq.onnx"), placement="trt", exclude_nodes=keep_regex(spec.keep_fp16))
     if spec.fp16 or spec.keep_fp16:  # a layer kept out of INT8 runs FP16 only in an FP16 model (11 has no FP16 flag)
         model = to_fp16(onnx.load(str(path)))
-        path = Path(f"{stem}.fp16.onnx")
+        path = Path(f"{stem}.trt11.fp16.onnx")
         write_bytes(path, model.SerializeToString())
     return path

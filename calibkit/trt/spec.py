@@ -40,6 +40,7 @@ class BuildSpec:
     def check(self) -> BuildSpec:
         if not self.onnx.is_file():
             raise CalibkitError(f"model {self.onnx} not found")
+        self._check_outputs()
         if self.qdq is not None:
             if self.int8 or self.cache:
                 raise CalibkitError("--qdq already carries the INT8 scales; drop --int8/--cache")
@@ -96,6 +97,33 @@ class BuildSpec:
             for name in self.keep_fp16:
                 if name not in nodes:
                     raise CalibkitError(f"--keep-fp16/--from-report: the model has no node named {name!r} (nodes: {', '.join(nodes[:8])}{', ...' if len(nodes) > 8 else ''})")
+
+    def _check_outputs(self) -> None:
+        """No file the build writes (engine, timing cache, layer files, the TensorRT 11 models
+        it prepares) is one of its inputs."""
+        stem = self.engine.with_suffix("")
+        outputs = {
+            "--engine": self.engine,
+            "--timing-cache": self.timing_cache,
+            "the layer report": self.layer_info,
+            "the layer summary": self.layer_report,
+            "the prepared Q/DQ model": Path(f"{stem}.trt11.qdq.onnx"),
+            "the prepared FP16 model": Path(f"{stem}.trt11.fp16.onnx"),
+        }
+        inputs = {"MODEL": self.onnx, "--cache": self.cache, "--qdq": self.qdq, "--ranges": self.ranges}
+        if isinstance(self.data, (str, Path)):
+            inputs["--data"] = Path(self.data)
+        seen: dict[Path, str] = {}
+        for what, path in outputs.items():
+            if path is None:
+                continue
+            p = Path(path).resolve()
+            for opt, src in inputs.items():
+                if src is not None and Path(src).resolve() == p:
+                    raise CalibkitError(f"{what} {path} is also {opt} of this build; write the engine elsewhere (--engine DIR/NAME.plan)")
+            if p in seen:
+                raise CalibkitError(f"{what} and {seen[p]} are the same file {path}; pick another --engine/--timing-cache")
+            seen[p] = what
 
     def _check_qdq(self) -> None:
         """The --qdq file is an ONNX model with Q/DQ nodes (not random bytes, not the float model)."""

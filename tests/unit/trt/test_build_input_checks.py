@@ -48,3 +48,20 @@ def test_a_cache_covering_part_of_the_quantized_inputs(cli, tmp_path, conv_model
     assert "partial.cache" in r.stderr and "has no scale for" in r.stderr
     r = _trtexec(cli, conv_model, tmp_path / "e.plan", "--int8", "--cache", calibrated, "--shapes", "x:1x3x8x8", expect=0)
     assert r.stdout.startswith("trtexec")
+
+
+def test_build_never_writes_over_its_inputs_or_a_users_qdq_model(cli, tmp_path, conv_model, calibrated):
+    """--engine or --timing-cache equal to an input is refused; the TensorRT 11 model a build
+    prepares has its own name, so a user's export-qdq output beside the engine survives."""
+    cache = calibrated
+    r = _trtexec(cli, conv_model, conv_model, "--int8", "--cache", cache, "--shapes", "x:1x3x8x8", expect=1)
+    assert "--engine" in r.stderr and "MODEL" in r.stderr
+    r = cli("build", conv_model, "--engine", tmp_path / "e.plan", "--int8", "--cache", cache, "--timing-cache", cache,
+            "--shapes", "x:1x3x8x8", "--print-trtexec", "--trt-major", "10", expect=1)
+    assert "--timing-cache" in r.stderr and "--cache" in r.stderr
+    mine = tmp_path / "e.qdq.onnx"
+    cli("export-qdq", conv_model, "--scales", cache.parent / "scales.json", "--exclude-nodes", "conv2", "-o", mine)
+    before = mine.read_bytes()
+    cli("build", conv_model, "--engine", tmp_path / "e.plan", "--int8", "--cache", cache, "--shapes", "x:1x3x8x8",
+        "--print-trtexec", "--trt-major", "11")
+    assert mine.read_bytes() == before and (tmp_path / "e.trt11.qdq.onnx").is_file()

@@ -87,8 +87,8 @@ def test_trtexec_for_11_prepares_the_qdq_model(cli, tmp_path, conv_model, calibr
     )
     a = _args(p.stdout.strip())
     assert "--stronglyTyped" in a and "--int8" not in a and "--fp16" not in a and "--calib" not in a
-    assert a["--onnx"] == str(tmp_path / "e.fp16.onnx")  # the kept layer runs FP16 (see test_trt_fake_build)
-    qdq = onnx.load(str(tmp_path / "e.qdq.onnx"))
+    assert a["--onnx"] == str(tmp_path / "e.trt11.fp16.onnx")  # the kept layer runs FP16 (see test_trt_fake_build)
+    qdq = onnx.load(str(tmp_path / "e.trt11.qdq.onnx"))
     scales = cache_io.read(calibrated).scales
     layers = activation_qdq(qdq)
     assert layers and all(

@@ -373,7 +373,7 @@ def test_ranges_on_11_build_the_qdq_model(monkeypatch, tmp_path, conv_model, cal
 
     fake_trt.install(monkeypatch, 11)
     res = _build(_spec(tmp_path, conv_model, int8=True, ranges=calibrated.parent / "scales.json"))
-    assert res["parsed"].name == "e.qdq.onnx" and activation_qdq(onnx.load(str(res["parsed"])))
+    assert res["parsed"].name == "e.trt11.qdq.onnx" and activation_qdq(onnx.load(str(res["parsed"])))
 
 
 @pytest.mark.parametrize(
