@@ -88,6 +88,16 @@ def _fusible(node: onnx.NodeProto, inside: set[str], head: onnx.NodeProto, const
     return op in ACTIVATIONS or op in CONSTANT_ELEMENTWISE
 
 
+def _subgraph_reads(node: onnx.NodeProto) -> list[str]:
+    """Every name read inside ``node``'s subgraphs (If/Loop/Scan bodies, nested), outer or not."""
+    out: list[str] = []
+    for a in node.attribute:
+        for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            for n in sub.node:
+                out += list(n.input) + _subgraph_reads(n)
+    return out
+
+
 def fused_internal(model: onnx.ModelProto) -> dict[str, str]:
     """{tensor: why} for the tensors inside a fused layer (main graph only), in graph order.
 
@@ -100,7 +110,7 @@ def fused_internal(model: onnx.ModelProto) -> dict[str, str]:
     outputs = {o.name for o in g.output}
     consumers: dict[str, list[int]] = {}
     for k, node in enumerate(nodes):
-        for i in dict.fromkeys(node.input):
+        for i in dict.fromkeys([*node.input, *_subgraph_reads(node)]):  # an If/Loop body reads outer names too
             if i:
                 consumers.setdefault(i, []).append(k)
     taken: set[int] = set()

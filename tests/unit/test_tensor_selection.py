@@ -176,3 +176,35 @@ def test_decomposed_hard_swish_and_a_tensor_read_outside_the_layer():
         [_init("w", (4, 4, 3, 3)), three, six, zero],
     )
     assert list(fusion.fused_internal(m)) == ["c", "cl", "m"]
+
+
+def test_a_tensor_read_inside_an_if_body_is_never_dropped():
+    """Conv -> BN -> Relu whose BN output is also read inside an If branch: TensorRT cannot
+    fuse it away, so --tensors trt keeps it (a body's outer reads count as readers)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from calibkit.qdq.fusion import fused_internal
+
+    w = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    bn = [numpy_helper.from_array(np.ones(2, np.float32), n) for n in ("s", "b", "m", "v")]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["bn1o"], ["t"])], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)]
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["r1"], ["e"])], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)]
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c1"], name="conv1"),
+        helper.make_node("BatchNormalization", ["c1", "s", "b", "m", "v"], ["bn1o"], name="bn1"),
+        helper.make_node("Relu", ["bn1o"], ["r1"], name="relu1"),
+        helper.make_node("If", ["flag"], ["y"], then_branch=body, else_branch=other, name="if"),
+    ]
+    g = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4]), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w, *bn],
+    )
+    dropped = fused_internal(helper.make_model(g))
+    assert "bn1o" not in dropped and "c1" in dropped
