@@ -198,6 +198,14 @@ def calibrate(
             tensors=kw["tensors"],
         )
     print_calibration(result)
+    if kw["tensors"] == "qdq":
+        from calibkit.cli.progress import err
+
+        err.print(
+            "calibkit: note: --tensors qdq calibrates only the inputs the Q/DQ placement quantizes: the cache suits "
+            "`export-qdq`, but a TensorRT 10 --int8 build from it runs the layers whose outputs have no scale in float; "
+            "use the default --tensors trt for a TensorRT 10 cache"
+        )
 
 
 def _calibrate_shards(model, data, method, cfg, pre, feed, output_dir, histograms, devices, shards, kw, opts) -> None:

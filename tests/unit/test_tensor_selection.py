@@ -208,3 +208,10 @@ def test_a_tensor_read_inside_an_if_body_is_never_dropped():
     )
     dropped = fused_internal(helper.make_model(g))
     assert "bn1o" not in dropped and "c1" in dropped
+
+
+def test_qdq_selection_says_what_its_cache_is_for(cli, tmp_path, conv_model, conv_data):
+    r = cli("calibrate", conv_model, "--data", conv_data, "--tensors", "qdq", "-o", tmp_path / "q")
+    assert "--tensors qdq" in r.stderr and "TensorRT 10" in r.stderr
+    r = cli("calibrate", conv_model, "--data", conv_data, "-o", tmp_path / "t")
+    assert "--tensors qdq" not in r.stderr
