@@ -180,7 +180,9 @@ def export_qdq(
         cache = Path(tmp) / "ranges.json"
         cache.write_text(json.dumps(ort_tensors.tensors_data_dict(amax)))
         src = qdq_io.stage_input(named, source_dir, Path(tmp) / "in")
-        staged = Path(tmp) / "out" / target.name
+        # a name of its own: onnx's external-data writer refuses when "<name>.data" exists in the
+        # *current directory* (an input model's own data file, for -o sub/<same name>.onnx)
+        staged = Path(tmp) / "out" / "calibkit-staged.qdq.onnx"
         staged.parent.mkdir()
         _quantize(src, staged, ops, skipped, extra, cache, external)
         qdq = onnx.load(str(staged), load_external_data=False)

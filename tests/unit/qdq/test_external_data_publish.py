@@ -68,3 +68,21 @@ def test_a_kill_in_the_commit_never_pairs_a_new_graph_with_old_weights(tmp_path,
         assert np.array_equal(got, b_out)
         data = sorted(p.name for p in target.parent.glob("q.onnx*.data"))
         assert len(data) == 1, data  # the replaced graph's data file is gone
+
+
+def test_output_named_like_a_model_with_external_data_in_the_working_directory(two_models):
+    """`export-qdq a.onnx -o sub/a.onnx` run where a.onnx.data lies: onnx's writer checks
+    '<name>.data' against the current directory; the export stages under a name of its own."""
+    models, x = two_models
+    ext, scales, ref = models["a"]
+    r = subprocess.run(
+        [sys.executable, "-m", "calibkit", "export-qdq", ext.name, "--scales", str(scales), "-o", f"sub/{ext.name}"],
+        capture_output=True, text=True, cwd=ext.parent, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(_run(ext.parent / "sub" / ext.name, x), ref)
+    r = subprocess.run(
+        [sys.executable, "-m", "calibkit", "export-qdq", ext.name, "--scales", str(scales), "-o", ext.name],
+        capture_output=True, text=True, cwd=ext.parent, timeout=300,
+    )
+    assert r.returncode == 1 and "also an input" in r.stderr and "Traceback" not in r.stderr
