@@ -45,13 +45,18 @@ class ScriptSource(IterableSource):
         super().__init__(fn, description=f"loader script {spec}")
 
     def batches(self) -> Iterator[Feed]:
+        import os
+
+        cwd = os.getcwd()
         try:
             for feed in super().batches():
+                self._same_directory(cwd)
                 if not isinstance(feed, dict):
                     raise CalibkitError(
                         f"{self.description} yielded {type(feed).__name__}; yield {{input_name: ndarray}} dicts"
                     )
                 yield feed
+            self._same_directory(cwd)
         except CalibkitError:
             raise
         except SystemExit as exc:
@@ -61,6 +66,19 @@ class ScriptSource(IterableSource):
             ) from None
         except Exception as exc:
             raise CalibkitError(f"{self.description} raised {type(exc).__name__}: {exc}") from None
+
+    def _same_directory(self, cwd: str) -> None:
+        """A loader that changes the working directory would move every relative path of the
+        run (its outputs among them): put it back and refuse."""
+        import os
+
+        now = os.getcwd()
+        if now != cwd:
+            os.chdir(cwd)
+            raise CalibkitError(
+                f"{self.description} changed the working directory to {now}; a loader must not chdir "
+                "(relative output paths would land there): open files by absolute path instead"
+            )
 
     def fingerprint(self) -> str | None:
         return None  # the script may read anything: streamed data is hashed instead

@@ -372,3 +372,20 @@ def test_outputs_inside_a_calibkit_folder_are_refused(cli, tmp_path, calibrated,
         line = _one_line_error(cli(*args, expect=None))
         assert ".calibkit folder" in line, line
     assert not (cal / ".calibkit" / "q.onnx").exists()
+
+
+def test_a_loader_that_changes_directory_is_refused_and_writes_nowhere(cli, tmp_path, conv_model):
+    """A loader calling os.chdir between batches would move the run's relative outputs to the
+    other folder: refused, the directory put back, nothing published anywhere."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "ld.py").write_text(
+        "import os\nimport numpy as np\n"
+        "def load_data():\n"
+        "    yield {'x': np.ones((2, 3, 8, 8), np.float32)}\n"
+        f"    os.chdir({str(elsewhere)!r})\n"
+        "    yield {'x': np.ones((2, 3, 8, 8), np.float32)}\n"
+    )
+    r = cli("calibrate", conv_model, "--data", "ld.py:load_data", "-o", "out", expect=1)
+    assert "changed the working directory" in r.stderr
+    assert not (elsewhere / "out").exists() and not (tmp_path / "out" / "scales.json").exists()
