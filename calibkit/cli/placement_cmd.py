@@ -17,9 +17,9 @@ from calibkit.cli.options import user_errors
 @click.option(
     "--placement",
     type=click.Choice(["trt", "trt-min", "trt-fused"]),
-    default="trt-fused",
+    default="trt",
     show_default=True,
-    help="Placement whose decisions are listed for a float MODEL.",
+    help="Placement whose decisions are listed for a float MODEL (default: export-qdq's default).",
 )
 @click.option("--precision", type=click.Choice(["int8", "fp8"]), default="int8", show_default=True)
 @click.option("--strict", is_flag=True, help="Exit 3 when the lint finds anything.")
@@ -70,7 +70,8 @@ def placement(model, scales, placement, precision, strict, force) -> None:
 
                 linted = onnx.load(str(path), load_external_data=False)
     quantized = sum(1 for r in rows if r[2] == "yes")
-    out.print(table(f"placement of {Path(model).name}", ["node", "op", "quantized", "rule"], rows))
+    title = f"placement of {Path(model).name}" + ("" if has_qdq else f" (--placement {placement})")
+    out.print(table(title, ["node", "op", "quantized", "rule"], rows))
     out.print(f"{quantized} of {len(rows)} listed nodes quantized")
     if linted is None:
         out.print("lint: give --scales (or a Q/DQ model) to lint the exported graph")

@@ -104,8 +104,11 @@ def test_placement_command(cli, tmp_path):
     assert "concat-scales 1" in r.stdout and "island 1" in r.stdout and "conv-add-qdq 1" in r.stdout
     cli("placement", bad)  # without --strict: exit 0
     path = fused_net(tmp_path / "f.onnx")
-    r = cli("placement", path)
+    r = cli("placement", path, "--placement", "trt-fused")
     assert "small-channels" in r.stdout and "concat-shared-scale" in r.stdout and "gemv" in r.stdout
+    assert "--placement trt-fused" in r.stdout
+    r = cli("placement", path)  # the default is export-qdq's: trt, and the output says so
+    assert "--placement trt)" in r.stdout and "small-channels" not in r.stdout
 
 
 def test_conv_side_of_a_residual_stays_float_when_the_conv_output_is_quantized_elsewhere(tmp_path):
