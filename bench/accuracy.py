@@ -156,8 +156,10 @@ def evaluate(qdq: Path, model: Path, d: Path) -> dict:
     names = [o.name for o in f.get_outputs()]
     n = len(labels)
     ref, got = {k: [] for k in names}, {k: [] for k in names}
-    for i in range(0, n, 16):
-        feed = {k: v[i : i + 16] for k, v in test.items()}
+    dim0 = f.get_inputs()[0].shape[0]
+    step = dim0 if isinstance(dim0, int) and dim0 > 0 else 16  # a fixed-batch model runs its own batch
+    for i in range(0, n, step):
+        feed = {k: v[i : i + step] for k, v in test.items()}
         for k, a, b in zip(names, f.run(names, feed), q.run(names, feed)):
             ref[k].append(a)
             got[k].append(b)

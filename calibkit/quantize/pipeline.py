@@ -53,7 +53,8 @@ class Pipeline:
         row["meets"] = meets(r, self.gates, self.vs.ref_task)
         self.stages.append(row)
         task = f", task {r['task']:.2f}%" if r.get("task") is not None else ""
-        self.say(f"{label}: worst cosine {r['min_cosine']}{task}, {q}/{total} layers INT8")
+        cos = "n/a (NaN)" if r["min_cosine"] is None else f"{r['min_cosine']:.6f}"
+        self.say(f"{label}: worst cosine {cos}{task}, {q}/{total} layers INT8")
         return row
 
     # -- the run ---------------------------------------------------------------------------
@@ -128,7 +129,7 @@ class Pipeline:
                 bc, _ = recover_weights(model, amax, rec_feeds, replace(o.recovery, rounding="nearest"), self.device)
                 row = self._stage("+ bias correction alone", "bias_correction", bc, amax)
                 row.update(kept=False, note="for the report: bias correction without adaptive rounding")
-            self.say(f"weight recovery ({o.recovery.rounding} rounding, bias correction {o.recovery.bias_correction})")
+            self.say(f"weight recovery ({o.recovery.rounding} rounding, bias correction {'on' if o.recovery.bias_correction else 'off'})")
             cand, recovery = recover_weights(model, amax, rec_feeds, o.recovery, self.device, self._layer_progress)
             if not recovery["layers"]:
                 recovery["kept"] = False
