@@ -247,6 +247,7 @@ class Transaction:
         }
         meta = self.directory / META
         manifest_target = meta / f"{self.name}.manifest.json"
+        self.after_commit.append(_remove_left_over(self.directory, manifest_target, set(files)))
         staged_manifest = self.path(manifest_target)
         moves = [(s, t) for t, s in self.staged.items() if t != manifest_target]
         moves.append((staged_manifest, manifest_target))
@@ -281,6 +282,49 @@ class Transaction:
                     with contextlib.suppress(OSError):
                         fn()
         return {name: self.directory / name for name in files}
+
+
+def _remove_left_over(directory: Path, manifest: Path, keep: set[str]):
+    """After the commit: the files of this folder's previous set of the same command that the
+    new set does not hold (a stale sufficiency.json, another model's cache) are removed, each only
+    if it is still the file that set published (same sha256) and lies inside the folder, so a
+    file a user edited or put there since is never touched. Read before the commit replaces the
+    manifest; run after it."""
+    try:
+        old = json.loads(manifest.read_text()).get("files", {}) if manifest.is_file() else {}
+    except (OSError, ValueError, AttributeError):
+        old = {}
+    root = directory.resolve()
+    gone = []
+    for name, digest in (old.items() if isinstance(old, dict) else ()):
+        if name in keep or not isinstance(name, str) or not isinstance(digest, str):
+            continue
+        p = (directory / name).resolve()
+        if root not in p.parents or p.is_symlink() or not p.is_file():
+            continue
+        gone.append((p, digest))
+
+    def remove() -> None:
+        for p, digest in gone:
+            if sha256_file(p) == digest:
+                p.unlink()
+                parent = p.parent
+                while parent != root and root in parent.parents and _only_a_stale_lock(parent):
+                    shutil.rmtree(parent)
+                    parent = parent.parent
+
+    return remove
+
+
+def _only_a_stale_lock(folder: Path) -> bool:
+    """``folder`` holds nothing but (at most) its own .calibkit/lock: an emptied sub-folder of
+    a replaced set (e.g. shards/)."""
+    entries = list(folder.iterdir())
+    if not entries:
+        return True
+    if [e.name for e in entries] != [META] or not (folder / META).is_dir() or (folder / META).is_symlink():
+        return False
+    return all(e.name == "lock" and e.is_file() for e in (folder / META).iterdir())
 
 
 @contextlib.contextmanager

@@ -248,3 +248,22 @@ def test_full_disk_keeps_the_old_set_and_says_so(two_sets, tmp_path):
         assert not fresh.exists(), "a failed first run must not leave a half set (or an empty directory)"
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_files_of_the_previous_set_that_the_new_one_lacks_are_removed(cli, tmp_path, conv_model, conv_data):
+    """calibrate --shards then a plain calibrate into the same folder: the old set's
+    sufficiency.json and shards/ go (a CI job would read a stale verdict); a file the user
+    edited since, or put there, stays."""
+    cli("calibrate", conv_model, "--data", conv_data, "--shards", "2", "-o", "out", expect=None)
+    out = tmp_path / "out"
+    assert (out / "sufficiency.json").is_file() and (out / "shards").is_dir()
+    mine = out / "notes.txt"
+    mine.write_text("mine")
+    cli("calibrate", conv_model, "--data", conv_data, "-o", "out")
+    assert not (out / "sufficiency.json").exists() and not (out / "shards").exists()
+    assert mine.read_text() == "mine" and (out / "scales.json").is_file()
+    # an edited file of the old set is the user's now: kept
+    cli("calibrate", conv_model, "--data", conv_data, "--shards", "2", "-o", "out2", expect=None)
+    (tmp_path / "out2" / "sufficiency.json").write_text("{}")
+    cli("calibrate", conv_model, "--data", conv_data, "-o", "out2")
+    assert (tmp_path / "out2" / "sufficiency.json").read_text() == "{}"
