@@ -139,6 +139,19 @@ def build(
         from calibkit.trt.prepare import notes
 
         major, why = trtexec_major(spec, int(trt_major) if trt_major else None, installed_major())
+        if trt_version:
+            from calibkit.artifacts.trt_cache import encode_version
+
+            encode_version(trt_version)  # a one-line error for anything not like 10.16.1
+            given = int(str(trt_version).split(".")[0])
+            if given not in (10, 11):
+                raise click.BadParameter(f"{trt_version}: calibkit writes for TensorRT 10.x or 11.x", param_hint="--trt-version")
+            if given != major:
+                raise click.BadParameter(
+                    f"{trt_version} is TensorRT {given}, but this command is for TensorRT {major} ({why or '--trt-major'}); "
+                    "give a version of that major, or --trt-major to match",
+                    param_hint="--trt-version",
+                )
         said: list[str] = [f"trtexec for TensorRT {major}: {why}"] if why else []
         line = trtexec_line(spec, major, trt_version, said)
         if major < 11 and spec.keep_fp16:

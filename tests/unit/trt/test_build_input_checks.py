@@ -65,3 +65,20 @@ def test_build_never_writes_over_its_inputs_or_a_users_qdq_model(cli, tmp_path, 
     cli("build", conv_model, "--engine", tmp_path / "e.plan", "--int8", "--cache", cache, "--shapes", "x:1x3x8x8",
         "--print-trtexec", "--trt-major", "11")
     assert mine.read_bytes() == before and (tmp_path / "e.trt11.qdq.onnx").is_file()
+
+
+def test_trt_version_must_match_the_command_major(cli, tmp_path, conv_model, calibrated):
+    """--trt-version of another major than the printed command's (11.4.0 for a TensorRT 10
+    --int8 --calib line; 10.8.0 with --trt-major 11) or of no TensorRT line (99.99.99) is refused."""
+    base = ["build", conv_model, "--engine", tmp_path / "e.plan", "--int8", "--cache", calibrated,
+            "--shapes", "x:1x3x8x8", "--print-trtexec"]
+    r = cli(*base, "--trt-major", "10", "--trt-version", "11.4.0", expect=2)
+    assert "--trt-version" in r.stderr and "TensorRT 10" in r.stderr
+    r = cli(*base, "--trt-major", "11", "--trt-version", "10.8.0", expect=2)
+    assert "--trt-version" in r.stderr
+    r = cli(*base, "--trt-major", "10", "--trt-version", "99.99.99", expect=2)
+    assert "10.x or 11.x" in r.stderr
+    r = cli(*base, "--trt-major", "10", "--trt-version", "abc", expect=1)
+    assert "not a TensorRT version" in r.stderr and "Traceback" not in r.stderr
+    r = cli(*base, "--trt-major", "10", "--trt-version", "10.8.0", expect=0)
+    assert r.stdout.startswith("trtexec")
