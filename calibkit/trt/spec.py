@@ -132,6 +132,16 @@ class BuildSpec:
         m = read_light(self.qdq)
         if not any(n.op_type == "QuantizeLinear" for n in m.graph.node):
             raise CalibkitError(f"--qdq {self.qdq} has no QuantizeLinear node: it is not a Q/DQ model; write one with `calibkit export-qdq`")
+        base = read_light(self.onnx)
+        inits = {i.name for i in base.graph.initializer}
+        want = sorted(i.name for i in base.graph.input if i.name not in inits)
+        got = sorted(i.name for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer})
+        if want != got or [o.name for o in base.graph.output] != [o.name for o in m.graph.output]:
+            raise CalibkitError(
+                f"--qdq {self.qdq} is not a Q/DQ export of {self.onnx.name}: its inputs/outputs "
+                f"({', '.join(got)} -> {', '.join(o.name for o in m.graph.output)}) differ from the model's "
+                f"({', '.join(want)} -> {', '.join(o.name for o in base.graph.output)}); export it from this model"
+            )
 
     def _check_shapes(self) -> None:
         from calibkit.graph.model import input_specs, load

@@ -82,3 +82,27 @@ def test_trt_version_must_match_the_command_major(cli, tmp_path, conv_model, cal
     assert "not a TensorRT version" in r.stderr and "Traceback" not in r.stderr
     r = cli(*base, "--trt-major", "10", "--trt-version", "10.8.0", expect=0)
     assert r.stdout.startswith("trtexec")
+
+
+def test_qdq_of_another_model_is_refused(cli, tmp_path, conv_model, calibrated):
+    from onnx import TensorProto, helper
+
+    other = tmp_path / "other.onnx"
+    g = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["a", "s"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s"], ["b"])],
+        "other",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])],
+    )
+    import onnx
+
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(other))
+    r = cli("build", conv_model, "--engine", tmp_path / "e.plan", "--qdq", other, "--shapes", "x:1x3x8x8",
+            "--print-trtexec", expect=1)
+    assert "not a Q/DQ export of conv.onnx" in r.stderr
+    mine = tmp_path / "q.onnx"
+    cli("export-qdq", conv_model, "--scales", calibrated.parent / "scales.json", "-o", mine)
+    r = cli("build", conv_model, "--engine", tmp_path / "e.plan", "--qdq", mine, "--shapes", "x:1x3x8x8",
+            "--print-trtexec", expect=0)
+    assert r.stdout.startswith("trtexec")
