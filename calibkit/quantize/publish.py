@@ -14,7 +14,7 @@ from calibkit.artifacts import trt_cache
 from calibkit.artifacts.histograms import HistogramSet
 from calibkit.graph.model import fingerprint_file
 from calibkit.numerics.clipping import saturated_fraction
-from calibkit.numerics.formats import int8_scale
+from calibkit.numerics.formats import int8_scale, usable_amax
 
 
 def scales_for(hset: HistogramSet, amax: dict[str, float], why: dict[str, dict], model_path: Path, base="entropy"):
@@ -31,7 +31,7 @@ def scales_for(hset: HistogramSet, amax: dict[str, float], why: dict[str, dict],
         if name not in amax:
             continue
         w = why.get(name, {})
-        a = float(amax[name])
+        a = usable_amax(float(amax[name]))  # the exporter's reading of a degenerate amax
         by = w.get("by") or f"calibrate {base}"
         row.update(
             amax=a,

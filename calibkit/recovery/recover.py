@@ -17,6 +17,7 @@ from calibkit.errors import CalibkitError
 from calibkit.methods import auto
 from calibkit.recovery.edit import Editor
 from calibkit.recovery.layers import Layer, find, weight_from_matrix
+from calibkit.numerics.formats import usable_amax
 from calibkit.recovery.stats import mean_shift
 
 ROUNDINGS = ("nearest", "adaptive")
@@ -63,6 +64,7 @@ def choose_thresholds(
     for name, h in hset.tensors.items():
         if name in amax and opts.thresholds in ("auto", "consumer"):
             a, detail = auto.choose(h, auto.AutoConfig())
+            a = usable_amax(a)  # an all-zero tensor gets the table's degenerate amax, never 0
             out[name] = a
             why[name] = {"amax": a, "by": "auto", "method": detail["method"]}
     if opts.thresholds == "auto":

@@ -326,3 +326,46 @@ def test_a_rejected_threshold_choice_does_not_come_back(tmp_path, monkeypatch):
     scales = json.loads((tmp_path / "q" / "scales.json").read_text())["tensors"]
     assert all(r.get("criterion") != "consumer_error" for r in scales.values())
     assert res.doc["stages"][1]["kept"] is False
+
+
+def test_an_all_zero_activation_gets_a_usable_amax(cli, tmp_path):
+    """A tensor that is zero on every calibration sample (a branch multiplied by 0): quantize
+    publishes scales.json with the table's degenerate amax for it, never 0 (which no reader
+    accepts), equal to what the Q/DQ model uses (found on ddddocr_common)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.3, (6, 4, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (6, 4, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.zeros((1, 4, 1, 1), np.float32), "zero"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (6, 6)).astype(np.float32), "wf"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Mul", ["x", "zero"], ["z"], name="mute"),
+        helper.make_node("Conv", ["z", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Add", ["c1", "c2"], ["s"], name="join"),
+        helper.make_node("Relu", ["s"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], name="fc"),
+    ]
+    g = helper.make_graph(
+        nodes, "zero_branch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])],
+        inits,
+    )
+    model = tmp_path / "z.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(model))
+    np.savez(tmp_path / "cal.npz", x=rng.normal(0, 1, (32, 4, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "val.npz", x=rng.normal(0, 1, (16, 4, 8, 8)).astype(np.float32))
+    r = cli("quantize", model, "--data", tmp_path / "cal.npz", "--val", tmp_path / "val.npz", "--iterations", "20",
+            "--no-fallback", "-o", "q", expect=None)
+    assert r.returncode in (0, 3), r.stderr
+    scales = json.loads((tmp_path / "q" / "scales.json").read_text())["tensors"]
+    assert scales["z"]["amax"] > 0 and scales["z"].get("degenerate")
+    qdq = _qdq_amax(tmp_path / "q" / "z.qdq.onnx")
+    for t, a in qdq.items():  # an all-zero tensor is exported with scale 1 (any scale is exact on zeros)
+        assert scales[t].get("degenerate") or abs(scales[t]["amax"] - a) <= 1e-5 * a, t
