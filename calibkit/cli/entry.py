@@ -18,26 +18,56 @@ class HungUp(KeyboardInterrupt):
     signum = 1
 
 
+RECEIVED: list[int] = []  # signals that reached this process's handlers, in order
+
+
+def _on_sigint(signum, frame) -> None:
+    RECEIVED.append(signum)
+    raise KeyboardInterrupt()
+
+
 def _on_sigterm(signum, frame) -> None:
+    RECEIVED.append(signum)
     raise Terminated()
 
 
 def _on_sighup(signum, frame) -> None:
+    RECEIVED.append(signum)
     raise HungUp()
 
 
+def interrupt_behind(exc: BaseException) -> int | None:
+    """The signal number if ``exc`` is an interrupt in disguise, else None.
+
+    A signal whose handler raises while a C extension is being imported or initialised (ONNX
+    Runtime's pybind module, numpy's) comes out as that extension's own error, e.g.
+    ``ImportError: initialization failed``; it is still the user's interrupt, not a failure.
+    """
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return getattr(seen, "signum", 2)
+        seen = seen.__cause__ or seen.__context__
+    return RECEIVED[-1] if RECEIVED else None
+
+
 def main() -> None:
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
     signal.signal(signal.SIGTERM, _on_sigterm)
     if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:  # nohup'ed runs keep ignoring it
         signal.signal(signal.SIGHUP, _on_sighup)
     _check_onnxruntime()
     try:
         from calibkit.cli.commands import cli
-    except KeyboardInterrupt as exc:
+    except BaseException as exc:
+        signum = interrupt_behind(exc) if isinstance(exc, Exception | KeyboardInterrupt) else None
+        if signum is None:
+            raise
         sys.stderr.write(
             "calibkit: interrupted while starting; nothing from this run was published; previous outputs are unchanged\n"
         )
-        raise SystemExit(128 + getattr(exc, "signum", 2)) from None
+        raise SystemExit(128 + signum) from None
     cli(prog_name="calibkit")
 
 

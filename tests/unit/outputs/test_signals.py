@@ -161,3 +161,33 @@ def test_a_signal_in_every_commit_step_leaves_old_or_new_set_and_a_true_message(
             assert published, (command, point, "the commit point was passed: the new set must be complete")
         assert ("nothing from this run was published" in err) == (not published), (command, point, sig, err)
         assert ("published before it" in err) == published, (command, point, sig, err)
+
+
+# An interrupt that lands inside a C extension's import (ONNX Runtime's pybind module during CI)
+# surfaces as that extension's ImportError, not as KeyboardInterrupt. The loader below does what
+# such an import does: the handler's exception is swallowed and a plain error raised instead.
+DISGUISED = """
+import os, signal, time
+try:
+    os.kill(os.getpid(), signal.{sig})
+    time.sleep(5)
+except BaseException:
+    pass
+raise ImportError("initialization failed")
+
+def load_data():
+    yield {{}}
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_disguised_as_an_import_error_is_an_interrupt(inputs, tmp_path, sig):
+    loader = tmp_path / "loader.py"
+    loader.write_text(DISGUISED.format(sig=sig))
+    out = tmp_path / "out"
+    r = _cli("calibrate", inputs / "conv.onnx", "--data", loader, "-o", out)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 128 + getattr(signal, sig), (r.returncode, r.stderr)
+    assert "interrupted; nothing from this run was published" in r.stderr, r.stderr
+    assert "initialization failed" not in r.stderr
+    assert not out.exists()
