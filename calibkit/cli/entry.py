@@ -57,8 +57,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:  # nohup'ed runs keep ignoring it
         signal.signal(signal.SIGHUP, _on_sighup)
-    _check_onnxruntime()
     try:
+        _check_onnxruntime()
         from calibkit.cli.commands import cli
     except BaseException as exc:
         signum = interrupt_behind(exc) if isinstance(exc, Exception | KeyboardInterrupt) else None
