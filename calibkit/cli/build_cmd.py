@@ -133,7 +133,9 @@ def build(
         **vars(feed_from(kw)),
     )
     if trt_version and not print_trtexec:
-        raise click.UsageError("--trt-version is for --print-trtexec (a build re-headers the cache for the installed TensorRT)")
+        raise click.UsageError(
+            "--trt-version is for --print-trtexec (a build re-headers the cache for the installed TensorRT)"
+        )
     if print_trtexec:
         from calibkit.trt.build import trtexec_line, trtexec_major
         from calibkit.trt.prepare import notes
@@ -145,7 +147,9 @@ def build(
             encode_version(trt_version)  # a one-line error for anything not like 10.16.1
             given = int(str(trt_version).split(".")[0])
             if given not in (10, 11):
-                raise click.BadParameter(f"{trt_version}: calibkit writes for TensorRT 10.x or 11.x", param_hint="--trt-version")
+                raise click.BadParameter(
+                    f"{trt_version}: calibkit writes for TensorRT 10.x or 11.x", param_hint="--trt-version"
+                )
             if given != major:
                 raise click.BadParameter(
                     f"{trt_version} is TensorRT {given}, but this command is for TensorRT {major} ({why or '--trt-major'}); "
@@ -155,7 +159,9 @@ def build(
         said: list[str] = [f"trtexec for TensorRT {major}: {why}"] if why else []
         line = trtexec_line(spec, major, trt_version, said)
         if major < 11 and spec.keep_fp16:
-            said.append("trtexec matches --layerPrecisions by layer name (calibkit's build by [ONNX Layer:] metadata): a node TensorRT split into several layers is only partly kept; the layer report shows it")
+            said.append(
+                "trtexec matches --layerPrecisions by layer name (calibkit's build by [ONNX Layer:] metadata): a node TensorRT split into several layers is only partly kept; the layer report shows it"
+            )
         said.append(f"after the build, `calibkit inspect {spec.layer_info}` shows what each ONNX node ran in")
         for note in said + notes(spec, major):
             err.print(f"note: {note}")

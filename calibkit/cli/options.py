@@ -254,8 +254,10 @@ def user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            from calibkit.outputs.scratch import sweep
             from calibkit.outputs.sets import note_inputs
 
+            sweep()  # scratch folders of runs that were killed (SIGKILL, out of memory)
             note_inputs({k: v for k, v in kwargs.items() if k not in OUTPUT_OPTIONS})
             return fn(*args, **kwargs)
         except CalibkitError as exc:

@@ -34,10 +34,10 @@ def placement(model, scales, placement, precision, strict, force) -> None:
     tensors computed from constants, nonzero zero points, one-layer INT8 islands. Exits 3
     with --strict when any is found.
     """
-    import tempfile
     from pathlib import Path
 
     from calibkit.cli.progress import out, table
+    from calibkit.outputs.scratch import scratch
     from calibkit.qdq import lint as qdq_lint
     from calibkit.qdq.files import read_light
 
@@ -62,7 +62,7 @@ def placement(model, scales, placement, precision, strict, force) -> None:
             check_fingerprint(
                 table_.meta.get("model", {}).get("fingerprint"), fingerprint_file(model), f"scales {scales}", force
             )
-            with tempfile.TemporaryDirectory(prefix="calibkit-placement-") as tmp:
+            with scratch("placement") as tmp:
                 path = export_qdq(
                     model, table_.amax(), Path(tmp) / "m.qdq.onnx", placement=placement, precision=precision
                 )

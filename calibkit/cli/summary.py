@@ -103,7 +103,10 @@ def _layer_report(path: Path, limit: int) -> bool:
         return False
     rep = doc if doc.get("format") == layer_report.FORMAT else layer_report.report(doc, where=str(path))
     out.print(f"{path}: {layer_report.summary(rep)}")
-    rows = [[n, e.get("op") or "-", "/".join(e["precisions"]), len(e["layers"])] for n, e in list(rep["nodes"].items())[:limit]]
+    rows = [
+        [n, e.get("op") or "-", "/".join(e["precisions"]), len(e["layers"])]
+        for n, e in list(rep["nodes"].items())[:limit]
+    ]
     out.print(table("precision per ONNX node", ["node", "op", "ran in", "layers"], rows))
     if len(rep["nodes"]) > limit:
         out.print(f"... {len(rep['nodes']) - limit} more (--limit)")

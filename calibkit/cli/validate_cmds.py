@@ -185,11 +185,20 @@ def _run_reporting(fn, **kwargs):
     is_flag=True,
     help="Use the float16-rounding emulation for ort-fp16 even where ORT can run the FP16 graph.",
 )
+@click.option(
+    "--reference",
+    type=click.Path(dir_okay=False),
+    help=(
+        "Judge the candidates against this FP32 model's outputs instead of MODEL's: the original of a model "
+        "`calibkit quantize` recovered (validate OUT/<stem>.recovered.onnx --scales OUT/scales.json "
+        "--reference ORIGINAL.onnx). Same inputs and outputs required."
+    ),
+)
 @gate_options
 @data_options
 @feed_options
 @user_errors
-def validate(model, scales, backends, emulate_fp16, **kw) -> None:
+def validate(model, scales, backends, emulate_fp16, reference, **kw) -> None:
     """Run INT8/FP16 candidates against the ONNX Runtime FP32 reference; write an HTML report.
 
     Exits 0 when every candidate passes the gates, 3 when one fails (the report is written
@@ -233,6 +242,7 @@ def validate(model, scales, backends, emulate_fp16, **kw) -> None:
         force=kw["force"],
         allow_preprocess_mismatch=kw["allow_preprocess_mismatch"],
         feed=feed,
+        reference=reference,
     )
 
 
@@ -470,7 +480,10 @@ def export_qdq(
         if not doc.get("layers"):
             from calibkit.errors import CalibkitError
 
-            reasons = "; ".join(sorted(set(doc.get("skipped", {}).values()))) or "no Conv/ConvTranspose/Gemm/MatMul with a constant weight"
+            reasons = (
+                "; ".join(sorted(set(doc.get("skipped", {}).values())))
+                or "no Conv/ConvTranspose/Gemm/MatMul with a constant weight"
+            )
             raise CalibkitError(
                 f"--rounding/--bias-correction: no layer of {model} can be recovered ({reasons}); nothing written"
             )

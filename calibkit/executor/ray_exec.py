@@ -9,16 +9,16 @@ connection and its cluster."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from calibkit import optional
 from calibkit.errors import CalibkitError
 from calibkit.executor.base import Executor, call, run_setup
+from calibkit.outputs.scratch import make as scratch_folder
+from calibkit.outputs.scratch import release
 
 NEEDS_RAY = "--ray needs Ray: pip install 'calibkit[ray]'"
 MIN_OBJECT_STORE = 80 * 1024 * 1024
@@ -72,7 +72,7 @@ def _start_local(ray, workers: int, setup_args: Sequence[Any], visible_gpus: str
     ``visible_gpus``: the only GPUs it may hand out (CUDA_VISIBLE_DEVICES while it starts)."""
     import logging
 
-    temp = tempfile.mkdtemp(prefix="calibkit-ray-")
+    temp = str(scratch_folder("ray"))
     store = max(MIN_OBJECT_STORE, 2 * _payload_bytes(setup_args) + 64 * 1024 * 1024)
     path = os.pathsep.join(p for p in sys.path if p)
     saved = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -198,7 +198,7 @@ class RayExecutor(Executor):
             self._started = False
             ray.shutdown()
             if self.temp_dir:
-                shutil.rmtree(self.temp_dir, ignore_errors=True)
+                release(self.temp_dir)
 
     # ------------------------------------------------------------------ work
     def _grow(self, n: int) -> None:

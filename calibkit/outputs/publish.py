@@ -296,7 +296,7 @@ def _remove_left_over(directory: Path, manifest: Path, keep: set[str]):
         old = {}
     root = directory.resolve()
     gone = []
-    for name, digest in (old.items() if isinstance(old, dict) else ()):
+    for name, digest in old.items() if isinstance(old, dict) else ():
         if name in keep or not isinstance(name, str) or not isinstance(digest, str):
             continue
         p = (directory / name).resolve()

@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import re
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -29,6 +28,7 @@ import onnx
 from calibkit.artifacts import tensors_data as ort_tensors
 from calibkit.errors import CalibkitError
 from calibkit.numerics.formats import INT8, number_format
+from calibkit.outputs.scratch import scratch
 from calibkit.qdq import rules as qdq_rules
 from calibkit.qdq.placement import (
     COMPUTE_OPS,
@@ -176,7 +176,7 @@ def export_qdq(
         if placement in TRT_PLACEMENTS
         else {}
     )
-    with tempfile.TemporaryDirectory(prefix="calibkit-qdq-") as tmp:
+    with scratch("qdq") as tmp:
         cache = Path(tmp) / "ranges.json"
         cache.write_text(json.dumps(ort_tensors.tensors_data_dict(amax)))
         src = qdq_io.stage_input(named, source_dir, Path(tmp) / "in")

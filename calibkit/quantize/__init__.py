@@ -14,7 +14,6 @@ result is still written.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from calibkit.data import Preprocess
 from calibkit.data.options import FeedOptions
 from calibkit.errors import ThresholdFailed
 from calibkit.outputs.publish import Transaction
+from calibkit.outputs.scratch import scratch
 from calibkit.quantize.options import SMOOTHQUANT_ALPHAS, QuantizeOptions
 from calibkit.sensitivity.search import Target
 
@@ -61,7 +61,7 @@ def quantize(
     say = progress or (lambda msg: None)
     out = Path(output_dir)
     with Transaction(out, "quantize", command="quantize") as tx:
-        with tempfile.TemporaryDirectory(prefix="calibkit-quantize-") as tmp:
+        with scratch("quantize") as tmp:
             p = Pipeline(
                 Path(model), data, val, labels, metric, target, options, preprocess, feed, device, Path(tmp), say
             )

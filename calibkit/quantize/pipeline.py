@@ -106,7 +106,10 @@ class Pipeline:
 
                     transforms["smoothquant_ineligible"] = why_not = ineligible(model)
                     if o.smoothquant != "auto":
-                        reasons = "; ".join(f"{t}: {r}" for t, r in sorted(why_not.items())[:5]) or "no MatMul/Gemm reads an activation with a constant weight"
+                        reasons = (
+                            "; ".join(f"{t}: {r}" for t, r in sorted(why_not.items())[:5])
+                            or "no MatMul/Gemm reads an activation with a constant weight"
+                        )
                         self.say(f"  --smoothquant {o.smoothquant} applied to no tensor ({reasons})")
                 continue
             _, cal = self._calibrate(cand, key)
@@ -129,7 +132,9 @@ class Pipeline:
                 bc, _ = recover_weights(model, amax, rec_feeds, replace(o.recovery, rounding="nearest"), self.device)
                 row = self._stage("+ bias correction alone", "bias_correction", bc, amax)
                 row.update(kept=False, note="for the report: bias correction without adaptive rounding")
-            self.say(f"weight recovery ({o.recovery.rounding} rounding, bias correction {'on' if o.recovery.bias_correction else 'off'})")
+            self.say(
+                f"weight recovery ({o.recovery.rounding} rounding, bias correction {'on' if o.recovery.bias_correction else 'off'})"
+            )
             cand, recovery = recover_weights(model, amax, rec_feeds, o.recovery, self.device, self._layer_progress)
             if not recovery["layers"]:
                 recovery["kept"] = False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -15,6 +14,7 @@ from calibkit.artifacts.histograms import HistogramSet
 from calibkit.graph.model import fingerprint_file
 from calibkit.numerics.clipping import saturated_fraction
 from calibkit.numerics.formats import int8_scale, usable_amax
+from calibkit.outputs.scratch import scratch
 
 
 def scales_for(hset: HistogramSet, amax: dict[str, float], why: dict[str, dict], model_path: Path, base="entropy"):
@@ -56,7 +56,7 @@ def publish(tx, p, doc: dict) -> dict[str, Path]:
     out = tx.directory
     stem = p.model_path.stem
     paths: dict[str, Path] = {}
-    with tempfile.TemporaryDirectory(prefix="calibkit-publish-") as tmp:
+    with scratch("publish") as tmp:
         rec = Path(tmp) / f"{stem}.recovered.onnx"
         onnx.save_model(p.model, str(rec))
         _, staged = scales_for(p.hset, p.amax, p.why, rec)

@@ -4,12 +4,12 @@ compare with the cached FP32 reference (sensitivity.evaluation's ValSet) per out
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
 import onnx
 
+from calibkit.outputs.scratch import scratch
 from calibkit.sensitivity.evaluation import ValSet, score_outputs
 
 
@@ -26,7 +26,7 @@ def evaluate(
     from calibkit.sessions import session
 
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="calibkit-stage-") as tmp:
+    with scratch("stage") as tmp:
         path = export_qdq(model, amax, Path(tmp) / "stage.qdq.onnx", exclude_nodes=exclude_nodes, precision=precision)
         sess = session(onnx.load(str(path)), device=device, where="the Q/DQ model", exact_qdq=True)
     result = score_outputs(vs, lambda feed: sess.run(vs.output_names, feed))

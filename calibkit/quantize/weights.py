@@ -37,4 +37,3 @@ def summary(doc: dict) -> str:
         f"weights recovered on {len(layers)} layers ({adaptive} adaptively rounded, {corrected} bias-corrected"
         f"{f'; {skipped} not covered' if skipped else ''})"
     )
-

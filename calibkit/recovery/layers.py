@@ -276,6 +276,8 @@ def _transposed_patches(layer: Layer, x: np.ndarray, pick: np.ndarray) -> np.nda
 
     ys, vy = taps(r, 0)
     xs, vx = taps(c, 1)
-    p = x[b[:, None, None, None], np.arange(x.shape[1])[None, :, None, None], ys[:, None, :, None], xs[:, None, None, :]]
+    p = x[
+        b[:, None, None, None], np.arange(x.shape[1])[None, :, None, None], ys[:, None, :, None], xs[:, None, None, :]
+    ]
     p = p * (vy[:, None, :, None] & vx[:, None, None, :])
     return np.ascontiguousarray(p.reshape(len(pick), -1), dtype=np.float32)[None]

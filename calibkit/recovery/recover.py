@@ -15,9 +15,9 @@ import calibkit.recovery.thresholds as thresholds
 from calibkit.artifacts.histograms import HistogramSet
 from calibkit.errors import CalibkitError
 from calibkit.methods import auto
+from calibkit.numerics.formats import usable_amax
 from calibkit.recovery.edit import Editor
 from calibkit.recovery.layers import Layer, find, weight_from_matrix
-from calibkit.numerics.formats import usable_amax
 from calibkit.recovery.stats import mean_shift
 
 ROUNDINGS = ("nearest", "adaptive")

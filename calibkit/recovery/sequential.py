@@ -9,7 +9,6 @@ and reads that input at the positions sampled from the FP32 run (gather.py), don
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import calibkit.recovery.gather as gather
 import calibkit.recovery.rounding as rounding
+from calibkit.outputs.scratch import scratch
 from calibkit.recovery.layers import Layer, patches, weight_from_matrix, weight_matrix
 from calibkit.recovery.stats import Moments
 from calibkit.sessions import session
@@ -107,7 +107,7 @@ class Stepper:
                 self.params[_bname(i)] = np.ascontiguousarray(np.broadcast_to(b, (channels[i],)).copy())
             elif layer.op != "MatMul":
                 self.params[_bname(i)] = np.zeros(channels[i], dtype=np.float32)
-        with tempfile.TemporaryDirectory(prefix="calibkit-recover-") as tmp:
+        with scratch("recover") as tmp:
             qdq = onnx.load(str(export_qdq(model, amax, Path(tmp) / "recover.qdq.onnx")))
         self.q_inputs = gather.quantized_inputs(qdq, layers)
         wired = rewire(qdq, layers, self.shapes, channels)

@@ -10,7 +10,6 @@ excluded, next to the all-INT8 model: the verdict comes from that validation, no
 from __future__ import annotations
 
 import shlex
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from calibkit.data.options import FeedOptions
 from calibkit.errors import CalibkitError, ThresholdFailed
 from calibkit.graph.model import check_fingerprint, fingerprint_file, load
 from calibkit.outputs.publish import Transaction
+from calibkit.outputs.scratch import scratch
 from calibkit.sensitivity import report as SR
 from calibkit.sensitivity import search as _search
 from calibkit.sensitivity.run import Session, open_session
@@ -242,7 +242,7 @@ def _fallback(
         close()
     qdq_name = f"{model_path.stem}.fallback.qdq.onnx"
     model_info = {"name": model_path.name, "fingerprint": model_fp}
-    with tempfile.TemporaryDirectory(prefix="calibkit-fallback-") as tmp:
+    with scratch("fallback") as tmp:
 
         def run(cands):
             return evaluate(s.reference, data, cands, preprocess, labels, metric, batch_size, device, feed=feed)

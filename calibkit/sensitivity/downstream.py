@@ -17,8 +17,6 @@ worker that runs it, so results stay independent of the number of workers.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -26,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from calibkit.outputs.scratch import make as scratch_folder
+from calibkit.outputs.scratch import release
 from calibkit.sensitivity.switch import SWITCH_PREFIX, switch_name
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -99,9 +99,7 @@ class Cone:
         ]
         inputs += [i for i in g.input if i.name.startswith(SWITCH_PREFIX) and i.name in used]
         outputs = [o for o in g.output if o.name in made]
-        graph = helper.make_graph(
-            nodes, "downstream", inputs, outputs, [i for i in g.initializer if i.name in used]
-        )
+        graph = helper.make_graph(nodes, "downstream", inputs, outputs, [i for i in g.initializer if i.name in used])
         m = helper.make_model(graph, opset_imports=list(self.model.opset_import), ir_version=self.model.ir_version)
         m.functions.extend(self.model.functions)
         return m
@@ -149,7 +147,7 @@ def write_bases(model: onnx.ModelProto, n_units: int, feeds: list[dict], budget:
     have = {o.name for o in exposed.graph.output}
     exposed.graph.output.extend(onnx.ValueInfoProto(name=t) for t in names if t not in have)
     sess = session(exposed, device="cpu", threads=1, where="the switchable INT8 model", exact_qdq=True)
-    folder = Path(tempfile.mkdtemp(prefix="calibkit-downstream-"))
+    folder = scratch_folder("downstream")
     bases = Bases(folder, names, len(feeds))
     written = 0
     try:
@@ -162,7 +160,7 @@ def write_bases(model: onnx.ModelProto, n_units: int, feeds: list[dict], budget:
                         raise _OverBudget
                     np.save(bases.path(base, b, t), v)
     except _OverBudget:
-        shutil.rmtree(folder, ignore_errors=True)
+        release(folder)
         return None
     return bases
 
@@ -198,7 +196,9 @@ class Runner:
         from calibkit.sessions import session
 
         sub = self.cone.submodel(idx, cut, {t: self.bases.dtype(t) for t in cut if t not in self.cone.inputs})
-        sess = session(sub, device="cpu", threads=1, where="the switchable INT8 model (downstream part)", exact_qdq=True)
+        sess = session(
+            sub, device="cpu", threads=1, where="the switchable INT8 model (downstream part)", exact_qdq=True
+        )
         made = [o.name for o in sess.get_outputs()]
         self._sessions[changed] = (sess, cut, made)
         while len(self._sessions) > self._cache_size:
@@ -208,7 +208,9 @@ class Runner:
     def run(self, plan, batch: int, given: dict, switches: dict, outputs: list[str]) -> list[np.ndarray]:
         """Outputs of batch ``batch`` (its feed: ``given``) under ``switches``."""
         base, sess, cut, made = plan
-        feed = {t: given[t] if t in self.cone.inputs else np.ascontiguousarray(self.bases.load(base, batch, t)) for t in cut}
+        feed = {
+            t: given[t] if t in self.cone.inputs else np.ascontiguousarray(self.bases.load(base, batch, t)) for t in cut
+        }
         used = {i.name for i in sess.get_inputs()}
         feed.update({k: v for k, v in switches.items() if k in used})
         got = dict(zip(made, sess.run(made, feed)))

@@ -223,7 +223,9 @@ _STATE: dict = {}
 def payload(model: onnx.ModelProto, vs: ValSet, bases=None) -> bytes:
     """Everything a worker needs, serialised once (shipped once per worker); ``bases``: the
     on-disk base runs of downstream-only evaluation (calibkit.sensitivity.downstream), if any."""
-    return pickle.dumps({"model": model.SerializeToString(), "vs": vs, "bases": bases}, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(
+        {"model": model.SerializeToString(), "vs": vs, "bases": bases}, protocol=pickle.HIGHEST_PROTOCOL
+    )
 
 
 def setup(blob: bytes) -> None:

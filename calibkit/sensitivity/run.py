@@ -17,6 +17,7 @@ from pathlib import Path
 
 import onnx
 
+from calibkit.outputs.scratch import release
 from calibkit.sensitivity import evaluation as E
 from calibkit.sensitivity import switch as S
 from calibkit.sensitivity.search import Config, Evaluator
@@ -77,9 +78,7 @@ class Session:
             if "ex" in state:
                 state.pop("ex").__exit__(None, None, None)
             if state.get("bases") is not None:
-                import shutil
-
-                shutil.rmtree(state.pop("bases").folder, ignore_errors=True)
+                release(state.pop("bases").folder)
             journal.close()
 
         return Evaluator(run_missing, known, progress), close

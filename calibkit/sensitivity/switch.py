@@ -14,7 +14,6 @@ real exported model, not from this session.
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from onnx import TensorProto, helper
 
 from calibkit.errors import CalibkitError
 from calibkit.graph import forms as graph_forms
+from calibkit.outputs.scratch import scratch
 from calibkit.qdq import export as qdq
 from calibkit.qdq import placement
 from calibkit.qdq import post as qdq_post
@@ -104,7 +104,7 @@ def build(model: onnx.ModelProto, amax: dict[str, float]) -> Switchable:
         raise CalibkitError(
             "the model has no quantizable layer (Conv, ConvTranspose, Gemm or MatMul on an activation); nothing to rank"
         )
-    with tempfile.TemporaryDirectory(prefix="calibkit-switch-") as tmp:
+    with scratch("switch") as tmp:
         path = qdq.export_qdq(named, amax, Path(tmp) / "full.qdq.onnx", placement="trt")
         full = onnx.load(str(path))
     return Switchable(_wire(full, named, units), units, _fingerprint(named, amax))

@@ -63,5 +63,7 @@ def require(major: int | None = None, what: str = "this") -> int:
         raise CalibkitError(why)
     have = installed_major()
     if major is not None and have != major:
-        raise CalibkitError(f"{what} needs TensorRT {major}.x but {installed_version()} is installed; pip install '{EXTRA[major]}' in another environment")
+        raise CalibkitError(
+            f"{what} needs TensorRT {major}.x but {installed_version()} is installed; pip install '{EXTRA[major]}' in another environment"
+        )
     return have  # type: ignore[return-value]

@@ -41,7 +41,9 @@ class LazyEngine:
         if tag == "int8":
             scales = {t: a / INT8.qmax for t, a in (self.amax or {}).items() if np.isfinite(a) and a > 0}
             version = installed_version() or cache_io.DEFAULT_TRT_VERSION
-            spec.cache = cache_io.Cache(cache_io.encode_version(version), "EntropyCalibration2", scales).write(self.workdir / "trt-int8.cache")
+            spec.cache = cache_io.Cache(cache_io.encode_version(version), "EntropyCalibration2", scales).write(
+                self.workdir / "trt-int8.cache"
+            )
             spec.int8 = True
         self.built = build(spec)
         if self.candidate is not None and self.built.get("layer_summary"):
@@ -54,7 +56,14 @@ class LazyEngine:
         return self.runner.run(output_names, feed)
 
 
-def candidate(backend: str, model: onnx.ModelProto, output_names: list[str], workdir: Path, amax: dict[str, float] | None, method: str | None):
+def candidate(
+    backend: str,
+    model: onnx.ModelProto,
+    output_names: list[str],
+    workdir: Path,
+    amax: dict[str, float] | None,
+    method: str | None,
+):
     """A validate Candidate, or ``Unavailable`` with the reason when TensorRT cannot run here."""
     from calibkit.trt import installed_major, unavailable_reason
     from calibkit.validate.candidate import Candidate, Unavailable
@@ -65,12 +74,23 @@ def candidate(backend: str, model: onnx.ModelProto, output_names: list[str], wor
     if backend == "trt-int8" and amax is None:
         raise CalibkitError("backend trt-int8 needs scales: pass --scales scales.json (or --histograms)")
     major = installed_major()
-    how = {("int8", 10): "TensorRT 10 INT8 (calibkit cache via calibrator, FP32 fallback)", ("int8", 11): "TensorRT 11 strongly typed Q/DQ model",
-           ("fp16", 10): "TensorRT 10 FP16 builder flag", ("fp16", 11): "TensorRT 11 strongly typed FP16 model"}[(backend[4:], 11 if (major or 10) >= 11 else 10)]
+    how = {
+        ("int8", 10): "TensorRT 10 INT8 (calibkit cache via calibrator, FP32 fallback)",
+        ("int8", 11): "TensorRT 11 strongly typed Q/DQ model",
+        ("fp16", 10): "TensorRT 10 FP16 builder flag",
+        ("fp16", 11): "TensorRT 11 strongly typed FP16 model",
+    }[(backend[4:], 11 if (major or 10) >= 11 else 10)]
     label = f"{backend} ({method})" if method and backend == "trt-int8" else backend
     # engine build time lands in the first batch's latency; later batches are pure execution
     engine = LazyEngine(backend, model, workdir, amax)
     report = workdir / f"trt-{backend[4:]}.layer-report.json"
-    cand = Candidate(label, backend, engine, output_names, note=how + f" (first batch includes the build; layer report {report})", method=method)
+    cand = Candidate(
+        label,
+        backend,
+        engine,
+        output_names,
+        note=how + f" (first batch includes the build; layer report {report})",
+        method=method,
+    )
     engine.candidate = cand
     return cand

@@ -45,7 +45,9 @@ def _keep_fp16(network, names: list[str], fp16_ok: bool) -> tuple[int, list[str]
         matched |= hits
     missed = [n for n in names if n not in matched]
     if names and not kept:
-        raise CalibkitError(f"none of the {len(names)} layers to keep in FP16 ({names[0]}, ...) is a layer of the TensorRT network; check the names")
+        raise CalibkitError(
+            f"none of the {len(names)} layers to keep in FP16 ({names[0]}, ...) is a layer of the TensorRT network; check the names"
+        )
     return kept, missed
 
 
@@ -53,8 +55,17 @@ def _calibrator(spec: BuildSpec, version: str):
     model = load(spec.onnx)
     opt = {name: s[1] for name, s in spec.shapes.items()}
     feed = CalibrationFeed(
-        input_specs(model, spec.batch_axes), KINDS[spec.calibrator][1], batch_size=spec.batch_size, data=spec.data, preprocess=spec.preprocess,
-        opt_shapes=opt, cache_in=spec.cache, cache_out=spec.write_cache, trt_version=version, rebatch=spec.rebatch, max_samples=spec.max_samples,
+        input_specs(model, spec.batch_axes),
+        KINDS[spec.calibrator][1],
+        batch_size=spec.batch_size,
+        data=spec.data,
+        preprocess=spec.preprocess,
+        opt_shapes=opt,
+        cache_in=spec.cache,
+        cache_out=spec.write_cache,
+        trt_version=version,
+        rebatch=spec.rebatch,
+        max_samples=spec.max_samples,
     )
     return make_calibrator(spec.calibrator, feed)
 
@@ -95,15 +106,28 @@ def build(spec: BuildSpec, version: str) -> dict:
     if ranged and ranged[1]:
         said.append(f"{len(ranged[1])} tensors of --ranges are not in the TensorRT network (e.g. {ranged[1][0]})")
     if missed:
-        said.append(f"kept in FP16 but no TensorRT layer came from: {', '.join(missed)} (their ONNX nodes were folded away or fused; see the layer report)")
+        said.append(
+            f"kept in FP16 but no TensorRT layer came from: {', '.join(missed)} (their ONNX nodes were folded away or fused; see the layer report)"
+        )
     batches = calib.feed.batches_served if calib else 0
-    return {"engine": path, "trt": version, "kept_fp16": kept, "calibration_batches": batches, "ranges": ranged[0] if ranged else 0, "notes": said}
+    return {
+        "engine": path,
+        "trt": version,
+        "kept_fp16": kept,
+        "calibration_batches": batches,
+        "ranges": ranged[0] if ranged else 0,
+        "notes": said,
+    }
 
 
 def _raise_stored(calib) -> None:
     """TensorRT swallows a calibrator's exceptions; the one calibkit kept is the real error."""
     if calib is not None and calib.error is not None:
-        raise calib.error if isinstance(calib.error, CalibkitError) else CalibkitError(f"calibration failed: {calib.error}")
+        raise (
+            calib.error
+            if isinstance(calib.error, CalibkitError)
+            else CalibkitError(f"calibration failed: {calib.error}")
+        )
 
 
 def _opt_profile(builder, spec: BuildSpec):
@@ -112,5 +136,3 @@ def _opt_profile(builder, spec: BuildSpec):
     for name, (_lo, opt, _hi) in spec.shapes.items():
         profile.set_shape(name, opt, opt, opt)
     return profile
-
-

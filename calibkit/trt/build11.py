@@ -18,5 +18,11 @@ def build(spec: BuildSpec, version: str) -> dict:
     common.add_profile(builder, network, config, spec)
     common.load_timing_cache(config, spec.timing_cache)
     path = common.finish(builder, network, config, spec)
-    return {"engine": path, "trt": version, "parsed": model, "kept_fp16": len(spec.keep_fp16), "calibration_batches": 0,
-            "notes": notes(spec, 11)}
+    return {
+        "engine": path,
+        "trt": version,
+        "parsed": model,
+        "kept_fp16": len(spec.keep_fp16),
+        "calibration_batches": 0,
+        "notes": notes(spec, 11),
+    }

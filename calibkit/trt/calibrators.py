@@ -94,7 +94,9 @@ def _build() -> None:
             trt.IInt8LegacyCalibrator.__init__(self)
             self.feed, self.error = feed, None
 
-    _classes.update(entropy2=EntropyCalibrator2, entropy=EntropyCalibrator, minmax=MinMaxCalibrator, legacy=LegacyCalibrator)
+    _classes.update(
+        entropy2=EntropyCalibrator2, entropy=EntropyCalibrator, minmax=MinMaxCalibrator, legacy=LegacyCalibrator
+    )
 
 
 def calibrator_class(kind: str) -> type:

@@ -41,7 +41,9 @@ def add_profile(builder, network, config, spec: BuildSpec):
     dyn = dynamic_inputs(network)
     missing = sorted(set(dyn) - set(spec.shapes))
     if missing:
-        raise CalibkitError(f"input {missing[0]!r} has dynamic shape {dyn[missing[0]]}; pass --shapes {missing[0]}:MIN/OPT/MAX")
+        raise CalibkitError(
+            f"input {missing[0]!r} has dynamic shape {dyn[missing[0]]}; pass --shapes {missing[0]}:MIN/OPT/MAX"
+        )
     if not spec.shapes:
         return None
     profile = builder.create_optimization_profile()
@@ -55,7 +57,9 @@ def load_timing_cache(config, path: Path | None):
     data = path.read_bytes() if path is not None and path.is_file() else b""
     cache = config.create_timing_cache(data)
     if not config.set_timing_cache(cache, False):
-        raise CalibkitError(f"TensorRT refused the timing cache {path} (made on another GPU or TensorRT version?); delete it or pass --timing-cache with a new path")
+        raise CalibkitError(
+            f"TensorRT refused the timing cache {path} (made on another GPU or TensorRT version?); delete it or pass --timing-cache with a new path"
+        )
     return cache
 
 

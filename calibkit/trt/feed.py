@@ -47,10 +47,16 @@ class CalibrationFeed:
         self.opt_shapes = opt_shapes or {}
         fixed = {s.fixed_batch for s in specs} - {None}
         axis = {s.name: s.axis for s in specs}
-        opt_batch = {shape[axis[name]] for name, shape in self.opt_shapes.items() if axis.get(name) is not None and axis[name] < len(shape)}
+        opt_batch = {
+            shape[axis[name]]
+            for name, shape in self.opt_shapes.items()
+            if axis.get(name) is not None and axis[name] < len(shape)
+        }
         self.batch_size = int(next(iter(fixed | opt_batch), batch_size))
         if len(fixed | opt_batch) > 1:
-            raise CalibkitError(f"the calibration batch is ambiguous: model/--shapes OPT give batch sizes {sorted(fixed | opt_batch)}")
+            raise CalibkitError(
+                f"the calibration batch is ambiguous: model/--shapes OPT give batch sizes {sorted(fixed | opt_batch)}"
+            )
         self.data, self.preprocess = data, preprocess
         self.rebatch, self.max_samples = rebatch, max_samples
         self.cache_in = Path(cache_in) if cache_in else None
@@ -78,20 +84,30 @@ class CalibrationFeed:
     # -- batches -------------------------------------------------------------------------
     def _iterate(self) -> Iterator[dict[str, np.ndarray]]:
         source = open_source(self.data, self.specs, self.preprocess)
-        for feed in run_batches(source, self.specs, self.batch_size, self.stats, FeedOptions(rebatch=self.rebatch, max_samples=self.max_samples)):
+        for feed in run_batches(
+            source,
+            self.specs,
+            self.batch_size,
+            self.stats,
+            FeedOptions(rebatch=self.rebatch, max_samples=self.max_samples),
+        ):
             n = feed.samples  # the feed's own count: a state [2, N, H] or a scalar input may come first
             if n != self.batch_size:  # TensorRT calibrates at one shape: a short last batch is dropped
                 self.skipped += n
                 continue
             for name, shape in self.opt_shapes.items():
                 if name in feed and tuple(feed[name].shape) != tuple(shape):
-                    raise CalibkitError(f"calibration input {name!r} has shape {feed[name].shape} but TensorRT calibrates at the OPT shape {tuple(shape)}; match --shapes OPT to the data")
+                    raise CalibkitError(
+                        f"calibration input {name!r} has shape {feed[name].shape} but TensorRT calibrates at the OPT shape {tuple(shape)}; match --shapes OPT to the data"
+                    )
             yield _float32(feed)
 
     def next_pointers(self, names: list[str]) -> list[int] | None:
         """Device pointers of the next batch in ``names`` order, or None when the data is done."""
         if self.data is None:
-            raise CalibkitError(f"TensorRT rejected the cache {self.cache_in} and asked for data; pass --data too, or recalibrate for this model")
+            raise CalibkitError(
+                f"TensorRT rejected the cache {self.cache_in} and asked for data; pass --data too, or recalibrate for this model"
+            )
         if self._batches is None:
             self._batches = self._iterate()
             self._stager = Stager(self._device or open_device())

@@ -43,7 +43,9 @@ def tensor_precision(fmt: str) -> str | None:
 
 def layer_precision(layer: dict) -> str | None:
     for side in ("Inputs", "Outputs"):
-        kinds = [tensor_precision(str(t.get("Format/Datatype", ""))) for t in layer.get(side) or [] if isinstance(t, dict)]
+        kinds = [
+            tensor_precision(str(t.get("Format/Datatype", ""))) for t in layer.get(side) or [] if isinstance(t, dict)
+        ]
         kinds = [k for k in kinds if k]
         if kinds:
             return min(kinds, key=ORDER.index)
@@ -58,9 +60,13 @@ def read_layers(doc, where: str = "layer information") -> list[dict]:
             raise CalibkitError(f"{where} is not JSON ({exc}); pass trtexec's --exportLayerInfo file") from None
     layers = doc.get("Layers") if isinstance(doc, dict) else None
     if not isinstance(layers, list):
-        raise CalibkitError(f'{where} has no "Layers" list; pass trtexec\'s --exportLayerInfo file or calibkit\'s <engine>.layers.json')
+        raise CalibkitError(
+            f"{where} has no \"Layers\" list; pass trtexec's --exportLayerInfo file or calibkit's <engine>.layers.json"
+        )
     if layers and not all(isinstance(x, dict) for x in layers):
-        raise CalibkitError(f"{where} lists layer names only: build with --profilingVerbosity=detailed (calibkit's build does) to see precisions")
+        raise CalibkitError(
+            f"{where} lists layer names only: build with --profilingVerbosity=detailed (calibkit's build does) to see precisions"
+        )
     return layers
 
 
@@ -117,7 +123,11 @@ def summary(rep: dict) -> str:
     parts = [f"{len(rep['nodes'])} ONNX nodes in {sum(rep['counts'].values())} layers ({counts})"]
     if rep["fallbacks"]:
         fb = rep["fallbacks"]
-        parts.append(f"{len(fb)} not in INT8: " + ", ".join(f"{f['node']} ({'/'.join(f['got']) or '?'})" for f in fb[:5]) + (", ..." if len(fb) > 5 else ""))
+        parts.append(
+            f"{len(fb)} not in INT8: "
+            + ", ".join(f"{f['node']} ({'/'.join(f['got']) or '?'})" for f in fb[:5])
+            + (", ..." if len(fb) > 5 else "")
+        )
     k = rep["kept"]
     if k["not_fp16"]:
         parts.append("kept but not FP16: " + ", ".join(k["not_fp16"]))

@@ -27,7 +27,9 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     block = list(DEFAULT_OP_BLOCK_LIST) + ["QuantizeLinear", "DequantizeLinear"]
-    return topo_sort(convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False, op_block_list=block))
+    return topo_sort(
+        convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False, op_block_list=block)
+    )
 
 
 def topo_sort(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -56,9 +58,13 @@ def notes(spec: BuildSpec, major: int) -> list[str]:
         return []
     kept = ", ".join(spec.keep_fp16[:4]) + (", ..." if len(spec.keep_fp16) > 4 else "")
     if major >= 11:
-        return [f"TensorRT 11 has no FP16 flag: the layers kept out of INT8 ({kept}) run FP16 through the FP16-converted model "
-                f"{spec.engine.with_suffix('').name}.trt11.fp16.onnx, so the other float layers run FP16 too (as with --fp16)"]
-    return [f"the layers kept out of INT8 ({kept}) run FP16 with the FP16 builder flag (trtexec --fp16), which lets TensorRT run other float layers in FP16 too"]
+        return [
+            f"TensorRT 11 has no FP16 flag: the layers kept out of INT8 ({kept}) run FP16 through the FP16-converted model "
+            f"{spec.engine.with_suffix('').name}.trt11.fp16.onnx, so the other float layers run FP16 too (as with --fp16)"
+        ]
+    return [
+        f"the layers kept out of INT8 ({kept}) run FP16 with the FP16 builder flag (trtexec --fp16), which lets TensorRT run other float layers in FP16 too"
+    ]
 
 
 def prepare_v11(spec: BuildSpec) -> Path:
@@ -69,18 +75,24 @@ def prepare_v11(spec: BuildSpec) -> Path:
 
     stem = spec.engine.with_suffix("")
     if spec.int8 and spec.cache is None and spec.ranges is None:
-        raise CalibkitError("TensorRT 11 has no calibrators: run `calibkit calibrate` and pass --int8 --cache MODEL.cache (or --qdq)")
+        raise CalibkitError(
+            "TensorRT 11 has no calibrators: run `calibkit calibrate` and pass --int8 --cache MODEL.cache (or --qdq)"
+        )
     path = spec.onnx
     if spec.qdq is not None:
         path = spec.qdq
         if spec.keep_fp16:
-            raise CalibkitError("--keep-fp16 with --qdq on TensorRT 11: re-export the Q/DQ model with `calibkit export-qdq --exclude-nodes` instead")
+            raise CalibkitError(
+                "--keep-fp16 with --qdq on TensorRT 11: re-export the Q/DQ model with `calibkit export-qdq --exclude-nodes` instead"
+            )
     elif spec.int8:
         model = onnx.load(str(spec.onnx))
         from calibkit.trt.ranges import amax_from_cache, read_amax
 
         amax = read_amax(spec.ranges) if spec.ranges is not None else amax_from_cache(spec.cache)
-        path = export_qdq(model, amax, Path(f"{stem}.trt11.qdq.onnx"), placement="trt", exclude_nodes=keep_regex(spec.keep_fp16))
+        path = export_qdq(
+            model, amax, Path(f"{stem}.trt11.qdq.onnx"), placement="trt", exclude_nodes=keep_regex(spec.keep_fp16)
+        )
     if spec.fp16 or spec.keep_fp16:  # a layer kept out of INT8 runs FP16 only in an FP16 model (11 has no FP16 flag)
         model = to_fp16(onnx.load(str(path)))
         path = Path(f"{stem}.trt11.fp16.onnx")

@@ -15,7 +15,15 @@ from calibkit.trt.staging import Stager
 TRT_MAJORS = (10, 11)
 
 # TensorRT DataType member name -> numpy dtype (BF16/FP8/INT4 I/O are not supported here)
-NUMPY = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_, "UINT8": np.uint8}
+NUMPY = {
+    "FLOAT": np.float32,
+    "HALF": np.float16,
+    "INT8": np.int8,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+}
 
 
 class EngineRunner:
@@ -26,7 +34,9 @@ class EngineRunner:
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(Path(engine).read_bytes())
         if self.engine is None:
-            raise CalibkitError(f"TensorRT cannot load engine {engine}; it was built by another TensorRT version or for another GPU")
+            raise CalibkitError(
+                f"TensorRT cannot load engine {engine}; it was built by another TensorRT version or for another GPU"
+            )
         self.context = self.engine.create_execution_context()
         self.device = device or open_device()
         self.stager = Stager(self.device)
@@ -37,7 +47,9 @@ class EngineRunner:
     def _dtype(self, name: str) -> np.dtype:
         dt = self.engine.get_tensor_dtype(name)
         if dt.name not in NUMPY:
-            raise CalibkitError(f"engine tensor {name!r} has type {dt.name}; calibkit runs FP32/FP16/INT8/INT32/INT64/BOOL/UINT8 I/O")
+            raise CalibkitError(
+                f"engine tensor {name!r} has type {dt.name}; calibkit runs FP32/FP16/INT8/INT32/INT64/BOOL/UINT8 I/O"
+            )
         return np.dtype(NUMPY[dt.name])
 
     def run(self, output_names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:

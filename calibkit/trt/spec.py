@@ -63,7 +63,9 @@ class BuildSpec:
         if self.cache is not None and not self.cache.is_file():
             raise CalibkitError(f"cache {self.cache} not found; write it with `calibkit calibrate`")
         if self.data is None and (self.batch_axes or not self.rebatch or self.max_samples is not None):
-            raise CalibkitError("--batch-axis/--no-rebatch/--max-samples say how --data is cut for TensorRT's calibration; give --data or drop them")
+            raise CalibkitError(
+                "--batch-axis/--no-rebatch/--max-samples say how --data is cut for TensorRT's calibration; give --data or drop them"
+            )
         if self.keep_fp16 and not (self.int8 or self.qdq):
             raise CalibkitError("--keep-fp16/--from-report keep layers out of INT8; add --int8 or --qdq")
         self._check_shapes()
@@ -81,7 +83,9 @@ class BuildSpec:
             known = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
             foreign = [t for t in c.scales if t not in known]
             if not c.scales or len(foreign) == len(c.scales):
-                raise CalibkitError(f"cache {self.cache} has no tensor of {self.onnx.name} (e.g. {next(iter(c.scales), '-')!r}); calibrate this model")
+                raise CalibkitError(
+                    f"cache {self.cache} has no tensor of {self.onnx.name} (e.g. {next(iter(c.scales), '-')!r}); calibrate this model"
+                )
             from calibkit.qdq.fusion import qdq_inputs
 
             needed = [t for t in qdq_inputs(model) if t not in {i.name for i in model.graph.input}]
@@ -96,7 +100,9 @@ class BuildSpec:
             nodes = [n.name for n in model.graph.node]
             for name in self.keep_fp16:
                 if name not in nodes:
-                    raise CalibkitError(f"--keep-fp16/--from-report: the model has no node named {name!r} (nodes: {', '.join(nodes[:8])}{', ...' if len(nodes) > 8 else ''})")
+                    raise CalibkitError(
+                        f"--keep-fp16/--from-report: the model has no node named {name!r} (nodes: {', '.join(nodes[:8])}{', ...' if len(nodes) > 8 else ''})"
+                    )
 
     def _check_outputs(self) -> None:
         """No file the build writes (engine, timing cache, layer files, the TensorRT 11 models
@@ -120,9 +126,13 @@ class BuildSpec:
             p = Path(path).resolve()
             for opt, src in inputs.items():
                 if src is not None and Path(src).resolve() == p:
-                    raise CalibkitError(f"{what} {path} is also {opt} of this build; write the engine elsewhere (--engine DIR/NAME.plan)")
+                    raise CalibkitError(
+                        f"{what} {path} is also {opt} of this build; write the engine elsewhere (--engine DIR/NAME.plan)"
+                    )
             if p in seen:
-                raise CalibkitError(f"{what} and {seen[p]} are the same file {path}; pick another --engine/--timing-cache")
+                raise CalibkitError(
+                    f"{what} and {seen[p]} are the same file {path}; pick another --engine/--timing-cache"
+                )
             seen[p] = what
 
     def _check_qdq(self) -> None:
@@ -131,7 +141,9 @@ class BuildSpec:
 
         m = read_light(self.qdq)
         if not any(n.op_type == "QuantizeLinear" for n in m.graph.node):
-            raise CalibkitError(f"--qdq {self.qdq} has no QuantizeLinear node: it is not a Q/DQ model; write one with `calibkit export-qdq`")
+            raise CalibkitError(
+                f"--qdq {self.qdq} has no QuantizeLinear node: it is not a Q/DQ model; write one with `calibkit export-qdq`"
+            )
         base = read_light(self.onnx)
         inits = {i.name for i in base.graph.initializer}
         want = sorted(i.name for i in base.graph.input if i.name not in inits)
@@ -152,7 +164,9 @@ class BuildSpec:
                 raise CalibkitError(f"--shapes names {name!r} but the model's inputs are: {', '.join(specs)}")
             want = specs[name].shape
             if len(lo) != len(want) or any(isinstance(d, int) and d != g for d, g in zip(want, lo)):
-                raise CalibkitError(f"--shapes {name}: {'x'.join(map(str, lo))} does not fit the model's {specs[name].describe()}")
+                raise CalibkitError(
+                    f"--shapes {name}: {'x'.join(map(str, lo))} does not fit the model's {specs[name].describe()}"
+                )
 
     def check_shapes_given(self) -> None:
         """Every dynamic input of the model has --shapes (trtexec would build batch 1 with only a warning)."""
@@ -161,7 +175,9 @@ class BuildSpec:
         for spec in input_specs(load(self.onnx), self.batch_axes):
             if spec.name not in self.shapes and any(not isinstance(d, int) for d in spec.shape):
                 dims = "x".join(str(d) if isinstance(d, int) else "?" for d in spec.shape)
-                raise CalibkitError(f"input {spec.name!r} has dynamic shape {dims}; pass --shapes {spec.name}:MIN/OPT/MAX")
+                raise CalibkitError(
+                    f"input {spec.name!r} has dynamic shape {dims}; pass --shapes {spec.name}:MIN/OPT/MAX"
+                )
 
     @property
     def layer_info(self) -> Path:
@@ -192,7 +208,9 @@ def parse_shapes(text: str | None) -> dict[str, tuple[Shape, Shape, Shape]]:
     for item in text.split(","):
         name, sep, dims = item.strip().rpartition(":")
         if not sep or not name:
-            raise CalibkitError(f"--shapes {item!r}: expected input:MIN/OPT/MAX, e.g. x:1x3x224x224/8x3x224x224/32x3x224x224")
+            raise CalibkitError(
+                f"--shapes {item!r}: expected input:MIN/OPT/MAX, e.g. x:1x3x224x224/8x3x224x224/32x3x224x224"
+            )
         parts = [_dims(p, "--shapes") for p in dims.split("/")]
         if len(parts) == 1:
             parts *= 3
@@ -202,7 +220,9 @@ def parse_shapes(text: str | None) -> dict[str, tuple[Shape, Shape, Shape]]:
         if name in shapes:
             raise CalibkitError(f"--shapes names input {name!r} twice; give each input once")
         if any(d < 1 for p in parts for d in p):
-            raise CalibkitError(f"--shapes {item!r}: every dim must be >= 1 (a zero batch builds an engine that runs nothing)")
+            raise CalibkitError(
+                f"--shapes {item!r}: every dim must be >= 1 (a zero batch builds an engine that runs nothing)"
+            )
         if any(not (a <= b <= c) for a, b, c in zip(lo, opt, hi)):
             raise CalibkitError(f"--shapes {item!r}: each dim needs MIN <= OPT <= MAX")
         shapes[name] = (lo, opt, hi)
@@ -228,7 +248,9 @@ def read_layers(path: str | Path) -> list[str]:
             ) from None
         cands = doc.get("candidates") if isinstance(doc, dict) else None
         if not isinstance(cands, list):
-            raise CalibkitError(f"--from-report {p}: no 'candidates' list; pass a calibkit results.json or a text file of layer names")
+            raise CalibkitError(
+                f"--from-report {p}: no 'candidates' list; pass a calibkit results.json or a text file of layer names"
+            )
         names: list[str] = []
         for c in cands:
             fb = (c.get("fp16_fallback") if isinstance(c, dict) else None) or {}
@@ -238,7 +260,9 @@ def read_layers(path: str | Path) -> list[str]:
             names += [n for n in nodes or [] if n not in names]
         return names
     if "\ufffd" in text or "\x00" in text:
-        raise CalibkitError(f"--from-report {p} is not text; pass a calibkit results.json or a text file of layer names")
+        raise CalibkitError(
+            f"--from-report {p} is not text; pass a calibkit results.json or a text file of layer names"
+        )
     names = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     if not names:
         raise CalibkitError(f"--from-report {p} lists no layer names")

@@ -42,7 +42,9 @@ class Stager:
                 raise CalibkitError(f"TensorRT asks for input {name!r} but the data has only: {', '.join(feed)}")
             a = np.ascontiguousarray(feed[name])
             if a.dtype.type not in SUPPORTED:
-                raise CalibkitError(f"input {name!r} is {a.dtype}; TensorRT I/O takes {', '.join(np.dtype(t).name for t in SUPPORTED)}")
+                raise CalibkitError(
+                    f"input {name!r} is {a.dtype}; TensorRT I/O takes {', '.join(np.dtype(t).name for t in SUPPORTED)}"
+                )
             ptr = self.pointer(name, a.nbytes)
             self.device.copy_in(ptr, a)
             ptrs.append(ptr)

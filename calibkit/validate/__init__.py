@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from calibkit.errors import CalibkitError, ThresholdFailed
 from calibkit.graph.model import check_fingerprint, fingerprint_file, load
 from calibkit.numerics import clipping
 from calibkit.outputs.publish import Transaction
+from calibkit.outputs.scratch import scratch
 from calibkit.qdq.files import copy_into
 from calibkit.validate import backends as B
 from calibkit.validate import results as R
@@ -152,6 +152,28 @@ def _placement_of(c) -> str | None:
     return label[label.rindex("[") + 1 : -1] if label.endswith("]") else None
 
 
+def _reference_model(reference: str | Path, proto, model_path: Path):
+    """``--reference``: an FP32 model with ``proto``'s input and output names, loaded."""
+    ref_path = Path(reference)
+    if ref_path.resolve() == model_path.resolve():
+        raise CalibkitError(f"--reference {ref_path} is MODEL itself; leave --reference out")
+    ref = load(ref_path)
+
+    def names(p, part):
+        inits = {i.name for i in p.graph.initializer}
+        return [v.name for v in getattr(p.graph, part) if v.name not in inits]
+
+    for part in ("input", "output"):
+        if names(ref, part) != names(proto, part):
+            raise CalibkitError(
+                f"--reference {ref_path} has {part}s {names(ref, part)} but {model_path.name} has {names(proto, part)}; "
+                "the reference must be the same network (the model quantize started from)"
+            )
+    if any(n.domain == "" and n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in ref.graph.node):
+        raise CalibkitError(f"--reference {ref_path} is a Q/DQ model; give the FP32 model")
+    return ref
+
+
 def _candidates(specs, model, out_names, tmp, device, exclude_nodes, emulate_fp16):
     """``specs``: (backend, amax, method) or (backend, amax, method, Q/DQ placement)."""
     cands, unavailable = [], []
@@ -200,11 +222,15 @@ def validate(
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
     feed: FeedOptions | None = None,
+    reference: str | Path | None = None,
 ) -> ValidationResult:
-    """``feed``: how the data is cut (FeedOptions), as for ``calibrate``."""
+    """``feed``: how the data is cut (FeedOptions), as for ``calibrate``. ``reference``: an FP32
+    model (same inputs and outputs) whose outputs the candidates are judged against instead of
+    ``model``'s, e.g. the original of a model whose weights ``quantize`` recovered."""
     model_path = Path(model)
     proto = load(model_path)
     model_fp = fingerprint_file(model_path)
+    ref_proto = _reference_model(reference, proto, model_path) if reference is not None else None
     table = None
     if scales is not None:
         table = scales_io.read(scales)
@@ -217,7 +243,7 @@ def validate(
             preprocess, table.meta.get("preprocess"), data, allow_preprocess_mismatch, f"scales {scales}"
         )
     out_names = [o.name for o in proto.graph.output]
-    with tempfile.TemporaryDirectory(prefix="calibkit-validate-") as tmp:
+    with scratch("validate") as tmp:
         specs = [
             (
                 b,
@@ -227,8 +253,11 @@ def validate(
             for b in backends
         ]
         cands, unavailable = _candidates(specs, proto, out_names, Path(tmp), device, exclude_nodes, emulate_fp16)
-        ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source, feed)
+        ev = evaluate(
+            proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source, feed, ref_proto
+        )
         prov = {
+            "FP32 reference": f"{reference} ({fingerprint_file(reference)})" if reference is not None else None,
             "scales": str(scales) if scales else None,
             "method": f"{table.method} {table.params}" if table else None,
             "calibration data fingerprint": table.meta.get("data", {}).get("fingerprint") if table else None,
@@ -307,7 +336,7 @@ def compare(
         specs += [(b, table.amax(), spec, p) for b, p in variants]
         clip[spec] = _clip_doc(clipping.warnings(table, warn_clip), warn_clip, in_compare=True)
     out_names = [o.name for o in proto.graph.output]
-    with tempfile.TemporaryDirectory(prefix="calibkit-compare-") as tmp:
+    with scratch("compare") as tmp:
         cands, _ = _candidates(specs, proto, out_names, Path(tmp), device, exclude_nodes, False)
         ev = evaluate(proto, data, cands, preprocess, labels, metric, batch_size, device, progress, on_source, feed)
         prov = {

@@ -136,9 +136,13 @@ def evaluate(
     progress: Callable[[int], None] | None = None,
     on_source: Callable[[Any], None] | None = None,
     feed: FeedOptions | None = None,
+    reference_model: onnx.ModelProto | None = None,
 ) -> Evaluation:
     """``feed``: how the data is cut, as for ``calibrate`` (inputs not ``[N, ...]``, feeds run as
-    given, a stop after that many samples); a batch's sample count is the feed's."""
+    given, a stop after that many samples); a batch's sample count is the feed's.
+    ``reference_model``: the FP32 model whose outputs the candidates are judged against (the
+    original of a model whose weights ``quantize`` recovered); per-layer errors stay against
+    ``model``'s own FP32 tensors, since recovery may rescale activations."""
     feed_opts = FeedOptions.of(feed)
     max_samples = feed_opts.max_samples
     t0 = time.perf_counter()
@@ -150,6 +154,8 @@ def evaluate(
     input_names = {s.name for s in specs}
     layer_tensors = sorted(set(fp32_of.values()) - input_names)  # inputs come from the feed
     ref, ref_layers = reference(model, device, layer_tensors)
+    if reference_model is not None:
+        ref = reference(reference_model, device)[0]
     out_names = ref.output_names
     lab = _labels(labels)
     n_known = source.num_samples()

@@ -1,0 +1,64 @@
+"""Scratch folders of a killed run are removed by the next run (calibkit/outputs/scratch.py):
+a real quantize-like process SIGKILLed while its scratch exists, then the real CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from calibkit.outputs import scratch
+
+
+def test_a_live_folder_is_kept_and_a_released_one_is_gone(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    with scratch.scratch("quantize") as d:
+        assert os.path.isdir(d)
+        assert scratch.sweep(tmp_path) == []  # ours, in use
+    assert not os.path.exists(d)
+
+
+def test_sigkilled_owner_is_swept_and_a_live_other_process_is_not(tmp_path):
+    code = textwrap.dedent(
+        """
+        import sys, time
+        from calibkit.outputs import scratch
+        d = scratch.make("quantize")
+        (d / "big.npy").write_bytes(b"x" * 1000)
+        print(d, flush=True)
+        time.sleep(60)
+        """
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    dead, live = (p.stdout.readline().strip() for p in procs)
+    procs[0].send_signal(signal.SIGKILL)
+    procs[0].wait()
+    try:
+        # an unrelated folder with a calibkit-like name but not ours to judge, and a fresh one with no owner file
+        (tmp_path / "calibkit-notes").mkdir()
+        (tmp_path / "calibkit-quantize-abc123").mkdir()
+        r = subprocess.run(
+            [sys.executable, "-m", "calibkit", "inspect", "--help"], capture_output=True, text=True, env=env
+        )
+        assert r.returncode == 0, r.stderr
+        # --help runs no command: the sweep runs with a command
+        r = subprocess.run(
+            [sys.executable, "-m", "calibkit", "inspect", str(tmp_path / "missing.onnx")],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert "missing.onnx" in r.stderr
+        assert not os.path.exists(dead), "the SIGKILLed run's scratch is still there"
+        assert os.path.isdir(live) and os.path.exists(os.path.join(live, "big.npy"))
+        assert (tmp_path / "calibkit-notes").is_dir() and (tmp_path / "calibkit-quantize-abc123").is_dir()
+    finally:
+        procs[1].kill()
+        procs[1].wait()
+    time.sleep(0.1)
+    assert scratch.sweep(tmp_path) == [tmp_path / os.path.basename(live)]
