@@ -47,10 +47,12 @@ from calibkit.outputs.sets import (  # noqa: F401  (re-exported: readers import 
     _fsync_dir,
     _journals,
     _Lock,
+    _manifests,
     _oserror,
     _roll_forward,
     check_not_input,
     ensure_dir,
+    read_manifest,
     recover,
     sha256_file,
     verify,
@@ -142,6 +144,7 @@ class Transaction:
                 f"output {t} is inside a {META} folder, where calibkit keeps its publishing records; choose an output path outside it"
             )
         check_not_input(t, self.command)
+        self._check_not_anothers(t)
         if t in self.staged:
             raise CalibkitError(f"output {t} is named twice in this run; give each output its own path")
         parent = t.parent
@@ -165,6 +168,33 @@ class Transaction:
         staged = self.stages[parent] / t.name
         self.staged[t] = staged
         return staged
+
+    def refuse_others_members(self, names: list[str]) -> None:
+        """Refuse now, before a long run's work, the outputs (names in the run's directory) that
+        ``path`` would refuse at the end as members of another command's set."""
+        for name in names:
+            self._check_not_anothers(self._target(name))
+
+    def _check_not_anothers(self, t: Path) -> None:
+        """Refuse to replace a member of another command's set: that set's manifest would no
+        longer verify, so every reader of it would refuse it. Re-running the command that
+        published it (the same manifest) replaces the whole set, which is fine."""
+        parent = t.parent.parent if t.parent.name == META else t.parent
+        own = f"{self.name}.manifest.json"
+        rel = os.path.relpath(t.absolute(), parent.absolute())
+        for mf in _manifests(parent):
+            if mf.name == own:
+                continue
+            doc = read_manifest(mf)
+            if doc is None or rel not in doc["files"]:
+                continue
+            command = doc.get("command") if isinstance(doc.get("command"), str) else "calibrate"
+            raise CalibkitError(
+                f"output {t} belongs to the set `calibkit {command}` published in {parent} (with "
+                f"{', '.join(sorted(map(str, doc['files']))[:4])}{', ...' if len(doc['files']) > 4 else ''}); "
+                f"replacing it would leave that set mixed and unreadable: write to another path or folder, "
+                f"or re-run `calibkit {command}`"
+            )
 
     @contextlib.contextmanager
     def open(self, target: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:

@@ -61,6 +61,11 @@ def quantize(
     say = progress or (lambda msg: None)
     out = Path(output_dir)
     with Transaction(out, "quantize", command="quantize") as tx:
+        stem = Path(model).stem
+        tx.refuse_others_members(  # before the work, not after it
+            [f"{stem}.qdq.onnx", f"{stem}.recovered.onnx", f"{stem}.recovered.cache", f"{stem}.recovered.tensors.json"]
+            + ["scales.json", "histograms.npz", "keep-fp16.txt", "exclude-nodes.txt", "quantize.json", "report.html"]
+        )
         with scratch("quantize") as tmp:
             p = Pipeline(
                 Path(model), data, val, labels, metric, target, options, preprocess, feed, device, Path(tmp), say

@@ -62,3 +62,32 @@ def test_sigkilled_owner_is_swept_and_a_live_other_process_is_not(tmp_path):
         procs[1].wait()
     time.sleep(0.1)
     assert scratch.sweep(tmp_path) == [tmp_path / os.path.basename(live)]
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "calibkit", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_a_member_of_another_commands_set_is_not_replaced(tmp_path):
+    """export-qdq -o into quantize's folder, quantize -o into calibrate's: refused (before the
+    work, for quantize), and the other set still reads; re-running a set's own command is fine."""
+    import numpy as np
+    from models import conv_net
+
+    conv_net(tmp_path / "m.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "cal.npz", x=rng.normal(0, 1, (16, 3, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "val.npz", x=rng.normal(0, 1, (8, 3, 8, 8)).astype(np.float32))
+    assert _cli("calibrate", "m.onnx", "--data", "cal.npz", "-o", "cal", cwd=tmp_path).returncode == 0
+    r = _cli("quantize", "m.onnx", "--data", "cal.npz", "--val", "val.npz", "-o", "q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    before = {p.name: p.read_bytes() for p in (tmp_path / "q").iterdir() if p.is_file()}
+    r = _cli("export-qdq", "m.onnx", "--scales", "cal/scales.json", "-o", "q/m.qdq.onnx", cwd=tmp_path)
+    assert r.returncode == 1 and "belongs to the set `calibkit quantize`" in r.stderr, r.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "q").iterdir() if p.is_file()} == before
+    r = _cli("quantize", "m.onnx", "--data", "cal.npz", "--val", "val.npz", "-o", "cal", cwd=tmp_path)
+    assert r.returncode == 1 and "belongs to the set `calibkit calibrate`" in r.stderr, r.stderr
+    assert "calibrating" not in r.stderr  # refused before the work
+    assert _cli("inspect", "cal/scales.json", cwd=tmp_path).returncode == 0
+    r = _cli("quantize", "m.onnx", "--data", "cal.npz", "--val", "val.npz", "-o", "q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr  # its own set: replaced whole
