@@ -1,12 +1,12 @@
 """calibkit calibrate on the GPU vs a plain inference script: fresh processes, peak GPU memory.
 
-    python bench/gpu_fresh.py --models DIR [--repeat 2] [--big 1024]
+    python bench/gpu_fresh.py --models DIR [--repeat 2] [--big 1024] [--selections trt,qdq,all] [--gpu-memory 3GB,...]
 
 DIR holds ch_PP-OCRv4_det_infer.onnx and ch_PP-OCRv4_rec_infer.onnx. Images are generated once
 (bench/gpu.py's make_images) and saved as .npy. Every row is a fresh process timed from spawn
 to exit: the plain script imports onnxruntime and numpy, builds a CUDA session and runs the .npy
 in batches; calibkit runs its CLI (``python -m calibkit calibrate --device cuda --batch-size B``)
-with --tensors trt (default), qdq and all. Peak GPU memory is the most nvidia-smi saw in use
+with --tensors trt (default), qdq and all, and a trt row per ``--gpu-memory`` bound. Peak GPU memory is the most nvidia-smi saw in use
 during the process (polled every 20 ms) less what was in use before it started. Medians of
 ``--repeat`` runs; rows interleaved.
 """
@@ -73,10 +73,13 @@ def fresh(cmd: list[str]) -> tuple[float, float]:
     return wall, peak[0] - idle
 
 
-def case(title: str, model: Path, data: Path, batch: int, tmp: Path, repeat: int) -> None:
+def case(
+    title: str, model: Path, data: Path, batch: int, tmp: Path, repeat: int, selections=("trt", "qdq", "all"), bounds=()
+) -> None:
     rows = {"plain": [sys.executable, "-c", PLAIN, str(model), str(data), str(batch)]}
-    for t in ("trt", "qdq", "all"):
-        rows[f"calibkit {t}"] = [
+    for t in (*selections, *(f"trt --gpu-memory {b}" for b in bounds)):
+        t, *bound = t.split(" ", 1)
+        rows[" ".join(["calibkit", t, *bound])] = [
             sys.executable,
             "-m",
             "calibkit",
@@ -93,6 +96,7 @@ def case(title: str, model: Path, data: Path, batch: int, tmp: Path, repeat: int
             str(tmp / f"{model.stem}-{t}"),
             "--tensors",
             t,
+            *(bound[0].split() if bound else []),
         ]
     got: dict[str, list[tuple[float, float]]] = {k: [] for k in rows}
     for _ in range(repeat):
@@ -106,7 +110,7 @@ def case(title: str, model: Path, data: Path, batch: int, tmp: Path, repeat: int
         m = max(x for _, x in v)
         runs = " ".join(f"{x:.2f}" for x, _ in v)
         extra = "" if k == "plain" else f"  {w / plain_w:5.2f}x plain time, +{(m - plain_m) / 1024:5.2f} GB over plain"
-        print(f"  {k:14s} {w:6.2f} s  peak GPU {m / 1024:6.2f} GB{extra}   (runs {runs})", flush=True)
+        print(f"  {k:30s} {w:6.2f} s  peak GPU {m / 1024:6.2f} GB{extra}   (runs {runs})", flush=True)
 
 
 def main() -> None:
@@ -116,7 +120,13 @@ def main() -> None:
     ap.add_argument("--models", required=True, type=Path)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--big", type=int, default=1024)
+    ap.add_argument("--selections", default="trt,qdq,all", help="--tensors rows")
+    ap.add_argument("--gpu-memory", default="", help="comma-separated --gpu-memory bounds: a trt row each")
     a = ap.parse_args()
+    kw = {
+        "selections": tuple(filter(None, a.selections.split(","))),
+        "bounds": tuple(filter(None, a.gpu_memory.split(","))),
+    }
     import onnxruntime as ort
 
     name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
@@ -126,12 +136,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="calibkit-gpu-fresh-") as tmp:
         tmp = Path(tmp)
         d64 = make_images(tmp / "det64.npy", 64, (640, 640), 0, "imagenet")
-        case("detector: 64 images 3x640x640", det, d64, 8, tmp, a.repeat)
+        case("detector: 64 images 3x640x640", det, d64, 8, tmp, a.repeat, **kw)
         if a.big:
             dbig = make_images(tmp / "detbig.npy", a.big, (640, 640), 1, "imagenet")
-            case(f"detector: {a.big} images 3x640x640", det, dbig, 8, tmp, a.repeat)
+            case(f"detector: {a.big} images 3x640x640", det, dbig, 8, tmp, a.repeat, **kw)
         r512 = make_images(tmp / "rec512.npy", 512, (48, 320), 2, "half")
-        case("recognizer: 512 images 3x48x320", rec, r512, 64, tmp, a.repeat)
+        case("recognizer: 512 images 3x48x320", rec, r512, 64, tmp, a.repeat, **kw)
 
 
 if __name__ == "__main__":

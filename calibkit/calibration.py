@@ -76,6 +76,7 @@ def calibrate(
     ray: str | None = None,
     warn_clip: float = clipping.DEFAULT_WARN_CLIP,
     tensors: str = "all",
+    gpu_memory: int | None = None,
 ) -> CalibrateResult:
     """``tensors``: which tensors get histograms: ``all`` (every float tensor), ``trt`` (not
     those inside TensorRT's fused layers: all a TensorRT 10 cache needs), ``qdq`` (the Q/DQ
@@ -85,7 +86,8 @@ def calibrate(
     ``workers``: processes decoding images; ``ray``: run the ``devices`` shards as Ray actors
     ("auto" or HOST:PORT; results never change with any of these); tensors whose
     threshold clips more than ``warn_clip`` of their values are returned in ``clip_warnings``
-    and listed in scales.json."""
+    and listed in scales.json. ``gpu_memory``: bytes of GPU memory a CUDA collection may use
+    (None: the default bound, collect/cuda/driver.py); results never change with it."""
     t0 = time.perf_counter()
     model_path = Path(model)
     proto = load(model_path, keep_external=True)  # weights stay on disk: ORT reads them
@@ -99,7 +101,7 @@ def calibrate(
     version = trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION
     version_code = trt_cache.encode_version(version)
     with Transaction(Path(output_dir), "calibrate") as tx:
-        run = {"devices": devices, "workers": workers, "ray": ray, "tensors": tensors}
+        run = {"devices": devices, "workers": workers, "ray": ray, "tensors": tensors, "gpu_memory": gpu_memory}
         hset, reused, collection, fresh = _histograms(
             tx,
             model_path,
@@ -261,6 +263,7 @@ def _histograms(
                 run["workers"],
                 ray=run["ray"],
                 selection=run["tensors"],
+                gpu_memory=run["gpu_memory"],
             )
         else:
             collection = collect(
@@ -275,6 +278,7 @@ def _histograms(
                 external_dir=str(model_path.parent) if has_external(proto) else None,
                 hash_stream=not getattr(source, "hashes_files", False),
                 tensors=run["tensors"],
+                gpu_memory=run["gpu_memory"],
             )
         data_fp = fingerprint.result()
     stats = collection.stats

@@ -51,8 +51,12 @@ def session(
     where: str = "model",
     external_dir: str | None = None,
     exact_qdq: bool = False,
+    gpu_mem_limit: int | None = None,
 ):
     """An InferenceSession on the chosen provider, quiet unless something is wrong.
+
+    ``gpu_mem_limit``: bytes the CUDA provider's memory arena may hold (``--gpu-memory``); the
+    arena then grows only by what each allocation asks for.
 
     ``exact_qdq``: run a Q/DQ model as written (dequantize -> float kernels), the INT8 numerics
     TensorRT computes. ORT's extended optimizations would fuse DQ -> Conv -> Q into integer
@@ -77,7 +81,10 @@ def session(
         # Reproducible GPU numerics: a fixed (heuristic) cuDNN algorithm per shape instead of
         # a timed search whose winner can change from run to run, and deterministic kernels.
         opts.use_deterministic_compute = True
-        providers = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
+        cuda_opts = {"cudnn_conv_algo_search": "HEURISTIC"}
+        if gpu_mem_limit is not None:
+            cuda_opts.update(gpu_mem_limit=str(int(gpu_mem_limit)), arena_extend_strategy="kSameAsRequested")
+        providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
     try:
         return ort.InferenceSession(data, sess_options=opts, providers=providers)
     except CalibkitError:

@@ -14,6 +14,7 @@ from calibkit.cli.options import (
     feed_options,
     method_from,
     method_options,
+    parse_size,
     preprocess_from,
     tensors_option,
     user_errors,
@@ -81,6 +82,15 @@ from calibkit.cli.options import (
     metavar="F",
     help="--shards verdict: every amax within this fraction of the whole set's across parts is 'stable'.",
 )
+@click.option(
+    "--gpu-memory",
+    metavar="SIZE",
+    help=(
+        "GPU memory the CUDA run may use, e.g. 6GB or 6000MB (ONNX Runtime's arena is capped at it; the second "
+        "buffer set that overlaps reduction with the next run is made only where it fits). Default: both "
+        "buffer sets within max(2 GiB, 25%% of the first run's use). Never changes results."
+    ),
+)
 @user_errors
 def calibrate(
     model,
@@ -96,6 +106,7 @@ def calibrate(
     workers,
     ray_address,
     warn_clip,
+    gpu_memory,
     **kw,
 ) -> None:
     """Collect histograms of every activation and write INT8 scales.
@@ -196,6 +207,7 @@ def calibrate(
             warn_clip=warn_clip,
             feed=feed,
             tensors=kw["tensors"],
+            gpu_memory=parse_size(gpu_memory, "--gpu-memory") if gpu_memory is not None else None,
         )
     print_calibration(result)
     if kw["tensors"] == "qdq":

@@ -182,6 +182,21 @@ def tensors_option(fn: Callable) -> Callable:
     )(fn)
 
 
+SIZE_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9}
+SIZE_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "T": 10**12, "TB": 10**12, "TIB": 2**40})
+
+
+def parse_size(text: str, option: str) -> int:
+    """``6GB``, ``6000MB``, ``5.5GiB`` or a byte count -> bytes (a CalibkitError names ``option``)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    unit = m.group(2).upper() if m else None
+    if m is None or unit not in SIZE_UNITS or float(m.group(1)) * SIZE_UNITS[unit] < 1:
+        raise CalibkitError(f"{option} {text!r}: give a size such as 6GB, 6000MB or 5.5GiB")
+    return int(float(m.group(1)) * SIZE_UNITS[unit])
+
+
 def method_from(kw: dict):
     spec = kw.pop("method")
     name, cfg = methods.parse_spec(spec)

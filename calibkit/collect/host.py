@@ -57,6 +57,7 @@ def collect(
     pad: bool | None = None,
     hash_stream: bool = True,
     tensors: str = "all",
+    gpu_memory: int | None = None,
 ) -> Collection:
     """Histograms of every calibration tensor over the whole ``source`` (or its first
     ``max_samples`` samples).
@@ -69,9 +70,40 @@ def collect(
     ``pad`` forces padding on or off (tests pad on the CPU provider). ``tensors``: ``all``
     (every float tensor), ``trt`` (not those inside TensorRT's fused layers) or ``qdq`` (the
     Q/DQ placement's inputs): calibkit/qdq/fusion.py; left-out tensors are listed with why.
+    ``gpu_memory``: bytes of device memory the CUDA run may use (ORT's arena capped at it, a
+    second buffer set only where it fits; see collect/cuda/driver.py); None: the default bound.
     """
     if run_batch is not None and run_batch < 1:
         raise CalibkitError(f"--batch-size must be >= 1, got {run_batch}")
+    args = (model, source, run_batch, device, progress, model_name, threads, specs, feed, external_dir, pad)
+    try:
+        return _collect(*args, hash_stream, tensors, gpu_memory)
+    except CalibkitError as exc:
+        if gpu_memory is None or "--gpu-memory" in str(exc) or "alloc" not in str(exc).lower():
+            raise
+        raise CalibkitError(
+            f"--gpu-memory {gpu_memory / 2**30:.2f} GiB is too little for this model at --batch-size "
+            f"{run_batch or CUDA_RUN_BATCH} ({exc}); raise --gpu-memory, lower --batch-size (results change with it on "
+            "the GPU) or use --tensors qdq"
+        ) from None
+
+
+def _collect(
+    model,
+    source,
+    run_batch,
+    device,
+    progress,
+    model_name,
+    threads,
+    specs,
+    feed,
+    external_dir,
+    pad,
+    hash_stream,
+    tensors,
+    gpu_memory,
+) -> Collection:
     specs = specs or input_specs(model)
     # One core is the reducer's: ORT gets the rest (measured: 1.5x faster on 2 cores).
     threads = threads or max(1, (os.cpu_count() or 2) - 1)
@@ -94,6 +126,7 @@ def collect(
         pad,
         FeedOptions.of(feed).rebatch,
         tensors,
+        gpu_memory,
     )
     on_cuda = "CUDAExecutionProvider" in p.sess.get_providers()
 
@@ -105,7 +138,7 @@ def collect(
         from calibkit.collect.cuda import driver
 
         if driver.available():
-            hists = driver.collect_device(p, stream(), stats, size["n"], progress)
+            hists = driver.collect_device(p, stream(), stats, size["n"], progress, gpu_memory=gpu_memory)
         else:
             hists = _collect_host(p, stream(), stats, size, run_batch or size["n"], progress)
     else:

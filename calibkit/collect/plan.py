@@ -116,6 +116,7 @@ def plan(
     pad: bool | None,
     rebatch: bool,
     tensors: str = "all",
+    gpu_memory: int | None = None,
 ) -> tuple[Plan, list[str], dict[str, str], dict[str, str]]:
     """Inline constant Ifs, build the exposed session, find batch axes. Returns the plan, the
     calibration tensor names (graph order), {tensor: why not calibrated} and {tensor: why the
@@ -129,6 +130,7 @@ def plan(
             threads=threads,
             where=model_name,
             external_dir=external_dir,
+            gpu_mem_limit=gpu_memory,
         )
         return dict(zip(names, ort_run(lambda: sess.run(names, dict(first)), model_name, source)))
 
@@ -137,7 +139,7 @@ def plan(
     input_names = [s.name for s in specs]
     outputs = [n for n in names if n not in input_names]
     exposed = outputs + [g for g in guards if g not in outputs and g not in input_names]
-    sess = exposed_session(work, exposed, device, threads, model_name, external_dir)
+    sess = exposed_session(work, exposed, device, threads, model_name, external_dir, gpu_memory)
     on_cuda = "CUDAExecutionProvider" in sess.get_providers()
     axes: dict[str, int | None | str] = {s.name: s.axis for s in specs}
     axes.update(activation_axes(work, specs, outputs))

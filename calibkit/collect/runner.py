@@ -14,7 +14,13 @@ def is_ort_error(exc: BaseException) -> bool:
 
 
 def exposed_session(
-    model: onnx.ModelProto, outputs: list[str], device: str, threads: int, where: str, external_dir: str | None = None
+    model: onnx.ModelProto,
+    outputs: list[str],
+    device: str,
+    threads: int,
+    where: str,
+    external_dir: str | None = None,
+    gpu_mem_limit: int | None = None,
 ):
     """A session of ``model`` returning ``outputs`` too. Declared output shapes are dropped
     (real exports declare wrong ones, and ORT checks bound buffers against them); weights left
@@ -25,6 +31,7 @@ def exposed_session(
         threads=threads,
         where=where,
         external_dir=external_dir,
+        gpu_mem_limit=gpu_mem_limit,
     )
 
 

@@ -128,7 +128,16 @@ def _use_gpu(index: int) -> None:
 
 
 def _collect_shard(
-    model: str, data, pre, feed, run_batch: int, start: int, stop: int, workers: int, tensors: str = "all"
+    model: str,
+    data,
+    pre,
+    feed,
+    run_batch: int,
+    start: int,
+    stop: int,
+    workers: int,
+    tensors: str = "all",
+    gpu_memory: int | None = None,
 ):
     """In a worker: collect samples ``[start, stop)`` on its one visible GPU."""
     from calibkit.collect.host import collect
@@ -152,6 +161,7 @@ def _collect_shard(
         external_dir=os.path.dirname(os.path.abspath(model)) if has_external(proto) else None,
         hash_stream=False,
         tensors=tensors,
+        gpu_memory=gpu_memory,
     )
     col.stats.digest = None  # not picklable; file sources need no streamed hash
     return col
@@ -195,6 +205,7 @@ def collect_sharded(
     workers: int = 0,
     ray: str | None = None,
     selection: str = "all",
+    gpu_memory: int | None = None,
 ):
     """One process per GPU over contiguous shards (Ray actors with ``ray``); their collections
     merged (exact)."""
@@ -213,7 +224,7 @@ def collect_sharded(
     run_batch = run_batch or CUDA_RUN_BATCH
     ranges = shard_ranges(total, run_batch, len(devices))
     t0 = time.perf_counter()
-    jobs = [(str(model), str(data), pre, feed, run_batch, a, b, workers, selection) for a, b in ranges]
+    jobs = [(str(model), str(data), pre, feed, run_batch, a, b, workers, selection, gpu_memory) for a, b in ranges]
     if ray is not None:
         parts = _on_ray(ray, devices, jobs)
     else:

@@ -211,3 +211,46 @@ def test_sharded_over_processes_equals_one_gpu(tmp_path, samples):
     assert one.outputs["cache"].read_bytes() == many.outputs["cache"].read_bytes()
     assert many.collection.stats.samples == samples
     print(f"devices {devices}: {samples} samples, caches byte-identical")
+
+
+@pytest.mark.parametrize("samples", [64, 37])
+def test_one_or_two_buffer_sets_give_the_same_histograms(tmp_path, monkeypatch, samples):
+    """The first buffer set is the first run's own ORT outputs; a second set (overlap) only
+    where the memory bound allows: either way, the same histograms as the host reducer."""
+    from calibkit.collect.cuda import driver as gpu_driver
+
+    host = _collect(tmp_path, "host", samples, 8, monkeypatch)
+    made = []
+    real = gpu_driver.DeviceCollector._make_sets
+
+    def spy(self, *a):
+        real(self, *a)
+        made.append(len(self.sets))
+
+    for two in (False, True):
+        monkeypatch.setattr(gpu_driver, "second_set", lambda *a, two=two, **k: two)
+        monkeypatch.setattr(gpu_driver.DeviceCollector, "_make_sets", spy)
+        dev = _collect(tmp_path, "device", samples, 8, monkeypatch)
+        assert made and made[-1] == (2 if two else 1)
+        assert not [k for k in host.tensors if not same(dev.tensors[k], host.tensors[k])]
+
+
+def test_gpu_memory_too_small_for_one_run_is_a_clear_error(tmp_path):
+    from calibkit.collect.host import collect
+    from calibkit.data import Preprocess, open_source
+    from calibkit.errors import CalibkitError
+    from calibkit.graph.model import input_specs, load
+
+    model = models.conv_net(tmp_path / "conv.onnx", channels=3, hw=32)
+    np.save(tmp_path / "x.npy", np.ones((16, 3, 32, 32), np.float32))
+    proto = load(model)
+    specs = input_specs(proto)
+    with pytest.raises(CalibkitError, match="--gpu-memory"):
+        collect(
+            proto,
+            open_source(str(tmp_path / "x.npy"), specs, Preprocess()),
+            run_batch=8,
+            device="cuda",
+            specs=specs,
+            gpu_memory=1,
+        )

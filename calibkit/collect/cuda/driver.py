@@ -1,7 +1,12 @@
 """CUDA provider + CuPy: activations stay in device memory and are reduced there.
 
 Inputs and outputs are bound to device buffers allocated once per input signature (two sets,
-alternating: the reduction of one run overlaps the next run). Inputs are staged by the
+alternating: the reduction of one run overlaps the next run). The first set is the outputs ORT
+allocated for the signature's first (unbound) run, kept and bound again, so the exposed
+activations are never held three times. The second set exists only within the memory bound:
+``--gpu-memory`` (device memory in use after the first run, plus the set, must fit it), or by
+default where both sets together stay within max(2 GiB, 25% of what the first run left in use)
+and half of the free memory. Inputs are staged by the
 prefetch thread into pinned memory and copied on a copy stream while the previous run
 computes. Each run's tensors are reduced by three fused launches (:mod:`calibkit.collect.cuda.fused`)
 on a reduction stream; the host never waits per tensor, only, before reusing a buffer set,
@@ -21,6 +26,7 @@ from calibkit.collect.plan import Plan, check_guards, ort_run, pad_batch
 from calibkit.data import FeedStats
 from calibkit.data.feed import _take
 from calibkit.data.prefetch import PinnedStager, prefetch
+from calibkit.errors import CalibkitError
 from calibkit.numerics.histogram import TensorHistogram
 
 ORT_TYPES = {
@@ -62,10 +68,20 @@ class BufferSet:
     """One run's bound device buffers: inputs, outputs, and the reduction table over them."""
 
     def __init__(
-        self, cp, sess, inputs: dict[str, tuple], outputs: dict[str, tuple], reduced: list[str], hists, device_id: int
+        self,
+        cp,
+        sess,
+        inputs: dict[str, tuple],
+        outputs: dict[str, tuple],
+        reduced: list[str],
+        hists,
+        device_id: int,
+        given: dict | None = None,
     ) -> None:
+        """``given``: {output: CuPy array} to bind instead of allocating (the first run's own)."""
         self.inputs = {k: cp.empty(shape, dtype) for k, (shape, dtype) in inputs.items()}
-        self.outputs = {k: cp.empty(shape, dtype) for k, (shape, dtype) in outputs.items()}
+        given = given or {}
+        self.outputs = {k: given[k] if k in given else cp.empty(shape, dtype) for k, (shape, dtype) in outputs.items()}
         self.binding = sess.io_binding()
         for k, a in self.inputs.items():
             self.binding.bind_input(k, "cuda", device_id, a.dtype, a.shape, a.data.ptr)
@@ -77,13 +93,25 @@ class BufferSet:
         self.copied = None  # event: the input copy into these buffers
 
 
+DEFAULT_EXTRA = 2 << 30  # bytes both buffer sets may take by default, or 25% of the first run's use
+
+
+def second_set(set_bytes: int, used: int, free: int, limit: int | None) -> bool:
+    """Whether a second buffer set (overlapping reduction with the next run) fits the bound.
+    ``used``/``free``: device memory after the first run, which holds the first set."""
+    if limit is not None:
+        return used + set_bytes <= limit
+    return 2 * set_bytes <= max(DEFAULT_EXTRA, (used - set_bytes) // 4) and set_bytes < free // 2
+
+
 class DeviceCollector:
-    def __init__(self, p: Plan, run_batch: int, device_id: int = 0) -> None:
+    def __init__(self, p: Plan, run_batch: int, device_id: int = 0, gpu_memory: int | None = None) -> None:
         import cupy as cp
 
         from calibkit.collect.cuda.fused import FusedHistograms
 
         self.cp, self.p, self.run_batch, self.device_id = cp, p, run_batch, device_id
+        self.gpu_memory = gpu_memory
         acts = [o for o in p.outputs if o not in p.guards]
         self.float_inputs = [s.name for s in p.specs if s.dtype.kind == "f"]
         batched = [n for n in [*self.float_inputs, *acts] if isinstance(p.axes.get(n), int) or p.axes.get(n) == "?"]
@@ -117,7 +145,9 @@ class DeviceCollector:
         ort_run(run, self.p.model_name, self.p.source)
         return dict(zip(self.p.outputs, binding.get_outputs()))
 
-    def _make_sets(self, feed, values: dict) -> None:
+    def _make_sets(self, feed, values: dict, wrapped: dict) -> None:
+        """Buffer sets for this input signature: the first run's outputs (``values``, wrapped
+        as CuPy arrays in ``wrapped``) are the first set; a second one where the bound allows."""
         self.reduce_stream.synchronize()
         outs = {}
         for name, v in values.items():
@@ -130,11 +160,19 @@ class DeviceCollector:
         size = sum(
             int(np.prod(sh, dtype=np.int64)) * np.dtype(dt).itemsize for sh, dt in [*ins.values(), *outs.values()]
         )
-        free = self.cp.cuda.runtime.memGetInfo()[0]
-        count = 2 if 2 * size < free // 2 else 1  # a second set (overlap) only where memory is plentiful
-        self.sets = [
-            BufferSet(self.cp, self.p.sess, ins, outs, self.on_device, self.hists, self.device_id) for _ in range(count)
-        ]
+        free, total = self.cp.cuda.runtime.memGetInfo()
+        used = total - free
+        if self.gpu_memory is not None and used > self.gpu_memory:
+            raise CalibkitError(
+                f"--gpu-memory {self.gpu_memory / 2**30:.2f} GiB: one run of {self.run_batch} samples with every "
+                f"calibrated tensor exposed leaves {used / 2**30:.2f} GiB of the GPU in use; lower --batch-size "
+                "(results change with it on the GPU), --tensors qdq, or raise --gpu-memory"
+            )
+        args = (self.cp, self.p.sess, ins, outs, self.on_device, self.hists, self.device_id)
+        first = BufferSet(*args, given={k: wrapped[k] for k in outs if wrapped.get(k) is not None})
+        self.sets = [first]
+        if second_set(size, used, free, self.gpu_memory):
+            self.sets.append(BufferSet(*args))
         self.turn = 0
 
     # -- one run -------------------------------------------------------------------------
@@ -229,9 +267,9 @@ class DeviceCollector:
             for k, v in run_feed.items():
                 wrapped[k] = cp.asarray(v)
             self._reduce_values(feed, wrapped, n, padded)
-            self.reduce_stream.synchronize()  # the OrtValues die here
+            self.reduce_stream.synchronize()
             self.signature = sig
-            self._make_sets(run_feed, values)
+            self._make_sets(run_feed, values, wrapped)  # the first set keeps these OrtValues
             return
         bs = self._copy_into_next_set(pinned)
         self.copy_stream.synchronize()
@@ -257,10 +295,10 @@ class DeviceCollector:
 
 
 def collect_device(
-    p: Plan, batches, stats: FeedStats, run_batch: int, progress, workers: int = 0
+    p: Plan, batches, stats: FeedStats, run_batch: int, progress, workers: int = 0, gpu_memory: int | None = None
 ) -> dict[str, TensorHistogram]:
     stats.run_batch = run_batch
-    col = DeviceCollector(p, run_batch)
+    col = DeviceCollector(p, run_batch, gpu_memory=gpu_memory)
     drive(col, batches, PinnedStager([s.name for s in p.specs]), progress, stats)
     return col.finish()
 
