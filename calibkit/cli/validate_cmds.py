@@ -508,6 +508,12 @@ def export_qdq(
     for note in notes:
         out.print(f"note: {note}")
     extra = "".join(f" + {loc}" for loc in external_locations(written))
+    if q == 0:
+        out.print(
+            f"wrote {path}{extra}: nothing is quantized: no activation got a Q/DQ pair ({placement} placement), so "
+            f"every layer runs in float; check --exclude-nodes/--exclude-op-types and `calibkit placement {model}`"
+        )
+        return
     out.print(
         f"wrote {path}{extra}: {q} quantized activations ({placement} placement, method {table.method}), weights per-channel {precision.upper()}, {time.perf_counter() - start:.1f} s"
     )
