@@ -207,7 +207,19 @@ def export_qdq(
             n = qdq_fp8.convert(qdq, amax, named, source_dir)
             qdq.ir_version = max(qdq.ir_version, qdq_fp8.MIN_IR_VERSION)
             done.append(f"{n} activation scales amax/{fmt.qmax:g}, weights per-channel, as FP8 E4M3FN")
-        onnx.save_model(qdq, str(staged))
+        data = staged.with_name(staged.name + ".data")
+        if fmt is not INT8 and data.exists():
+            # the FP8 weights are new tensors in the graph; the staged data file holds the INT8
+            # ones: read back what still points there and write one data file of what the graph uses
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(qdq, str(staged.parent))
+            data.unlink()
+            onnx.save_model(
+                qdq, str(staged), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name
+            )
+        else:
+            onnx.save_model(qdq, str(staged))
         qdq_io.check_written(staged, basic=fmt is not INT8)
         if notes is not None:
             notes.extend(done)

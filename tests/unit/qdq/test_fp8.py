@@ -199,3 +199,43 @@ def test_mse_and_auto_on_the_fp8_grid():
     )
     _, d8 = auto.choose(h, methods.make_config("auto"))
     assert d8["criterion"] == "expected_mse"
+
+
+def test_fp8_export_of_external_data_keeps_one_data_file_of_fp8_weights(tmp_path):
+    """A model with external data: the FP8 export's data file holds exactly the tensors its
+    graph points to (the FP8 weights), none of the INT8 ones the quantizer wrote first."""
+    from onnx import helper
+
+    from calibkit.qdq.files import external_locations
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.05, (256, 256)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 256])],
+        [w],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src = tmp_path / "src" / "big.onnx"
+    src.parent.mkdir()
+    onnx.save(m, str(src), save_as_external_data=True, location="big.onnx.data", size_threshold=0)
+    x = rng.normal(0, 1, (8, 256)).astype(np.float32)
+    out = tmp_path / "out" / "big.fp8.onnx"
+    export_qdq(src, {"x": float(np.abs(x).max())}, out, precision="fp8")
+    files = sorted(p.name for p in out.parent.iterdir() if p.is_file())
+    q = onnx.load(str(out), load_external_data=False)
+    locs = external_locations(q)
+    assert len(locs) == 1 and files == sorted(["big.fp8.onnx", locs[0]]), files
+    used = 0
+    for t in q.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL:
+            used += int(next(e.value for e in t.external_data if e.key == "length"))
+    assert used == (out.parent / locs[0]).stat().st_size  # no stale bytes
+    assert {t.name: t.data_type for t in q.graph.initializer}["w_quantized"] == TensorProto.FLOAT8E4M3FN
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = session(onnx.load(str(out)), device="cpu", exact_qdq=True).run(None, {"x": x})[0]
+    assert float(ref.ravel() @ got.ravel() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.995
