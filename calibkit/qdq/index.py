@@ -30,12 +30,22 @@ class GraphIndex:
         q = self.producer.get(dq.input[0])
         return q if q is not None and q.op_type == "QuantizeLinear" else None
 
-    def scale(self, node: onnx.NodeProto) -> float | None:
-        init = self.inits.get(node.input[1])
-        if init is None:
+    def constant(self, name: str):
+        """The value of an initializer or a Constant node's output (None: neither, or a kind
+        of Constant this does not read)."""
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        node = self.producer.get(name)
+        if node is None or node.op_type != "Constant":
             return None
-        a = numpy_helper.to_array(init)
-        return float(a) if a.size == 1 else None
+        for a in node.attribute:
+            if a.name == "value":
+                return numpy_helper.to_array(a.t)
+        return None
+
+    def scale(self, node: onnx.NodeProto) -> float | None:
+        a = self.constant(node.input[1]) if len(node.input) > 1 else None
+        return float(a) if a is not None and a.size == 1 else None
 
     def quantized(self, node: onnx.NodeProto) -> bool:
         """A compute node reading an activation through a Q/DQ pair."""

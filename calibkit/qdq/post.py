@@ -57,8 +57,13 @@ def residual_inputs(
     model: onnx.ModelProto, amax: dict[str, float], skipped: set[str] = frozenset(), constants=()
 ) -> dict[str, str]:
     """{Add node name: skip input to quantize} for Conv(+BN) + Add residual joins; a Conv kept
-    in float (``skipped``) makes no join, and neither does a skipped Add, nor a skip input in
-    ``constants`` (a bias reached through a Reshape: TensorRT folds it, no Q/DQ)."""
+    in float (``skipped``) makes no join, and neither does a skipped Add, nor a skip input
+    computed from constants only (a bias reached through a Reshape: TensorRT folds it into the
+    layer, and a Q/DQ pair there only blocks that), in every placement. ``constants``: the
+    trt-fused placement's constant tensors, which ``weighted_source`` also sees through."""
+    from calibkit.qdq.rules import constant_tensors
+
+    never = set(constants) | constant_tensors(model.graph)
     prod = _producers(model.graph)
     found: dict[str, str] = {}
     for node in model.graph.node:
@@ -70,7 +75,7 @@ def residual_inputs(
         if wa == wb:
             continue
         skip = b if wa else a
-        if skip in amax and skip not in constants:
+        if skip in amax and skip not in never:
             found[node.name] = skip
     return found
 

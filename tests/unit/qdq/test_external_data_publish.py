@@ -77,12 +77,18 @@ def test_output_named_like_a_model_with_external_data_in_the_working_directory(t
     ext, scales, ref = models["a"]
     r = subprocess.run(
         [sys.executable, "-m", "calibkit", "export-qdq", ext.name, "--scales", str(scales), "-o", f"sub/{ext.name}"],
-        capture_output=True, text=True, cwd=ext.parent, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ext.parent,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     np.testing.assert_array_equal(_run(ext.parent / "sub" / ext.name, x), ref)
     r = subprocess.run(
         [sys.executable, "-m", "calibkit", "export-qdq", ext.name, "--scales", str(scales), "-o", ext.name],
-        capture_output=True, text=True, cwd=ext.parent, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ext.parent,
+        timeout=300,
     )
     assert r.returncode == 1 and "also an input" in r.stderr and "Traceback" not in r.stderr

@@ -92,9 +92,9 @@ def test_calibkit_trt_fused_exports_lint_clean(tmp_path):
     for precision in ("int8", "fp8"):
         out = export_qdq(path, amax, tmp_path / f"{precision}.onnx", placement="trt-fused", precision=precision)
         assert lint(onnx.load(str(out))) == []
-    # today's placement puts a pair on the bias through Reshape: the lint says so
-    old = export_qdq(path, amax, tmp_path / "trt.onnx", placement="trt")
-    assert {f.lint for f in lint(onnx.load(str(old)))} == {"constant-qdq"}
+    # the default placement no longer puts a pair on the bias through Reshape either
+    default = export_qdq(path, amax, tmp_path / "trt.onnx", placement="trt")
+    assert lint(onnx.load(str(default))) == []
 
 
 def test_placement_command(cli, tmp_path):
@@ -149,3 +149,82 @@ def test_placement_command_exports_with_scales_and_lints_clean(cli, conv_model, 
         )
         assert "activation Q nodes:" in r.stdout
         assert "conv-add-qdq 0, concat-scales 0, constant-qdq 0, zero-point 0, island 0" in r.stdout
+
+
+def more_bad_net():
+    """What the first lint missed: a Q/DQ on a bias initializer read by an Add; a nonzero zero
+    point held by a Constant node; a Concat of one quantized and one float activation; and a
+    nonzero zero point inside an If's then-branch (its scale read from the outer graph)."""
+    rng = np.random.default_rng(1)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.2, (8, 8, 1, 1)).astype(np.float32), "w0"),
+        numpy_helper.from_array(rng.normal(0, 0.2, (8, 8, 1, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.ones((1, 8, 1, 1), np.float32), "bias"),
+        numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "z0"),
+        numpy_helper.from_array(np.array(True), "cond"),
+    ]
+    zp_const = helper.make_node(
+        "Constant", [], ["z5"], name="zp_const", value=numpy_helper.from_array(np.array(5, np.int8), "z5v")
+    )
+    then_nodes = [
+        helper.make_node("QuantizeLinear", ["c1", "s", "z9"], ["tq"], name="then_Q"),
+        helper.make_node("DequantizeLinear", ["tq", "s", "z9"], ["then_out"], name="then_DQ"),
+    ]
+    then_g = helper.make_graph(
+        then_nodes,
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [numpy_helper.from_array(np.array(9, np.int8), "z9")],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Identity", ["c1"], ["else_out"], name="else_id")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [1, 8, 4, 4])],
+    )
+    nodes = [
+        zp_const,
+        helper.make_node("QuantizeLinear", ["x", "s", "z0"], ["xq"], name="x_Q"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z0"], ["x_dq"], name="x_DQ"),
+        helper.make_node("QuantizeLinear", ["w0", "s", "z0"], ["w0q"], name="w0_Q"),  # a weight: fine
+        helper.make_node("DequantizeLinear", ["w0q", "s", "z0"], ["w0_dq"], name="w0_DQ"),
+        helper.make_node("Conv", ["x_dq", "w0_dq"], ["c1"], name="conv1"),
+        helper.make_node("QuantizeLinear", ["bias", "s", "z0"], ["bq"], name="bias_Q"),  # a bias: reported
+        helper.make_node("DequantizeLinear", ["bq", "s", "z0"], ["b_dq"], name="bias_DQ"),
+        helper.make_node("Add", ["c1", "b_dq"], ["a1"], name="add_bias"),
+        helper.make_node("QuantizeLinear", ["a1", "s", "z5"], ["aq"], name="a_Q"),  # Constant zero point 5
+        helper.make_node("DequantizeLinear", ["aq", "s", "z5"], ["a_dq"], name="a_DQ"),
+        helper.make_node("Relu", ["c1"], ["r"], name="relu"),
+        helper.make_node("Concat", ["a_dq", "r"], ["cat"], axis=1, name="concat_mixed"),
+        helper.make_node("If", ["cond"], ["branch"], name="if1", then_branch=then_g, else_branch=else_g),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "bad2",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+        [
+            helper.make_tensor_value_info("cat", TensorProto.FLOAT, [1, 16, 4, 4]),
+            helper.make_tensor_value_info("branch", TensorProto.FLOAT, [1, 8, 4, 4]),
+        ],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_lint_finds_bias_qdq_constant_zero_points_mixed_concats_and_body_findings():
+    m = more_bad_net()
+    onnx.checker.check_model(m)
+    found = {(f.lint, f.node) for f in lint(m)}
+    assert found == {
+        ("constant-qdq", "bias_Q"),
+        ("zero-point", "a_Q"),
+        ("zero-point", "a_DQ"),
+        ("concat-scales", "concat_mixed"),
+        ("zero-point", "if1/then_branch/then_Q"),
+        ("zero-point", "if1/then_branch/then_DQ"),
+    }
+    import onnxruntime as ort
+
+    ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # a real graph

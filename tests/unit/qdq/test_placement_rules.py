@@ -98,13 +98,16 @@ def test_trt_fused_rules(tmp_path, precision):
     assert float(ref.ravel() @ got.ravel() / (np.linalg.norm(ref) * np.linalg.norm(got))) > 0.99
 
 
-def test_trt_places_the_constant_bias_and_trt_min_is_trt(tmp_path):
+def test_no_placement_quantizes_the_constant_bias_and_trt_min_is_trt(tmp_path):
     path = fused_net(tmp_path / "f.onnx")
     amax, _ = _amax(path)
     a = export_qdq(path, amax, tmp_path / "trt.onnx", placement="trt")
     b = export_qdq(path, amax, tmp_path / "min.onnx", placement="trt-min")
     assert a.read_bytes() == b.read_bytes()
-    assert "rbias" in _q_scales(onnx.load(str(a)))  # today's placement (kept as trt-min)
+    assert "rbias" not in _q_scales(onnx.load(str(a)))  # a bias through Reshape: TensorRT folds it
+    assert "rbias" not in _q_scales(
+        onnx.load(str(export_qdq(path, amax, tmp_path / "fused.onnx", placement="trt-fused")))
+    )
 
 
 def test_every_rule_cites_a_source():
