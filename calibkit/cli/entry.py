@@ -68,7 +68,33 @@ def main() -> None:
             "calibkit: interrupted while starting; nothing from this run was published; previous outputs are unchanged\n"
         )
         raise SystemExit(128 + signum) from None
-    cli(prog_name="calibkit")
+    _run(cli)
+
+
+def _run(cli) -> None:
+    """click's main without its own interrupt handling: an interrupt anywhere in a command,
+    even after its last line was printed, gets calibkit's message (what was published) and
+    exit 128 + the signal number, not click's bare "Aborted!" and exit 1."""
+    import click
+
+    try:
+        code = cli.main(prog_name="calibkit", standalone_mode=False)
+    except click.exceptions.Abort as exc:
+        signum = interrupt_behind(exc)
+        if signum is None:  # click's own Abort: a prompt answered with EOF
+            sys.stderr.write("Aborted!\n")
+            raise SystemExit(1) from None
+        from calibkit.cli.options import interrupted
+
+        interrupted(signum)
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt as exc:
+        from calibkit.cli.options import interrupted
+
+        interrupted(getattr(exc, "signum", 2))
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 def _check_onnxruntime() -> None:

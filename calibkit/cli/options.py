@@ -249,7 +249,7 @@ def parallel_from(kw: dict) -> dict:
 OUTPUT_OPTIONS = frozenset({"output", "output_dir", "report", "results", "json_path"})  # what a run writes
 
 
-def _interrupted(signum: int):
+def interrupted(signum: int):
     """Say what an interrupted run left published, and exit 128 + the signal number."""
     from calibkit.outputs.publish import PUBLISHED
 
@@ -280,7 +280,7 @@ def user_errors(fn: Callable) -> Callable:
 
             signum = interrupt_behind(exc)  # e.g. a loader's import that the user's Ctrl-C broke
             if signum is not None:
-                _interrupted(signum)
+                interrupted(signum)
             click.echo(f"calibkit: error: {exc}", err=True)
             raise SystemExit(getattr(exc, "exit_code", 1)) from None
         except MemoryError:
@@ -291,13 +291,13 @@ def user_errors(fn: Callable) -> Callable:
             )
             raise SystemExit(1) from None
         except KeyboardInterrupt as exc:
-            _interrupted(getattr(exc, "signum", 2))
+            interrupted(getattr(exc, "signum", 2))
         except Exception as exc:  # an interrupt that surfaced as a C extension's error (cli/entry.py)
             from calibkit.cli.entry import interrupt_behind
 
             signum = interrupt_behind(exc)
             if signum is None:
                 raise
-            _interrupted(signum)
+            interrupted(signum)
 
     return wrapper

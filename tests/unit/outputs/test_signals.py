@@ -191,3 +191,28 @@ def test_interrupt_disguised_as_an_import_error_is_an_interrupt(inputs, tmp_path
     assert "interrupted; nothing from this run was published" in r.stderr, r.stderr
     assert "initialization failed" not in r.stderr
     assert not out.exists()
+
+
+LATE = """
+import os, signal, sys
+import click
+from calibkit.cli import entry
+
+@click.command()
+def late():
+    print("wrote report r.html", flush=True)
+    os.kill(os.getpid(), signal.{sig})  # after the command's own handling: click's, before
+    import time; time.sleep(5)
+
+signal.signal(signal.SIGTERM, entry._on_sigterm)
+signal.signal(signal.SIGINT, entry._on_sigint)
+entry._run(late)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_after_the_last_line_is_calibkits_not_clicks(tmp_path, sig):
+    r = subprocess.run([sys.executable, "-c", LATE.format(sig=sig)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 128 + getattr(signal, sig), (r.returncode, r.stderr)
+    assert "Aborted!" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "calibkit: interrupted; nothing from this run was published" in r.stderr, r.stderr
