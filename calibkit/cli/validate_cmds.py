@@ -246,12 +246,42 @@ def validate(model, scales, backends, emulate_fp16, reference, **kw) -> None:
     )
 
 
+def _demo_scales():
+    """The demo's scales.json in ./calibkit-demo when it is a readable calibration of the shipped
+    demo model (a user's `calibkit calibrate --method ...` there is theirs: validate it, do not
+    recalibrate over it); None otherwise."""
+    from calibkit import demo
+    from calibkit.artifacts import scales as scales_io
+    from calibkit.errors import CalibkitError
+    from calibkit.graph.model import fingerprint_file
+
+    path = Path(DEMO_OUT) / "scales.json"
+    if not path.is_file():
+        return None
+    try:
+        table = scales_io.read(path)
+    except CalibkitError:
+        return None
+    return path if table.meta.get("model", {}).get("fingerprint") == fingerprint_file(demo.MODEL) else None
+
+
 def _demo_defaults(kw):
     from calibkit import demo
     from calibkit.calibration import calibrate
     from calibkit.cli.progress import err
     from calibkit.data import Preprocess
 
+    existing = _demo_scales()
+    if existing is not None:
+        from calibkit.artifacts import scales as scales_io
+
+        err.print(
+            f"calibkit: no model given: the shipped demo {demo.MODEL.name}, with its calibration already in {existing} "
+            f"(method {scales_io.read(existing).method}; delete it to recalibrate), validated on {demo.VAL}"
+        )
+        kw["data"] = kw["data"] or str(demo.VAL)
+        kw["labels"] = kw["labels"] or str(demo.VAL / "labels.npy")
+        return str(existing), kw
     err.print(
         f"calibkit: no model given: the shipped demo {demo.MODEL.name}, calibrated on {demo.CALIB}, validated on {demo.VAL}"
     )

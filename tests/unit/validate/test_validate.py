@@ -114,6 +114,18 @@ def test_validate_demo_end_to_end(cli, tmp_path):
     assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', html)  # self-contained: nothing fetched
 
 
+def test_bare_validate_keeps_the_users_demo_calibration(cli, tmp_path):
+    """`calibkit calibrate --method percentile` then bare `calibkit validate`: the user's demo
+    scales are validated, not recalibrated over with entropy."""
+    cli("calibrate", "--method", "percentile")
+    before = (tmp_path / "calibkit-demo/scales.json").read_bytes()
+    r = cli("validate")
+    assert "already in calibkit-demo/scales.json (method percentile" in r.stderr
+    assert (tmp_path / "calibkit-demo/scales.json").read_bytes() == before
+    labels = [c["label"] for c in json.loads((tmp_path / "calibkit-demo/report.results.json").read_text())["candidates"]]
+    assert "ort-int8 (percentile)" in labels
+
+
 def test_gate_failure_exits_3_and_still_writes(cli, tmp_path):
     cli("calibrate")
     r = cli("validate", "--min-cosine", "0.9999999", "--report", "gated.html", expect=3)
