@@ -101,13 +101,31 @@ class Diff:
         return not self.over(limit) and not self.added and not self.removed
 
 
+TAKES = "diff takes two scales.json, .cache or histograms.npz files"
+
+
 def _kind(p: Path) -> str:
     if not p.is_file():
-        raise CalibkitError(f"{p} not found; diff takes two scales.json, .cache or histograms.npz files")
+        if p.is_symlink():
+            raise CalibkitError(f"{p} is a symlink that leads nowhere (dangling, or a loop); {TAKES}")
+        if p.exists():
+            raise CalibkitError(f"{p} is not a regular file (a directory, FIFO or device); {TAKES}")
+        raise CalibkitError(f"{p} not found; {TAKES}")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        raise CalibkitError(f"cannot read {p}: {exc.strerror or exc}") from None
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(p):
+            raise CalibkitError(
+                f"{p} starts like a histograms.npz (zip) but is damaged or cut short; re-run `calibkit calibrate` "
+                "(or copy the file again)"
+            )
+        return "histograms"
     if zipfile.is_zipfile(p):
         return "histograms"
-    head = p.read_bytes()[:64].lstrip()
-    return "scales" if head.startswith(b"{") else "cache"
+    return "scales" if head.lstrip().startswith(b"{") else "cache"
 
 
 def read_side(path: str | Path, method: str = "entropy", config: Any = None) -> Side:

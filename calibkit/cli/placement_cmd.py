@@ -68,7 +68,7 @@ def placement(model, scales, placement, precision, strict, force) -> None:
                 )
                 import onnx
 
-                linted = onnx.load(str(path), load_external_data=False)
+                linted = onnx.load(str(path), format="protobuf", load_external_data=False)
     quantized = sum(1 for r in rows if r[2] == "yes")
     title = f"placement of {Path(model).name}" + ("" if has_qdq else f" (--placement {placement})")
     out.print(table(title, ["node", "op", "quantized", "rule"], rows))

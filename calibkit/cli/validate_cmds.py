@@ -531,7 +531,7 @@ def export_qdq(
         notes=notes,
         precision=precision,
     )
-    written = onnx.load(str(path), load_external_data=False)
+    written = onnx.load(str(path), format="protobuf", load_external_data=False)
     q = len(activation_qdq(written)) + body_activation_count(written)
     from calibkit.qdq.files import external_locations
 

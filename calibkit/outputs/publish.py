@@ -178,7 +178,7 @@ class Transaction:
     def _check_not_anothers(self, t: Path) -> None:
         """Refuse to replace a member of another command's set: that set's manifest would no
         longer verify, so every reader of it would refuse it. Re-running the command that
-        published it (the same manifest) replaces the whole set, which is fine."""
+        published it replaces its set, which is fine."""
         parent = t.parent.parent if t.parent.name == META else t.parent
         own = f"{self.name}.manifest.json"
         rel = os.path.relpath(t.absolute(), parent.absolute())
@@ -189,6 +189,8 @@ class Transaction:
             if doc is None or rel not in doc["files"]:
                 continue
             command = doc.get("command") if isinstance(doc.get("command"), str) else "calibrate"
+            if command == self.command:  # the same command's other set (validate --report a.html, then b.html)
+                continue
             raise CalibkitError(
                 f"output {t} belongs to the set `calibkit {command}` published in {parent} (with "
                 f"{', '.join(sorted(map(str, doc['files']))[:4])}{', ...' if len(doc['files']) > 4 else ''}); "

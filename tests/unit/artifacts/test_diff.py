@@ -101,6 +101,26 @@ def test_bad_input_is_one_line(cli, two, tmp_path):
         assert r.stderr.startswith("calibkit: error: ") and "Traceback" not in r.stderr, r.stderr
 
 
+def test_damaged_and_unusual_files_are_named_for_what_they_are(cli, two, tmp_path):
+    import os
+
+    e, _ = two
+    (tmp_path / "cut.npz").write_bytes((e / "histograms.npz").read_bytes()[:3000])
+    os.mkfifo(tmp_path / "fifo.json")
+    os.symlink(tmp_path / "loop_b", tmp_path / "loop_a")
+    os.symlink(tmp_path / "loop_a", tmp_path / "loop_b")
+    os.symlink(tmp_path / "gone.json", tmp_path / "dangling.json")
+    for name, said in [
+        ("cut.npz", "damaged or cut short"),
+        ("fifo.json", "not a regular file"),
+        ("loop_a", "symlink that leads nowhere"),
+        ("dangling.json", "symlink that leads nowhere"),
+        ("missing.json", "not found"),
+    ]:
+        r = cli("diff", e / "scales.json", tmp_path / name, expect=1)
+        assert said in r.stderr and name in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_histogram_sides_use_the_method_given(two):
     e, m = two
     d = diff_files(e / "histograms.npz", m / "scales.json", method="minmax")

@@ -48,3 +48,15 @@ def test_nothing_quantized_is_said(tmp_path):
             cwd=tmp_path,
         )
         assert r.returncode == 0 and "quantized activations" in r.stdout, r.stdout
+
+
+def test_any_output_suffix_is_written_as_an_onnx_model(tmp_path):
+    """onnx picks a text format from a .json/.txt suffix when loading: export-qdq -o x.json
+    wrote the model, then failed reading it back (a traceback)."""
+    conv_net(tmp_path / "m.onnx")
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32))
+    assert _cli("calibrate", "m.onnx", "--data", "cal.npz", "-o", "cal", cwd=tmp_path).returncode == 0
+    for name in ("x.json", "x.txt"):
+        r = _cli("export-qdq", "m.onnx", "--scales", "cal/scales.json", "-o", name, cwd=tmp_path)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert onnx.load(str(tmp_path / name), format="protobuf").graph.node
