@@ -110,7 +110,9 @@ def _check(p: Path, names, counts, exps, minmax, tallies) -> None:
         and tallies.shape == (n, 3)
     )
     if not shapes_ok:
-        raise CalibkitError(f"{p} is corrupt: histogram arrays have inconsistent shapes; rewrite it with `calibkit calibrate MODEL --data DATA --recollect`")
+        raise CalibkitError(
+            f"{p} is corrupt: histogram arrays have inconsistent shapes; rewrite it with `calibkit calibrate MODEL --data DATA --recollect`"
+        )
     if (
         names.dtype.kind != "U"
         or counts.dtype.kind not in "iu"
@@ -118,9 +120,13 @@ def _check(p: Path, names, counts, exps, minmax, tallies) -> None:
         or tallies.dtype.kind not in "iu"
         or minmax.dtype.kind != "f"
     ):
-        raise CalibkitError(f"{p} is corrupt: histogram arrays have the wrong types; rewrite it with `calibkit calibrate MODEL --data DATA --recollect`")
+        raise CalibkitError(
+            f"{p} is corrupt: histogram arrays have the wrong types; rewrite it with `calibkit calibrate MODEL --data DATA --recollect`"
+        )
     if len(set(names.tolist())) != n:
-        raise CalibkitError(f"{p} is corrupt: a tensor name appears twice; rewrite it with `calibkit calibrate MODEL --data DATA --recollect`")
+        raise CalibkitError(
+            f"{p} is corrupt: a tensor name appears twice; rewrite it with `calibkit calibrate MODEL --data DATA --recollect`"
+        )
     for i in range(n):
         name, exp, (lo, hi), (count, nan, inf) = str(names[i]), int(exps[i]), minmax[i], tallies[i]
         bad = None
@@ -137,7 +143,9 @@ def _check(p: Path, names, counts, exps, minmax, tallies) -> None:
         elif not count and not (lo == math.inf and hi == -math.inf):
             bad = f"min/max {lo}/{hi} given for a tensor with no values"
         if bad:
-            raise CalibkitError(f"{p} is corrupt: tensor {name!r}: {bad}; rewrite it with `calibkit calibrate MODEL --data DATA --recollect`")
+            raise CalibkitError(
+                f"{p} is corrupt: tensor {name!r}: {bad}; rewrite it with `calibkit calibrate MODEL --data DATA --recollect`"
+            )
 
 
 def load(path: str | Path) -> HistogramSet:
@@ -169,7 +177,9 @@ def load(path: str | Path) -> HistogramSet:
                 for k in ("version", "samples", "dropped_samples")
             )
             if not (ints_ok and shards_ok):
-                raise CalibkitError(f"{p} is corrupt: its metadata has the wrong types; rewrite it with `calibkit calibrate MODEL --data DATA --recollect`")
+                raise CalibkitError(
+                    f"{p} is corrupt: its metadata has the wrong types; rewrite it with `calibkit calibrate MODEL --data DATA --recollect`"
+                )
             if meta.get("version", 0) > VERSION:
                 raise CalibkitError(
                     f"{p} has histogram format version {meta['version']}; this calibkit reads up to {VERSION}: upgrade calibkit"

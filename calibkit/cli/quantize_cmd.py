@@ -109,6 +109,24 @@ recovery_options = compose(
     show_default=True,
     help="fp8: FP8 E4M3FN Q/DQ (scale amax/448); weight rounding and bias correction are skipped.",
 )
+@click.option(
+    "--shards",
+    type=int,
+    metavar="K",
+    help=(
+        "Is the calibration data enough? Calibrate in K disjoint parts (merged exactly: the same histograms) and "
+        "report how far each amax moves across parts (sufficiency.json); exit 3 when it moves more than "
+        "--shard-tolerance."
+    ),
+)
+@click.option(
+    "--shard-tolerance",
+    type=float,
+    default=0.05,
+    show_default=True,
+    metavar="F",
+    help="--shards verdict: every amax within this fraction of the whole set's across parts is 'stable'.",
+)
 @recovery_options
 @parallel_options
 @data_options
@@ -154,6 +172,8 @@ def quantize(model, val, output_dir, data, **kw) -> None:
         recovery_samples=kw.pop("recovery_samples"),
         ablate=kw.pop("ablate"),
         precision=kw.pop("precision"),
+        shards=kw.pop("shards"),
+        shard_tolerance=kw.pop("shard_tolerance"),
     )
     par = parallel_from(kw)
     args = dict(

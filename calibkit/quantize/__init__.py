@@ -65,6 +65,7 @@ def quantize(
         tx.refuse_others_members(  # before the work, not after it
             [f"{stem}.qdq.onnx", f"{stem}.recovered.onnx", f"{stem}.recovered.cache", f"{stem}.recovered.tensors.json"]
             + ["scales.json", "histograms.npz", "keep-fp16.txt", "exclude-nodes.txt", "quantize.json", "report.html"]
+            + ["sufficiency.json"]
         )
         with scratch("quantize") as tmp:
             p = Pipeline(
@@ -78,6 +79,13 @@ def quantize(
     res = QuantizeResult(doc, paths)
     if not doc["pass"]:
         err = ThresholdFailed(doc["verdict"] + f"; the best result reached is written; see {paths['report']}")
+        err.result = res
+        raise err
+    if (doc.get("sufficiency") or {}).get("enough") is False:  # --shards: the data is the doubt
+        err = ThresholdFailed(
+            f"the target holds, but the calibration data is not enough ({doc['sufficiency']['verdict']}); "
+            f"the result is written; see {paths['sufficiency']}"
+        )
         err.result = res
         raise err
     return res

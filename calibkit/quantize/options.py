@@ -27,6 +27,8 @@ class QuantizeOptions:
     run_batch: int = 16
     ablate: bool = False
     precision: str = "int8"  # "fp8": FP8 E4M3FN Q/DQ; integer weight recovery is skipped
+    shards: int | None = None  # is the calibration data enough? calibkit/sufficiency.py
+    shard_tolerance: float = 0.05
 
     def __post_init__(self) -> None:
         if self.precision not in ("int8", "fp8"):
@@ -38,5 +40,9 @@ class QuantizeOptions:
                 a = -1.0
             if not 0.0 <= a <= 1.0:
                 raise CalibkitError(f"--smoothquant {self.smoothquant!r} must be auto, off or an alpha in [0, 1]")
+        if self.shards is not None and (
+            isinstance(self.shards, bool) or not isinstance(self.shards, int) or self.shards < 2
+        ):
+            raise CalibkitError(f"--shards {self.shards!r}: give a number of parts >= 2 (4 is a good start)")
         if self.recovery_samples < 1:
             raise CalibkitError(f"--recovery-samples must be >= 1, got {self.recovery_samples}")

@@ -27,17 +27,34 @@ class Pipeline:
         self.labels, self.metric, self.target, self.o = labels, metric, target, options
         self.preprocess, self.feed, self.device, self.tmp, self.say = preprocess, FeedOptions.of(feed), device, tmp, say
         self.stages: list[dict] = []
+        self.sufficiency = None  # --shards: calibkit/sufficiency.py's report on the calibration data
 
     # -- helpers -------------------------------------------------------------------------
     def _feeds(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
         return read_feeds(model, self.data, self.preprocess, self.feed, self.o.run_batch)
 
-    def _calibrate(self, proto: onnx.ModelProto, name: str):
+    def _calibrate(self, proto: onnx.ModelProto, name: str, shards: int | None = None):
+        """Calibrate ``proto`` into the scratch folder; with ``shards``, in that many parts whose
+        merge is the same histograms (calibkit/sufficiency.py), the sufficiency report kept."""
         d = self.tmp / name
         d.mkdir()
         path = d / self.model_path.name
         onnx.save_model(proto, str(path))
-        res = calibrate(path, self.data, output_dir=d / "cal", preprocess=self.preprocess, feed=self.feed)
+        if shards is None:
+            return path, calibrate(path, self.data, output_dir=d / "cal", preprocess=self.preprocess, feed=self.feed)
+        from calibkit.sufficiency import calibrate_shards
+
+        res, self.sufficiency = calibrate_shards(
+            path,
+            self.data,
+            shards,
+            output_dir=d / "cal",
+            tolerance=self.o.shard_tolerance,
+            preprocess=self.preprocess,
+            feed=self.feed,
+        )
+        word = "enough data" if self.sufficiency.enough else "NOT ENOUGH DATA"
+        self.say(f"calibration data ({shards} parts): {word}: {self.sufficiency.verdict()}")
         return path, res
 
     def _stage(self, label: str, step: str, model, amax, excluded=(), note: str = "") -> dict:
@@ -72,7 +89,7 @@ class Pipeline:
         if self.vs.ref_task is not None:
             ref["task"] = self.vs.ref_task
         self.say("calibrating (histograms of every activation)")
-        _, base = self._calibrate(original, "original")
+        _, base = self._calibrate(original, "original", o.shards)
         self._stage("calibkit calibrate (entropy)", "baseline", original, base.table.amax())
         feeds = self._feeds(original)
         rec_feeds = first_samples(feeds, o.recovery_samples)
@@ -173,6 +190,10 @@ class Pipeline:
         }
         if o.precision != "int8":
             doc["precision"] = o.precision
+        if self.sufficiency is not None:
+            doc["sufficiency"] = self.sufficiency.to_dict()
+            if not self.sufficiency.enough:
+                self.warnings.append(f"calibration data: {self.sufficiency.verdict()}")
         doc["pass"] = bool(final["meets"])
         doc["verdict"] = _verdict(doc)
         return doc

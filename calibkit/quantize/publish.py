@@ -69,6 +69,10 @@ def publish(tx, p, doc: dict) -> dict[str, Path]:
         )
         paths["qdq"] = tx.write_with(out / qdq.name, lambda fh: copy_into(qdq, fh))
         paths["histograms"] = store.save(p.hset, out / "histograms.npz", tx)
+        if p.sufficiency is not None:
+            paths["sufficiency"] = tx.write_text(
+                out / "sufficiency.json", json.dumps(p.sufficiency.to_dict(), indent=1) + "\n"
+            )
         text = "".join(f"{n}\n" for n in p.excluded)
         paths["keep_fp16"] = tx.write_text(out / "keep-fp16.txt", text)
         paths["exclude"] = tx.write_text(out / "exclude-nodes.txt", text)
