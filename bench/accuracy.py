@@ -31,12 +31,14 @@ import numpy as np
 import onnx
 
 REPO = Path(__file__).resolve().parents[1]
+# Each technique off, with the fallback off too (compare with quantize-nofallback): the layer
+# search would otherwise hide what a technique buys by keeping layers in float instead.
 QUANTIZE_OFF = {
-    "quantize-no-consumer": ["--thresholds", "auto"],
-    "quantize-no-adaround": ["--rounding", "nearest"],
-    "quantize-no-bias": ["--no-bias-correction"],
-    "quantize-no-smoothquant": ["--smoothquant", "off"],
-    "quantize-no-equalize": ["--no-equalize"],
+    "quantize-no-consumer": ["--thresholds", "auto", "--no-fallback"],
+    "quantize-no-adaround": ["--rounding", "nearest", "--no-fallback"],
+    "quantize-no-bias": ["--no-bias-correction", "--no-fallback"],
+    "quantize-no-smoothquant": ["--smoothquant", "off", "--no-fallback"],
+    "quantize-no-equalize": ["--no-equalize", "--no-fallback"],
 }
 
 
