@@ -222,10 +222,10 @@ def calibrate(
 
 def _calibrate_shards(model, data, method, cfg, pre, feed, output_dir, histograms, devices, shards, kw, opts) -> None:
     """calibrate --shards K: the usual outputs, each part's histograms and the sufficiency verdict."""
+    from calibkit.checks.sufficiency import calibrate_shards
     from calibkit.cli.progress import sample_progress
     from calibkit.cli.summary import print_calibration, print_sufficiency
     from calibkit.errors import CalibkitError
-    from calibkit.sufficiency import calibrate_shards
 
     for flag, given in (("--histograms", histograms), ("--devices", devices)):
         if given:

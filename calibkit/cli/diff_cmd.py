@@ -38,7 +38,7 @@ def diff(a, b, max_change, method, limit, report, json_path) -> None:
     file records or allows it), the method that chose it; tensors added and removed.
     Exit 0, or 3 when --max-change is exceeded.
     """
-    from calibkit.artifacts.diff import diff_files
+    from calibkit.checks.diff import diff_files
     from calibkit.cli.progress import err, out, table
     from calibkit.errors import CalibkitError
     from calibkit.outputs.atomic import write_text

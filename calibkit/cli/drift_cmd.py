@@ -66,9 +66,9 @@ def drift(model, histograms, scales, max_clip, allow_preprocess_mismatch, force,
     Same data options, preprocessing (the calibration's, for image folders), batch axes and
     GPU path as calibrate. Exit 0, or 3 when --max-clip is exceeded (recalibrate).
     """
+    from calibkit.checks.drift import drift as run
     from calibkit.cli.calibrate_cmd import _total
     from calibkit.cli.progress import err, out, sample_progress, table
-    from calibkit.drift import drift as run
 
     method, cfg = method_from({**kw, "percentile": None, "levels": None, "start_bin": None})
     kw.pop("method", None)

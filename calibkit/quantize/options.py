@@ -27,7 +27,7 @@ class QuantizeOptions:
     run_batch: int = 16
     ablate: bool = False
     precision: str = "int8"  # "fp8": FP8 E4M3FN Q/DQ; integer weight recovery is skipped
-    shards: int | None = None  # is the calibration data enough? calibkit/sufficiency.py
+    shards: int | None = None  # is the calibration data enough? calibkit/checks/sufficiency.py
     shard_tolerance: float = 0.05
 
     def __post_init__(self) -> None:

@@ -27,7 +27,7 @@ class Pipeline:
         self.labels, self.metric, self.target, self.o = labels, metric, target, options
         self.preprocess, self.feed, self.device, self.tmp, self.say = preprocess, FeedOptions.of(feed), device, tmp, say
         self.stages: list[dict] = []
-        self.sufficiency = None  # --shards: calibkit/sufficiency.py's report on the calibration data
+        self.sufficiency = None  # --shards: calibkit/checks/sufficiency.py's report on the calibration data
 
     # -- helpers -------------------------------------------------------------------------
     def _feeds(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
@@ -35,14 +35,14 @@ class Pipeline:
 
     def _calibrate(self, proto: onnx.ModelProto, name: str, shards: int | None = None):
         """Calibrate ``proto`` into the scratch folder; with ``shards``, in that many parts whose
-        merge is the same histograms (calibkit/sufficiency.py), the sufficiency report kept."""
+        merge is the same histograms (calibkit/checks/sufficiency.py), the sufficiency report kept."""
         d = self.tmp / name
         d.mkdir()
         path = d / self.model_path.name
         onnx.save_model(proto, str(path))
         if shards is None:
             return path, calibrate(path, self.data, output_dir=d / "cal", preprocess=self.preprocess, feed=self.feed)
-        from calibkit.sufficiency import calibrate_shards
+        from calibkit.checks.sufficiency import calibrate_shards
 
         res, self.sufficiency = calibrate_shards(
             path,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import math
 
-from calibkit.artifacts.diff import Diff
+from calibkit.checks.diff import Diff
 from calibkit.report import figures
 from calibkit.report.html import _table, page
 

@@ -10,7 +10,7 @@ import pytest
 
 from calibkit.artifacts import scales as scales_io
 from calibkit.artifacts import trt_cache
-from calibkit.artifacts.diff import diff_files
+from calibkit.checks.diff import diff_files
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from calibkit.artifacts import histograms as store
-from calibkit.drift import drift, ks_distance
+from calibkit.checks.drift import drift, ks_distance
 from calibkit.numerics.histogram import TensorHistogram
 
 
