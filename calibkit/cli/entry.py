@@ -9,46 +9,12 @@ from __future__ import annotations
 import signal
 import sys
 
-
-class Terminated(KeyboardInterrupt):
-    signum = 15
-
-
-class HungUp(KeyboardInterrupt):
-    signum = 1
-
-
-RECEIVED: list[int] = []  # signals that reached this process's handlers, in order
-
-
-def _on_sigint(signum, frame) -> None:
-    RECEIVED.append(signum)
-    raise KeyboardInterrupt()
-
-
-def _on_sigterm(signum, frame) -> None:
-    RECEIVED.append(signum)
-    raise Terminated()
-
-
-def _on_sighup(signum, frame) -> None:
-    RECEIVED.append(signum)
-    raise HungUp()
-
-
-def interrupt_behind(exc: BaseException) -> int | None:
-    """The signal number if ``exc`` is an interrupt in disguise, else None.
-
-    A signal whose handler raises while a C extension is being imported or initialised (ONNX
-    Runtime's pybind module, numpy's) comes out as that extension's own error, e.g.
-    ``ImportError: initialization failed``; it is still the user's interrupt, not a failure.
-    """
-    seen = exc
-    while seen is not None:
-        if isinstance(seen, KeyboardInterrupt):
-            return getattr(seen, "signum", 2)
-        seen = seen.__cause__ or seen.__context__
-    return RECEIVED[-1] if RECEIVED else None
+from calibkit.cli.signals import (  # noqa: F401  (_on_*: the handlers tests install)
+    _on_sighup,
+    _on_sigint,
+    _on_sigterm,
+    interrupt_behind,
+)
 
 
 def main() -> None:
@@ -84,14 +50,14 @@ def _run(cli) -> None:
         if signum is None:  # click's own Abort: a prompt answered with EOF
             sys.stderr.write("Aborted!\n")
             raise SystemExit(1) from None
-        from calibkit.cli.options import interrupted
+        from calibkit.cli.signals import interrupted
 
         interrupted(signum)
     except click.ClickException as exc:
         exc.show()
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt as exc:
-        from calibkit.cli.options import interrupted
+        from calibkit.cli.signals import interrupted
 
         interrupted(getattr(exc, "signum", 2))
     raise SystemExit(code if isinstance(code, int) else 0)

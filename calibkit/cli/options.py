@@ -8,6 +8,7 @@ from collections.abc import Callable
 import click
 
 from calibkit import methods
+from calibkit.cli.signals import interrupt_behind, interrupted
 from calibkit.data.images import CHANNELS, LAYOUTS, Preprocess
 from calibkit.errors import CalibkitError
 
@@ -249,20 +250,6 @@ def parallel_from(kw: dict) -> dict:
 OUTPUT_OPTIONS = frozenset({"output", "output_dir", "report", "results", "json_path"})  # what a run writes
 
 
-def interrupted(signum: int):
-    """Say what an interrupted run left published, and exit 128 + the signal number."""
-    from calibkit.outputs.publish import PUBLISHED
-
-    done = ", ".join(sorted({str(d) for d in PUBLISHED if d.exists()}))  # scratch sets (temp dirs) are gone
-    said = (
-        f"complete output sets published before it: {done}"
-        if done
-        else "nothing from this run was published; previous outputs are unchanged"
-    )
-    click.echo(f"calibkit: interrupted; {said}", err=True)
-    raise SystemExit(128 + signum) from None
-
-
 def user_errors(fn: Callable) -> Callable:
     """Turn CalibkitError into a one-line message and exit code 1 (no traceback)."""
 
@@ -276,8 +263,6 @@ def user_errors(fn: Callable) -> Callable:
             note_inputs({k: v for k, v in kwargs.items() if k not in OUTPUT_OPTIONS})
             return fn(*args, **kwargs)
         except CalibkitError as exc:
-            from calibkit.cli.entry import interrupt_behind
-
             signum = interrupt_behind(exc)  # e.g. a loader's import that the user's Ctrl-C broke
             if signum is not None:
                 interrupted(signum)
@@ -292,9 +277,7 @@ def user_errors(fn: Callable) -> Callable:
             raise SystemExit(1) from None
         except KeyboardInterrupt as exc:
             interrupted(getattr(exc, "signum", 2))
-        except Exception as exc:  # an interrupt that surfaced as a C extension's error (cli/entry.py)
-            from calibkit.cli.entry import interrupt_behind
-
+        except Exception as exc:  # an interrupt that surfaced as a C extension's error (cli/signals.py)
             signum = interrupt_behind(exc)
             if signum is None:
                 raise
