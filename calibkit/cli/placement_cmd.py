@@ -52,7 +52,7 @@ def placement(model, scales, placement, precision, strict, force) -> None:
             rows.append([name, op, "yes" if q else "no", "found in the model"])
         linted = light
     else:
-        rows = _decisions(light, placement)
+        rows = _decisions(light, placement, precision)
         if scales:
             from calibkit.artifacts import scales as scales_io
             from calibkit.graph.model import check_fingerprint, fingerprint_file
@@ -86,7 +86,7 @@ def placement(model, scales, placement, precision, strict, force) -> None:
         raise SystemExit(3)
 
 
-def _decisions(model, placement: str) -> list[list[str]]:
+def _decisions(model, placement: str, precision: str = "int8") -> list[list[str]]:
     from calibkit.graph import forms
     from calibkit.qdq import rules
     from calibkit.qdq.export import name_nodes
@@ -98,7 +98,7 @@ def _decisions(model, placement: str) -> list[list[str]]:
         listed = set(COMPUTE_OPS) | set(FUSED_NEIGHBOURS) | {"Concat"}
         return [
             [d.node, d.op_type, "yes" if d.quantized else "no", d.rule + (f" ({d.why})" if d.why else "")]
-            for d in rules.decide(named).values()
+            for d in rules.decide(named, precision=precision).values()
             if d.op_type in listed
         ]
     return [[n.name, n.op_type, "yes", "compute-input"] for n in named.graph.node if n.op_type in COMPUTE_OPS]

@@ -168,7 +168,7 @@ def export_qdq(
     skip_conv = set(skipped) | {n.name for n in named.graph.node if n.op_type in skip_types}
     quantized = None
     if fused:
-        amax, skipped, skip_conv, quantized = _fused(named, amax, ops, skipped, skip_conv, done)
+        amax, skipped, skip_conv, quantized = _fused(named, amax, ops, skipped, skip_conv, done, precision)
     joins = (
         qdq_post.residual_inputs(
             named, amax, skip_conv, constants=qdq_rules.constant_tensors(named.graph) if fused else ()
@@ -226,10 +226,10 @@ def export_qdq(
         return qdq_io.publish(staged, target, tx)
 
 
-def _fused(named, amax, ops, skipped, skip_conv, done):
+def _fused(named, amax, ops, skipped, skip_conv, done, precision="int8"):
     """The ``trt-fused`` rules (calibkit/qdq/rules.py): (amax with Concat inputs sharing their
     output's, nodes for ORT to exclude, nodes kept float, nodes quantized)."""
-    decisions = qdq_rules.decide(named, skip_conv)
+    decisions = qdq_rules.decide(named, skip_conv, precision)
     kept = [n for n, d in decisions.items() if d.op_type in ops and not d.quantized]
     shared = qdq_rules.shared_concat_amax(named, decisions, amax)
     missing = [t for t in qdq_rules.needed(named, decisions) if t not in amax and t not in shared]

@@ -35,6 +35,10 @@ PLACEMENTS = ("trt", "trt-min", "trt-fused", "ort")
 TRT_PLACEMENTS = ("trt", "trt-min", "trt-fused")
 
 RESIDUAL_JOIN = "Add"
+# Attention cores (the "attention" rule below): what may sit between the two MatMuls.
+ATTENTION_INT8_MAX_SEQ = 512
+ATTENTION_FP8_HEAD = (8, 256)
+ATTENTION_BETWEEN = ("Div", "Mul", "Add", "Sub", "Where", "Cast", "Dropout")
 SMALL_CHANNELS = 16  # ModelOpt's channel / K / N floor for INT8 and FP8 GEMMs and convolutions
 CHANNEL_MULTIPLE = 8  # ... unless the channel count is a multiple of this (tensor-core friendly)
 
@@ -99,6 +103,16 @@ FUSED_RULES = (
         "action": f"keep in float a convolution with fewer than {SMALL_CHANNELS} input or output "
         f"channels unless a multiple of {CHANNEL_MULTIPLE}",
         "source": "ModelOpt onnx/quantization/graph_utils.py (find_nodes_from_convs_to_exclude: channels < 16)",
+    },
+    {
+        "rule": "attention",
+        "ops": ("MatMul",),
+        "action": f"keep in float both MatMuls of an attention core (MatMul -> scale/mask -> Softmax -> "
+        f"MatMul, both operands activations) whose sequence length exceeds {ATTENTION_INT8_MAX_SEQ} in INT8, "
+        f"or whose head size is outside ({ATTENTION_FP8_HEAD[0]}, {ATTENTION_FP8_HEAD[1]}] in FP8 (known "
+        "from static shapes; unknown: quantized)",
+        "source": "ModelOpt onnx/quantization/graph_utils.py (find_mha_partitions, "
+        "find_nodes_from_mha_to_exclude: INT8 seq_len > 512, FP8 head_size > 256 or <= 8)",
     },
     {
         "rule": "gemv",

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import onnx
 
 from calibkit.qdq.placement import (
+    ATTENTION_BETWEEN,
+    ATTENTION_FP8_HEAD,
+    ATTENTION_INT8_MAX_SEQ,
     CHANNEL_MULTIPLE,
     COMPUTE_OPS,
     FUSED_NEIGHBOURS,
@@ -90,9 +93,65 @@ def _compute(node, inits, const, shapes) -> Decision:
     return Decision(node.name, node.op_type, True, "compute-input")
 
 
-def decide(model: onnx.ModelProto, kept_float: set[str] = frozenset()) -> dict[str, Decision]:
+def attention_cores(model: onnx.ModelProto, const: set[str]) -> list[tuple[onnx.NodeProto, onnx.NodeProto]]:
+    """(first MatMul, second MatMul) of each attention core: a MatMul of two activations whose
+    output reaches a Softmax through scale/mask ops (ATTENTION_BETWEEN), and the Softmax's
+    output reaches a second MatMul of two activations (as ModelOpt's find_mha_partitions)."""
+    g = model.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+
+    def act_matmul(node) -> bool:
+        return node.op_type == "MatMul" and len(node.input) == 2 and not any(i in const for i in node.input)
+
+    def follow(start: str, target: str) -> onnx.NodeProto | None:
+        todo, seen = [start], set()
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            for c in consumers.get(t, []):
+                if c.op_type == target and (target != "MatMul" or act_matmul(c)):
+                    return c
+                if c.op_type in ATTENTION_BETWEEN:
+                    todo += [o for o in c.output if o]
+        return None
+
+    cores = []
+    for node in g.node:
+        if not act_matmul(node):
+            continue
+        softmax = follow(node.output[0], "Softmax")
+        second = follow(softmax.output[0], "MatMul") if softmax is not None else None
+        if second is not None:
+            cores.append((node, second))
+    return cores
+
+
+def _attention(model, const, shapes, precision: str) -> dict[str, Decision]:
+    """Float decisions for the attention cores the "attention" rule keeps out of INT8/FP8."""
+    out: dict[str, Decision] = {}
+    for first, second in attention_cores(model, const):
+        k = shapes.get(first.input[1])  # K^T: [..., head size, sequence length]
+        head, seq = (k[-2], k[-1]) if k is not None and len(k) >= 2 else (None, None)
+        why = ""
+        if precision == "fp8" and head is not None and not ATTENTION_FP8_HEAD[0] < head <= ATTENTION_FP8_HEAD[1]:
+            why = f"head size {head} (FP8 attention kernels take ({ATTENTION_FP8_HEAD[0]}, {ATTENTION_FP8_HEAD[1]}])"
+        elif precision != "fp8" and seq is not None and seq > ATTENTION_INT8_MAX_SEQ:
+            why = f"sequence length {seq} > {ATTENTION_INT8_MAX_SEQ}"
+        if why:
+            for node in (first, second):
+                out[node.name] = Decision(node.name, node.op_type, False, "attention", why)
+    return out
+
+
+def decide(model: onnx.ModelProto, kept_float: set[str] = frozenset(), precision: str = "int8") -> dict[str, Decision]:
     """{node name: Decision} for every node of the main graph (named nodes: see
-    calibkit.qdq.export.name_nodes). ``kept_float``: nodes the user excluded."""
+    calibkit.qdq.export.name_nodes). ``kept_float``: nodes the user excluded; ``precision``:
+    int8 or fp8 (the attention rule differs)."""
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     const = constant_tensors(g)
@@ -102,9 +161,12 @@ def decide(model: onnx.ModelProto, kept_float: set[str] = frozenset()) -> dict[s
         for i in node.input:
             consumers.setdefault(i, []).append(node)
     out: dict[str, Decision] = {}
+    attention = _attention(model, const, shapes, precision)
     for node in g.node:
         if node.name in kept_float:
             out[node.name] = Decision(node.name, node.op_type, False, "excluded", "--exclude-nodes / op types")
+        elif node.name in attention:
+            out[node.name] = attention[node.name]
         elif node.op_type in COMPUTE_OPS:
             out[node.name] = _compute(node, inits, const, shapes)
 

@@ -55,13 +55,13 @@ def fused_net(path, seed: int = 0):
     return path
 
 
-def _amax(model_path):
+def _amax(model_path, shape=(8, 16, 4, 4)):
     """Each activation's true max |x| on random data (distinct per tensor)."""
     m = onnx.load(str(model_path))
     names = [o for n in m.graph.node for o in n.output]
     from calibkit.graph.model import with_outputs
 
-    x = np.random.default_rng(1).normal(0, 1, (8, 16, 4, 4)).astype(np.float32)
+    x = np.random.default_rng(1).normal(0, 1, shape).astype(np.float32)
     sess = session(with_outputs(m, names), device="cpu")
     outs = sess.run(names, {"x": x})
     return {"x": float(np.abs(x).max()), **{n: float(np.abs(v).max()) for n, v in zip(names, outs)}}, x
@@ -114,3 +114,62 @@ def test_every_rule_cites_a_source():
     names = [r["rule"] for r in FUSED_RULES]
     assert len(names) == len(set(names))
     assert all(r["source"] and r["action"] for r in FUSED_RULES)
+
+
+def attention_net(path, seq: int, dim: int = 64):
+    """x[1, seq, dim] -> q, k, v projections -> softmax(q k^T / 8) v -> output projection."""
+    rng = np.random.default_rng(3)
+    w = {n: numpy_helper.from_array(rng.normal(0, dim**-0.5, (dim, dim)).astype(np.float32), n) for n in "qkvo"}
+    inits = [*w.values(), numpy_helper.from_array(np.array(8.0, np.float32), "scale")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "q"], ["xq"], name="proj_q"),
+        helper.make_node("MatMul", ["x", "k"], ["xk"], name="proj_k"),
+        helper.make_node("MatMul", ["x", "v"], ["xv"], name="proj_v"),
+        helper.make_node("Transpose", ["xk"], ["kt"], perm=[0, 2, 1], name="kt"),
+        helper.make_node("MatMul", ["xq", "kt"], ["scores"], name="bmm1"),
+        helper.make_node("Div", ["scores", "scale"], ["scaled"], name="div"),
+        helper.make_node("Softmax", ["scaled"], ["probs"], axis=-1, name="softmax"),
+        helper.make_node("MatMul", ["probs", "xv"], ["ctx"], name="bmm2"),
+        helper.make_node("MatMul", ["ctx", "o"], ["y"], name="proj_o"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, seq, dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, seq, dim])],
+        inits,
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    return path
+
+
+def _quantized_matmuls(path):
+    q = onnx.load(str(path))
+    dq = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name for n in q.graph.node if n.op_type == "MatMul" and all(i in dq for i in n.input)}
+
+
+def test_attention_cores_follow_modelopts_sequence_and_head_limits(tmp_path):
+    from calibkit.qdq.rules import decide
+
+    short = attention_net(tmp_path / "short.onnx", seq=16)
+    long = attention_net(tmp_path / "long.onnx", seq=600)
+    for path, int8_core, seq in ((short, True, 16), (long, False, 600)):
+        amax, _ = _amax(path, (1, seq, 64))
+        got = _quantized_matmuls(export_qdq(path, amax, tmp_path / f"{path.stem}.int8.onnx", placement="trt-fused"))
+        assert {"proj_q", "proj_k", "proj_v", "proj_o"} <= got  # the projections: ordinary GEMMs
+        assert ({"bmm1", "bmm2"} <= got) == int8_core and (not ({"bmm1", "bmm2"} & got)) == (not int8_core)
+        d = decide(onnx.load(str(path)))
+        assert d["bmm1"].rule == ("compute-input" if int8_core else "attention"), d["bmm1"]
+        if not int8_core:
+            assert "sequence length 600 > 512" in d["bmm1"].why and d["bmm2"].rule == "attention"
+        # trt (the default) keeps every MatMul quantized: the rule is trt-fused's
+        assert {"bmm1", "bmm2"} <= _quantized_matmuls(export_qdq(path, amax, tmp_path / f"{path.stem}.trt.onnx"))
+    # FP8: head size 64 is in (8, 256]: the long core is quantized; a head of 4 is not
+    amax, _ = _amax(long, (1, 600, 64))
+    got = _quantized_matmuls(export_qdq(long, amax, tmp_path / "long.fp8.onnx", placement="trt-fused", precision="fp8"))
+    assert {"bmm1", "bmm2"} <= got
+    tiny = attention_net(tmp_path / "tiny.onnx", seq=16, dim=4)
+    d = decide(onnx.load(str(tiny)), precision="fp8")
+    assert d["bmm1"].rule == "attention" and "head size 4" in d["bmm1"].why
+    assert decide(onnx.load(str(tiny)))["bmm1"].rule != "attention"  # INT8: seq 16 is fine
