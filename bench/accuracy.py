@@ -200,17 +200,26 @@ def main() -> None:
         d = _data(name, a.out)
         results = {}
         for row in a.rows.split(","):
-            qdq, secs = make(row, model, d, a.out / name / row)
-            results[row] = {**evaluate(qdq, model, d), "seconds": round(secs, 1)}
+            try:
+                qdq, secs = make(row, model, d, a.out / name / row)
+                results[row] = {**evaluate(qdq, model, d), "seconds": round(secs, 1)}
+            except (Exception, SystemExit) as exc:  # a peer tool failing is a result, not the end of the bench
+                results[row] = {"failed": f"{type(exc).__name__}: {str(exc)[-300:]}".replace("\n", " ")}
             print(name, row, json.dumps(results[row]), flush=True)
         (a.out / name / "results.json").write_text(json.dumps(results, indent=1))
-        fp = next(iter(results.values()))["task_fp32"]
+        ok = [r for r in results.values() if "failed" not in r]
+        if not ok:
+            continue
+        fp = ok[0]["task_fp32"]
         lines = [
-            f"\n### {name} (held-out test split: {next(iter(results.values()))['samples']} samples; FP32 task {fp:.3f})\n",
+            f"\n### {name} (held-out test split: {ok[0]['samples']} samples; FP32 task {fp:.3f})\n",
             "| row | task vs labels | agrees with FP32 | worst-output cosine | compute layers INT8 | seconds |",
             "|---|---|---|---|---|---|",
         ]
         for row, r in results.items():
+            if "failed" in r:
+                lines.append(f"| {row} | failed: {r['failed'][:160]} | | | | |")
+                continue
             lines.append(
                 f"| {row} | {r['task']:.3f} | {r['agree_fp32']:.3f} | {r['min_cosine']:.4f} | "
                 f"{r['int8_layers']}/{r['layers']} | {r['seconds']} |"
