@@ -215,8 +215,8 @@ def test_sharded_over_processes_equals_one_gpu(tmp_path, samples):
 
 @pytest.mark.parametrize("samples", [64, 37])
 def test_one_or_two_buffer_sets_give_the_same_histograms(tmp_path, monkeypatch, samples):
-    """The first buffer set is the first run's own ORT outputs; a second set (overlap) only
-    where the memory bound allows: either way, the same histograms as the host reducer."""
+    """A second buffer set (overlap) only where the memory bound allows: either way, the same
+    histograms as the host reducer."""
     from calibkit.collect.cuda import driver as gpu_driver
 
     host = _collect(tmp_path, "host", samples, 8, monkeypatch)

@@ -1,12 +1,11 @@
 """CUDA provider + CuPy: activations stay in device memory and are reduced there.
 
 Inputs and outputs are bound to device buffers allocated once per input signature (two sets,
-alternating: the reduction of one run overlaps the next run). The first set is the outputs ORT
-allocated for the signature's first (unbound) run, kept and bound again, so the exposed
-activations are never held three times. The second set exists only within the memory bound:
-``--gpu-memory`` (device memory in use after the first run, plus the set, must fit it), or by
-default where both sets together stay within max(2 GiB, 25% of what the first run left in use)
-and half of the free memory. Inputs are staged by the
+alternating: the reduction of one run overlaps the next run). The second set exists only
+within the memory bound: ``--gpu-memory`` (device memory in use after the first run, plus the
+set, must fit it; ONNX Runtime's CUDA arena is capped at it too), or by default where both sets
+together stay within max(2 GiB, 25% of the rest of what the first run left in use) and half of
+the free memory. Inputs are staged by the
 prefetch thread into pinned memory and copied on a copy stream while the previous run
 computes. Each run's tensors are reduced by three fused launches (:mod:`calibkit.collect.cuda.fused`)
 on a reduction stream; the host never waits per tensor, only, before reusing a buffer set,
@@ -76,12 +75,9 @@ class BufferSet:
         reduced: list[str],
         hists,
         device_id: int,
-        given: dict | None = None,
     ) -> None:
-        """``given``: {output: CuPy array} to bind instead of allocating (the first run's own)."""
         self.inputs = {k: cp.empty(shape, dtype) for k, (shape, dtype) in inputs.items()}
-        given = given or {}
-        self.outputs = {k: given[k] if k in given else cp.empty(shape, dtype) for k, (shape, dtype) in outputs.items()}
+        self.outputs = {k: cp.empty(shape, dtype) for k, (shape, dtype) in outputs.items()}
         self.binding = sess.io_binding()
         for k, a in self.inputs.items():
             self.binding.bind_input(k, "cuda", device_id, a.dtype, a.shape, a.data.ptr)
@@ -98,7 +94,8 @@ DEFAULT_EXTRA = 2 << 30  # bytes both buffer sets may take by default, or 25% of
 
 def second_set(set_bytes: int, used: int, free: int, limit: int | None) -> bool:
     """Whether a second buffer set (overlapping reduction with the next run) fits the bound.
-    ``used``/``free``: device memory after the first run, which holds the first set."""
+    ``used``/``free``: device memory after the first run (ORT's arena keeps that run's outputs:
+    about one set)."""
     if limit is not None:
         return used + set_bytes <= limit
     return 2 * set_bytes <= max(DEFAULT_EXTRA, (used - set_bytes) // 4) and set_bytes < free // 2
@@ -145,9 +142,9 @@ class DeviceCollector:
         ort_run(run, self.p.model_name, self.p.source)
         return dict(zip(self.p.outputs, binding.get_outputs()))
 
-    def _make_sets(self, feed, values: dict, wrapped: dict) -> None:
-        """Buffer sets for this input signature: the first run's outputs (``values``, wrapped
-        as CuPy arrays in ``wrapped``) are the first set; a second one where the bound allows."""
+    def _make_sets(self, feed, values: dict) -> None:
+        """Buffer sets for this input signature (``values``: the first run's outputs, which give
+        the shapes): one, and a second where the memory bound allows."""
         self.reduce_stream.synchronize()
         outs = {}
         for name, v in values.items():
@@ -169,10 +166,7 @@ class DeviceCollector:
                 "(results change with it on the GPU), --tensors qdq, or raise --gpu-memory"
             )
         args = (self.cp, self.p.sess, ins, outs, self.on_device, self.hists, self.device_id)
-        first = BufferSet(*args, given={k: wrapped[k] for k in outs if wrapped.get(k) is not None})
-        self.sets = [first]
-        if second_set(size, used, free, self.gpu_memory):
-            self.sets.append(BufferSet(*args))
+        self.sets = [BufferSet(*args) for _ in range(2 if second_set(size, used, free, self.gpu_memory) else 1)]
         self.turn = 0
 
     # -- one run -------------------------------------------------------------------------
@@ -267,9 +261,9 @@ class DeviceCollector:
             for k, v in run_feed.items():
                 wrapped[k] = cp.asarray(v)
             self._reduce_values(feed, wrapped, n, padded)
-            self.reduce_stream.synchronize()
+            self.reduce_stream.synchronize()  # the OrtValues die here
             self.signature = sig
-            self._make_sets(run_feed, values, wrapped)  # the first set keeps these OrtValues
+            self._make_sets(run_feed, values)
             return
         bs = self._copy_into_next_set(pinned)
         self.copy_stream.synchronize()
