@@ -94,6 +94,15 @@ def _ort(method: str, model: Path, d: Path, qdq: Path) -> tuple[Path, float]:
     )
 
     calib = dict(np.load(d / "calib.npz"))
+    opset = max(
+        o.version for o in onnx.load(str(model), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")
+    )
+    if opset < 13:  # ORT's per-channel DequantizeLinear needs opset 13 (its own docs: upgrade first)
+        from onnx import version_converter
+
+        upgraded = qdq.parent / f"opset13-{model.name}"
+        onnx.save(version_converter.convert_version(onnx.load(str(model)), 13), str(upgraded))
+        model = upgraded
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
