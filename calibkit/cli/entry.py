@@ -41,6 +41,29 @@ def _run(cli) -> None:
     """click's main without its own interrupt handling: an interrupt anywhere in a command,
     even after its last line was printed, gets calibkit's message (what was published) and
     exit 128 + the signal number, not click's bare "Aborted!" and exit 1."""
+
+    try:
+        _run_command(cli)
+    finally:
+        _settled()
+
+
+def _settled() -> None:
+    """The command is over (its outputs published or not, its message printed): an interrupt
+    from here to the process's exit changes nothing, so it is recorded and ignored instead of
+    tracing through Python's shutdown and replacing the run's exit status."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(s) in (_on_sigint, _on_sigterm, _on_sighup):
+            signal.signal(s, _after_the_end)
+
+
+def _after_the_end(signum, frame) -> None:
+    from calibkit.cli.signals import RECEIVED
+
+    RECEIVED.append(signum)
+
+
+def _run_command(cli) -> None:
     import click
 
     try:

@@ -216,3 +216,27 @@ def test_interrupt_after_the_last_line_is_calibkits_not_clicks(tmp_path, sig):
     assert r.returncode == 128 + getattr(signal, sig), (r.returncode, r.stderr)
     assert "Aborted!" not in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert "calibkit: interrupted; nothing from this run was published" in r.stderr, r.stderr
+
+
+AFTER = """
+import atexit, os, signal, threading, time
+import click
+from calibkit.cli import entry
+
+@click.command()
+def done():
+    print("wrote report r.html", flush=True)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.{sig})).start()
+
+atexit.register(time.sleep, 1.0)  # Python's shutdown: the window the interrupt lands in
+signal.signal(signal.SIGTERM, entry._on_sigterm)
+signal.signal(signal.SIGINT, entry._on_sigint)
+entry._run(done)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_after_the_command_ended_changes_nothing(sig):
+    r = subprocess.run([sys.executable, "-c", AFTER.format(sig=sig)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "wrote report" in r.stdout, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr and "interrupted" not in r.stderr, r.stderr
