@@ -40,10 +40,18 @@ class HistogramSet:
             raise CalibkitError(
                 f"{where} comes from another model ({theirs} vs {mine}); merge histograms of one model only"
             )
-        dup = sorted({f for f, _ in _shards(self.meta)} & {f for f, _ in _shards(other.meta)})
+        a, b = {f for f, _ in _shards(self.meta)}, {f for f, _ in _shards(other.meta)}
+        dup = sorted(a & b)
         if dup:
             raise CalibkitError(
                 f"{where} holds data already merged (shard fingerprint {dup[0]}); each shard may be merged once"
+            )
+        # a part of `calibrate --shards` is "<whole>#part-i-of-K": it overlaps its whole set
+        part_of = sorted(f for f in a | b if "#part-" in f and f.split("#part-", 1)[0] in a | b)
+        if part_of:
+            raise CalibkitError(
+                f"{where}: {part_of[0]} is a part of the whole set {part_of[0].split('#part-', 1)[0]} also being merged; "
+                "its samples would count twice: merge the whole set, or its parts, not both"
             )
         for name, h in other.tensors.items():
             if name in self.tensors:
@@ -155,7 +163,11 @@ def load(path: str | Path) -> HistogramSet:
     if p.is_dir():
         raise CalibkitError(f"histograms {p} is a directory; pass the histograms.npz file")
     if not p.is_file():
-        raise CalibkitError(f"histograms {p} not found; run `calibkit calibrate` first or fix the path")
+        from calibkit.graph.model import not_a_file
+
+        why = not_a_file(p)
+        hint = "run `calibkit calibrate` first or fix the path" if why == "not found" else "pass the histograms.npz file"
+        raise CalibkitError(f"histograms {p} {why}; {hint}")
     try:
         with np.load(p, allow_pickle=False) as z:
             if "meta" not in z.files:

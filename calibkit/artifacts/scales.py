@@ -92,8 +92,8 @@ def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 
             )
         if h.count == 0 and (h.nan or h.inf):
             raise CalibkitError(
-                f"tensor {name!r} held only NaN/Inf ({h.nan} NaN, {h.inf} Inf, no finite value) over the whole calibration data: "
-                "no scale can be derived; check the data and preprocessing (or the model) before calibrating"
+                f"tensor {name!r} held only NaN/Inf ({h.nan} NaN, {h.inf} Inf, no finite value) over all the data given: "
+                "no scale can be derived; check the data and its preprocessing (or the model)"
             )
         unusable = degenerate(amax)
         amax = usable_amax(amax)
@@ -162,6 +162,10 @@ def read(path: str | Path) -> ScaleTable:
     from calibkit.outputs.publish import verify
 
     p = Path(path)
+    if not p.is_file() and not p.is_dir():  # a FIFO would block the read for good
+        from calibkit.graph.model import not_a_file
+
+        raise CalibkitError(f"scales {p} {not_a_file(p)}; pass the scales.json file")
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:

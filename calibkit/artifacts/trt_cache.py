@@ -128,6 +128,10 @@ def read(path: str | Path) -> Cache:
     from calibkit.outputs.publish import verify
 
     p = Path(path)
+    if not p.is_file() and not p.is_dir():  # a FIFO would block the read for good
+        from calibkit.graph.model import not_a_file
+
+        raise CalibkitError(f"cache {p} {not_a_file(p)}; pass the .cache file")
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -97,8 +97,9 @@ class Diff:
         return doc
 
     def passed(self, limit: float) -> bool:
-        """No tensor moved more than ``limit``, and none appeared or vanished."""
-        return not self.over(limit) and not self.added and not self.removed
+        """No tensor moved more than ``limit``, none appeared or vanished, and there was
+        something to compare (two empty calibrations prove nothing: fail closed)."""
+        return bool(self.rows) and not self.over(limit) and not self.added and not self.removed
 
 
 TAKES = "diff takes two scales.json, .cache or histograms.npz files"

@@ -114,6 +114,8 @@ class DriftResult:
     histograms: store.HistogramSet  # the new data's
     missing: list[str] = field(default_factory=list)  # calibrated tensors the new data did not reach
     max_clip: float | None = None
+    # {tensor: (NaN, Inf)} where the new data has non-finite values the calibration did not
+    nonfinite: dict[str, tuple[int, int]] = field(default_factory=dict)
     outputs: dict[str, Path] = field(default_factory=dict)
     collection: Collection | None = None
 
@@ -121,7 +123,8 @@ class DriftResult:
         return [] if self.max_clip is None else [r for r in self.rows if r.due(self.max_clip)]
 
     def passed(self) -> bool:
-        return self.max_clip is None or (not self.due() and not self.missing)
+        """Fails closed: NaN/Inf the calibration never saw is drift too."""
+        return self.max_clip is None or (not self.due() and not self.missing and not self.nonfinite)
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -132,6 +135,7 @@ class DriftResult:
             "new_samples": self.new_samples,
             "tensors": [r.to_dict() for r in self.rows],
             "missing": self.missing,
+            "nonfinite": {k: {"nan": n, "inf": i} for k, (n, i) in self.nonfinite.items()},
         }
         if self.max_clip is not None:
             doc["max_clip"] = {
@@ -176,6 +180,18 @@ def compare(
         )
     rows.sort(key=lambda r: (-(r.excess if math.isfinite(r.excess) else math.inf), -r.distance, r.tensor))
     return rows, sorted(missing)
+
+
+def nonfinite_news(calib: store.HistogramSet, new: store.HistogramSet) -> dict[str, tuple[int, int]]:
+    """{tensor: (NaN, Inf)} of the new data, where the calibration had none of that kind."""
+    out = {}
+    for name, h in new.tensors.items():
+        old = calib.tensors.get(name)
+        nan = h.nan if h.nan and not (old is not None and old.nan) else 0
+        inf = h.inf if h.inf and not (old is not None and old.inf) else 0
+        if nan or inf:
+            out[name] = (int(nan), int(inf))
+    return out
 
 
 def drift(
@@ -260,6 +276,7 @@ def drift(
     )
     rows, missing = compare(calib, new, amax, method, config)
     result = DriftResult(rows, label, calib.samples, new.samples, new, missing, max_clip, collection=collection)
+    result.nonfinite = nonfinite_news(calib, new)
     if output_dir is not None:
         with Transaction(Path(output_dir), "drift") as tx:
             result.outputs["histograms"] = store.save(new, "histograms.npz", tx)

@@ -104,17 +104,23 @@ class Sufficiency:
     tolerance: float
     samples: list[int]  # per part
     rows: list[TensorSpread] = field(default_factory=list)  # largest spread first
+    identical: bool = False  # every part's histograms are the same: one sample (or batch) repeated?
 
     def unstable(self) -> list[TensorSpread]:
         return [r for r in self.rows if not r.spread <= self.tolerance]  # NaN: unstable (fail closed)
 
     @property
     def enough(self) -> bool:
-        return bool(self.rows) and not self.unstable()
+        return bool(self.rows) and not self.unstable() and not self.identical
 
     def verdict(self) -> str:
         if not self.rows:
             return "no tensor to judge"
+        if self.identical:
+            return (
+                f"check the data: all {self.k} parts hold exactly the same values in every tensor, so their "
+                "agreement proves nothing (the same sample or batch repeated? a loader that yields one buffer?)"
+            )
         worst = self.rows[0].spread
         if self.enough:
             return (
@@ -147,7 +153,18 @@ def spreads(
     per_part = [compute(p, method, config).amax() for p in part_sets]
     rows = [TensorSpread(n, a, [pa[n] for pa in per_part]) for n, a in whole.items() if all(n in pa for pa in per_part)]
     rows.sort(key=lambda r: (-(r.spread if math.isfinite(r.spread) else math.inf), r.tensor))
-    return Sufficiency(len(part_sets), tolerance, [p.samples for p in part_sets], rows)
+    first = part_sets[0].tensors
+    identical = len(part_sets) > 1 and all(
+        set(p.tensors) == set(first) and all(_same(p.tensors[n], first[n]) for n in first) for p in part_sets[1:]
+    )
+    return Sufficiency(len(part_sets), tolerance, [p.samples for p in part_sets], rows, identical)
+
+
+def _same(a, b) -> bool:
+    """Two histograms of exactly the same values (the same counts, range and non-finite counts)."""
+    return (a.exp, a.count, a.nan, a.inf, a.min, a.max) == (b.exp, b.count, b.nan, b.inf, b.min, b.max) and bool(
+        np.array_equal(a.counts, b.counts)
+    )
 
 
 def calibrate_shards(

@@ -114,6 +114,15 @@ def drift(model, histograms, scales, max_clip, allow_preprocess_mismatch, force,
         out.print(_wrap(f"not reached by the new data ({len(res.missing)}): " + ", ".join(res.missing[:limit])))
     for kind, path in res.outputs.items():
         out.print(f"wrote {kind:10s} {path}")
+    if res.nonfinite:
+        shown = ", ".join(f"{k!r} ({n} NaN, {i} Inf)" for k, (n, i) in list(res.nonfinite.items())[:5])
+        more = f", ... {len(res.nonfinite) - 5} more" if len(res.nonfinite) > 5 else ""
+        err.print(
+            _wrap(
+                f"calibkit: warning: the new data has NaN/Inf values the calibration never saw: {shown}{more}; "
+                "they are left out of every histogram (check the data or its preprocessing)"
+            )
+        )
     if max_clip is None:
         return
     due = res.due()
@@ -127,9 +136,12 @@ def drift(model, histograms, scales, max_clip, allow_preprocess_mismatch, force,
     names = ", ".join(f"{r.tensor!r} (+{r.excess:.3%})" for r in due[:5]) + (
         f", ... {len(due) - 5} more" if len(due) > 5 else ""
     )
-    line = f"RECALIBRATE (--max-clip {max_clip:g}): {len(due)} tensor(s) clip more new values: {names}"
+    why = [f"{len(due)} tensor(s) clip more new values: {names}"] if due else []
     if res.missing:
-        line += f"; {len(res.missing)} calibrated tensor(s) got no values"
+        why.append(f"{len(res.missing)} calibrated tensor(s) got no values")
+    if res.nonfinite:
+        why.append(f"{len(res.nonfinite)} tensor(s) got NaN/Inf values the calibration never saw")
+    line = f"RECALIBRATE (--max-clip {max_clip:g}): " + "; ".join(why)
     out.print(_wrap(line))
     err.print(f"calibkit: drift: {line}")
     raise SystemExit(3)

@@ -50,6 +50,13 @@ def print_calibration(result) -> None:
         out.print(
             table("tensors with NaN/Inf (excluded from histograms)", ["tensor", "NaN", "Inf"], [list(b) for b in bad])
         )
+        shown = ", ".join(f"{n!r} ({a} NaN, {b} Inf)" for n, a, b in bad[:3]) + (
+            f", ... {len(bad) - 3} more" if len(bad) > 3 else ""
+        )
+        err.print(
+            f"calibkit: warning: {len(bad)} tensor(s) held NaN/Inf values during calibration: {shown}; they are left "
+            "out of the histograms (check the data or its preprocessing: validate fails on such data)"
+        )
     picks = auto_choices(t)
     if picks:
         out.print("auto chose, per tensor (least expected INT8 MSE): " + ", ".join(f"{m} {n}" for m, n in picks))
@@ -119,7 +126,9 @@ def _layer_report(path: Path, limit: int) -> bool:
 
 def inspect_file(path: Path, limit: int) -> None:
     if not path.is_file():
-        raise CalibkitError(f"{path} not found")
+        from calibkit.graph.model import not_a_file
+
+        raise CalibkitError(f"{path} {not_a_file(path)}; inspect takes a .cache, scales.json or histograms.npz file")
     if zipfile.is_zipfile(path):
         from calibkit.artifacts import histograms as store
 

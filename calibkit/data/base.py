@@ -88,7 +88,9 @@ class IterableSource:
             out = {}
             for k, v in feed.items():
                 try:
-                    out[k] = np.asarray(v)
+                    # a copy: loaders often refill one buffer per batch (or write into the array
+                    # they just yielded), while the rebatcher still holds slices of earlier items
+                    out[k] = np.array(v, copy=True)
                 except (ValueError, TypeError) as exc:  # ragged lists, unconvertible objects
                     why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                     raise CalibkitError(

@@ -227,4 +227,4 @@ def run_batches(
             break
     yield from emit(final=True)
     if stats.samples == 0:
-        raise CalibkitError(f"{where} yielded no samples; calibration needs at least one")
+        raise CalibkitError(f"{where} yielded no samples; give data with at least one sample")

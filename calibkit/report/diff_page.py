@@ -85,5 +85,7 @@ def summary_line(d: Diff, limit: float | None = None) -> str:
                 why.append(f"{len(over)} tensor(s) moved more than {limit:.2%}")
             if d.added or d.removed:
                 why.append("tensors were added or removed")
+            if not d.rows:
+                why.append("the two calibrations have no tensor in common: nothing was compared")
             text += f". FAIL (--max-change {limit:g}): " + " and ".join(why)
     return text

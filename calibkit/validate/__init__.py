@@ -99,7 +99,9 @@ def _finish(doc, ev, hists, title, report, results, tx_dir=None, extra=None) -> 
     from calibkit.report import html
 
     report = Path(report)
-    results = Path(results) if results else report.with_suffix(".results.json")
+    # a relative --results is the user's path from here, like every other path (a bare name
+    # used to land in the report's folder while the message named the current one)
+    results = Path(results).absolute() if results else report.with_suffix(".results.json")
     if results.absolute() == report.absolute():
         raise CalibkitError(f"--results {results} is the report itself; give the results JSON another name")
     t = time.perf_counter()

@@ -84,7 +84,9 @@ def _labels(path: str | None):
         return None
     p = Path(path)
     if not p.is_file():
-        raise CalibkitError(f"labels {p} not found")
+        from calibkit.graph.model import not_a_file
+
+        raise CalibkitError(f"labels {p} {not_a_file(p)}; --labels takes an .npy file of class ids")
     try:
         lab = np.load(p, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -262,9 +264,25 @@ def evaluate(
 
 
 def _score(fn, names, outputs, labels, n, where) -> np.ndarray:
+    import os
+
     given = {k: np.array(v, copy=True) for k, v in zip(names, outputs)}  # the metric may not alter the outputs
+    cwd = os.getcwd()
     try:
-        s = np.asarray(fn(given, labels), dtype=np.float64).reshape(-1)
+        try:
+            got = fn(given, labels)
+        finally:
+            now = os.getcwd()
+            if now != cwd:  # every relative path of the run (data, outputs) would move with it
+                os.chdir(cwd)
+        if now != cwd:
+            raise CalibkitError(
+                f"metric {where} changed the working directory to {now}; a metric must not chdir "
+                "(relative data and output paths would move): open files by absolute path instead"
+            )
+        s = np.asarray(got, dtype=np.float64).reshape(-1)
+    except CalibkitError:
+        raise
     except SystemExit as exc:
         raise CalibkitError(
             f"metric {where} called sys.exit({exc.code!r}); a metric returns one score per sample, it must not exit"
