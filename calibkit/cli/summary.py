@@ -32,7 +32,14 @@ def print_calibration(result) -> None:
                 else ""
             ),
         ],
-        ["run batch", (f"{coll.stats.run_batch} samples, {coll.stats.batches} runs" if coll else "-")],
+        [
+            "run batch",
+            (
+                f"{min(coll.stats.run_batch, max(coll.stats.samples, 1))} samples, {coll.stats.batches} runs"
+                if coll
+                else "-"
+            ),
+        ],
         ["threshold", f"{result.timings['threshold']:.2f} s"],
     ]
     if hs.meta.get("dropped_samples"):
