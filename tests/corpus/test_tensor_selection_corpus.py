@@ -20,7 +20,7 @@ from calibkit.qdq.export import activation_qdq, export_qdq
 DROPPED = {
     "ppocrv4_det": (331, 228, 69),
     "ppocrv4_rec": (404, 264, 55),
-    "ppocr_cls": (253, 114, 72),
+    "ppocr_cls": (253, 114, 54),  # 72 before 2026-12-07: 18 bias-through-Reshape inputs took scales
     "silero_vad_16k_sequence": (32, 5, 6),
     "ddddocr_common": (64, 22, 22),
     "ddddocr_det": (280, 154, 67),
