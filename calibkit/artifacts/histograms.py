@@ -166,7 +166,9 @@ def load(path: str | Path) -> HistogramSet:
         from calibkit.graph.model import not_a_file
 
         why = not_a_file(p)
-        hint = "run `calibkit calibrate` first or fix the path" if why == "not found" else "pass the histograms.npz file"
+        hint = (
+            "run `calibkit calibrate` first or fix the path" if why == "not found" else "pass the histograms.npz file"
+        )
         raise CalibkitError(f"histograms {p} {why}; {hint}")
     try:
         with np.load(p, allow_pickle=False) as z:

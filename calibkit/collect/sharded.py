@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 from calibkit.errors import CalibkitError
-from calibkit.executor.orphans import init_worker
+from calibkit.executor.orphans import init_worker, spawning
 
 # Below this many samples one GPU finishes first: every GPU's worker process pays its own start-up
 # (imports, ONNX Runtime session, CUDA context). From bench/gpu_multi.h200x2.log (two H200s, the
@@ -236,7 +236,8 @@ def collect_sharded(
             for d in devices[: len(ranges)]
         ]
         try:
-            futures = [pool.submit(_collect_shard, *job) for pool, job in zip(pools, jobs)]
+            with spawning():
+                futures = [pool.submit(_collect_shard, *job) for pool, job in zip(pools, jobs)]
             parts = [f.result() for f in futures]
         finally:
             for pool in pools:

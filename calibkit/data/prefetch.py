@@ -122,7 +122,7 @@ def ordered_map(fn: Callable, items: list, arg, workers: int, chunk: int = 4, ah
     chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
     import os
 
-    from calibkit.executor.orphans import init_worker
+    from calibkit.executor.orphans import init_worker, spawning
 
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=get_context("spawn"), initializer=init_worker, initargs=(os.getpid(),)
@@ -131,7 +131,8 @@ def ordered_map(fn: Callable, items: list, arg, workers: int, chunk: int = 4, ah
         it = iter(chunks)
         try:
             for c in it:
-                pending.append(pool.submit(_apply_chunk, fn, c, arg))
+                with spawning():
+                    pending.append(pool.submit(_apply_chunk, fn, c, arg))
                 if len(pending) >= workers * ahead:
                     yield from pending.popleft().result()
             while pending:

@@ -16,7 +16,7 @@ from typing import Any
 
 from calibkit.errors import CalibkitError
 from calibkit.executor.base import Executor, call, run_setup, set_state, state
-from calibkit.executor.orphans import init_worker
+from calibkit.executor.orphans import init_worker, quiet_cancelled_results, spawning
 
 
 class InProcess(Executor):
@@ -104,7 +104,8 @@ class ProcessPool(Executor):
         if self._pool is None:
             raise RuntimeError("use the executor in a with-block")
         try:
-            futures = {self._pool.submit(call, task, i, item): i for i, item in enumerate(items)}
+            with spawning():
+                futures = {self._pool.submit(call, task, i, item): i for i, item in enumerate(items)}
         except BrokenProcessPool:
             raise self._died() from None
         self._remember_processes()
@@ -132,6 +133,7 @@ class ProcessPool(Executor):
             pool.shutdown(wait=True)
             return
         procs = list(self._seen.values())
+        quiet_cancelled_results()
         pool.shutdown(wait=False, cancel_futures=True)
         for p in procs:
             if p.is_alive():

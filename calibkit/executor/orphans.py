@@ -8,8 +8,10 @@ only the check runs. Workers ignore SIGINT: Ctrl-C reaches the parent, which shu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 
 PR_SET_PDEATHSIG = 1
 
@@ -31,3 +33,38 @@ def init_worker(parent_pid: int | None, then=None, *args) -> None:
     die_with_parent(parent_pid)
     if then is not None:
         then(*args)
+
+
+@contextlib.contextmanager
+def spawning():
+    """Around a pool's submit (which spawns its workers): SIGINT is blocked in this thread, so a
+    worker starts with it blocked (the mask survives fork and exec) and a Ctrl-C to the process
+    group cannot interrupt its imports with a traceback; this process still gets it (another
+    thread takes it, or it is delivered on leaving)."""
+    block = getattr(signal, "pthread_sigmask", None)
+    if block is None:
+        yield
+        return
+    old = block(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        block(signal.SIG_SETMASK, old)
+
+
+def quiet_cancelled_results() -> None:
+    """ProcessPoolExecutor's manager thread may set the result of a future an abort just
+    cancelled (``InvalidStateError: CANCELLED``): after an abort that is expected noise, not a
+    failure to show the user. Other thread exceptions still print."""
+    from concurrent.futures import InvalidStateError
+
+    previous = threading.excepthook
+    if getattr(previous, "_calibkit_quiet", False):
+        return
+
+    def hook(args) -> None:
+        if not issubclass(args.exc_type, InvalidStateError):
+            previous(args)
+
+    hook._calibkit_quiet = True
+    threading.excepthook = hook

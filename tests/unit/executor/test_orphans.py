@@ -75,3 +75,51 @@ def test_sigkill_during_worker_startup_leaves_no_orphans(tmp_path, cli):
     for k in left:
         os.kill(k, signal.SIGKILL)
     assert not left, f"processes left running after the parent was killed: {left}"
+
+
+SLOW_TASK = """
+import os, time
+if os.environ.get("CALIBKIT_TEST_SLOW_IMPORT"):  # set for the workers only (by the driver)
+    time.sleep(4)  # a worker importing (onnx, ml_dtypes...) while Ctrl-C reaches the process group
+
+def setup():
+    pass
+
+
+def task(item):
+    return item
+"""
+
+DRIVER = """
+import os, sys
+sys.path.insert(0, {folder!r})
+import slowtask
+from calibkit.executor.local import ProcessPool
+
+os.environ["CALIBKIT_TEST_SLOW_IMPORT"] = "1"
+
+try:
+    with ProcessPool(2, setup=slowtask.setup) as ex:  # the setup's module is imported before any initializer
+        ex_map = list(ex.map(slowtask.task, [1, 2, 3]))
+except KeyboardInterrupt:
+    print("parent interrupted", flush=True)
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_while_workers_import_prints_no_worker_traceback(tmp_path):
+    """Ctrl-C goes to the whole process group; workers still importing their task's module got
+    it too and printed a KeyboardInterrupt traceback each (the parent handled it fine)."""
+    (tmp_path / "slowtask.py").write_text(SLOW_TASK)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER.format(folder=str(tmp_path))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    time.sleep(2.0)  # the workers are inside their 4 s import
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "parent interrupted" in out, (out, err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
