@@ -42,6 +42,12 @@ def placement(model, scales, placement, precision, strict, force) -> None:
     from calibkit.qdq.files import read_light
 
     light = read_light(model)
+    has_qdq_early = any(n.op_type in qdq_lint.QDQ_OPS for n in light.graph.node)
+    if strict and not has_qdq_early and not scales:  # --strict must lint something to pass
+        raise click.UsageError(
+            f"--strict: {model} is a float model and no --scales were given, so there is nothing to lint; "
+            "give --scales (the Q/DQ export is linted) or pass a Q/DQ model"
+        )
     has_qdq = any(n.op_type in qdq_lint.QDQ_OPS for n in light.graph.node)
     if has_qdq and scales:
         raise click.UsageError(f"{model} is already a Q/DQ model; --scales applies to a float model")

@@ -97,7 +97,9 @@ class ProcessPool(Executor):
         how = sorted(_signal_name(c) for c in codes)
         said = f" ({', '.join(how)})" if how else ""
         return CalibkitError(
-            f"a worker process died while running evaluations{said}: out of memory, or a crash in native code? Try fewer --workers"
+            f"a worker process died while running evaluations{said}: user code (a metric or loader) ending the "
+            "process (os._exit), out of memory, or a crash in native code? Run with --workers 1 to see it here, "
+            "or try fewer --workers"
         )
 
     def map(self, task: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:

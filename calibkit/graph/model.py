@@ -87,13 +87,17 @@ def not_a_file(p: Path) -> str:
 
 
 def read_graph(p: Path) -> onnx.ModelProto:
-    """The model at ``p`` with external weights left on disk; one-line errors."""
+    """The model at ``p`` with external weights left on disk; one-line errors (an empty graph,
+    e.g. a 0-byte file, is one: every reader would find nothing to do and say something else)."""
     if not p.is_file():
         raise CalibkitError(f"model {p} {not_a_file(p)}; pass the path of an .onnx file")
     try:
-        return onnx.load(str(p), load_external_data=False)
+        model = onnx.load(str(p), load_external_data=False, format="protobuf")
     except Exception as exc:  # protobuf raises several types
         raise CalibkitError(f"model {p} is not a readable ONNX file ({type(exc).__name__}); re-export it") from None
+    if not model.graph.node:
+        raise CalibkitError(f"model {p} has an empty graph; re-export it")
+    return model
 
 
 def load(path: str | Path, keep_external: bool | None = None) -> onnx.ModelProto:

@@ -50,11 +50,17 @@ class ClipWarning:
     absmax: float | None  # None: not recorded (a hand-made scales.json)
     limit: float
     auto: bool = False
+    criterion: str | None = None  # `calibkit quantize`'s reason for this amax (scales.json "criterion")
 
     def message(self, in_compare: bool = False) -> str:
         """``in_compare``: said inside ``calibkit compare``, whose table already scores the methods."""
         if in_compare:
             advice = "the candidates' task scores above say whether it costs accuracy"
+        elif self.criterion:
+            advice = (
+                f"`calibkit quantize` kept it ({self.criterion}) because the search set scored better with it; "
+                "check held-out accuracy with `calibkit validate`"
+            )
         elif self.auto:
             advice = "auto chose it as the least expected INT8 error; check the accuracy with `calibkit compare` or keep the tensor's consumers in FP16"
         else:
@@ -87,15 +93,16 @@ def warnings(table, limit: float = DEFAULT_WARN_CLIP) -> list[ClipWarning]:
     for name, t in table.tensors.items():
         c = float(t.get("clipped") or 0.0)
         if c > limit:
-            auto = table.method == "auto" and isinstance(t.get("method"), str)
-            label = f"auto ({t['method']})" if auto else spec
+            criterion = t.get("criterion") if isinstance(t.get("criterion"), str) else None
+            auto = table.method == "auto" and isinstance(t.get("method"), str) and criterion is None
+            label = f"auto ({t['method']})" if auto else (str(t.get("method")) if criterion else spec)
             absmax = t.get("absmax")
             absmax = (
                 float(absmax)
                 if isinstance(absmax, (int, float)) and not isinstance(absmax, bool) and math.isfinite(absmax)
                 else None
             )
-            out.append(ClipWarning(name, label, c, float(t["amax"]), absmax, limit, auto))
+            out.append(ClipWarning(name, label, c, float(t["amax"]), absmax, limit, auto, criterion))
     out.sort(key=lambda w: (-w.clipped, w.tensor))
     return out
 

@@ -171,9 +171,11 @@ class Transaction:
 
     def refuse_others_members(self, names: list[str]) -> None:
         """Refuse now, before a long run's work, the outputs (names in the run's directory) that
-        ``path`` would refuse at the end as members of another command's set."""
+        ``path`` would refuse at the end: members of another command's set, or this run's inputs."""
         for name in names:
-            self._check_not_anothers(self._target(name))
+            target = self._target(name)
+            check_not_input(target, self.command)
+            self._check_not_anothers(target)
 
     def _check_not_anothers(self, t: Path) -> None:
         """Refuse to replace a member of another command's set: that set's manifest would no

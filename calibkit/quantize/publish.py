@@ -12,6 +12,7 @@ from calibkit.artifacts import scales as scales_io
 from calibkit.artifacts import trt_cache
 from calibkit.artifacts.histograms import HistogramSet
 from calibkit.graph.model import fingerprint_file
+from calibkit.methods.auto import expected_mse
 from calibkit.numerics.clipping import saturated_fraction
 from calibkit.numerics.formats import int8_scale, usable_amax
 from calibkit.outputs.scratch import scratch
@@ -36,6 +37,7 @@ def scales_for(hset: HistogramSet, amax: dict[str, float], why: dict[str, dict],
         row.update(
             amax=a,
             scale=int8_scale(a),
+            expected_mse=float(expected_mse(hset.tensors[name], [a])[0]),  # of this amax, not auto's
             clipped=saturated_fraction(hset.tensors[name], a),
             method=w.get("method", base),
             criterion="consumer_error" if by == "consumer_error" else by,

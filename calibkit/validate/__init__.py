@@ -229,6 +229,12 @@ def validate(
     """``feed``: how the data is cut (FeedOptions), as for ``calibrate``. ``reference``: an FP32
     model (same inputs and outputs) whose outputs the candidates are judged against instead of
     ``model``'s, e.g. the original of a model whose weights ``quantize`` recovered."""
+    from calibkit.outputs.sets import check_not_input
+
+    # outputs that would replace an input are refused before the evaluation, not after it
+    report_path = Path(report)
+    for out in (report_path, Path(results) if results else report_path.with_suffix(".results.json")):
+        check_not_input(out, "validate")
     model_path = Path(model)
     proto = load(model_path)
     model_fp = fingerprint_file(model_path)

@@ -188,3 +188,63 @@ def test_a_relative_results_path_is_from_the_current_directory(cli, tmp_path, ca
     assert r.returncode in (0, 3), r.stderr
     assert (tmp_path / "res.json").is_file() and not (tmp_path / "rep" / "res.json").exists()
     assert str(tmp_path / "res.json") in r.stdout
+
+
+def test_quantize_scales_say_why_each_amax_was_kept(cli, tmp_path, conv_model, conv_data):
+    """quantize's scales.json has method auto at the top, but its rows carry another method's
+    amax (criterion): a clip warning must not say "auto chose it as the least expected error",
+    and each row's expected_mse is that of its own amax."""
+    from types import SimpleNamespace
+
+    from calibkit.artifacts.histograms import load
+    from calibkit.methods.auto import expected_mse
+    from calibkit.numerics.clipping import warnings
+
+    cli("quantize", conv_model, "--data", conv_data, "--val", conv_data, "-o", tmp_path / "q", expect=None)
+    doc = json.loads((tmp_path / "q" / "scales.json").read_text())
+    hs = load(tmp_path / "q" / "histograms.npz")
+    for name, row in doc["tensors"].items():
+        assert row["expected_mse"] == pytest.approx(float(expected_mse(hs.tensors[name], [row["amax"]])[0]), rel=1e-9)
+    table = SimpleNamespace(
+        method="auto",
+        params={},
+        tensors={
+            "t": {"clipped": 0.5, "amax": 1.0, "absmax": 3.0, "method": "entropy", "criterion": "calibrate entropy"},
+            "u": {"clipped": 0.5, "amax": 1.0, "absmax": 3.0, "method": "mse"},
+        },
+    )
+    by = {w.tensor: w.message() for w in warnings(table, 0.01)}
+    assert "quantize` kept it (calibrate entropy)" in by["t"] and "auto chose" not in by["t"]
+    assert "auto chose it" in by["u"]
+
+
+def test_an_empty_model_and_nothing_to_lint_do_not_pass(cli, tmp_path, conv_model, calibrated):
+    _, cal = calibrated
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    for args in (
+        ["placement", "empty.onnx", "--strict"],
+        ["export-qdq", "empty.onnx", "--scales", cal / "scales.json", "--force", "-o", "e.onnx"],
+    ):
+        assert "has an empty graph" in _error(cli(*args, expect=None))
+    r = cli("placement", conv_model, "--strict", expect=2)
+    assert "nothing to lint" in r.stderr
+
+
+def test_an_output_that_is_an_input_is_refused_before_the_work(cli, tmp_path, conv_model, conv_data, calibrated):
+    _, cal = calibrated
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "histograms.npz").write_bytes(conv_data.read_bytes())
+    r = cli("quantize", conv_model, "--data", "q/histograms.npz", "--val", conv_data, "-o", "q", expect=None)
+    assert "is also an input of this run" in _error(r) and "calibrating" not in r.stderr
+    r = cli(
+        "validate",
+        conv_model,
+        "--scales",
+        cal / "scales.json",
+        "--data",
+        conv_data,
+        "--report",
+        cal / "scales.json",
+        expect=None,
+    )
+    assert "is also an input of this run" in _error(r) and "validating" not in r.stderr
