@@ -44,6 +44,11 @@ def _run(cli) -> None:
 
     try:
         _run_command(cli)
+    except KeyboardInterrupt as exc:  # landed after the command's own handling, before _settled
+        _settled()
+        from calibkit.cli.signals import interrupted
+
+        interrupted(getattr(exc, "signum", 2))
     finally:
         _settled()
 

@@ -33,7 +33,9 @@ def summary(doc: dict) -> str:
     adaptive = sum(1 for r in layers.values() if r.get("rounding") == "adaptive")
     corrected = sum(1 for r in layers.values() if r.get("bias") == "corrected")
     skipped = len(doc.get("skipped", {}))
+    nearest = sum(1 for r in layers.values() if r.get("rounding") != "adaptive")
     return (
-        f"weights recovered on {len(layers)} layers ({adaptive} adaptively rounded, {corrected} bias-corrected"
+        f"weights recovered on {len(layers)} layers ({adaptive} adaptively rounded"
+        f"{f', {nearest} kept nearest rounding (no better)' if nearest else ''}, {corrected} bias-corrected"
         f"{f'; {skipped} not covered' if skipped else ''})"
     )
