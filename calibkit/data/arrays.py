@@ -155,8 +155,11 @@ class NpySource:
             self._array = np.load(path, mmap_mode="r", allow_pickle=False)
         except EOFError:
             raise CalibkitError(f"{path} is empty, not a .npy array; re-save it with numpy.save") from None
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:  # PK... bytes: numpy tries it as a zip
             raise CalibkitError(f"{path} is not a valid .npy array ({exc}); re-save it with numpy.save") from None
+        if not isinstance(self._array, np.ndarray):  # an .npz archive under a .npy name
+            self._array.close()
+            raise CalibkitError(f"{path} is an .npz archive, not a .npy array; name it .npz (inputs by key)")
         if self._array.ndim == 0:
             raise CalibkitError(f"{path} is a scalar; arrays need a leading sample axis [N, ...]")
 

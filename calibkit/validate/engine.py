@@ -9,6 +9,7 @@ validation set. Timed runs use plain sessions; activations come from separate se
 from __future__ import annotations
 
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,7 @@ def _labels(path: str | None):
         raise CalibkitError(f"labels {p} {not_a_file(p)}; --labels takes an .npy file of class ids")
     try:
         lab = np.load(p, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # PK... bytes: numpy tries a zip
         raise CalibkitError(f"labels {p} is not a readable .npy array ({exc})") from None
     if not isinstance(lab, np.ndarray):  # an .npz archive
         lab.close()

@@ -248,3 +248,28 @@ def test_an_output_that_is_an_input_is_refused_before_the_work(cli, tmp_path, co
         expect=None,
     )
     assert "is also an input of this run" in _error(r) and "validating" not in r.stderr
+
+
+def test_npy_files_that_start_like_a_zip_are_one_line_errors(cli, tmp_path, conv_model, conv_data, calibrated):
+    """Found by CI's fuzzing: a .npy whose bytes begin with PK\\x03\\x04 made numpy try a zip
+    (BadZipFile, a traceback); an .npz under a .npy name crashed on .ndim."""
+    _, cal = calibrated
+    (tmp_path / "pk.npy").write_bytes(b"PK\x03\x04")
+    (tmp_path / "zip.npy").write_bytes(conv_data.read_bytes())
+    for name, said in (("pk.npy", "not a valid .npy array"), ("zip.npy", "is an .npz archive")):
+        r = cli("calibrate", conv_model, "--data", tmp_path / name, "-o", tmp_path / "o", expect=None)
+        assert said in _error(r)
+        r = cli(
+            "validate",
+            conv_model,
+            "--scales",
+            cal / "scales.json",
+            "--data",
+            conv_data,
+            "--labels",
+            tmp_path / name,
+            "--report",
+            tmp_path / "r.html",
+            expect=None,
+        )
+        assert "labels" in _error(r)
