@@ -16,6 +16,7 @@ from calibkit.cli.options import (
     method_options,
     parse_size,
     preprocess_from,
+    shard_tolerance_option,
     tensors_option,
     user_errors,
     warn_clip_option,
@@ -74,14 +75,7 @@ from calibkit.cli.options import (
     metavar="K",
     help="Is the data enough? Deal it into K parts, keep each part's histograms, and report how much each amax moves across parts.",
 )
-@click.option(
-    "--shard-tolerance",
-    type=float,
-    default=0.05,
-    show_default=True,
-    metavar="F",
-    help="--shards verdict: every amax within this fraction of the whole set's across parts is 'stable'.",
-)
+@shard_tolerance_option
 @click.option(
     "--gpu-memory",
     metavar="SIZE",

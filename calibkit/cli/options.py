@@ -198,6 +198,17 @@ def parse_size(text: str, option: str) -> int:
     return int(float(m.group(1)) * SIZE_UNITS[unit])
 
 
+# calibrate --shards and quantize --shards: one verdict threshold, one help text
+shard_tolerance_option = click.option(
+    "--shard-tolerance",
+    type=float,
+    default=0.05,
+    show_default=True,
+    metavar="F",
+    help="--shards verdict: every amax within this fraction of the whole set's across parts is 'stable'.",
+)
+
+
 def method_from(kw: dict):
     spec = kw.pop("method")
     name, cfg = methods.parse_spec(spec)

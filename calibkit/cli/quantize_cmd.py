@@ -12,6 +12,7 @@ from calibkit.cli.options import (
     parallel_from,
     parallel_options,
     preprocess_from,
+    shard_tolerance_option,
     user_errors,
 )
 
@@ -119,14 +120,7 @@ recovery_options = compose(
         "--shard-tolerance."
     ),
 )
-@click.option(
-    "--shard-tolerance",
-    type=float,
-    default=0.05,
-    show_default=True,
-    metavar="F",
-    help="--shards verdict: every amax within this fraction of the whole set's across parts is 'stable'.",
-)
+@shard_tolerance_option
 @recovery_options
 @parallel_options
 @data_options
