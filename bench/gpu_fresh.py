@@ -99,13 +99,22 @@ def case(
             *(bound[0].split() if bound else []),
         ]
     got: dict[str, list[tuple[float, float]]] = {k: [] for k in rows}
+    failed: dict[str, str] = {}
     for _ in range(repeat):
         for k, cmd in rows.items():
-            got[k].append(fresh(cmd))
+            if k in failed:
+                continue
+            try:
+                got[k].append(fresh(cmd))
+            except SystemExit as exc:  # a row that fails (a bound too small) is a result, not the end of the bench
+                failed[k] = str(exc).strip().splitlines()[-1][:300]
     print(f"\n== {title}, batch {batch}: median of {repeat} fresh processes", flush=True)
     plain_w = statistics.median(w for w, _ in got["plain"])
     plain_m = max(m for _, m in got["plain"])
     for k, v in got.items():
+        if k in failed:
+            print(f"  {k:30s} failed: {failed[k]}", flush=True)
+            continue
         w = statistics.median(x for x, _ in v)
         m = max(x for _, x in v)
         runs = " ".join(f"{x:.2f}" for x, _ in v)

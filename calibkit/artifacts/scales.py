@@ -58,7 +58,7 @@ class ScaleTable:
         return write_text(path, self.dumps(), tx)
 
 
-def device_amaxes(hset: HistogramSet, method: str, cfg: Any, device: str) -> dict[str, float] | None:
+def device_amaxes(hset: HistogramSet, method: str, cfg: Any, device: str) -> dict[str, Any] | None:
     """Every tensor's amax from one batched GPU computation (the same choices as the host
     methods: calibkit/methods/cuda.py), or None: CPU asked, no GPU/CuPy, or a method it lacks."""
     if device == "cpu" or not hset.tensors:
@@ -81,7 +81,7 @@ def compute(hset: HistogramSet, method: str, config: Any = None, threads: int = 
     def one(name: str) -> dict[str, Any]:
         h = hset.tensors[name]
         if pre is not None:
-            raw, detail = pre[name], {}
+            raw, detail = pre[name] if isinstance(pre[name], tuple) else (pre[name], {})
         else:
             raw, detail = spec.detail(h, cfg) if spec.detail else (spec.amax(h, cfg), {})
         amax = as_float32(float(raw))

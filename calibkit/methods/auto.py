@@ -72,7 +72,14 @@ def expected_mse(hist: TensorHistogram, amaxes: list[float] | np.ndarray, fmt: N
 def choose(hist: TensorHistogram, cfg: AutoConfig) -> tuple[float, dict[str, Any]]:
     """(chosen amax, the fields scales.json records: chosen method, criterion, every candidate)."""
     cands = candidates()
-    amaxes = [as_float32(float(m.amax(hist, c))) for _, (m, c) in cands]
+    return choose_among(hist, [float(m.amax(hist, c)) for _, (m, c) in cands], cfg)
+
+
+def choose_among(hist: TensorHistogram, raw: list[float], cfg: AutoConfig) -> tuple[float, dict[str, Any]]:
+    """:func:`choose` given every candidate's amax (in :func:`candidates`' order), however they
+    were computed (on the host, or batched on the GPU: methods/cuda.py)."""
+    cands = candidates()
+    amaxes = [as_float32(float(a)) for a in raw]
     fmt = grid(cfg)
     errs = expected_mse(hist, amaxes, fmt)
     k = int(np.argmin(errs))  # the first of equal minima: the fixed order breaks ties

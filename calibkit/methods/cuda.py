@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from calibkit.methods import auto as host_auto
 from calibkit.methods import entropy as host_entropy
 from calibkit.methods import minmax as host_minmax
 from calibkit.methods import mse as host_mse
@@ -273,15 +274,30 @@ def _minmax(hists: dict[str, TensorHistogram], cfg) -> dict[str, float]:
     return {n: h.amax for n, h in hists.items()}
 
 
+def _auto(hists: dict[str, TensorHistogram], cfg) -> dict[str, tuple[float, dict]]:
+    """Every candidate of ``auto`` batched on the GPU (each method once for all tensors), then
+    the host's own choice among them (:func:`calibkit.methods.auto.choose_among`): the same
+    amax and the same record as the host's ``auto``."""
+    per_candidate = []
+    for spec, (method, mcfg) in host_auto.candidates():
+        if method.cuda is None:  # a method registered by the user: its own host function
+            per_candidate.append({n: float(method.amax(h, mcfg)) for n, h in hists.items()})
+        else:
+            per_candidate.append(method.cuda(hists, mcfg))
+    return {n: host_auto.choose_among(h, [c[n] for c in per_candidate], cfg) for n, h in hists.items()}
+
+
 attach_cuda("entropy", host_entropy.entropy_amax, _entropy)
 attach_cuda("percentile", host_percentile.percentile_amax, _percentile)
 attach_cuda("mse", host_mse.mse_amax, _mse)
 attach_cuda("minmax", host_minmax.minmax_amax, _minmax)
+attach_cuda("auto", host_auto.auto_amax, _auto)
 
 
-def amaxes(hists: dict[str, TensorHistogram], method: str, cfg) -> dict[str, float]:
-    """{tensor: amax} for every histogram, computed in one batch on the current GPU by the
-    method's registered CUDA implementation (KeyError: it has none)."""
+def amaxes(hists: dict[str, TensorHistogram], method: str, cfg) -> dict[str, float | tuple[float, dict]]:
+    """{tensor: amax, or (amax, what scales.json records of the choice)} for every histogram,
+    computed in one batch on the current GPU by the method's registered CUDA implementation
+    (KeyError: it has none)."""
     fn = get(method).cuda
     if fn is None:
         raise KeyError(method)

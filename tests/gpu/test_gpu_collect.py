@@ -19,11 +19,11 @@ cp = pytest.importorskip("cupy")
 if cuda_device_count() == 0:
     pytest.skip("no NVIDIA GPU visible", allow_module_level=True)
 
-from calibkit import methods
+from calibkit import methods  # noqa: E402
 from calibkit.artifacts import histograms as store  # noqa: E402
 from calibkit.artifacts.scales import compute  # noqa: E402
 from calibkit.collect.cuda.fused import VARIANTS, FusedHistograms  # noqa: E402
-from calibkit.methods import cuda as gpu_methods
+from calibkit.methods import cuda as gpu_methods  # noqa: E402
 from calibkit.numerics.histogram import NUM_BINS, TensorHistogram  # noqa: E402
 
 
@@ -165,15 +165,21 @@ def _corpus_sets() -> list[dict[str, TensorHistogram]]:
 
 
 @pytest.mark.parametrize(
-    "spec", ["entropy", "entropy:levels=64,start_bin=64", "percentile", "percentile:99.9", "mse", "minmax"]
+    "spec", ["entropy", "entropy:levels=64,start_bin=64", "percentile", "percentile:99.9", "mse", "minmax", "auto"]
 )
 def test_gpu_thresholds_equal_host(spec):
     name, cfg = methods.parse_spec(spec)
     sets = [_synthetic(), *_corpus_sets()]
     total = 0
+    detail = methods.get(name).detail
     for hists in sets:
         dev = gpu_methods.amaxes(hists, name, cfg)
-        host = {k: float(methods.get(name).amax(h, cfg)) for k, h in hists.items()}
+        if detail:  # auto: the amax and the record of the choice (every candidate's amax and error)
+            host = {k: detail(h, cfg) for k, h in hists.items()}
+            dev = {k: (float(v[0]), v[1]) for k, v in dev.items()}
+            host = {k: (float(v[0]), v[1]) for k, v in host.items()}
+        else:
+            host = {k: float(methods.get(name).amax(h, cfg)) for k, h in hists.items()}
         bad = {k: (dev[k], host[k]) for k in hists if dev[k] != host[k]}
         assert not bad, bad
         total += len(hists)
@@ -223,9 +229,14 @@ def test_one_or_two_buffer_sets_give_the_same_histograms(tmp_path, monkeypatch, 
     made = []
     real = gpu_driver.DeviceCollector._make_sets
 
-    def spy(self, *a):
-        real(self, *a)
+    def spy(self, feed, values, wrapped):
+        real(self, feed, values, wrapped)
         made.append(len(self.sets))
+        # the first set's outputs are the first run's own (ORT's arena keeps them anyway): not allocated again
+        first = self.sets[0].outputs
+        assert first and all(first[k].data.ptr == wrapped[k].data.ptr for k in first)
+        if len(self.sets) == 2:
+            assert all(self.sets[1].outputs[k].data.ptr != wrapped[k].data.ptr for k in first)
 
     for two in (False, True):
         monkeypatch.setattr(gpu_driver, "second_set", lambda *a, two=two, **k: two)

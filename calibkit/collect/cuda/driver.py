@@ -1,11 +1,12 @@
 """CUDA provider + CuPy: activations stay in device memory and are reduced there.
 
-Inputs and outputs are bound to device buffers allocated once per input signature (two sets,
-alternating: the reduction of one run overlaps the next run). The second set exists only
-within the memory bound: ``--gpu-memory`` (device memory in use after the first run, plus the
-set, must fit it; ONNX Runtime's CUDA arena is capped at it too), or by default where both sets
-together stay within max(2 GiB, 25% of the rest of what the first run left in use) and half of
-the free memory. Inputs are staged by the
+Inputs and outputs are bound to device buffers, learnt once per input signature from a first
+run whose outputs ONNX Runtime allocates. Those outputs, which its arena keeps anyway, become
+the first buffer set; a second set (alternating: the reduction of one run overlaps the next
+run) exists only within the memory bound: ``--gpu-memory`` (device memory in use after the
+first run, plus the set, must fit it; ONNX Runtime's CUDA arena is capped at it too), or by
+default where the two sets together stay within max(2 GiB, 25% of the rest of what the first
+run left in use) and half of the free memory. Inputs are staged by the
 prefetch thread into pinned memory and copied on a copy stream while the previous run
 computes. Each run's tensors are reduced by three fused launches (:mod:`calibkit.collect.cuda.fused`)
 on a reduction stream; the host never waits per tensor, only, before reusing a buffer set,
@@ -75,9 +76,12 @@ class BufferSet:
         reduced: list[str],
         hists,
         device_id: int,
+        adopt: dict | None = None,
     ) -> None:
+        """``adopt``: {output: device array} to bind instead of allocating (the first run's)."""
+        adopt = adopt or {}
         self.inputs = {k: cp.empty(shape, dtype) for k, (shape, dtype) in inputs.items()}
-        self.outputs = {k: cp.empty(shape, dtype) for k, (shape, dtype) in outputs.items()}
+        self.outputs = {k: adopt[k] if k in adopt else cp.empty(shape, dtype) for k, (shape, dtype) in outputs.items()}
         self.binding = sess.io_binding()
         for k, a in self.inputs.items():
             self.binding.bind_input(k, "cuda", device_id, a.dtype, a.shape, a.data.ptr)
@@ -142,9 +146,10 @@ class DeviceCollector:
         ort_run(run, self.p.model_name, self.p.source)
         return dict(zip(self.p.outputs, binding.get_outputs()))
 
-    def _make_sets(self, feed, values: dict) -> None:
+    def _make_sets(self, feed, values: dict, wrapped: dict) -> None:
         """Buffer sets for this input signature (``values``: the first run's outputs, which give
-        the shapes): one, and a second where the memory bound allows."""
+        the shapes; ``wrapped``: the same as device arrays, adopted as the first set's outputs):
+        one, and a second where the memory bound allows."""
         self.reduce_stream.synchronize()
         outs = {}
         for name, v in values.items():
@@ -166,7 +171,9 @@ class DeviceCollector:
                 "(results change with it on the GPU), --tensors qdq, or raise --gpu-memory"
             )
         args = (self.cp, self.p.sess, ins, outs, self.on_device, self.hists, self.device_id)
-        self.sets = [BufferSet(*args) for _ in range(2 if second_set(size, used, free, self.gpu_memory) else 1)]
+        self.sets = [BufferSet(*args, adopt={k: wrapped[k] for k in outs})]
+        if second_set(size, used, free, self.gpu_memory):
+            self.sets.append(BufferSet(*args))
         self.turn = 0
 
     # -- one run -------------------------------------------------------------------------
@@ -261,9 +268,9 @@ class DeviceCollector:
             for k, v in run_feed.items():
                 wrapped[k] = cp.asarray(v)
             self._reduce_values(feed, wrapped, n, padded)
-            self.reduce_stream.synchronize()  # the OrtValues die here
+            self.reduce_stream.synchronize()
             self.signature = sig
-            self._make_sets(run_feed, values)
+            self._make_sets(run_feed, values, wrapped)  # the first set keeps these OrtValues as its outputs
             return
         bs = self._copy_into_next_set(pinned)
         self.copy_stream.synchronize()
