@@ -124,6 +124,10 @@ def plan(
     sampled = {s.name for s in specs if s.axis is not None}
 
     def evaluate(m: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
+        given = {n: np.asarray(first[n]) for n in names if n in first}  # an If condition that is a graph input
+        names = [n for n in names if n not in given]
+        if not names:
+            return given
         sess = session(
             with_outputs(m, names, drop_shapes=True),
             device=device,
@@ -132,7 +136,7 @@ def plan(
             external_dir=external_dir,
             gpu_mem_limit=gpu_memory,
         )
-        return dict(zip(names, ort_run(lambda: sess.run(names, dict(first)), model_name, source)))
+        return {**given, **dict(zip(names, ort_run(lambda: sess.run(names, dict(first)), model_name, source)))}
 
     work, guards, skipped = inline_constant_ifs(model, sampled, evaluate)
     names, dropped = fusion.select(work, calibration_tensors(work, everything=True), tensors)
@@ -174,7 +178,7 @@ def reduce_batch(
     """Reduce one run: each activation whole (padding removed along its batch axis); tensors
     without a batch axis count once per sample."""
     got = dict(zip(p.outputs, values))
-    check_guards(p, got)
+    check_guards(p, {**{g: feed[g] for g in p.guards if g in p.input_names}, **got})
     for name in p.outputs:
         if name in p.guards and name not in hists:
             continue

@@ -50,6 +50,46 @@ def subgraphs_of(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
     return out
 
 
+def outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Names the bodies of ``node`` (at any depth) read from enclosing graphs: its implicit inputs."""
+    out: set[str] = set()
+    for _, g in subgraphs_of(node):
+        local = {i.name for i in g.initializer} | {i.name for i in g.input}
+        for n in g.node:
+            out.update(i for i in [*n.input, *outer_reads(n)] if i and i not in local)
+            local.update(o for o in n.output if o)
+    return out
+
+
+def topo_sort(graph: onnx.GraphProto) -> list[str]:
+    """Reorder ``graph``'s nodes (stably) so each comes after the producers of what it reads,
+    its bodies' outer reads included (a quantizer sorting by explicit inputs alone can move an
+    If before the node whose output its branch reads). Returns the names left unresolved
+    (a cycle or a dangling input), with the nodes reading them kept last in their old order."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    produced = {o for n in graph.node for o in n.output}
+    pending = [(n, [i for i in {*n.input, *outer_reads(n)} if i in produced]) for n in graph.node]
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        done = [all(i in ready for i in r) for _, r in pending]
+        if not any(done):
+            break
+        for (n, _), d in zip(pending, done):
+            if d:
+                ordered.append(n)
+                ready.update(n.output)
+        pending = [x for x, d in zip(pending, done) if not d]
+    unresolved = sorted({i for _, r in pending for i in r if i not in ready})
+    ordered += [n for n, _ in pending]
+    if [id(n) for n in ordered] != [id(n) for n in graph.node]:
+        copies = [onnx.NodeProto() for _ in ordered]
+        for c, n in zip(copies, ordered):
+            c.CopyFrom(n)
+        del graph.node[:]
+        graph.node.extend(copies)
+    return unresolved
+
+
 def _body_floats(g: onnx.GraphProto, types: dict[str, int], reason: str, out: dict[str, str]) -> None:
     for node in g.node:
         if node.op_type != "Constant":

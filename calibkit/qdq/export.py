@@ -27,6 +27,7 @@ import onnx
 
 from calibkit.artifacts import tensors_data as ort_tensors
 from calibkit.errors import CalibkitError
+from calibkit.graph.subgraphs import topo_sort
 from calibkit.numerics.formats import INT8, number_format
 from calibkit.outputs.scratch import scratch
 from calibkit.qdq import rules as qdq_rules
@@ -198,6 +199,7 @@ def export_qdq(
             done.append("float16 activation scales (float16 graph)")
         body_ops = [o for o in ops if o in COMPUTE_OPS] if fused else ops
         inner = qdq_subgraph.quantize_bodies(qdq, amax, body_ops, exclude_nodes, staged.parent)
+        topo_sort(qdq.graph)  # ORT's quantizer sorts by explicit inputs: an If may land before what its branch reads
         done.extend(inner.notes())
         if placement == "ort" and inner.quantized:
             done.append("ops inside bodies get the trt placement (inputs of Conv/Gemm/MatMul only)")

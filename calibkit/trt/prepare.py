@@ -35,20 +35,11 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 def topo_sort(model: onnx.ModelProto) -> onnx.ModelProto:
     """Reorder nodes so each comes after its inputs' producers (the converter appends the
     casts it inserts at graph inputs after their consumers)."""
-    g = model.graph
-    ready = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
-    pending, ordered = list(g.node), []
-    while pending:
-        rest = [n for n in pending if not all(i in ready for i in n.input)]
-        done = [n for n in pending if all(i in ready for i in n.input)]
-        if not done:
-            raise CalibkitError(f"the FP16 model has a cycle or a dangling input at node {rest[0].name!r}")
-        for n in done:
-            ordered.append(n)
-            ready.update(n.output)
-        pending = rest
-    del g.node[:]
-    g.node.extend(ordered)
+    from calibkit.graph.subgraphs import topo_sort as sort_graph
+
+    unresolved = sort_graph(model.graph)
+    if unresolved:
+        raise CalibkitError(f"the FP16 model has a cycle through {unresolved[0]!r}")
     return model
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 from models import _save as save
 from onnx import TensorProto, helper, numpy_helper
 
@@ -153,3 +154,47 @@ def loop_matmul_net(path: Path, seed: int = 0) -> Path:
         inits,
     )
     return save(graph, path)
+
+
+def if_input_cond_net(path: Path, seed: int = 0) -> Path:
+    """``cond`` (a rank-0 bool) is a graph input; the then-branch runs a Conv on ``a``, an
+    activation of the outer graph produced *before* the If in data flow but listed *after* it
+    here, as a quantizer that sorts by explicit inputs alone would leave it (valid only once
+    sorted with the branch's outer reads)."""
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 3, 3)).astype(np.float32), "w2")
+    shape = ["N", 4, 8, 8]
+    then = helper.make_graph(
+        [
+            helper.make_node("Conv", ["a", "w2"], ["t"], pads=[1, 1, 1, 1], name="then_conv"),
+            helper.make_node("Relu", ["t"], ["yt"], name="then_relu"),
+        ],
+        "then",
+        [],
+        [helper.make_tensor_value_info("yt", TensorProto.FLOAT, shape)],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Relu", ["a"], ["ye"], name="else_relu")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("ye", TensorProto.FLOAT, shape)],
+    )
+    g = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="conv1"),
+            helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other, name="branch"),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [w1, w2],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path

@@ -164,3 +164,47 @@ def test_loop_body_ops_on_outer_tensors_quantized_carried_ones_float(tmp_path):
     assert np.float32(xs) == np.float32(table.tensors["x"]["scale"]) and wq.dtype == np.int8 and ws.shape == (4,)
     ref, got = _run(onnx.load(str(model)), {"x": x}), _run(str(path), {"x": x})
     np.testing.assert_allclose(got[0], ref[0], atol=0.05 * np.abs(ref[0]).max())
+
+
+def test_if_condition_graph_input_and_branch_reading_an_outer_activation(tmp_path, cli):
+    """A rank-0 condition fed by the data (not computed): calibrate inlines the branch it takes
+    (it used to ask ORT for the graph input as an output: "Invalid output name"); export-qdq
+    quantizes the branch's Conv on the outer activation ``a`` and the result is topologically
+    sorted with the branch's outer reads (ORT's quantizer put the If before ``a``'s producer:
+    onnx.checker failed)."""
+    model = if_models.if_input_cond_net(tmp_path / "ifin.onnx")
+    x = np.random.default_rng(1).normal(size=(16, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, cond=np.array(True))
+    cli("calibrate", model, "--data", tmp_path / "d.npz", "-o", tmp_path / "cal")
+    doc = json.loads((tmp_path / "cal" / "scales.json").read_text())
+    assert {"a", "yt"} <= set(doc["tensors"])
+    out = tmp_path / "ifin.qdq.onnx"
+    r = cli("export-qdq", model, "--scales", tmp_path / "cal" / "scales.json", "-o", out)
+    assert "1 ops inside If branches quantized" in r.stdout
+    q = onnx.load(str(out))
+    onnx.checker.check_model(q, full_check=True)
+    order = [n.name for n in q.graph.node]
+    assert order.index("conv1") < order.index("branch")
+    assert _qparams(q, _graphs(q.graph)["then"], "then_conv")[0] is not None
+    for cond in (True, False):
+        feed = {"x": x[:4], "cond": np.array(cond)}
+        ref, got = _run(str(model), feed)[0], _run(str(out), feed)[0]
+        assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.999
+        assert not np.array_equal(ref, got)
+
+
+def test_topo_sort_follows_outer_reads_and_keeps_every_node(tmp_path):
+    from calibkit.graph.subgraphs import topo_sort
+
+    m = onnx.load(str(if_models.if_input_cond_net(tmp_path / "m.onnx")))
+    g = m.graph
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend([nodes[1], nodes[0]])  # the If first, as ORT's quantizer leaves it
+    extra = onnx.helper.make_node("Relu", ["y"], ["z"], name="after")
+    g.node.insert(0, extra)  # reads the If's output: must end up last
+    assert topo_sort(g) == []
+    assert [n.name for n in g.node] == ["conv1", "branch", "after"]
+    dangling = onnx.helper.make_node("Relu", ["nowhere"], ["w"], name="dangling")
+    g.node.insert(0, dangling)
+    assert topo_sort(g) == [] and [n.name for n in g.node][-1] == "after"  # an unknown name is not a producer
