@@ -200,7 +200,7 @@ def _print(res, out) -> None:
         task = f", task {fmt(s['task'], 4)}%" if s.get("task") is not None else ""
         kept = "" if s.get("kept", True) else " (not kept)"
         out.print(
-            f"  {s['stage']}: worst output cosine {fmt(s['min_cosine'], 6)}{task}, {s['int8_layers']}/{s['layers']} INT8{kept}"
+            f"  {s['stage']}: worst output cosine {fmt(s['min_cosine'], 6)}{task}, {s['int8_layers']}/{s['layers']} {doc.get('precision', 'int8').upper()}{kept}"
         )
     out.print(doc["verdict"])
     out.print(

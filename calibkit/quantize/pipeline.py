@@ -71,7 +71,7 @@ class Pipeline:
         self.stages.append(row)
         task = f", task {r['task']:.2f}%" if r.get("task") is not None else ""
         cos = "n/a (NaN)" if r["min_cosine"] is None else f"{r['min_cosine']:.6f}"
-        self.say(f"{label}: worst cosine {cos}{task}, {q}/{total} layers INT8")
+        self.say(f"{label}: worst cosine {cos}{task}, {q}/{total} layers {self.o.precision.upper()}")
         return row
 
     # -- the run ---------------------------------------------------------------------------
@@ -294,7 +294,7 @@ class Pipeline:
 def _verdict(doc: dict) -> str:
     final = next(s for s in reversed(doc["stages"]) if s.get("kept", True))
     gates = ", ".join(f"{k} {v}" for k, v in doc["target"].items())
-    share = f"{final['int8_layers']}/{final['layers']} compute layers in INT8"
+    share = f"{final['int8_layers']}/{final['layers']} compute layers in {doc.get('precision', 'int8').upper()}"
     if doc["pass"]:
         return f"PASS: {final['stage']} meets the target ({gates}) with {share}"
     return f"FAIL: no step met the target ({gates}); best reached: {final['stage']}, {share}"

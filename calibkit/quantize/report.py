@@ -20,7 +20,7 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 def _stages(doc: dict) -> str:
     outs = list(doc["stages"][0]["cosine"]) if doc["stages"] else []
     task = doc["reference"].get("task") is not None
-    head = ["step", "compute layers in INT8", "worst cosine"] + [f"cosine {o}" for o in outs]
+    head = ["step", f"compute layers in {doc.get('precision', 'int8').upper()}", "worst cosine"] + [f"cosine {o}" for o in outs]
     head += [f"task score (FP32 {_f(doc['reference'].get('task'), 2)})"] if task else []
     head += ["meets target", "kept"]
     rows = []

@@ -144,7 +144,10 @@ def test_quantize_precision_fp8(cli, tmp_path):
         "--min-cosine", "0.99", "--precision", "fp8", "-o", "q",
     )  # fmt: skip
     assert "bias correction and weight rounding skipped" in r.stdout + r.stderr
+    assert " INT8" not in r.stdout and "compute layers in FP8" in r.stdout  # the layers are FP8, and said so
     doc = json.loads((tmp_path / "q" / "quantize.json").read_text())
+    assert "compute layers in FP8" in doc["verdict"]
+    assert "compute layers in FP8" in (tmp_path / "q" / "report.html").read_text()
     assert doc["precision"] == "fp8" and doc["recovery"]["layers"] == {}
     assert not any(s["step"] == "recovery" for s in doc["stages"])
     q = onnx.load(str(tmp_path / "q" / "m.qdq.onnx"))
