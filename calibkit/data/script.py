@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from calibkit.data.base import Feed, IterableSource, hash_files
+from calibkit.data.usercode import HardExit, no_hard_exit
 from calibkit.errors import CalibkitError
 
 
@@ -24,10 +25,12 @@ def load_function(spec: str, default: str = "load_data"):
     mod_spec = importlib.util.spec_from_file_location(f"calibkit_user_{path.stem}", path)
     module = importlib.util.module_from_spec(mod_spec)
     try:
-        mod_spec.loader.exec_module(module)
-    except SystemExit as exc:
+        with no_hard_exit():
+            mod_spec.loader.exec_module(module)
+    except (SystemExit, HardExit) as exc:
+        call = "os._exit" if isinstance(exc, HardExit) else "sys.exit"
         raise CalibkitError(
-            f"script {path} called sys.exit({exc.code!r}) while being imported; a script defines functions, it must not exit"
+            f"script {path} called {call}({exc.code!r}) while being imported; a script defines functions, it must not exit"
         ) from None
     except Exception as exc:
         raise CalibkitError(f"script {path} failed to import: {type(exc).__name__}: {exc}") from None
@@ -35,6 +38,9 @@ def load_function(spec: str, default: str = "load_data"):
     if not callable(fn):
         raise CalibkitError(f"script {path} defines no function {func!r}; name it as {path}:FUNCTION")
     return path, fn
+
+
+_END = object()
 
 
 class ScriptSource(IterableSource):
@@ -48,8 +54,13 @@ class ScriptSource(IterableSource):
         import os
 
         cwd = os.getcwd()
+        it = super().batches()
         try:
-            for feed in super().batches():
+            while True:
+                with no_hard_exit():
+                    feed = next(it, _END)
+                if feed is _END:
+                    break
                 self._same_directory(cwd)
                 if not isinstance(feed, dict):
                     raise CalibkitError(
@@ -59,9 +70,10 @@ class ScriptSource(IterableSource):
             self._same_directory(cwd)
         except CalibkitError:
             raise
-        except SystemExit as exc:
+        except (SystemExit, HardExit) as exc:
+            call = "os._exit" if isinstance(exc, HardExit) else "sys.exit"
             raise CalibkitError(
-                f"{self.description} called sys.exit({exc.code!r}); a loader yields {{input_name: ndarray}} dicts "
+                f"{self.description} called {call}({exc.code!r}); a loader yields {{input_name: ndarray}} dicts "
                 "and returns when the data ends, it must not exit"
             ) from None
         except Exception as exc:

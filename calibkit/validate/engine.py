@@ -21,6 +21,7 @@ import onnx
 from calibkit.data import FeedStats, Preprocess, open_source, run_batches
 from calibkit.data.options import FeedOptions
 from calibkit.data.script import load_function
+from calibkit.data.usercode import HardExit, no_hard_exit
 from calibkit.errors import CalibkitError
 from calibkit.graph.model import input_specs
 from calibkit.validate.backends import Candidate, reference
@@ -271,7 +272,8 @@ def _score(fn, names, outputs, labels, n, where) -> np.ndarray:
     cwd = os.getcwd()
     try:
         try:
-            got = fn(given, labels)
+            with no_hard_exit():
+                got = fn(given, labels)
         finally:
             now = os.getcwd()
             if now != cwd:  # every relative path of the run (data, outputs) would move with it
@@ -284,9 +286,10 @@ def _score(fn, names, outputs, labels, n, where) -> np.ndarray:
         s = np.asarray(got, dtype=np.float64).reshape(-1)
     except CalibkitError:
         raise
-    except SystemExit as exc:
+    except (SystemExit, HardExit) as exc:
+        call = "os._exit" if isinstance(exc, HardExit) else "sys.exit"
         raise CalibkitError(
-            f"metric {where} called sys.exit({exc.code!r}); a metric returns one score per sample, it must not exit"
+            f"metric {where} called {call}({exc.code!r}); a metric returns one score per sample, it must not exit"
         ) from None
     except Exception as exc:
         raise CalibkitError(f"metric {where} raised {type(exc).__name__}: {exc}") from None

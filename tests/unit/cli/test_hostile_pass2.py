@@ -65,11 +65,15 @@ def test_a_loader_script_that_exits_is_an_error_naming_it(cli, tmp_path, conv_mo
     for body, where in (
         ("import sys\ndef load_data():\n    sys.exit(0)\n    yield {}\n", "load_data"),
         ("import sys\nsys.exit(0)\n", "import"),
+        # a hard exit would end calibkit on the spot with the script's status (0: "success", nothing written)
+        ("import os\ndef load_data():\n    os._exit(0)\n    yield {}\n", "hard_load_data"),
+        ("import os\nos._exit(0)\n", "hard_import"),
     ):
         script = tmp_path / f"exits_{where}.py"
         script.write_text(body)
         line = _one_line_error(cli("calibrate", conv_model, "--data", script, "-o", tmp_path / "o", expect=None))
-        assert script.name in line and "sys.exit(0)" in line, line
+        call = "os._exit(0)" if where.startswith("hard") else "sys.exit(0)"
+        assert script.name in line and call in line, line
         assert not (tmp_path / "o").exists()
 
 

@@ -163,10 +163,13 @@ def test_metric_that_exits_or_mutates(cli, tmp_path):
     (tmp_path / "m.py").write_text(
         "import sys\nimport numpy as np\n"
         "def exits(out, labels):\n    sys.exit(0)\n"
+        "def hard(out, labels):\n    import os\n    os._exit(0)\n"
         "def mutates(out, labels):\n    y = out['y']\n    y[...] = 7.0\n    out.clear()\n    return np.ones(len(y))\n"
     )
     r = cli("quantize", model, "--data", cal, "--val", val, "--metric", "m.py:exits", "-o", "q", expect=1)
     assert "sys.exit" in r.stderr and not (tmp_path / "q").exists()
+    r = cli("quantize", model, "--data", cal, "--val", val, "--metric", "m.py:hard", "-o", "q", expect=1)
+    assert "called os._exit(0)" in r.stderr and not (tmp_path / "q").exists()
     cli("quantize", model, "--data", cal, "--val", val, "--metric", "m.py:mutates", "--iterations", "50", "-o", "q")
     doc = json.loads((tmp_path / "q" / "quantize.json").read_text())
     assert doc["stages"][0]["min_cosine"] > 0.99  # the metric's writes never reach calibkit's own outputs
