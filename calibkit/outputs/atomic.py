@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from calibkit.outputs.publish import Transaction, ensure_dir
+from calibkit.outputs.publish import Transaction, check_output_file, ensure_dir
 
 __all__ = ["ensure_dir", "write_bytes", "write_text", "write_with"]
 
@@ -22,6 +22,7 @@ def write_with(path: str | os.PathLike, writer: Callable[[IO], None], tx: Transa
     if tx is not None:
         return tx.write_with(path, writer)
     target = Path(path)
+    check_output_file(target)  # before a lock folder is made beside it
     with Transaction(target.parent, target.name, command=f"writing {target.name}") as own:
         own.write_with(target.name, writer)
         own.commit()

@@ -59,6 +59,30 @@ from calibkit.outputs.sets import (  # noqa: F401  (re-exported: readers import 
 )
 
 
+def check_output_file(t: Path) -> None:
+    """An output path must be a regular file or not exist yet: publishing replaces it whole, so a
+    symbolic link would become a file (the link gone, its target untouched) and a device node,
+    FIFO or socket (``/dev/null``, ``/dev/stdout``) a regular file in its place."""
+    import stat
+
+    try:
+        st = os.lstat(t)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _oserror(exc, t) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise CalibkitError(
+            f"output {t} is a symbolic link (to {os.readlink(t)}); calibkit replaces an output whole, which would replace "
+            "the link: give the path of the file itself, or remove the link"
+        )
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        raise CalibkitError(
+            f"output {t} is not a regular file (a device, FIFO or socket); calibkit writes its outputs as files it "
+            "publishes whole: choose a file path"
+        )
+
+
 # --------------------------------------------------------------------------- transaction
 class Transaction:
     """Stage a run's outputs and publish them as one set (see module docstring).
@@ -137,6 +161,7 @@ class Transaction:
     def path(self, target: str | os.PathLike) -> Path:
         """Where to write ``target``'s new content (a name in the run's directory, or a path)."""
         t = self._target(target)
+        check_output_file(t)
         if t.is_dir():
             raise CalibkitError(f"output {t} is a directory; remove it or choose another output path")
         if META in t.parent.parts and not (t.parent == self.directory / META and t.name.endswith(".manifest.json")):

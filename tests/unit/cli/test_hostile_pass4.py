@@ -1,0 +1,47 @@
+"""Fourth hostile pass (a new user's 30-minute attack, 2026-12-07, session 4): outputs that are
+links or devices, hostile histograms, batch axes the model fixes, and the messages it found
+false. Real CLI, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+
+def _error(r) -> str:
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("calibkit: error: ")]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def calibrated(cli, tmp_path, conv_model, conv_data):
+    cli("calibrate", conv_model, "--data", conv_data, "-o", tmp_path / "cal")
+    return conv_model, tmp_path / "cal"
+
+
+def test_an_output_that_is_a_link_or_a_fifo_is_refused_and_left_alone(cli, tmp_path, calibrated, conv_data):
+    """Publishing replaces an output whole: a symlink became a regular file (its target never
+    written) and, as root, ``--json /dev/null`` replaced the device node with a file."""
+    model, cal = calibrated
+    real = tmp_path / "real.json"
+    real.write_text("keep")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    scales = cal / "scales.json"
+    for out in (link, fifo):
+        for args in (
+            ("diff", scales, scales, "--json", out),
+            ("validate", model, "--scales", scales, "--data", conv_data, "--report", out),
+        ):
+            line = _error(cli(*args, expect=None))
+            assert str(out) in line and ("symbolic link" in line if out == link else "not a regular file" in line)
+    assert link.is_symlink() and os.readlink(link) == str(real) and real.read_text() == "keep"
+    assert fifo.is_fifo()
