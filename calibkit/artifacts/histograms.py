@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from calibkit.errors import CalibkitError
-from calibkit.numerics.histogram import E_MIN, NUM_BINS, TensorHistogram
+from calibkit.numerics.histogram import E_MIN, NUM_BINS, TensorHistogram, range_exponent
 from calibkit.outputs.atomic import write_with
 
 MAX_EXP = 1025  # float64's largest finite |x| is below 2**1024
@@ -148,6 +148,8 @@ def _check(p: Path, names, counts, exps, minmax, tallies) -> None:
             math.isfinite(lo) and math.isfinite(hi) and lo <= hi and max(-lo, hi, 0.0) < math.ldexp(1.0, exp)
         ):
             bad = f"min/max {lo}/{hi} are not finite values within the range 2^{exp}"
+        elif count and exp != range_exponent(max(-lo, hi, 0.0)):
+            bad = f"range exponent {exp} is not the one max|x| = {max(-lo, hi, 0.0):.6g} sets ({range_exponent(max(-lo, hi, 0.0))})"
         elif not count and not (lo == math.inf and hi == -math.inf):
             bad = f"min/max {lo}/{hi} given for a tensor with no values"
         if bad:

@@ -45,3 +45,16 @@ def test_an_output_that_is_a_link_or_a_fifo_is_refused_and_left_alone(cli, tmp_p
             assert str(out) in line and ("symbolic link" in line if out == link else "not a regular file" in line)
     assert link.is_symlink() and os.readlink(link) == str(real) and real.read_text() == "keep"
     assert fifo.is_fifo()
+
+
+def test_histograms_with_a_range_exponent_their_values_do_not_set_are_corrupt(cli, tmp_path, calibrated, conv_data):
+    """An exponent inside the accepted range but far above max|x| overflowed the expected-error
+    sums to inf, and scales.json's writer raised (a traceback)."""
+    model, cal = calibrated
+    d = dict(np.load(cal / "histograms.npz"))
+    d["exp"] = d["exp"].copy()
+    d["exp"][1] = 1000
+    np.savez(tmp_path / "bigexp.npz", **d)
+    for cmd, more in (("calibrate", ["-o", tmp_path / "c"]), ("compare", ["--data", conv_data, "--report", tmp_path / "r.html"])):
+        line = _error(cli(cmd, model, "--histograms", tmp_path / "bigexp.npz", *more, expect=None))
+        assert "bigexp.npz is corrupt" in line and "range exponent 1000" in line
