@@ -113,7 +113,14 @@ def _collect(
     stats = FeedStats()
     start = time.perf_counter()
     batches = run_batches(source, specs, lambda: size["n"], stats, feed, hash_stream=hash_stream)
-    first = next(batches)  # run_batches raises a CalibkitError when there is no sample
+    first = next(batches, None)  # run_batches raises a CalibkitError when there is no sample
+    if first is None:  # samples, but none the model can run: a fixed sample axis they do not fill
+        fixed = ", ".join(f"{s.name} axis {s.axis} = {s.fixed_batch}" for s in specs if s.fixed_batch)
+        raise CalibkitError(
+            f"{source.description}: {stats.samples} sample(s) read but no batch the model can run"
+            + (f" (it fixes the sample axis: {fixed})" if fixed else "")
+            + "; give at least one full batch (--max-samples), or check --batch-axis"
+        )
     p, names, listed, dropped = plan(
         model,
         specs,

@@ -122,7 +122,7 @@ def ordered_map(fn: Callable, items: list, arg, workers: int, chunk: int = 4, ah
     chunks = [items[i : i + chunk] for i in range(0, len(items), chunk)]
     import os
 
-    from calibkit.executor.orphans import init_worker, spawning
+    from calibkit.executor.orphans import init_worker, quiet_cancelled_results, spawning
 
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=get_context("spawn"), initializer=init_worker, initargs=(os.getpid(),)
@@ -138,6 +138,8 @@ def ordered_map(fn: Callable, items: list, arg, workers: int, chunk: int = 4, ah
             while pending:
                 yield from pending.popleft().result()
         finally:
+            if pending:
+                quiet_cancelled_results()  # the manager thread may still set a result of one cancelled here
             for f in pending:
                 f.cancel()
             pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: do not wait for queued decoding

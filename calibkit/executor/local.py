@@ -123,6 +123,8 @@ class ProcessPool(Executor):
                         raise self._died() from None
                     yield futures[fut], result
         finally:
+            if pending:
+                quiet_cancelled_results()  # the manager thread may still set a result of one cancelled here
             for fut in pending:
                 fut.cancel()
 
