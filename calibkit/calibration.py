@@ -23,6 +23,7 @@ from calibkit.data import FeedStats, Preprocess, applied_preprocess, open_source
 from calibkit.data.options import FeedOptions
 from calibkit.errors import CalibkitError
 from calibkit.graph.model import check_fingerprint, fingerprint_file, has_external, input_specs, load
+from calibkit.graph.subgraphs import tensor_names
 from calibkit.numerics import clipping
 from calibkit.outputs.publish import Transaction
 from calibkit.qdq.fusion import TENSOR_SELECTIONS
@@ -207,6 +208,7 @@ def _histograms(
     if histograms is not None:
         hset = store.load(histograms)
         check_fingerprint(hset.meta.get("model_fingerprint"), model_fp, f"histograms {histograms}", force)
+        store.check_names(hset, tensor_names(proto), f"histograms {histograms}")
         return hset, f"stored histograms {histograms}", None, False
     specs = input_specs(proto, feed.batch_axes)
     pre = preprocess or Preprocess()

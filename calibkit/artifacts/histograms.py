@@ -232,3 +232,14 @@ def merge_files(paths: list[str | Path]) -> HistogramSet:
     for p in paths[1:]:
         total.merge(load(p), where=str(p))
     return total
+
+
+def check_names(hset: HistogramSet, model_tensors: set[str], where: str) -> None:
+    """Every histogram names a tensor of the model (``model_tensors``); else the file was edited
+    or is another model's, and the scales written from it would name tensors no build has."""
+    foreign = sorted(set(hset.tensors) - model_tensors)
+    if foreign:
+        raise CalibkitError(
+            f"{where} hold {len(foreign)} tensor(s) this model does not have ({', '.join(map(repr, foreign[:4]))}"
+            f"{', ...' if len(foreign) > 4 else ''}); the file was edited or is another model's: recollect with --data"
+        )

@@ -135,6 +135,11 @@ def _sample_dependent(model: onnx.ModelProto, sampled: set[str]) -> set[str]:
     return dep
 
 
+def tensor_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor name of ``model``: inputs, initializers and node outputs, bodies included."""
+    return _produced(model.graph)
+
+
 def _produced(g: onnx.GraphProto) -> set[str]:
     names = {i.name for i in g.initializer} | {i.name for i in g.input}
     for n in g.node:

@@ -15,6 +15,7 @@ from calibkit.data import Preprocess, resolve_preprocess
 from calibkit.data.options import FeedOptions
 from calibkit.errors import CalibkitError, ThresholdFailed
 from calibkit.graph.model import check_fingerprint, fingerprint_file, load
+from calibkit.graph.subgraphs import tensor_names
 from calibkit.numerics import clipping
 from calibkit.outputs.publish import Transaction
 from calibkit.outputs.scratch import scratch
@@ -324,6 +325,7 @@ def compare(
     model_fp = fingerprint_file(model_path)
     hs = store.load(histograms)
     check_fingerprint(hs.meta.get("model_fingerprint"), model_fp, f"histograms {histograms}", force)
+    store.check_names(hs, tensor_names(proto), f"histograms {histograms}")
     preprocess = resolve_preprocess(
         preprocess, hs.meta.get("preprocess"), data, allow_preprocess_mismatch, f"histograms {histograms}"
     )

@@ -85,3 +85,16 @@ def test_a_decode_pool_stopped_mid_stream_quiets_the_cancelled_futures(monkeypat
     assert next(it) == 0 and next(it) == 2
     it.close()  # what an interrupt does to the stream: futures still pending are cancelled
     assert getattr(threading.excepthook, "_calibkit_quiet", False)
+
+
+def test_histograms_naming_tensors_the_model_lacks_are_refused(cli, tmp_path, calibrated, conv_data):
+    """Renamed tensors under the right model fingerprint: calibrate wrote a TensorRT cache of
+    tensors no build has (exit 0)."""
+    model, cal = calibrated
+    d = dict(np.load(cal / "histograms.npz"))
+    d["names"] = np.array([f"renamed{i}" for i in range(len(d["names"]))])
+    np.savez(tmp_path / "names.npz", **d)
+    for cmd, more in (("calibrate", ["-o", tmp_path / "c"]), ("compare", ["--data", conv_data, "--report", tmp_path / "r.html"])):
+        line = _error(cli(cmd, model, "--histograms", tmp_path / "names.npz", *more, expect=None))
+        assert "this model does not have" in line and "'renamed0'" in line
+    assert not (tmp_path / "c").exists()
