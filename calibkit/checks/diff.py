@@ -181,7 +181,19 @@ def _frac(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+def _as_cache_holds(side: Side) -> Side:
+    """``side``'s amaxes as a TensorRT cache holds them (float32 scale, read back times 127), so
+    a cache compared with the scales it was written from shows no change."""
+    from dataclasses import replace
+
+    from calibkit.numerics.formats import int8_scale
+
+    return replace(side, amax={n: float(int8_scale(a)) * INT8.qmax for n, a in side.amax.items()})
+
+
 def compare(a: Side, b: Side) -> Diff:
+    if (a.kind == "cache") != (b.kind == "cache"):
+        a, b = (a, _as_cache_holds(b)) if a.kind == "cache" else (_as_cache_holds(a), b)
     common = [n for n in a.amax if n in b.amax]
     rows = [
         Row(n, a.amax[n], b.amax[n], a.clipped.get(n), b.clipped.get(n), a.methods[n], b.methods[n]) for n in common
