@@ -97,7 +97,7 @@ def _add(md: Path, name: str, results: dict, label: str, r: dict) -> None:
     print(name, label, json.dumps(r), flush=True)
     lines = [] if len(results) > 1 else [
         f"\n### {name} (held-out test split: {r['samples']} samples; FP32 task {r['task_fp32']:.3f}; entropy scales unless named)\n",
-        "| row | activation Q | lint: conv-add / concat / constant / zero-point / island | compute layers quantized | task vs labels | agrees with FP32 | worst-output cosine |",
+        "| row | activation Q | lint: conv-add / concat / constant / zero-point / scale / island | compute layers quantized | task vs labels | agrees with FP32 | worst-output cosine |",
         "|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     lint = " / ".join(str(r["lint"][k]) for k in r["lint"])

@@ -12,6 +12,8 @@
   weight initializer that a compute op reads as its weight is how weights are quantized, and
   is not reported).
 - ``zero-point``: a nonzero zero point: TensorRT supports symmetric quantization only.
+- ``scale``: a scale that is not a finite positive number (NaN, inf, 0, negative): the ONNX
+  spec leaves such a Q/DQ undefined and the builder rejects it or its output is garbage.
 - ``island``: a quantized compute layer whose nearest compute neighbours upstream and
   downstream all run in float: its Q/DQ reformats cost more than INT8/FP8 saves.
 
@@ -30,7 +32,7 @@ from calibkit.qdq.index import GraphIndex
 from calibkit.qdq.placement import COMPUTE_OPS, RESIDUAL_JOIN, activation_inputs, weighted_source
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-LINTS = ("conv-add-qdq", "concat-scales", "constant-qdq", "zero-point", "island")
+LINTS = ("conv-add-qdq", "concat-scales", "constant-qdq", "zero-point", "scale", "island")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,10 @@ def _lint_graph(graph: onnx.GraphProto, outer: list, prefix: str) -> list[Findin
                     f"QuantizeLinear {node.name!r} on the constant {node.input[0]!r}, which {misuse.op_type} "
                     f"{misuse.name!r} reads as an operand, not as a Conv/Gemm/MatMul weight (a bias?)",
                 )
+        if node.op_type in QDQ_OPS and len(node.input) > 1:
+            sc = g.constant(node.input[1])
+            if sc is not None and not (np.all(np.isfinite(sc.astype(np.float64))) and np.all(sc.astype(np.float64) > 0)):
+                find("scale", node, f"{node.op_type} {node.name!r}: scale {node.input[1]!r} is not finite and positive")
         if node.op_type in QDQ_OPS and len(node.input) > 2 and node.input[2]:
             zp = g.constant(node.input[2])
             if zp is not None and np.any(zp.astype(np.float64) != 0):

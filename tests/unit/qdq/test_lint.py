@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_placement_rules import _amax, fused_net
 
@@ -148,7 +149,7 @@ def test_placement_command_exports_with_scales_and_lints_clean(cli, conv_model, 
             "placement", conv_model, "--scales", tmp_path / "cal" / "scales.json", "--placement", placement, "--strict"
         )
         assert "activation Q nodes:" in r.stdout
-        assert "conv-add-qdq 0, concat-scales 0, constant-qdq 0, zero-point 0, island 0" in r.stdout
+        assert "conv-add-qdq 0, concat-scales 0, constant-qdq 0, zero-point 0, scale 0, island 0" in r.stdout
 
 
 def more_bad_net():
@@ -228,3 +229,25 @@ def test_lint_finds_bias_qdq_constant_zero_points_mixed_concats_and_body_finding
     import onnxruntime as ort
 
     ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # a real graph
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 0.0, -0.1, float("inf")])
+def test_lint_finds_scales_that_are_not_finite_and_positive(bad, tmp_path, cli):
+    """A Q/DQ pair with scale NaN, 0, negative or inf linted clean and `placement --strict` exited 0."""
+    s = numpy_helper.from_array(np.array(bad, np.float32), "S")
+    z = numpy_helper.from_array(np.array(0, np.int8), "Z")
+    g = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "S", "Z"], ["xq"], name="q"),
+            helper.make_node("DequantizeLinear", ["xq", "S", "Z"], ["y"], name="dq"),
+        ],
+        "badscale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [s, z],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert {(f.lint, f.node) for f in lint(m)} == {("scale", "q"), ("scale", "dq")}
+    onnx.save(m, str(tmp_path / "bad.onnx"))
+    r = cli("placement", tmp_path / "bad.onnx", "--strict", expect=3)
+    assert "scale 1" not in r.stdout and "scale 2" in r.stdout
