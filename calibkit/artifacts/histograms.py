@@ -206,7 +206,7 @@ def load(path: str | Path) -> HistogramSet:
         raise
     except Exception as exc:
         raise CalibkitError(
-            f"{p} is not a readable calibkit histogram file ({type(exc).__name__}); recollect with --recollect"
+            f"{p} is not a readable calibkit histogram file ({type(exc).__name__}); make it again with `calibkit calibrate MODEL --data DATA --recollect`"
         ) from None
     _check(p, names, counts, exps, minmax, tallies)
     verify(p)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from pathlib import Path
 
 import click
@@ -162,7 +164,7 @@ def build(
             said.append(
                 "trtexec matches --layerPrecisions by layer name (calibkit's build by [ONNX Layer:] metadata): a node TensorRT split into several layers is only partly kept; the layer report shows it"
             )
-        said.append(f"after the build, `calibkit inspect {spec.layer_info}` shows what each ONNX node ran in")
+        said.append(f"after the build, `calibkit inspect {shlex.quote(str(spec.layer_info))}` shows what each ONNX node ran in")
         for note in said + notes(spec, major):
             err.print(f"note: {note}")
         click.echo(line)

@@ -270,7 +270,7 @@ def _total(known: int | None, limit: int | None) -> int | None:
 
 @click.command()
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--limit", type=int, default=20, show_default=True, help="Rows to show.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="Rows to show.")
 @user_errors
 def inspect(path, limit) -> None:
     """Show a calibration cache, scales.json or histograms.npz."""

@@ -27,7 +27,7 @@ from calibkit.cli.options import user_errors
     metavar="NAME[:ARG]",
     help="Method that turns a histograms.npz side into amax values.",
 )
-@click.option("--limit", type=int, default=20, show_default=True, help="Rows to print.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="Rows to print.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write an HTML page with the largest changes plotted.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every row as JSON.")
 @user_errors

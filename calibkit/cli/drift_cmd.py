@@ -52,7 +52,7 @@ from calibkit.cli.options import data_options, feed_from, feed_options, method_f
     type=click.Path(file_okay=False),
     help="Write drift.json and the new data's histograms.npz here.",
 )
-@click.option("--limit", type=int, default=15, show_default=True, help="Rows to print.")
+@click.option("--limit", type=click.IntRange(min=0), default=15, show_default=True, help="Rows to print.")
 @user_errors
 def drift(model, histograms, scales, max_clip, allow_preprocess_mismatch, force, output_dir, limit, **kw) -> None:
     """Stream NEW data through the model and compare it with a calibration, per tensor.

@@ -72,9 +72,15 @@ def _check_one(a: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
         )
     for axis, dim in enumerate(spec.shape):
         if axis != ax and isinstance(dim, int) and a.shape[axis] != dim:
+            fix = f"resize the data, or set its sample axis with --batch-axis {spec.name}:AXIS"
+            if where.startswith("images ") and {a.shape[axis], dim} <= {1, 3, 4}:  # the image channels
+                fix = (
+                    f"the images decode to {a.shape[axis]} channel(s) and the model takes {dim}: give --preprocess "
+                    f"(a preprocess.json with \"channels\": \"{'L' if dim == 1 else 'RGB'}\", or the options it holds)"
+                )
             raise CalibkitError(
                 f"{where}: input {spec.name!r} has size {a.shape[axis]} on axis {axis} but the model fixes it "
-                f"to {dim} ({spec.describe()}); resize the data, or set its sample axis with --batch-axis {spec.name}:AXIS"
+                f"to {dim} ({spec.describe()}); {fix}"
             )
     return _convert(a, spec, where)
 

@@ -114,7 +114,7 @@ class Transaction:
         if not self.lock.acquire(0.0, purpose=f"calibkit {self.command}"):
             raise CalibkitError(
                 f"output directory {self.directory} is in use by another calibkit run ({self.lock.holder()}); "
-                "wait for it to finish or choose another -o"
+                "wait for it to finish or choose another output path"
             )
         try:
             if (self.directory / META).is_symlink():

@@ -68,7 +68,7 @@ def _fsync_dir(path: Path) -> None:
 def _oserror(exc: OSError, what: Path) -> CalibkitError:
     if exc.errno == errno.ENOSPC:
         return CalibkitError(
-            f"no space left on the device writing {what}; nothing was published (the previous outputs are unchanged): free space or choose another -o"
+            f"no space left on the device writing {what}; nothing was published (the previous outputs are unchanged): free space or choose another output path"
         )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return CalibkitError(f"cannot write {what}: {exc.strerror}; choose a writable output path")
@@ -80,7 +80,7 @@ def ensure_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise CalibkitError(f"output path {path} exists and is not a directory; choose another -o") from None
+        raise CalibkitError(f"output path {path} exists and is not a directory; choose another output path") from None
     except OSError as exc:
         raise CalibkitError(
             f"cannot create output directory {path}: {exc.strerror}; choose a writable path with -o"
@@ -306,12 +306,15 @@ def _verify_in(p: Path, directory: Path) -> None:
 INPUTS: dict[Path, tuple[str, str | None]] = {}  # resolved path -> (what named it, command of its set or None)
 
 
+POSITIONAL = {"model", "a", "b", "path"}  # arguments named without an option (MODEL, diff A B, inspect PATH)
+
+
 def note_inputs(named: dict[str, object]) -> None:
     """Record the files this run reads (``{option: path}``), so no output replaces one. A file
     that a calibkit manifest lists brings the rest of its set along (validate reads the
     histograms beside --scales): those are refused only to other commands than the set's own."""
     for key, value in named.items():
-        label = "MODEL" if key == "model" else "--" + key.replace("_", "-")
+        label = key.upper() if key in POSITIONAL else "--" + key.replace("_", "-")
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if not isinstance(v, (str, os.PathLike)) or not str(v):
                 continue

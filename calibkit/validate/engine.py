@@ -283,6 +283,10 @@ def _score(fn, names, outputs, labels, n, where) -> np.ndarray:
                 f"metric {where} changed the working directory to {now}; a metric must not chdir "
                 "(relative data and output paths would move): open files by absolute path instead"
             )
+        if got is None:
+            raise CalibkitError(f"metric {where} returned None; return one score per sample ({n})")
+        if np.iscomplexobj(got):
+            raise CalibkitError(f"metric {where} returned complex scores; return one real score per sample ({n})")
         s = np.asarray(got, dtype=np.float64).reshape(-1)
     except CalibkitError:
         raise
@@ -296,6 +300,11 @@ def _score(fn, names, outputs, labels, n, where) -> np.ndarray:
     if s.size != n:
         raise CalibkitError(f"metric {where} must return one score per sample ({n}), got {s.size}")
     bad = np.flatnonzero(~np.isfinite(s))
+    if not bad.size and not np.isfinite(float(np.abs(s).sum()) * 100.0):
+        raise CalibkitError(
+            f"metric {where} returned scores too large to average (largest |score| {float(np.abs(s).max()):.3g}); "
+            "return a score per sample on a small scale (1/0 for a hit/miss, or a value in [0, 1])"
+        )
     if bad.size:
         raise CalibkitError(
             f"metric {where} returned a NaN/inf score for {bad.size} of {n} samples (first: sample {int(bad[0])} of its batch); "

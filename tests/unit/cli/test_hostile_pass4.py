@@ -108,3 +108,52 @@ def test_a_cache_and_the_scales_it_was_written_from_do_not_differ(cli, tmp_path,
     for a, b in ((cache, cal / "scales.json"), (cal / "scales.json", cache)):
         r = cli("diff", a, b, "--max-change", "0", expect=None)
         assert r.returncode == 0 and "PASS" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    "body, says",
+    [
+        ("return np.full(len(labels), 1e308)", "too large to average"),  # x100 overflowed: "NaN?" was false
+        ("return None", "returned None"),  # "got 1"
+        ("return np.ones(len(labels)) * (1 + 2j)", "complex"),  # the imaginary part was dropped: PASS
+    ],
+)
+def test_metric_returns_that_were_misread(cli, tmp_path, calibrated, conv_data, body, says):
+    model, cal = calibrated
+    n = len(np.load(conv_data)["x"])
+    np.save(tmp_path / "labels.npy", np.zeros(n, np.int64))
+    (tmp_path / "m.py").write_text(f"import numpy as np\ndef metric(outputs, labels):\n    {body}\n")
+    line = _error(
+        cli("validate", model, "--scales", cal / "scales.json", "--data", conv_data, "--labels", tmp_path / "labels.npy",
+            "--metric", f"{tmp_path / 'm.py'}:metric", "--report", tmp_path / "r" / "r.html", expect=None)
+    )  # fmt: skip
+    assert says in line and "m.py:metric" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_messages_the_attack_found_false(cli, tmp_path, calibrated, conv_data):
+    model, cal = calibrated
+    scales = cal / "scales.json"
+    r = cli("diff", scales, scales, "--limit", "-5", expect=2)  # printed "... 9 more" of 4 tensors
+    assert "--limit" in r.stderr
+    line = _error(cli("diff", scales, scales, "--json", scales, expect=None))
+    assert "(B)" in line and "--b" not in line  # B is positional: there is no --b
+    (tmp_path / "trunc.npz").write_bytes((cal / "histograms.npz").read_bytes()[:100])
+    line = _error(cli("merge", cal / "histograms.npz", tmp_path / "trunc.npz", "-o", tmp_path / "m.npz", expect=None))
+    assert "calibkit calibrate MODEL --data DATA --recollect" in line  # merge has no --recollect
+    line = _error(cli("validate", model, "--scales", scales, "--data", conv_data, "--report", model / "r.html", expect=None))
+    assert "is not a directory" in line and "another -o" not in line  # validate has no -o
+
+
+def test_a_grayscale_model_fed_colour_images_is_told_about_preprocess(cli, tmp_path):
+    from PIL import Image
+
+    import calibkit
+
+    demo = os.path.join(os.path.dirname(calibkit.__file__), "demo")
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    line = _error(cli("calibrate", os.path.join(demo, "digits_cnn.onnx"), "--data", folder, "-o", tmp_path / "o", expect=None))
+    assert "3 channel(s)" in line and '"channels": "L"' in line and "--preprocess" in line
