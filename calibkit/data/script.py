@@ -25,8 +25,10 @@ def load_function(spec: str, default: str = "load_data"):
     mod_spec = importlib.util.spec_from_file_location(f"calibkit_user_{path.stem}", path)
     module = importlib.util.module_from_spec(mod_spec)
     try:
-        with no_hard_exit():
+        with no_hard_exit(f"script {path}"):
             mod_spec.loader.exec_module(module)
+    except CalibkitError:
+        raise
     except (SystemExit, HardExit) as exc:
         call = "os._exit" if isinstance(exc, HardExit) else "sys.exit"
         raise CalibkitError(
@@ -57,7 +59,7 @@ class ScriptSource(IterableSource):
         it = super().batches()
         try:
             while True:
-                with no_hard_exit():
+                with no_hard_exit(self.description):
                     feed = next(it, _END)
                 if feed is _END:
                     break

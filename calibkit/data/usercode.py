@@ -32,8 +32,13 @@ def _exit(code) -> None:
 
 
 @contextlib.contextmanager
-def no_hard_exit():
+def no_hard_exit(where: str = "user code"):
+    """Also puts back ``sys.stdout``/``sys.stderr`` that the user's code closed or replaced
+    (calibkit's own messages would fail on them), and says so."""
+    import sys
+
     me = threading.get_ident()
+    streams = (sys.stdout, sys.stderr)
     with _lock:
         _owners[me] = _owners.get(me, 0) + 1
         os._exit = _exit
@@ -46,3 +51,25 @@ def no_hard_exit():
                 del _owners[me]
             if not _owners:
                 os._exit = _REAL_EXIT
+        touched = _restore_streams(streams)
+    if touched:
+        from calibkit.errors import CalibkitError
+
+        raise CalibkitError(f"{where}: {touched}; user code must leave calibkit's output streams alone")
+
+
+def _restore_streams(streams) -> str:
+    import io
+    import sys
+
+    said = []
+    for name, fd, before in (("sys.stdout", 1, streams[0]), ("sys.stderr", 2, streams[1])):
+        now = getattr(sys, name.split(".")[1])
+        if now is before and not getattr(before, "closed", False):
+            continue
+        said.append(f"it {'closed' if now is before else 'replaced'} {name}")
+        if before is not None and not getattr(before, "closed", True):
+            setattr(sys, name.split(".")[1], before)
+        else:  # closed: a new writer on the same descriptor
+            setattr(sys, name.split(".")[1], io.TextIOWrapper(open(fd, "wb", closefd=False), line_buffering=True))
+    return " and ".join(said)

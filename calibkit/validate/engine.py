@@ -272,7 +272,7 @@ def _score(fn, names, outputs, labels, n, where) -> np.ndarray:
     cwd = os.getcwd()
     try:
         try:
-            with no_hard_exit():
+            with no_hard_exit(f"metric {where}"):
                 got = fn(given, labels)
         finally:
             now = os.getcwd()

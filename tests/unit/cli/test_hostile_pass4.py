@@ -157,3 +157,25 @@ def test_a_grayscale_model_fed_colour_images_is_told_about_preprocess(cli, tmp_p
         Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
     line = _error(cli("calibrate", os.path.join(demo, "digits_cnn.onnx"), "--data", folder, "-o", tmp_path / "o", expect=None))
     assert "3 channel(s)" in line and '"channels": "L"' in line and "--preprocess" in line
+
+
+@pytest.mark.parametrize(
+    "src, says",
+    [
+        ("import sys\nsys.stdout.close()\ndef metric(o, l):\n    return [1] * len(l)\n", "closed sys.stdout"),
+        ("import sys\ndef metric(o, l):\n    sys.stderr.close()\n    return [1] * len(l)\n", "closed sys.stderr"),
+        ("import io, sys\ndef metric(o, l):\n    sys.stdout = io.StringIO()\n    return [1] * len(l)\n", "replaced sys.stdout"),
+    ],
+)
+def test_user_code_that_closes_calibkits_streams_is_an_error(cli, tmp_path, calibrated, conv_data, src, says):
+    """A metric closing sys.stdout at import: every later message raised `I/O operation on
+    closed file` (a traceback)."""
+    model, cal = calibrated
+    n = len(np.load(conv_data)["x"])
+    np.save(tmp_path / "labels.npy", np.zeros(n, np.int64))
+    (tmp_path / "m.py").write_text(src)
+    line = _error(
+        cli("validate", model, "--scales", cal / "scales.json", "--data", conv_data, "--labels", tmp_path / "labels.npy",
+            "--metric", f"{tmp_path / 'm.py'}:metric", "--report", tmp_path / "r" / "r.html", expect=None)
+    )  # fmt: skip
+    assert says in line and "m.py" in line
