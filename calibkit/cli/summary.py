@@ -64,6 +64,14 @@ def print_calibration(result) -> None:
             f"calibkit: warning: {len(bad)} tensor(s) held NaN/Inf values during calibration: {shown}; they are left "
             "out of the histograms (check the data or its preprocessing: validate fails on such data)"
         )
+    flat = [n for n, v in t.tensors.items() if v.get("degenerate") and not v.get("nan") and not v.get("inf")]
+    if flat:
+        shown = ", ".join(map(repr, flat[:3])) + (f", ... {len(flat) - 3} more" if len(flat) > 3 else "")
+        err.print(
+            f"calibkit: warning: {len(flat)} tensor(s) held only zeros over the data: {shown}; their scale is a "
+            "placeholder (amax 1.0, `degenerate` in scales.json) and a validation that compares zeros with zeros "
+            "passes whatever the scale: check that the data exercises the model"
+        )
     picks = auto_choices(t)
     if picks:
         out.print("auto chose, per tensor (least expected INT8 MSE): " + ", ".join(f"{m} {n}" for m, n in picks))

@@ -179,3 +179,23 @@ def test_user_code_that_closes_calibkits_streams_is_an_error(cli, tmp_path, cali
             "--metric", f"{tmp_path / 'm.py'}:metric", "--report", tmp_path / "r" / "r.html", expect=None)
     )  # fmt: skip
     assert says in line and "m.py" in line
+
+
+def test_tensors_that_held_only_zeros_are_warned_about(cli, tmp_path, conv_data):
+    """A zero-weight Conv: its output and the rest got amax 1.0 silently (only `degenerate` in
+    scales.json), and validate then passed comparing zeros with zeros."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((4, 3, 3, 3), np.float32), "w")
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+        "zeros",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [w],
+    )
+    model = tmp_path / "zero.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(model))
+    r = cli("calibrate", model, "--data", conv_data, "-o", tmp_path / "o")
+    assert "held only zeros" in r.stderr and "'y'" in r.stderr
