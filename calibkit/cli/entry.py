@@ -88,7 +88,18 @@ def _run_command(cli) -> None:
         from calibkit.cli.signals import interrupted
 
         interrupted(getattr(exc, "signum", 2))
+    _name_removed()
     raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _name_removed() -> None:
+    """The files of a previous set that the new one replaced without a file of the same name
+    (another model's cache in the same -o): said, since the user may not expect it."""
+    from calibkit.outputs.publish import REMOVED
+
+    if REMOVED:
+        shown = ", ".join(str(p) for p in REMOVED[:4]) + (f", ... {len(REMOVED) - 4} more" if len(REMOVED) > 4 else "")
+        sys.stderr.write(f"calibkit: note: removed {len(REMOVED)} file(s) of the set this run replaced: {shown}\n")
 
 
 def _check_onnxruntime() -> None:

@@ -343,6 +343,9 @@ class Transaction:
         return {name: self.directory / name for name in files}
 
 
+REMOVED: list[Path] = []  # files of replaced sets this process removed (the CLI names them at the end)
+
+
 def _remove_left_over(directory: Path, manifest: Path, keep: set[str]):
     """After the commit: the files of this folder's previous set of the same command that the
     new set does not hold (a stale sufficiency.json, another model's cache) are removed, each only
@@ -367,6 +370,7 @@ def _remove_left_over(directory: Path, manifest: Path, keep: set[str]):
         for p, digest in gone:
             if sha256_file(p) == digest:
                 p.unlink()
+                REMOVED.append(p)
                 parent = p.parent
                 while parent != root and root in parent.parents and _only_a_stale_lock(parent):
                     shutil.rmtree(parent)

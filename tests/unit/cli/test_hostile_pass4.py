@@ -199,3 +199,18 @@ def test_tensors_that_held_only_zeros_are_warned_about(cli, tmp_path, conv_data)
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(model))
     r = cli("calibrate", model, "--data", conv_data, "-o", tmp_path / "o")
     assert "held only zeros" in r.stderr and "'y'" in r.stderr
+
+
+def test_replacing_another_models_set_names_the_files_it_removes(cli, tmp_path, conv_model, conv_data):
+    """Calibrating a second model into the first one's folder removed `conv.cache` and its
+    tensors.json without a word."""
+    import shutil
+
+    other = tmp_path / "other.onnx"
+    shutil.copy(conv_model, other)
+    cli("calibrate", conv_model, "--data", conv_data, "-o", tmp_path / "o")
+    r = cli("calibrate", other, "--data", conv_data, "-o", tmp_path / "o")
+    assert "removed 2 file(s) of the set this run replaced" in r.stderr
+    assert f"{conv_model.stem}.cache" in r.stderr and not (tmp_path / "o" / f"{conv_model.stem}.cache").exists()
+    r = cli("calibrate", other, "--data", conv_data, "-o", tmp_path / "o", "--recollect")
+    assert "removed" not in r.stderr  # the same set again: nothing of it is gone
