@@ -80,13 +80,19 @@ def ensure_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
+        dangling = next((q for q in (path, *path.parents) if q.is_symlink() and not q.exists()), None)
+        if dangling is not None:
+            raise CalibkitError(
+                f"output path {dangling} is a symbolic link to {os.readlink(dangling)}, which does not exist; "
+                "create its target or choose another output path"
+            ) from None
         raise CalibkitError(f"output path {path} exists and is not a directory; choose another output path") from None
     except OSError as exc:
         raise CalibkitError(
-            f"cannot create output directory {path}: {exc.strerror}; choose a writable path with -o"
+            f"cannot create output directory {path}: {exc.strerror}; choose a writable output path"
         ) from exc
     if not os.access(path, os.W_OK):
-        raise CalibkitError(f"output directory {path} is not writable; choose another with -o")
+        raise CalibkitError(f"output directory {path} is not writable; choose another output path")
     return path
 
 

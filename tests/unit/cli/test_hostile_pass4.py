@@ -214,3 +214,9 @@ def test_replacing_another_models_set_names_the_files_it_removes(cli, tmp_path, 
     assert f"{conv_model.stem}.cache" in r.stderr and not (tmp_path / "o" / f"{conv_model.stem}.cache").exists()
     r = cli("calibrate", other, "--data", conv_data, "-o", tmp_path / "o", "--recollect")
     assert "removed" not in r.stderr  # the same set again: nothing of it is gone
+
+
+def test_an_output_folder_that_is_a_dangling_link_says_so(cli, tmp_path, conv_model, conv_data):
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    line = _error(cli("calibrate", conv_model, "--data", conv_data, "-o", tmp_path / "out", expect=None))
+    assert "symbolic link" in line and "nowhere" in line and "does not exist" in line
