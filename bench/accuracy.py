@@ -39,6 +39,8 @@ QUANTIZE_OFF = {
     "quantize-no-bias": ["--no-bias-correction", "--no-fallback"],
     "quantize-no-smoothquant": ["--smoothquant", "off", "--no-fallback"],
     "quantize-no-equalize": ["--no-equalize", "--no-fallback"],
+    # the other target: a task drop of at most 0.5 points, no cosine gate
+    "quantize-task": ["--max-accuracy-drop", "0.5"],
 }
 
 
