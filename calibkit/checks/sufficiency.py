@@ -88,14 +88,36 @@ class TensorSpread:
     tensor: str
     amax: float  # the whole set's
     parts: list[float]  # each part's, same method
+    regret: float = math.inf  # the most a part's amax raises the whole set's expected INT8 error (fraction)
 
     @property
     def spread(self) -> float:
         """(largest - smallest part amax) / the whole set's amax."""
         return (max(self.parts) - min(self.parts)) / self.amax if self.amax > 0 else math.inf
 
+    def stable(self, tolerance: float) -> bool:
+        """The parts agree on the amax, or disagree only where it costs nothing: each part's amax
+        quantizes the whole set's values with an expected error within ``tolerance`` of the whole
+        set's own choice (a tensor of a few distinct values can move its amax between two of them
+        at no cost). NaN fails."""
+        return self.spread <= tolerance or self.regret <= tolerance
+
     def to_dict(self) -> dict[str, Any]:
-        return {"tensor": self.tensor, "amax": self.amax, "parts": self.parts, "spread": self.spread}
+        return {"tensor": self.tensor, "amax": self.amax, "parts": self.parts, "spread": self.spread, "regret": self.regret}
+
+
+def regret(hist, amax: float, parts: list[float]) -> float:
+    """max over parts of (E(part amax) - E(whole amax)) / E(whole amax), E the expected INT8
+    quantization MSE of the whole set's values (methods/auto.py's criterion, exact on the histogram)."""
+    from calibkit.methods.auto import expected_mse
+
+    e = expected_mse(hist, [amax, *parts])
+    if not np.all(np.isfinite(e)):
+        return math.inf
+    worst = float(e[1:].max() - e[0])
+    if e[0] > 0:
+        return max(worst, 0.0) / float(e[0])
+    return 0.0 if worst <= 0 else math.inf
 
 
 @dataclass
@@ -107,7 +129,7 @@ class Sufficiency:
     identical: bool = False  # every part's histograms are the same: one sample (or batch) repeated?
 
     def unstable(self) -> list[TensorSpread]:
-        return [r for r in self.rows if not r.spread <= self.tolerance]  # NaN: unstable (fail closed)
+        return [r for r in self.rows if not r.stable(self.tolerance)]  # NaN: unstable (fail closed)
 
     @property
     def enough(self) -> bool:
@@ -123,9 +145,16 @@ class Sufficiency:
             )
         worst = self.rows[0].spread
         if self.enough:
+            costless = [r for r in self.rows if r.spread > self.tolerance]
+            more = (
+                f" ({len(costless)} tensor(s) move further, e.g. {costless[0].tensor}, but every part's amax costs at most "
+                f"{max(r.regret for r in costless):.1%} more expected INT8 error on the whole set)"
+                if costless
+                else ""
+            )
             return (
-                f"stable to {max(worst, 0.0):.1%}: each of {self.k} parts of about {min(self.samples)} samples "
-                f"chooses every amax within {self.tolerance:.0%} of the whole set's"
+                f"stable: each of {self.k} parts of about {min(self.samples)} samples chooses every amax within "
+                f"{self.tolerance:.0%} of the whole set's{more}"
             )
         bad = self.unstable()
         names = ", ".join(r.tensor for r in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -151,7 +180,15 @@ def spreads(
     whole: dict[str, float], part_sets: list[store.HistogramSet], method: str, config: Any, tolerance: float
 ) -> Sufficiency:
     per_part = [compute(p, method, config).amax() for p in part_sets]
-    rows = [TensorSpread(n, a, [pa[n] for pa in per_part]) for n, a in whole.items() if all(n in pa for pa in per_part)]
+    rows = []
+    for n, a in whole.items():
+        if not all(n in pa for pa in per_part):
+            continue
+        merged = copy.deepcopy(part_sets[0].tensors[n])  # the parts merge exactly into the whole set's
+        for p in part_sets[1:]:
+            merged.merge(p.tensors[n])
+        parts_amax = [pa[n] for pa in per_part]
+        rows.append(TensorSpread(n, a, parts_amax, regret(merged, a, parts_amax)))
     rows.sort(key=lambda r: (-(r.spread if math.isfinite(r.spread) else math.inf), r.tensor))
     first = part_sets[0].tensors
     identical = len(part_sets) > 1 and all(

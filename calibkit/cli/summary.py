@@ -215,14 +215,14 @@ def print_sufficiency(report, shown: int = 10) -> None:
     import textwrap
 
     rows = [
-        [r.tensor, f"{r.amax:.5g}", f"{min(r.parts):.5g} .. {max(r.parts):.5g}", f"{r.spread:.1%}"]
+        [r.tensor, f"{r.amax:.5g}", f"{min(r.parts):.5g} .. {max(r.parts):.5g}", f"{r.spread:.1%}", f"+{r.regret:.1%}"]
         for r in report.rows[:shown]
     ]
     if rows:
         out.print(
             table(
                 f"amax across {report.k} parts (samples per part: {', '.join(map(str, report.samples))})",
-                ["tensor", "whole set", "parts", "spread"],
+                ["tensor", "whole set", "parts", "spread", "error cost"],
                 rows,
                 keep=1,
             )
