@@ -90,7 +90,13 @@ def session(
     except CalibkitError:
         raise
     except Exception as exc:
-        raise CalibkitError(f"ONNX Runtime cannot load {where}: {ort_message(exc)}") from None
+        said = ort_message(exc)
+        if gpu_mem_limit is not None and ("Available memory of" in said or "Failed to allocate memory" in said):
+            raise CalibkitError(
+                f"--gpu-memory {gpu_mem_limit / 2**30:.3g} GiB is too little for ONNX Runtime to load {where} on the GPU "
+                f"({said}); raise --gpu-memory"
+            ) from None
+        raise CalibkitError(f"ONNX Runtime cannot load {where}: {said}") from None
 
 
 def ort_message(exc: BaseException) -> str:

@@ -71,3 +71,25 @@ def test_cpu_run_with_a_bound_is_unchanged(tmp_path):
         assert r.returncode == 0, r.stderr
         outs.append((out / "scales.json").read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_a_bound_too_small_to_load_the_model_names_the_option(monkeypatch, tmp_path):
+    """On an H100 a 1-byte --gpu-memory failed at session creation ("Available memory of 0 is
+    smaller than requested bytes of 256", from ORT's arena) with a message that did not name the
+    option (seen in tests/gpu, session 4). Here ORT's refusal is stood in for: no GPU."""
+    import onnxruntime as ort
+
+    from calibkit import sessions
+
+    def refuse(*a, **k):
+        raise RuntimeError(
+            "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Exception during initialization: bfc_arena.cc:360 "
+            "Available memory of 0 is smaller than requested bytes of 256"
+        )
+
+    monkeypatch.setattr(ort, "InferenceSession", refuse)
+    model = conv_net(tmp_path / "m.onnx")
+    with pytest.raises(CalibkitError, match="--gpu-memory .* too little .* raise --gpu-memory"):
+        sessions.session(model.read_bytes(), device="cpu", gpu_mem_limit=1)
+    with pytest.raises(CalibkitError, match="cannot load"):  # without a bound: ORT's own words
+        sessions.session(model.read_bytes(), device="cpu")
