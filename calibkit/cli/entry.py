@@ -6,6 +6,8 @@ modules are still being imported ends quietly: nothing has been written by then.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 
@@ -43,14 +45,45 @@ def _run(cli) -> None:
     exit 128 + the signal number, not click's bare "Aborted!" and exit 1."""
 
     try:
-        _run_command(cli)
-    except KeyboardInterrupt as exc:  # landed after the command's own handling, before _settled
-        _settled()
-        from calibkit.cli.signals import interrupted
+        try:
+            _run_command(cli)
+        except KeyboardInterrupt as exc:  # landed after the command's own handling, before _settled
+            _settled()
+            from calibkit.cli.signals import interrupted
 
-        interrupted(getattr(exc, "signum", 2))
-    finally:
-        _settled()
+            interrupted(getattr(exc, "signum", 2))
+        finally:
+            _settled()
+    except SystemExit as exc:
+        _leave_stray_threads(exc.code)
+        raise
+
+
+def _leave_stray_threads(code) -> None:
+    """Threads the user's code (a metric, a loader) started and left running would hold the
+    process after the command ended, deaf to SIGTERM while Python waits for them: say so and
+    end now, after the exit handlers (what Python's own exit would run before waiting)."""
+    import threading
+
+    stray = [
+        t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon
+        and not t.name.startswith("calibkit-")
+    ]  # fmt: skip
+    if not stray:
+        return
+    import atexit
+
+    names = ", ".join(repr(t.name) for t in stray[:3]) + (", ..." if len(stray) > 3 else "")
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    with contextlib.suppress(Exception):
+        sys.stderr.write(
+            f"calibkit: warning: {len(stray)} thread(s) started by user code still run ({names}); "
+            "calibkit exits without waiting for them\n"
+        )
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)
 
 
 def _settled() -> None:

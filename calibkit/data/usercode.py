@@ -3,9 +3,10 @@
 ``sys.exit`` inside user code is a ``SystemExit`` the callers turn into a CalibkitError. A hard
 ``os._exit`` would end calibkit on the spot, exit status chosen by the user's code (0 reads as
 success) and nothing published or cleaned up. While :func:`no_hard_exit` is active in a thread,
-``os._exit`` called from that thread raises :class:`HardExit` instead; other threads (and
-processes started meanwhile with spawn/forkserver) keep the real one. Code that bound
-``os._exit`` to another name before the call is out of reach.
+``os._exit`` called from that thread raises :class:`HardExit` instead; other threads, processes
+started meanwhile with spawn/forkserver, and processes the user's code forks keep the real one
+(a fork that returns into calibkit instead of exiting is ended there, before it can run the rest
+of the command). Code that bound ``os._exit`` to another name before the call is out of reach.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ class HardExit(BaseException):  # not an Exception: the user's `except Exception
         self.code = code
 
 
+_PID = [os.getpid()]  # the process whose threads are guarded (a fork of the user's code is not)
+
+
 def _exit(code) -> None:
-    if threading.get_ident() in _owners:
+    if threading.get_ident() in _owners and os.getpid() == _PID[0]:
         raise HardExit(code)
     _REAL_EXIT(code)
 
@@ -38,13 +42,23 @@ def no_hard_exit(where: str = "user code"):
     import sys
 
     me = threading.get_ident()
+    pid = os.getpid()
     streams = (sys.stdout, sys.stderr)
     with _lock:
+        if not _owners:
+            _PID[0] = pid
         _owners[me] = _owners.get(me, 0) + 1
         os._exit = _exit
     try:
         yield
     finally:
+        if os.getpid() != pid:
+            # a process the user's code forked, come back into calibkit: it must not run the rest of
+            # the command (publish, clean up the parent's folders); it ends here, as the fork ended
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            _REAL_EXIT(0)
         with _lock:
             _owners[me] -= 1
             if not _owners[me]:

@@ -220,3 +220,43 @@ def test_an_output_folder_that_is_a_dangling_link_says_so(cli, tmp_path, conv_mo
     (tmp_path / "out").symlink_to(tmp_path / "nowhere")
     line = _error(cli("calibrate", conv_model, "--data", conv_data, "-o", tmp_path / "out", expect=None))
     assert "symbolic link" in line and "nowhere" in line and "does not exist" in line
+
+
+def test_a_loader_that_forks_leaves_the_published_set_alone(cli, tmp_path, conv_model):
+    """The fork's os._exit raised inside the child, which then ran calibkit's error path: an
+    orphan deadlocked, a false error line came after the success, and the child's clean-up
+    deleted the published set's .calibkit/ folder."""
+    import time
+
+    (tmp_path / "fork.py").write_text(
+        "import os, time\nimport numpy as np\n"
+        "def load_data():\n"
+        "    if os.fork() == 0:\n        time.sleep(1.0)\n        os._exit(0)\n"
+        "    yield {'x': np.ones((4, 3, 8, 8), np.float32)}\n"
+    )
+    # the captured pipes close only when the fork, which holds them too, has ended
+    r = cli("calibrate", conv_model, "--data", tmp_path / "fork.py", "-o", tmp_path / "o", expect=None)
+    assert r.returncode == 0 and "error" not in r.stderr, r.stderr
+    time.sleep(0.5)
+    assert (tmp_path / "o" / ".calibkit" / "calibrate.manifest.json").is_file()
+
+
+def test_a_metric_that_leaves_a_thread_running_does_not_hold_the_process(cli, tmp_path, calibrated, conv_data):
+    """A non-daemon thread started by the metric kept `validate` alive after its report, deaf
+    to SIGTERM, until the thread ended (then exit 0)."""
+    import time
+
+    model, cal = calibrated
+    n = len(np.load(conv_data)["x"])
+    np.save(tmp_path / "labels.npy", np.zeros(n, np.int64))
+    (tmp_path / "m.py").write_text(
+        "import threading, time\nimport numpy as np\n"
+        "def metric(o, l):\n    threading.Thread(target=time.sleep, args=(60,), name='user-sleeper').start()\n"
+        "    return np.ones(len(l))\n"
+    )
+    t0 = time.monotonic()
+    r = cli("validate", model, "--scales", cal / "scales.json", "--data", conv_data, "--labels", tmp_path / "labels.npy",
+            "--metric", f"{tmp_path / 'm.py'}:metric", "--report", tmp_path / "r" / "r.html", expect=None)  # fmt: skip
+    assert time.monotonic() - t0 < 50 and r.returncode in (0, 3)
+    assert "'user-sleeper'" in r.stderr and "exits without waiting" in r.stderr
+    assert (tmp_path / "r" / "r.results.json").is_file()
