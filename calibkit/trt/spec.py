@@ -86,6 +86,7 @@ class BuildSpec:
                 raise CalibkitError(
                     f"cache {self.cache} has no tensor of {self.onnx.name} (e.g. {next(iter(c.scales), '-')!r}); calibrate this model"
                 )
+            self._check_cache_set()
             from calibkit.qdq.fusion import qdq_inputs
 
             needed = [t for t in qdq_inputs(model) if t not in {i.name for i in model.graph.input}]
@@ -103,6 +104,31 @@ class BuildSpec:
                     raise CalibkitError(
                         f"--keep-fp16/--from-report: the model has no node named {name!r} (nodes: {', '.join(nodes[:8])}{', ...' if len(nodes) > 8 else ''})"
                     )
+
+    def _check_cache_set(self) -> None:
+        """A cache published by calibkit sits in a set whose scales.json records the model it was
+        calibrated for: another model (same graph, other weights) is refused, as export-qdq and
+        validate refuse its scales."""
+        import contextlib
+
+        from calibkit.artifacts import scales as scales_io
+        from calibkit.graph.model import fingerprint_file
+        from calibkit.outputs.sets import _manifests, read_manifest
+
+        home = Path(self.cache).resolve().parent
+        for mf in _manifests(home):
+            doc = read_manifest(mf)
+            files = (doc or {}).get("files") or {}
+            if Path(self.cache).name not in files or "scales.json" not in files:
+                continue
+            fp = None
+            with contextlib.suppress(CalibkitError, OSError, AttributeError, TypeError):
+                fp = (scales_io.read(home / "scales.json").meta.get("model") or {}).get("fingerprint")
+            if fp and fp != fingerprint_file(self.onnx):
+                raise CalibkitError(
+                    f"cache {self.cache} was calibrated for another model (its set's scales.json records model "
+                    f"fingerprint {fp[:19]}..., {self.onnx.name} is {fingerprint_file(self.onnx)[:19]}...): calibrate this model"
+                )
 
     def _check_outputs(self) -> None:
         """No file the build writes (engine, timing cache, layer files, the TensorRT 11 models

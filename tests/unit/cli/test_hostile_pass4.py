@@ -260,3 +260,23 @@ def test_a_metric_that_leaves_a_thread_running_does_not_hold_the_process(cli, tm
     assert time.monotonic() - t0 < 50 and r.returncode in (0, 3)
     assert "'user-sleeper'" in r.stderr and "exits without waiting" in r.stderr
     assert (tmp_path / "r" / "r.results.json").is_file()
+
+
+def test_build_refuses_a_cache_published_for_another_model(cli, tmp_path, calibrated):
+    """Same graph, other weights: the tensor names match, so the cache was accepted (exit 0 and a
+    trtexec line) although the set it belongs to records another model."""
+    import onnx
+    from onnx import numpy_helper
+
+    model, cal = calibrated
+    m = onnx.load(str(model))
+    for i, t in enumerate(m.graph.initializer):
+        m.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 2, t.name))
+    other = tmp_path / "other.onnx"
+    onnx.save(m, str(other))
+    cache = next(cal.glob("*.cache"))
+    shapes = "x:1x3x8x8/4x3x8x8/8x3x8x8"
+    args = ("--int8", "--cache", cache, "--engine", tmp_path / "e" / "m.plan", "--print-trtexec", "--shapes", shapes)
+    line = _error(cli("build", other, *args, expect=None))
+    assert "calibrated for another model" in line
+    assert "trtexec" in cli("build", model, *args).stdout  # its own model still builds
