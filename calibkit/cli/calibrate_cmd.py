@@ -273,7 +273,7 @@ def _total(known: int | None, limit: int | None) -> int | None:
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="Rows to show.")
 @user_errors
 def inspect(path, limit) -> None:
-    """Show a calibration cache, scales.json or histograms.npz."""
+    """Show a calibration cache, scales.json, histograms.npz, or a build's layers.json (what each ONNX node ran in)."""
     from calibkit.cli.summary import inspect_file
 
     inspect_file(Path(path), limit)

@@ -143,8 +143,11 @@ def inspect_file(path: Path, limit: int) -> None:
     if not path.is_file():
         from calibkit.graph.model import not_a_file
 
-        raise CalibkitError(f"{path} {not_a_file(path)}; inspect takes a .cache, scales.json or histograms.npz file")
-    if zipfile.is_zipfile(path):
+        raise CalibkitError(
+            f"{path} {not_a_file(path)}; inspect takes a .cache, scales.json, histograms.npz or a build's layers.json file"
+        )
+    raw = path.read_bytes()[:64]
+    if zipfile.is_zipfile(path) or raw.startswith(b"PK"):  # a truncated zip is still a histogram file: say what is wrong with it
         from calibkit.artifacts import histograms as store
 
         hs = store.load(path)
@@ -158,9 +161,14 @@ def inspect_file(path: Path, limit: int) -> None:
         ]
         out.print(table("histograms", ["tensor", "min", "max", "count", "NaN", "Inf", "range"], rows))
         return
-    head = path.read_bytes()[:64].lstrip()
+    head = raw.lstrip()
     if head.startswith(b"{") and _layer_report(path, limit):
         return
+    if head.startswith(b"["):
+        raise CalibkitError(
+            f"{path} is not valid JSON calibkit reads: a build's layers.json is a JSON object (trtexec --exportLayerInfo); "
+            "write it again with the build"
+        )
     if head.startswith(b"{"):
         from calibkit.artifacts import scales
 

@@ -280,3 +280,13 @@ def test_build_refuses_a_cache_published_for_another_model(cli, tmp_path, calibr
     line = _error(cli("build", other, *args, expect=None))
     assert "calibrated for another model" in line
     assert "trtexec" in cli("build", model, *args).stdout  # its own model still builds
+
+
+def test_inspect_names_what_is_wrong_with_each_kind_of_file(cli, tmp_path, calibrated):
+    model, cal = calibrated
+    (tmp_path / "t.npz").write_bytes((cal / "histograms.npz").read_bytes()[:100])
+    assert "histogram file (BadZipFile)" in _error(cli("inspect", tmp_path / "t.npz", expect=None))  # was "not a text calibration cache"
+    (tmp_path / "t.layers.json").write_text("[1,2")
+    assert "layers.json is a JSON object" in _error(cli("inspect", tmp_path / "t.layers.json", expect=None))  # was "bad header"
+    assert "layers.json" in _error(cli("inspect", tmp_path / "missing.layers.json", expect=None))
+    assert "layers.json" in cli("inspect", "--help").stdout
