@@ -63,12 +63,8 @@ def _leave_stray_threads(code) -> None:
     """Threads the user's code (a metric, a loader) started and left running would hold the
     process after the command ended, deaf to SIGTERM while Python waits for them: say so and
     end now, after the exit handlers (what Python's own exit would run before waiting)."""
-    import threading
-
-    stray = [
-        t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon
-        and not t.name.startswith("calibkit-")
-    ]  # fmt: skip
+    mod = sys.modules.get("calibkit.data.usercode")
+    stray = [t for t in getattr(mod, "USER_THREADS", []) if t.is_alive()]
     if not stray:
         return
     import atexit

@@ -26,6 +26,7 @@ class HardExit(BaseException):  # not an Exception: the user's `except Exception
         self.code = code
 
 
+USER_THREADS: list[threading.Thread] = []  # non-daemon threads the user's code started (the CLI does not wait for them)
 _PID = [os.getpid()]  # the process whose threads are guarded (a fork of the user's code is not)
 
 
@@ -44,6 +45,7 @@ def no_hard_exit(where: str = "user code"):
     me = threading.get_ident()
     pid = os.getpid()
     streams = (sys.stdout, sys.stderr)
+    before = set(threading.enumerate())
     with _lock:
         if not _owners:
             _PID[0] = pid
@@ -66,6 +68,7 @@ def no_hard_exit(where: str = "user code"):
             if not _owners:
                 os._exit = _REAL_EXIT
         touched = _restore_streams(streams)
+        USER_THREADS.extend(t for t in threading.enumerate() if t not in before and not t.daemon)
     if touched:
         from calibkit.errors import CalibkitError
 
