@@ -53,6 +53,13 @@ class HistogramSet:
                 f"{where}: {part_of[0]} is a part of the whole set {part_of[0].split('#part-', 1)[0]} also being merged; "
                 "its samples would count twice: merge the whole set, or its parts, not both"
             )
+        sel_a, sel_b = self.meta.get("tensor_selection", "all"), other.meta.get("tensor_selection", "all")
+        if sel_a != sel_b:
+            raise CalibkitError(
+                f"{where} was collected with --tensors {sel_b} and the histograms it is merged with with --tensors "
+                f"{sel_a}: a tensor in one selection only would count part of the samples; collect every shard with "
+                "the same --tensors"
+            )
         for name, h in other.tensors.items():
             if name in self.tensors:
                 self.tensors[name].merge(h)

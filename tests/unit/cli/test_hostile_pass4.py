@@ -290,3 +290,15 @@ def test_inspect_names_what_is_wrong_with_each_kind_of_file(cli, tmp_path, calib
     assert "layers.json is a JSON object" in _error(cli("inspect", tmp_path / "t.layers.json", expect=None))  # was "bad header"
     assert "layers.json" in _error(cli("inspect", tmp_path / "missing.layers.json", expect=None))
     assert "layers.json" in cli("inspect", "--help").stdout
+
+
+def test_merge_refuses_histograms_of_another_tensor_selection(cli, tmp_path, conv_model, conv_data):
+    """`trt` and `all` histograms merged (exit 0): the result claimed every sample for tensors
+    only one side held, and its bytes depended on the order."""
+    cli("calibrate", conv_model, "--data", conv_data, "-o", tmp_path / "trt")
+    np.savez(tmp_path / "more.npz", x=np.load(conv_data)["x"] * 2)
+    cli("calibrate", conv_model, "--data", tmp_path / "more.npz", "--tensors", "all", "-o", tmp_path / "all")
+    for a, b in (("trt", "all"), ("all", "trt")):
+        line = _error(cli("merge", tmp_path / a / "histograms.npz", tmp_path / b / "histograms.npz",
+                          "-o", tmp_path / f"m-{a}.npz", expect=None))  # fmt: skip
+        assert "--tensors" in line and "same --tensors" in line
