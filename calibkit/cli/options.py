@@ -218,6 +218,16 @@ def method_from(kw: dict):
         "start_bin": kw.pop("start_bin", None),
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if ":" in spec:  # a parameter given twice, in the spec and as its own option, with two values
+        from calibkit.errors import CalibkitError
+
+        given = {k: v for k, v in methods.parse_spec(spec)[1].__dict__.items()}
+        spec_params = {k for k in given if f"{k}=" in spec or (k == "percentile" and name == "percentile")}
+        for k in sorted(set(overrides) & spec_params):
+            if float(overrides[k]) != float(given[k]):
+                raise CalibkitError(
+                    f"--method {spec} sets {k} {given[k]:g} and --{k.replace('_', '-')} {overrides[k]:g}: give it once"
+                )
     if overrides:
         import dataclasses
 

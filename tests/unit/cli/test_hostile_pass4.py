@@ -302,3 +302,14 @@ def test_merge_refuses_histograms_of_another_tensor_selection(cli, tmp_path, con
         line = _error(cli("merge", tmp_path / a / "histograms.npz", tmp_path / b / "histograms.npz",
                           "-o", tmp_path / f"m-{a}.npz", expect=None))  # fmt: skip
         assert "--tensors" in line and "same --tensors" in line
+
+
+def test_a_method_parameter_given_twice_with_two_values_is_refused(cli, tmp_path, calibrated):
+    """`--method percentile:99.9 --percentile 99.999` ran with 99.999 without a word."""
+    model, cal = calibrated
+    h = cal / "histograms.npz"
+    line = _error(cli("calibrate", model, "--histograms", h, "--method", "percentile:99.9", "--percentile", "99.999",
+                      "-o", tmp_path / "p", expect=None))  # fmt: skip
+    assert "give it once" in line and "99.9" in line and "99.999" in line
+    cli("calibrate", model, "--histograms", h, "--method", "percentile:99.9", "--percentile", "99.9", "-o", tmp_path / "q")
+    cli("calibrate", model, "--histograms", h, "--method", "percentile", "--percentile", "99.9", "-o", tmp_path / "r")
