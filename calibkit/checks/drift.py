@@ -228,6 +228,15 @@ def drift(
     if scales is not None:
         table = scales_io.read(scales)
         check_fingerprint((table.meta.get("model") or {}).get("fingerprint"), model_fp, f"scales {scales}", force)
+        theirs = ((table.meta.get("data") or {}).get("fingerprint"), table.meta.get("tensor_selection", "all"))
+        mine = (calib.meta.get("data_fingerprint"), calib.meta.get("tensor_selection", "all"))
+        if theirs != mine and not force:
+            raise CalibkitError(
+                f"scales {scales} come from another calibration than histograms {histograms} (data "
+                f"{str(theirs[0])[:24]}... with --tensors {theirs[1]} vs data {str(mine[0])[:24]}... with --tensors {mine[1]}): "
+                "drift compares new data with the calibration those scales were chosen on; give the histograms.npz "
+                "of the same run (--force to compare anyway)"
+            )
         amax, label = table.amax(), f"{table.method} (from {scales})"
     else:
         amax, label = scales_io.compute(calib, method, config).amax(), methods.spec_of(method, config)

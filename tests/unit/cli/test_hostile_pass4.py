@@ -313,3 +313,17 @@ def test_a_method_parameter_given_twice_with_two_values_is_refused(cli, tmp_path
     assert "give it once" in line and "99.9" in line and "99.999" in line
     cli("calibrate", model, "--histograms", h, "--method", "percentile:99.9", "--percentile", "99.9", "-o", tmp_path / "q")
     cli("calibrate", model, "--histograms", h, "--method", "percentile", "--percentile", "99.9", "-o", tmp_path / "r")
+
+
+def test_drift_refuses_scales_of_another_calibration(cli, tmp_path, calibrated, conv_data):
+    """`drift --scales` of another run (other data, --tensors all) against these histograms
+    said RECALIBRATE on the calibration data itself: a tensor 'not reached' that the histograms'
+    selection had simply skipped, clipping judged with another run's amaxes."""
+    model, cal = calibrated
+    np.savez(tmp_path / "more.npz", x=np.load(conv_data)["x"] * 5)
+    cli("calibrate", model, "--data", tmp_path / "more.npz", "--tensors", "all", "-o", tmp_path / "other")
+    line = _error(cli("drift", model, "--histograms", cal / "histograms.npz", "--scales", tmp_path / "other" / "scales.json",
+                      "--data", conv_data, expect=None))  # fmt: skip
+    assert "another calibration" in line and "--tensors all" in line
+    r = cli("drift", model, "--histograms", cal / "histograms.npz", "--scales", cal / "scales.json", "--data", conv_data)
+    assert "RECALIBRATE" not in r.stdout  # its own scales: the same data drifts nowhere
