@@ -208,22 +208,29 @@ class Transaction:
         published it replaces its set, which is fine."""
         parent = t.parent.parent if t.parent.name == META else t.parent
         own = f"{self.name}.manifest.json"
-        rel = os.path.relpath(t.absolute(), parent.absolute())
-        for mf in _manifests(parent):
-            if mf.name == own:
-                continue
-            doc = read_manifest(mf)
-            if doc is None or rel not in doc["files"]:
-                continue
-            command = doc.get("command") if isinstance(doc.get("command"), str) else "calibrate"
-            if command == self.command:  # the same command's other set (validate --report a.html, then b.html)
-                continue
-            raise CalibkitError(
-                f"output {t} belongs to the set `calibkit {command}` published in {parent} (with "
-                f"{', '.join(sorted(map(str, doc['files']))[:4])}{', ...' if len(doc['files']) > 4 else ''}); "
-                f"replacing it would leave that set mixed and unreadable: write to another path or folder, "
-                f"or re-run `calibkit {command}`"
-            )
+        # sets published here, and in sub-folders whose sets hold files up here (compare's
+        # per-method sets list the report beside them as ../r.html)
+        homes = [parent, *(m.parent.parent for m in sorted(parent.glob(f"*/{META}")) + sorted(parent.glob(f"*/*/{META}")))]
+        for home in dict.fromkeys(homes):
+            rel = os.path.relpath(t.absolute(), home.absolute())
+            for mf in _manifests(home):
+                if mf.name == own and home == parent:
+                    continue
+                doc = read_manifest(mf)
+                if doc is None or rel not in doc["files"]:
+                    continue
+                self._refuse_member(t, home, doc)
+
+    def _refuse_member(self, t: Path, parent: Path, doc: dict) -> None:
+        command = doc.get("command") if isinstance(doc.get("command"), str) else "calibrate"
+        if command == self.command:  # the same command's other set (validate --report a.html, then b.html)
+            return
+        raise CalibkitError(
+            f"output {t} belongs to the set `calibkit {command}` published in {parent} (with "
+            f"{', '.join(sorted(map(str, doc['files']))[:4])}{', ...' if len(doc['files']) > 4 else ''}); "
+            f"replacing it would leave that set mixed and unreadable: write to another path or folder, "
+            f"or re-run `calibkit {command}`"
+        )
 
     @contextlib.contextmanager
     def open(self, target: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:

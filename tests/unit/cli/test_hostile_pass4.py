@@ -327,3 +327,19 @@ def test_drift_refuses_scales_of_another_calibration(cli, tmp_path, calibrated, 
     assert "another calibration" in line and "--tensors all" in line
     r = cli("drift", model, "--histograms", cal / "histograms.npz", "--scales", cal / "scales.json", "--data", conv_data)
     assert "RECALIBRATE" not in r.stdout  # its own scales: the same data drifts nowhere
+
+
+def test_a_compare_report_is_not_overwritten_by_another_command(cli, tmp_path, calibrated, conv_data):
+    """compare's per-method sets list the report beside them (../r.html): `validate --report`
+    onto it was accepted, and every reader then refused the method's scales as a mixed set."""
+    model, cal = calibrated
+    h = cal / "histograms.npz"
+    cli("compare", model, "--histograms", h, "--data", conv_data, "--methods", "mse", "--report", tmp_path / "z" / "r.html",
+        "-o", tmp_path / "z" / "m")  # fmt: skip
+    before = (tmp_path / "z" / "r.html").read_bytes()
+    line = _error(cli("validate", model, "--scales", cal / "scales.json", "--data", conv_data,
+                      "--report", tmp_path / "z" / "r.html", expect=None))  # fmt: skip
+    assert "belongs to the set `calibkit compare`" in line
+    assert (tmp_path / "z" / "r.html").read_bytes() == before
+    scales = next((tmp_path / "z" / "m").rglob("scales.json"))
+    cli("export-qdq", model, "--scales", scales, "-o", tmp_path / "q.onnx")  # the method's set still reads
