@@ -184,7 +184,7 @@ def spreads(
     for n, a in whole.items():
         if not all(n in pa for pa in per_part):
             continue
-        merged = copy.deepcopy(part_sets[0].tensors[n])  # the parts merge exactly into the whole set's
+        merged = part_sets[0].tensors[n].copy()  # the parts merge exactly into the whole set's
         for p in part_sets[1:]:
             merged.merge(p.tensors[n])
         parts_amax = [pa[n] for pa in per_part]

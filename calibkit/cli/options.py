@@ -221,7 +221,7 @@ def method_from(kw: dict):
     if ":" in spec:  # a parameter given twice, in the spec and as its own option, with two values
         from calibkit.errors import CalibkitError
 
-        given = {k: v for k, v in methods.parse_spec(spec)[1].__dict__.items()}
+        given = vars(cfg)  # what the spec set (the rest at defaults)
         spec_params = {k for k in given if f"{k}=" in spec or (k == "percentile" and name == "percentile")}
         for k in sorted(set(overrides) & spec_params):
             if float(overrides[k]) != float(given[k]):

@@ -18,12 +18,6 @@ def _one_line_error(r) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def calibrated(cli, tmp_path, conv_model, conv_data):
-    cli("calibrate", conv_model, "--data", conv_data, "-o", tmp_path / "cal")
-    return conv_model, tmp_path / "cal"
-
-
 def _fp32_labels(model, x) -> np.ndarray:
     s = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     return s.run(None, {s.get_inputs()[0].name: x})[0].argmax(1)

@@ -19,12 +19,6 @@ def _error(r) -> str:
     return r.stderr
 
 
-@pytest.fixture
-def calibrated(cli, tmp_path, conv_model, conv_data):
-    cli("calibrate", conv_model, "--data", conv_data, "-o", tmp_path / "cal")
-    return conv_model, tmp_path / "cal"
-
-
 def test_a_metric_that_changes_directory_is_an_error_not_a_traceback(cli, tmp_path, calibrated, conv_data):
     model, cal = calibrated
     (tmp_path / "chdir_metric.py").write_text(

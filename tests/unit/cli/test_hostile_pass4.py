@@ -4,25 +4,11 @@ false. Real CLI, real files."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import pytest
-
-
-def _error(r) -> str:
-    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("calibkit: error: ")]
-    assert len(lines) == 1, r.stderr
-    return lines[0]
-
-
-@pytest.fixture
-def calibrated(cli, tmp_path, conv_model, conv_data):
-    cli("calibrate", conv_model, "--data", conv_data, "-o", tmp_path / "cal")
-    return conv_model, tmp_path / "cal"
+from test_hostile_pass2 import _one_line_error as _error  # exit 1, no traceback, one "calibkit: error:" line
 
 
 def test_an_output_that_is_a_link_or_a_fifo_is_refused_and_left_alone(cli, tmp_path, calibrated, conv_data):
