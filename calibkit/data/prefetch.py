@@ -60,6 +60,17 @@ def prefetch(items: Iterable, stage: Callable | None = None, depth: int = 4) -> 
         t.join()
 
 
+def empty_pinned(shape: tuple, dtype) -> np.ndarray:
+    """A NumPy array in page-locked host memory (what ``cupyx.empty_pinned`` does, without
+    importing cupyx: its sparse linear algebra costs about 0.5 s at start-up, bench/gpu_split.py)."""
+    import cupy as cp
+
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    mem = cp.cuda.alloc_pinned_memory(max(1, count * dtype.itemsize))
+    return np.ndarray(shape, dtype=dtype, buffer=mem)
+
+
 class PinnedStager:
     """Copies each batch's inputs into page-locked buffers, reused round robin.
 
@@ -76,14 +87,12 @@ class PinnedStager:
         self.turn: dict[tuple, int] = {}
 
     def _buffer(self, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        import cupyx
-
         key = (shape, np.dtype(dtype).str)
         bufs = self.buffers.setdefault(key, [])
         i = self.turn.get(key, 0)
         self.turn[key] = (i + 1) % self.slots
         if i >= len(bufs):
-            bufs.append(cupyx.empty_pinned(shape, dtype))
+            bufs.append(empty_pinned(shape, dtype))
         return bufs[i]
 
     def __call__(self, feed) -> dict[str, np.ndarray]:

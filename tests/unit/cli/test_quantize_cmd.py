@@ -318,6 +318,34 @@ def test_a_rejected_threshold_choice_does_not_come_back(tmp_path, monkeypatch):
         return real(model, hset, amax, feeds, opts, device)
 
     monkeypatch.setattr(P, "choose_thresholds", spy)
+    rejected = ("thresholds", "thresholds_auto")
+    monkeypatch.setattr(P.Pipeline, "_keep", lambda self, row, name: row["step"] not in rejected or (row.update(kept=False) or False))
+    from calibkit.quantize import QuantizeOptions, quantize
+    from calibkit.recovery import RecoveryOptions
+
+    model, cal, val = _inputs(tmp_path)
+    res = quantize(model, cal, val, tmp_path / "q", options=QuantizeOptions(
+        recovery=RecoveryOptions(iterations=20), fallback=False))
+    assert seen[:2] == ["consumer", "auto"] and seen[2:] and set(seen[2:]) == {"method"}
+    scales = json.loads((tmp_path / "q" / "scales.json").read_text())["tensors"]
+    assert all(r.get("criterion") != "consumer_error" for r in scales.values())
+    assert res.doc["stages"][1]["kept"] is False and res.doc["stages"][2]["kept"] is False
+
+
+def test_auto_thresholds_are_the_other_candidate(tmp_path, monkeypatch):
+    """Where the consumer-error thresholds lose on the search set and auto's win (MiniLM), auto's
+    are kept: the later steps are scored with auto's choice, and scales.json and the Q/DQ model
+    carry it."""
+    import calibkit.quantize.pipeline as P
+
+    seen = []
+    real = P.choose_thresholds
+
+    def spy(model, hset, amax, feeds, opts, device):
+        seen.append(opts.thresholds)
+        return real(model, hset, amax, feeds, opts, device)
+
+    monkeypatch.setattr(P, "choose_thresholds", spy)
     monkeypatch.setattr(P.Pipeline, "_keep", lambda self, row, name: row["step"] != "thresholds" or (row.update(kept=False) or False))
     from calibkit.quantize import QuantizeOptions, quantize
     from calibkit.recovery import RecoveryOptions
@@ -325,10 +353,10 @@ def test_a_rejected_threshold_choice_does_not_come_back(tmp_path, monkeypatch):
     model, cal, val = _inputs(tmp_path)
     res = quantize(model, cal, val, tmp_path / "q", options=QuantizeOptions(
         recovery=RecoveryOptions(iterations=20), fallback=False))
-    assert seen[0] == "consumer" and seen[1:] and set(seen[1:]) == {"method"}
-    scales = json.loads((tmp_path / "q" / "scales.json").read_text())["tensors"]
-    assert all(r.get("criterion") != "consumer_error" for r in scales.values())
-    assert res.doc["stages"][1]["kept"] is False
+    steps = {s["step"]: s for s in res.doc["stages"]}
+    assert steps["thresholds"]["kept"] is False and steps["thresholds_auto"].get("kept", True)
+    assert seen[:2] == ["consumer", "auto"] and set(seen[2:]) <= {"auto"}
+    assert res.doc["thresholds"] and {w["by"] for w in res.doc["thresholds"].values()} == {"auto"}
 
 
 def test_an_all_zero_activation_gets_a_usable_amax(cli, tmp_path):
