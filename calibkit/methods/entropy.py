@@ -27,7 +27,14 @@ class EntropyConfig:
         if not 2 <= self.levels <= NUM_BINS:
             raise ValueError(f"levels must be in [2, {NUM_BINS}], got {self.levels}")
         if not self.levels <= self.start_bin <= NUM_BINS:
-            raise ValueError(f"start_bin must be in [levels, {NUM_BINS}], got {self.start_bin}")
+            raise ValueError(
+                f"start_bin must be in [levels, {NUM_BINS}], got {self.start_bin} with levels {self.levels}"
+                + (
+                    " (start_bin defaults to 128: raise it with levels, e.g. --start-bin too)"
+                    if self.start_bin < self.levels
+                    else ""
+                )
+            )
 
 
 class _Workspace(threading.local):

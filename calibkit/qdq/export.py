@@ -160,7 +160,13 @@ def export_qdq(
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise CalibkitError(
-            f"the scales have no entry for activation {missing[0]!r}{more}, an input of a quantized op; recalibrate this model (scales from another graph?)"
+            f"the scales have no entry for activation {missing[0]!r}{more}, an input of a quantized op; "
+            + (
+                "--placement ort also quantizes tensors that calibrate's --tensors trt and qdq leave out (Conv outputs): "
+                "recalibrate with --tensors all (or these scales are from another graph)"
+                if placement not in TRT_PLACEMENTS
+                else "recalibrate this model (scales from another graph?)"
+            )
         )
     target = Path(out_path)
     if target.is_dir():
