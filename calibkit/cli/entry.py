@@ -88,13 +88,10 @@ def _settled() -> None:
     tracing through Python's shutdown and replacing the run's exit status."""
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(s) in (_on_sigint, _on_sigterm, _on_sighup):
-            signal.signal(s, _after_the_end)
-
-
-def _after_the_end(signum, frame) -> None:
-    from calibkit.cli.signals import RECEIVED
-
-    RECEIVED.append(signum)
+            # SIG_IGN, not a Python handler: Python's finalisation puts SIG_DFL back under every
+            # Python-level handler, and a signal landing then killed the finished run (exit 130
+            # after a complete set, without a word); an ignored signal stays ignored to the end.
+            signal.signal(s, signal.SIG_IGN)
 
 
 def _run_command(cli) -> None:
