@@ -160,8 +160,10 @@ def check_table(table: ScaleTable, where: str = "scales") -> None:
 
 def read(path: str | Path) -> ScaleTable:
     from calibkit.outputs.publish import verify
+    from calibkit.outputs.sets import settle
 
     p = Path(path)
+    settle(p)  # finish a publish cut off after its commit point before reading (then verify after)
     if not p.is_file() and not p.is_dir():  # a FIFO would block the read for good
         from calibkit.graph.model import not_a_file
 

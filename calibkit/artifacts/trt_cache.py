@@ -126,8 +126,10 @@ def parse(text: str, where: str = "cache") -> Cache:
 
 def read(path: str | Path) -> Cache:
     from calibkit.outputs.publish import verify
+    from calibkit.outputs.sets import settle
 
     p = Path(path)
+    settle(p)  # finish a publish cut off after its commit point before reading (then verify after)
     if not p.is_file() and not p.is_dir():  # a FIFO would block the read for good
         from calibkit.graph.model import not_a_file
 

@@ -210,7 +210,10 @@ class Transaction:
         own = f"{self.name}.manifest.json"
         # sets published here, and in sub-folders whose sets hold files up here (compare's
         # per-method sets list the report beside them as ../r.html)
-        homes = [parent, *(m.parent.parent for m in sorted(parent.glob(f"*/{META}")) + sorted(parent.glob(f"*/*/{META}")))]
+        homes = [
+            parent,
+            *(m.parent.parent for m in sorted(parent.glob(f"*/{META}")) + sorted(parent.glob(f"*/*/{META}"))),
+        ]
         for home in dict.fromkeys(homes):
             rel = os.path.relpath(t.absolute(), home.absolute())
             for mf in _manifests(home):

@@ -3,6 +3,8 @@ the fifth new-user attack found. Real CLI, real files."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from test_hostile_pass2 import _one_line_error as _error  # exit 1, no traceback, one "calibkit: error:" line
 
 
@@ -90,3 +92,53 @@ def test_a_signal_after_the_run_ended_does_not_change_its_exit_status(tmp_path):
     for _ in range(3):
         r = subprocess.run([sys.executable, "-c", PESTER], capture_output=True, text=True, cwd=tmp_path, timeout=60)
         assert r.returncode == 0 and "calibkit, version" in r.stdout, (r.returncode, r.stderr[-500:])
+
+
+def _committed_but_not_moved(old: Path, new: Path, d: Path) -> None:
+    """``d`` = the ``old`` set with ``new``'s files staged and a journal naming their moves: the
+    state a publish of ``new`` killed right after its commit point leaves."""
+    import json
+    import shutil
+
+    shutil.copytree(old, d)
+    run = "20990101T000000-deadbeef"
+    a, b = d / ".calibkit" / f"stage-{run}-a", d / ".calibkit" / f"stage-{run}-b"
+    a.mkdir()
+    b.mkdir()
+    files = [f.name for f in new.iterdir() if f.is_file()]
+    for f in files:
+        shutil.copy2(new / f, a / f)
+    manifest = next((new / ".calibkit").glob("*.manifest.json"))
+    shutil.copy2(manifest, b / manifest.name)
+    moves = [[f"stage-{run}-a/{f}", f] for f in files]
+    moves.append([f"stage-{run}-b/{manifest.name}", f".calibkit/{manifest.name}"])
+    journal = d / ".calibkit" / manifest.name.replace(".manifest.json", ".journal.json")
+    journal.write_text(json.dumps({"format": "calibkit-journal", "version": 2, "run_id": run, "moves": moves}))
+
+
+def test_a_reader_finishes_a_committed_publish_before_it_reads(cli, tmp_path, conv_model):
+    """After a publish killed past its commit point, export-qdq/inspect read the OLD scales and
+    cache, and only then moved the new set in: their output disagreed with the folder (attack 5)."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    for name, s in (("a.npz", 1.0), ("b.npz", 4.0)):
+        np.savez(tmp_path / name, x=rng.normal(0, s, (16, 3, 8, 8)).astype(np.float32))
+    cli("calibrate", conv_model, "--data", tmp_path / "a.npz", "-o", tmp_path / "old")
+    cli("calibrate", conv_model, "--data", tmp_path / "b.npz", "-o", tmp_path / "new")
+    cli("export-qdq", conv_model, "--scales", tmp_path / "new" / "scales.json", "-o", tmp_path / "want.onnx")
+    cache = next((tmp_path / "new").glob("*.cache")).name
+
+    _committed_but_not_moved(tmp_path / "old", tmp_path / "new", tmp_path / "d1")
+    cli("export-qdq", conv_model, "--scales", tmp_path / "d1" / "scales.json", "-o", tmp_path / "got.onnx")
+    assert (tmp_path / "got.onnx").read_bytes() == (tmp_path / "want.onnx").read_bytes()
+    assert (tmp_path / "d1" / "scales.json").read_bytes() == (tmp_path / "new" / "scales.json").read_bytes()
+
+    _committed_but_not_moved(tmp_path / "old", tmp_path / "new", tmp_path / "d2")
+    got = cli("inspect", tmp_path / "d2" / cache).stdout
+    assert got == cli("inspect", tmp_path / "new" / cache).stdout.replace(str(tmp_path / "new"), str(tmp_path / "d2"))
+
+    from calibkit.artifacts import scales
+
+    _committed_but_not_moved(tmp_path / "old", tmp_path / "new", tmp_path / "d3")  # the Python API too
+    assert scales.read(tmp_path / "d3" / "scales.json").amax() == scales.read(tmp_path / "new" / "scales.json").amax()
