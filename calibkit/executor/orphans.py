@@ -41,15 +41,40 @@ def spawning():
     worker starts with it blocked (the mask survives fork and exec) and a Ctrl-C to the process
     group cannot interrupt its imports with a traceback; this process still gets it (another
     thread takes it, or it is delivered on leaving)."""
-    block = getattr(signal, "pthread_sigmask", None)
-    if block is None:
+    with _deferred_handlers():
+        block = getattr(signal, "pthread_sigmask", None)
+        if block is None:
+            yield
+            return
+        old = block(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            block(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def _deferred_handlers():
+    """The Python handlers of SIGINT/SIGTERM/SIGHUP record a signal instead of raising while a
+    worker is spawned, and the first one recorded is raised on leaving. Python runs its handlers
+    in the main thread whichever thread the signal reached, so blocking a thread is not enough: a
+    SIGTERM raised mid-spawn cut the pickled start-up data a worker was reading, and the worker
+    printed multiprocessing's traceback (``pickle data was truncated``; attack 5)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = block(signal.SIG_BLOCK, {signal.SIGINT})
+    got: list[int] = []
+    previous = {}
+    for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if s is not None and callable(signal.getsignal(s)):
+            previous[s] = signal.signal(s, lambda signum, frame: got.append(signum))
     try:
         yield
     finally:
-        block(signal.SIG_SETMASK, old)
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if got:
+            previous[got[0]](got[0], None)  # the run's own handler: raises its interrupt now
 
 
 def quiet_cancelled_results() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from test_hostile_pass2 import _one_line_error as _error  # exit 1, no traceback, one "calibkit: error:" line
 
 
@@ -142,3 +143,89 @@ def test_a_reader_finishes_a_committed_publish_before_it_reads(cli, tmp_path, co
 
     _committed_but_not_moved(tmp_path / "old", tmp_path / "new", tmp_path / "d3")  # the Python API too
     assert scales.read(tmp_path / "d3" / "scales.json").amax() == scales.read(tmp_path / "new" / "scales.json").amax()
+
+
+def _children(pid: int) -> list[int]:
+    import os
+
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def _session(sid: int) -> list[int]:
+    import os
+
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                out.append(int(d))
+    return out
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_signal_while_workers_start_prints_no_worker_traceback(tmp_path, sig):
+    """SIGTERM/SIGHUP to calibkit alone while its --workers were being spawned cut the pickled
+    start-up data a worker was reading: the worker printed multiprocessing's traceback
+    (``pickle data was truncated``, ``FileNotFoundError``) under calibkit's message (attack 5)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import calibkit.demo as demo
+
+    d = Path(demo.__file__).parent
+    cmd = [
+        sys.executable,
+        "-m",
+        "calibkit",
+        "quantize",
+        d / "digits_cnn.onnx",
+        "--data",
+        d / "digits" / "calib",
+        "--val",
+        d / "digits" / "val",
+        "--preprocess",
+        d / "digits" / "preprocess.json",
+        "--min-cosine",
+        "0.99995",
+        "--thresholds",
+        "auto",
+        "--workers",
+        "2",
+        "-o",
+        tmp_path / "q",
+    ]
+    env = {**os.environ, "CALIBKIT_CACHE": str(tmp_path / "cache"), "NO_COLOR": "1"}
+    p = subprocess.Popen(
+        list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    deadline = time.monotonic() + 240
+    while p.poll() is None and len(_children(p.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert p.poll() is None, p.communicate()[1][-2000:]
+    os.kill(p.pid, getattr(signal, sig))
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + getattr(signal, sig), err[-2000:]
+    assert "Traceback" not in err and "interrupted" in err, err[-3000:]
+    assert not (tmp_path / "q").exists() or not any((tmp_path / "q").glob("*.onnx"))
+    deadline = time.monotonic() + 60  # workers that were still starting see their parent gone and end
+    while _session(p.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _session(p.pid)
