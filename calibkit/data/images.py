@@ -184,6 +184,12 @@ def load_image(path: Path, pre: Preprocess) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
+            if im.mode.startswith(("I", "F")):  # I;16 (16-bit PNG), I (32-bit), F (float TIFF)
+                raise CalibkitError(
+                    f"image {path} has {im.mode} pixels (16-bit, 32-bit or float): calibkit decodes 8-bit images "
+                    "(0-255, then --scale/--mean/--std), and converting would clip every value above 255; convert "
+                    "the images to 8 bits, or give the data as .npy/.npz with your own preprocessing"
+                )
             im = im.convert("L" if pre.channels == "L" else "RGB")
             if pre.size is not None:
                 h, w = pre.size

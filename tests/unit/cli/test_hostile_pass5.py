@@ -229,3 +229,38 @@ def test_a_signal_while_workers_start_prints_no_worker_traceback(tmp_path, sig):
     while _session(p.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _session(p.pid)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_images_deeper_than_8_bits_are_refused_not_clipped(cli, tmp_path, mode):
+    """A 16-bit PNG of value 30000 was decoded as 255 (and 100 as 100/255): Pillow's conversion
+    to L/RGB clips. Such images are refused, naming the file and the mode (attack 5)."""
+    import numpy as np
+    from PIL import Image
+
+    import calibkit.demo as demo
+
+    d = Path(demo.__file__).parent
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    arr = np.full((8, 8), 30000, np.uint16 if mode == "I;16" else np.int32 if mode == "I" else np.float32)
+    ext = "png" if mode == "I;16" else "tiff"
+    for i in range(2):
+        im = Image.fromarray(arr)
+        assert im.mode == mode
+        im.save(imgs / f"{i}.{ext}")
+    line = _error(
+        cli(
+            "calibrate",
+            d / "digits_cnn.onnx",
+            "--data",
+            imgs,
+            "--preprocess",
+            d / "digits" / "preprocess.json",
+            "-o",
+            tmp_path / "x",
+            expect=None,
+        )
+    )
+    assert mode in line and f"0.{ext}" in line, line
+    assert not (tmp_path / "x").exists()
