@@ -64,6 +64,15 @@ def _leave_stray_threads(code) -> None:
     process after the command ended, deaf to SIGTERM while Python waits for them: say so and
     end now, after the exit handlers (what Python's own exit would run before waiting)."""
     mod = sys.modules.get("calibkit.data.usercode")
+    if mod is not None:
+        procs = mod.running(mod.USER_PROCESSES & mod.children())
+        if procs:
+            with contextlib.suppress(Exception):
+                shown = ", ".join(map(str, procs[:5])) + (", ..." if len(procs) > 5 else "")
+                sys.stderr.write(
+                    f"calibkit: warning: {len(procs)} process(es) started by user code still run (pid {shown}); "
+                    "calibkit does not wait for them or stop them\n"
+                )
     stray = [t for t in getattr(mod, "USER_THREADS", []) if t.is_alive()]
     if not stray:
         return

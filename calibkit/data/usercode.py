@@ -27,6 +27,30 @@ class HardExit(BaseException):  # not an Exception: the user's `except Exception
 
 
 USER_THREADS: list[threading.Thread] = []  # non-daemon threads the user's code started (the CLI does not wait for them)
+USER_PROCESSES: set[int] = set()  # child processes the user's code started (said at the end if still running)
+
+
+def children() -> set[int]:
+    """This process's child processes (Linux: /proc/self/task/*/children; elsewhere none known)."""
+    import glob
+
+    out: set[int] = set()
+    for f in glob.glob("/proc/self/task/*/children"):
+        with contextlib.suppress(OSError, ValueError):
+            with open(f) as fh:
+                out.update(int(x) for x in fh.read().split())
+    return out
+
+
+def running(pids) -> list[int]:
+    """Those of ``pids`` that still run (not exited and waiting to be reaped)."""
+    out = []
+    for pid in sorted(pids):
+        with contextlib.suppress(OSError, IndexError):
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(pid)
+    return out
 _PID = [os.getpid()]  # the process whose threads are guarded (a fork of the user's code is not)
 
 
@@ -46,6 +70,7 @@ def no_hard_exit(where: str = "user code"):
     pid = os.getpid()
     streams = (sys.stdout, sys.stderr)
     before = set(threading.enumerate())
+    kids = children()
     with _lock:
         if not _owners:
             _PID[0] = pid
@@ -69,6 +94,7 @@ def no_hard_exit(where: str = "user code"):
                 os._exit = _REAL_EXIT
         touched = _restore_streams(streams)
         USER_THREADS.extend(t for t in threading.enumerate() if t not in before and not t.daemon)
+        USER_PROCESSES.update(children() - kids)
     if touched:
         from calibkit.errors import CalibkitError
 

@@ -264,3 +264,40 @@ def test_images_deeper_than_8_bits_are_refused_not_clipped(cli, tmp_path, mode):
     )
     assert mode in line and f"0.{ext}" in line, line
     assert not (tmp_path / "x").exists()
+
+
+def test_a_process_a_metric_forked_and_left_running_is_named(cli, tmp_path, calibrated, conv_data):
+    """A metric that forks a child sleeping 20 s: validate exited 0 saying nothing, and a pipe
+    to `tail` hung until the child ended (threads left running were already named)."""
+    import numpy as np
+
+    model, cal = calibrated
+    n = len(np.load(conv_data)["x"])
+    np.save(tmp_path / "labels.npy", np.zeros(n, np.int64))
+    (tmp_path / "met.py").write_text(
+        "import os, time\n"
+        "import numpy as np\n"
+        "def forker(outputs, labels):\n"
+        "    if os.fork() == 0:\n"
+        "        os.closerange(0, 3)\n"
+        "        time.sleep(20)\n"
+        "        os._exit(0)\n"
+        "    return np.ones(len(labels))\n"
+    )
+    r = cli(
+        "validate",
+        model,
+        "--scales",
+        cal / "scales.json",
+        "--data",
+        conv_data,
+        "--labels",
+        tmp_path / "labels.npy",
+        "--metric",
+        f"{tmp_path / 'met.py'}:forker",
+        "--report",
+        tmp_path / "r.html",
+        expect=None,
+    )
+    assert "process(es) started by user code still run" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
