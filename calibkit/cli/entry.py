@@ -130,11 +130,17 @@ def _run_command(cli) -> None:
 def _name_removed() -> None:
     """The files of a previous set that the new one replaced without a file of the same name
     (another model's cache in the same -o): said, since the user may not expect it."""
-    from calibkit.outputs.publish import REMOVED
+    from calibkit.outputs.publish import EDITED, REMOVED
 
     if REMOVED:
         shown = ", ".join(str(p) for p in REMOVED[:4]) + (f", ... {len(REMOVED) - 4} more" if len(REMOVED) > 4 else "")
         sys.stderr.write(f"calibkit: note: removed {len(REMOVED)} file(s) of the set this run replaced: {shown}\n")
+    if EDITED:
+        shown = ", ".join(str(p) for p in EDITED[:4]) + (f", ... {len(EDITED) - 4} more" if len(EDITED) > 4 else "")
+        sys.stderr.write(
+            f"calibkit: note: replaced {len(EDITED)} file(s) that had been edited after their set was published "
+            f"(the edits are gone): {shown}\n"
+        )
 
 
 def _check_onnxruntime() -> None:

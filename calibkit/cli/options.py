@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import click
@@ -271,6 +272,28 @@ def parallel_from(kw: dict) -> dict:
 OUTPUT_OPTIONS = frozenset({"output", "output_dir", "report", "results", "json_path"})  # what a run writes
 
 
+def _early_output_checks(kwargs: dict) -> None:
+    """Outputs refused at publish time for their path alone (inside a .calibkit folder, or a file
+    that is an input of the run) are refused before the work, not after a whole inference."""
+    from pathlib import Path
+
+    from calibkit.outputs.sets import META, check_not_input
+
+    command = click.get_current_context().info_name or ""
+    for key in OUTPUT_OPTIONS:
+        value = kwargs.get(key)
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            continue
+        p = Path(value)
+        if META in p.parts[:-1] or (key == "output_dir" and META in p.parts):
+            raise CalibkitError(
+                f"output {p} is inside a {META} folder, where calibkit keeps its publishing records; "
+                "choose an output path outside it"
+            )
+        if key != "output_dir" and not p.is_dir():
+            check_not_input(p, command)
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn CalibkitError into a one-line message and exit code 1 (no traceback)."""
 
@@ -282,6 +305,7 @@ def user_errors(fn: Callable) -> Callable:
 
             sweep()  # scratch folders of runs that were killed (SIGKILL, out of memory)
             note_inputs({k: v for k, v in kwargs.items() if k not in OUTPUT_OPTIONS})
+            _early_output_checks(kwargs)
             return fn(*args, **kwargs)
         except CalibkitError as exc:
             signum = interrupt_behind(exc)  # e.g. a loader's import that the user's Ctrl-C broke

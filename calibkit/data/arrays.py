@@ -79,6 +79,12 @@ class NpzSource:
             self.axes[k] = axis
         counts = {k: self._shapes[k][a] for k, a in self.axes.items() if a is not None}
         if len(set(counts.values())) > 1:
+            extra = [k for k in counts if specs and k not in given]
+            if extra:
+                raise CalibkitError(
+                    f"{path}: array {extra[0]!r} is not an input of the model (its inputs: {', '.join(given)}) and "
+                    f"disagrees on the number of samples ({counts}); remove it from the .npz"
+                )
             raise CalibkitError(
                 f"{path}: arrays disagree on the number of samples: {counts}; give each input's sample axis with --batch-axis NAME:AXIS (NAME:none to pass it whole)"
             )

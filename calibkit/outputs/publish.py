@@ -354,6 +354,7 @@ class Transaction:
 
 
 REMOVED: list[Path] = []  # files of replaced sets this process removed (the CLI names them at the end)
+EDITED: list[Path] = []  # files the new set replaced that had been edited since their set was published
 
 
 def _remove_left_over(directory: Path, manifest: Path, keep: set[str]):
@@ -367,9 +368,14 @@ def _remove_left_over(directory: Path, manifest: Path, keep: set[str]):
     except (OSError, ValueError, AttributeError):
         old = {}
     root = directory.resolve()
-    gone = []
+    gone, edited = [], []
     for name, digest in old.items() if isinstance(old, dict) else ():
-        if name in keep or not isinstance(name, str) or not isinstance(digest, str):
+        if not isinstance(name, str) or not isinstance(digest, str):
+            continue
+        if name in keep:
+            q = directory / name
+            if q.is_file() and not q.is_symlink() and sha256_file(q) != digest:
+                edited.append(q)  # replaced as the run asked, but said: the edit is gone
             continue
         p = (directory / name).resolve()
         if root not in p.parents or p.is_symlink() or not p.is_file():
@@ -377,6 +383,7 @@ def _remove_left_over(directory: Path, manifest: Path, keep: set[str]):
         gone.append((p, digest))
 
     def remove() -> None:
+        EDITED.extend(edited)
         for p, digest in gone:
             if sha256_file(p) == digest:
                 p.unlink()

@@ -301,3 +301,53 @@ def test_a_process_a_metric_forked_and_left_running_is_named(cli, tmp_path, cali
     )
     assert "process(es) started by user code still run" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+def test_an_extra_array_in_the_npz_is_named(cli, tmp_path, conv_model):
+    """An .npz with an array that is no model input said "arrays disagree on the number of
+    samples ... give --batch-axis" (attack 5)."""
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 3, 8, 8), np.float32), c=np.zeros(3, np.float32))
+    line = _error(cli("calibrate", conv_model, "--data", tmp_path / "d.npz", "-o", tmp_path / "o", expect=None))
+    assert "'c' is not an input of the model" in line and "remove it" in line, line
+
+
+def test_an_output_that_is_an_input_is_refused_before_the_work(cli, tmp_path, calibrated, conv_data):
+    """diff/compare refused an output that is an input only when publishing, after the work."""
+    import time
+
+    model, cal = calibrated
+    scales = cal / "scales.json"
+    before = scales.read_bytes()
+    t = time.monotonic()
+    line = _error(
+        cli(
+            "compare",
+            model,
+            "--histograms",
+            cal / "histograms.npz",
+            "--data",
+            conv_data,
+            "--report",
+            scales,
+            expect=None,
+        )
+    )
+    assert "also an input" in line, line
+    assert scales.read_bytes() == before
+    line = _error(cli("diff", scales, scales, "--json", tmp_path / "x" / ".calibkit" / "d.json", expect=None))
+    assert ".calibkit" in line, line
+    assert time.monotonic() - t < 60
+
+
+def test_a_rerun_that_replaces_a_hand_edited_file_says_so(cli, tmp_path, calibrated, conv_data):
+    """Re-running calibrate into the same -o replaced a hand-edited scales.json without a word,
+    while hand-edited leftovers of the old set were kept and named (attack 5)."""
+    model, cal = calibrated
+    scales = cal / "scales.json"
+    scales.write_text(scales.read_text().replace('"amax"', '"amax" ', 1))  # an edit (same meaning)
+    r = cli("calibrate", model, "--data", conv_data, "-o", cal)
+    assert "edited after their set was published" in r.stderr and str(scales) in r.stderr, r.stderr
+    r = cli("calibrate", model, "--data", conv_data, "-o", cal)  # nothing edited: nothing said
+    assert "edited" not in r.stderr, r.stderr
