@@ -176,6 +176,16 @@ class Pipeline:
                 recovery["kept"] = True
             else:
                 recovery = {**recovery, "kept": False}
+                if o.recovery.bias_correction and o.recovery.bias_terms == "full":
+                    # the whole mean shift lost (MiniLM: a few tokens' clipped outliers make it):
+                    # the other candidate corrects only what weight rounding shifts
+                    self.say("weight recovery again, the bias corrected for weight rounding's shift only")
+                    alt_opts = replace(o.recovery, bias_terms="weights")
+                    alt, alt_doc = recover_weights(model, amax, rec_feeds, alt_opts, self.device, self._layer_progress)
+                    row = self._stage(label + " (weight rounding's shift only)", "recovery_weights", alt, amax)
+                    if alt_doc["layers"] and self._keep(row, "weight recovery (weight rounding's shift only)"):
+                        model = alt
+                        recovery = {**alt_doc, "kept": True, "bias_terms": "weights"}
         self.model, self.amax, self.hset, self.why = model, amax, hset, why
         self.excluded: list[str] = []
         self.fallback_doc = None

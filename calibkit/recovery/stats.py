@@ -95,6 +95,9 @@ def output_variance(m: Moments, w: np.ndarray) -> np.ndarray:
     return np.maximum(_quad(w, m.cov_xx(), w), 0.0)
 
 
-def mean_shift(m: Moments, w: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Per output row, ``E[w.x] - E[v.x~]``: what to add to the bias. [G, R]."""
+def mean_shift(m: Moments, w: np.ndarray, v: np.ndarray, terms: str = "full") -> np.ndarray:
+    """Per output row, what to add to the bias [G, R]: ``E[w.x] - E[v.x~]`` (``full``), or the
+    part weight rounding causes, ``(w - v).E[x~]`` (``weights``)."""
+    if terms == "weights":
+        return np.einsum("grk,gk->gr", w - v, m.mean_q)
     return np.einsum("grk,gk->gr", w, m.mean_x) - np.einsum("grk,gk->gr", v, m.mean_q)

@@ -400,3 +400,29 @@ def test_an_all_zero_activation_gets_a_usable_amax(cli, tmp_path):
     qdq = _qdq_amax(tmp_path / "q" / "z.qdq.onnx")
     for t, a in qdq.items():  # an all-zero tensor is exported with scale 1 (any scale is exact on zeros)
         assert scales[t].get("degenerate") or abs(scales[t]["amax"] - a) <= 1e-5 * a, t
+
+
+def test_recovery_with_weight_rounding_shift_only_is_the_second_candidate(tmp_path, monkeypatch):
+    """When the recovered weights with the whole mean shift corrected are not kept, quantize
+    tries them with only weight rounding's shift corrected, and keeps that if it scores better."""
+    import calibkit.quantize.pipeline as P
+
+    terms = []
+    real = P.recover_weights
+
+    def spy(model, amax, feeds, opts, *a, **k):
+        terms.append(opts.bias_terms)
+        return real(model, amax, feeds, opts, *a, **k)
+
+    monkeypatch.setattr(P, "recover_weights", spy)
+    monkeypatch.setattr(P.Pipeline, "_keep", lambda self, row, name: row["step"] != "recovery" or (row.update(kept=False) or False))
+    from calibkit.quantize import QuantizeOptions, quantize
+    from calibkit.recovery import RecoveryOptions
+
+    model, cal, val = _inputs(tmp_path)
+    res = quantize(model, cal, val, tmp_path / "q", options=QuantizeOptions(
+        recovery=RecoveryOptions(iterations=20), fallback=False))
+    assert terms == ["full", "weights"]
+    steps = {s["step"]: s for s in res.doc["stages"]}
+    assert steps["recovery"]["kept"] is False and steps["recovery_weights"].get("kept", True)
+    assert res.doc["recovery"]["kept"] is True and res.doc["recovery"]["bias_terms"] == "weights"
