@@ -304,6 +304,24 @@ class Transaction:
         _fsync_dir(journal.parent)
         return journal
 
+    def _inputs_here(self, outputs: set[str]) -> dict[str, str]:
+        """{name: sha256} of the files this run read (sets.INPUTS) that lie in this folder and
+        are not replaced by this set: a later run that replaces one makes this set stale, and
+        readers say so (``verify``)."""
+        from calibkit.outputs.sets import INPUTS
+
+        root = self.directory.resolve()
+        out = {}
+        for p in INPUTS:
+            if root not in p.parents or META in p.relative_to(root).parts:
+                continue
+            rel = str(p.relative_to(root))
+            if rel in outputs or not p.is_file():
+                continue
+            with contextlib.suppress(OSError):
+                out[rel] = sha256_file(p)
+        return dict(sorted(out.items()))
+
     def commit(self) -> dict[str, Path]:
         files = {self._relative(t): sha256_file(s) for t, s in self.staged.items()}
         files.update({self._relative(t): sha256_file(t) for t in self.kept if t.is_file()})
@@ -314,6 +332,9 @@ class Transaction:
             "command": self.command,
             "files": dict(sorted(files.items())),
         }
+        inputs = self._inputs_here(set(files))
+        if inputs:
+            manifest["inputs"] = inputs
         meta = self.directory / META
         manifest_target = meta / f"{self.name}.manifest.json"
         self.after_commit.append(_remove_left_over(self.directory, manifest_target, set(files)))

@@ -303,6 +303,7 @@ def _verify_in(p: Path, directory: Path) -> None:
         if rel not in doc["files"]:
             continue
         command = doc.get("command") if isinstance(doc.get("command"), str) else "calibrate"
+        check_inputs_current(doc, directory, p, mf, command)
         for name, digest in sorted(doc["files"].items()):
             f = directory / name
             if not f.is_file():
@@ -317,6 +318,24 @@ def _verify_in(p: Path, directory: Path) -> None:
                     f"the set is mixed (edited or overwritten by hand?); re-run `calibkit {command}` into {directory}, "
                     f"or delete {mf} to use the files as they are"
                 )
+
+
+def check_inputs_current(doc: dict, directory: Path, p: Path, mf: Path, command: str) -> None:
+    """A set records the files of its own folder it was made from (``inputs``): one replaced
+    since (a later calibrate into the folder) leaves this set describing the old one."""
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, dict):
+        return
+    for name, digest in sorted(inputs.items()):
+        if not isinstance(name, str) or not isinstance(digest, str):
+            continue
+        f = directory / name
+        if not f.is_file() or sha256_file(f) != digest:
+            raise CalibkitError(
+                f"{p.name} in {directory} was made by `calibkit {command}` (run {doc.get('run_id')}) from {name} as it "
+                f"was then, and {name} has since been {'removed' if not f.is_file() else 'replaced'} (a later run into "
+                f"{directory}?): it describes the old one; re-run `calibkit {command}`, or delete {mf} to use the files as they are"
+            )
 
 
 # --------------------------------------------------------------------------- inputs of the run
@@ -347,6 +366,8 @@ def note_inputs(named: dict[str, object]) -> None:
                 for mf in _manifests(home):
                     doc = read_manifest(mf)
                     if doc and os.path.relpath(p.resolve(), home) in doc["files"]:
+                        command = doc.get("command") if isinstance(doc.get("command"), str) else "calibrate"
+                        check_inputs_current(doc, home, p, mf, command)
                         for name in doc["files"]:
                             q = (home / str(name)).resolve()
                             INPUTS.setdefault(q, (f"{label}'s set", str(doc.get("command"))))

@@ -351,3 +351,51 @@ def test_a_rerun_that_replaces_a_hand_edited_file_says_so(cli, tmp_path, calibra
     assert "edited after their set was published" in r.stderr and str(scales) in r.stderr, r.stderr
     r = cli("calibrate", model, "--data", conv_data, "-o", cal)  # nothing edited: nothing said
     assert "edited" not in r.stderr, r.stderr
+
+
+def test_a_set_made_from_files_a_later_run_replaced_is_refused(cli, tmp_path, monkeypatch):
+    """fallback written into a calibrate folder, then a re-calibration there: fallback's
+    keep-fp16.txt described the old scales and `build` took it (attack 2 of session 4). A set
+    now records the files of its folder it was made from, and readers refuse it once one is replaced."""
+    import calibkit.demo as demo
+
+    monkeypatch.setenv("CALIBKIT_CACHE", str(tmp_path / "cache"))
+    d = Path(demo.__file__).parent
+    model, pre = d / "digits_cnn.onnx", d / "digits" / "preprocess.json"
+    cal = tmp_path / "cal"
+    cli("calibrate", model, "--data", d / "digits" / "calib", "--preprocess", pre, "-o", cal)
+    cli(
+        "fallback",
+        model,
+        "--scales",
+        cal / "scales.json",
+        "--data",
+        d / "digits" / "val",
+        "--preprocess",
+        pre,
+        "--min-cosine",
+        "0.9999",
+        "-o",
+        cal,
+        expect=None,
+    )
+    build = (
+        "build",
+        model,
+        "--engine",
+        tmp_path / "e.plan",
+        "--int8",
+        "--cache",
+        cal / "digits_cnn.cache",
+        "--from-report",
+        cal / "keep-fp16.txt",
+        "--print-trtexec",
+        "--trt-major",
+        "10",
+        "--shapes",
+        "image:1x1x8x8/8x1x8x8/32x1x8x8",
+    )
+    assert "--layerPrecisions" in cli(*build).stdout
+    cli("calibrate", model, "--data", d / "digits" / "val", "--preprocess", pre, "-o", cal)
+    line = _error(cli(*build, expect=None))
+    assert "keep-fp16.txt" in line and "re-run `calibkit fallback`" in line, line
