@@ -49,8 +49,12 @@ class InProcess(Executor):
             self._entered = False
 
 
-def _init_worker(parent_pid: int, setup: Callable[..., Any] | None, setup_args: Sequence[Any]) -> None:
+def _init_worker(parent_pid: int, setup_file: str) -> None:
     init_worker(parent_pid)  # dies with the parent, also one killed while this worker was starting
+    import pickle
+
+    with open(setup_file, "rb") as fh:
+        setup, setup_args = pickle.load(fh)  # calibkit's own file, written by the parent just before
     run_setup(setup, setup_args)
 
 
@@ -77,12 +81,24 @@ class ProcessPool(Executor):
         self._seen: dict[int, multiprocessing.process.BaseProcess] = {}
 
     def __enter__(self) -> ProcessPool:
+        import pickle
+
+        from calibkit.outputs import scratch
+
+        # The setup (a model's bytes, the reference outputs: megabytes) goes to the workers in a
+        # file, not in their start-up data: a worker's start-up data is written to its pipe while
+        # the run's signals are deferred (orphans.spawning), and a write bigger than the pipe to a
+        # worker killed meanwhile (SIGTERM to the process group) would block for good.
+        self._scratch = scratch.make("workers")
+        setup_file = self._scratch / "setup.pickle"
+        with open(setup_file, "wb") as fh:
+            pickle.dump((self._setup, self._setup_args), fh, protocol=pickle.HIGHEST_PROTOCOL)
         ctx = multiprocessing.get_context("spawn")
         self._pool = ProcessPoolExecutor(
             self.workers,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(os.getpid(), self._setup, self._setup_args),
+            initargs=(os.getpid(), str(setup_file)),
         )
         return self
 
@@ -132,6 +148,14 @@ class ProcessPool(Executor):
         pool, self._pool = self._pool, None
         if pool is None:
             return
+        try:
+            self._close(pool, abort)
+        finally:
+            from calibkit.outputs import scratch
+
+            scratch.release(self._scratch)
+
+    def _close(self, pool: ProcessPoolExecutor, abort: bool) -> None:
         self._remember_processes()
         if not abort:
             pool.shutdown(wait=True)
