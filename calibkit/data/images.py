@@ -203,6 +203,10 @@ def load_image(path: Path, pre: Preprocess) -> np.ndarray:
             a = np.asarray(im, dtype=np.float32)
     except (UnidentifiedImageError, OSError) as exc:
         raise CalibkitError(f"cannot read image {path}: {exc}") from None
+    except Image.DecompressionBombError as exc:  # more pixels than Pillow agrees to decode
+        raise CalibkitError(
+            f"image {path} is too large to decode ({exc}); resize it, or give the data as .npy/.npz"
+        ) from None
     if a.ndim == 2:
         a = a[:, :, None]
     if pre.channels == "BGR":

@@ -399,3 +399,35 @@ def test_a_set_made_from_files_a_later_run_replaced_is_refused(cli, tmp_path, mo
     cli("calibrate", model, "--data", d / "digits" / "val", "--preprocess", pre, "-o", cal)
     line = _error(cli(*build, expect=None))
     assert "keep-fp16.txt" in line and "re-run `calibkit fallback`" in line, line
+
+
+def test_an_image_over_pillows_pixel_limit_is_one_line(cli, tmp_path):
+    """A PNG declaring 20000x20000 pixels: Pillow's DecompressionBombError came out as a traceback."""
+    import struct
+    import zlib
+
+    import calibkit.demo as demo
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    (imgs / "bomb.png").write_bytes(png)
+    d = Path(demo.__file__).parent
+    line = _error(
+        cli(
+            "calibrate",
+            d / "digits_cnn.onnx",
+            "--data",
+            imgs,
+            "--preprocess",
+            d / "digits" / "preprocess.json",
+            "-o",
+            tmp_path / "x",
+            expect=None,
+        )
+    )
+    assert "bomb.png" in line and "too large" in line, line
