@@ -164,6 +164,10 @@ def calibrate(
     data = kw.pop("data")
     if data is None and histograms is None:
         raise click.UsageError("give --data (or --histograms to re-threshold stored histograms)")
+    if ray_address is not None:
+        from calibkit.cli.options import check_ray
+
+        check_ray()
     if shards is not None:
         _calibrate_shards(model, data, method, cfg, pre, feed, output_dir, histograms, devices, shards, kw, locals())
         return

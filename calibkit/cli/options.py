@@ -266,7 +266,24 @@ def parallel_from(kw: dict) -> dict:
 
     workers = kw.pop("workers", None)
     ray = kw.pop("ray_address", None)
+    if ray is not None:
+        check_ray()
     return {"workers": None if workers is None else check_workers(workers), "ray": ray}
+
+
+def check_ray() -> None:
+    """--ray without Ray installed is refused before any work: the run would otherwise fail
+    only where it first needs an evaluation, or claim Ray ran when every one was reused."""
+    import importlib.util
+
+    from calibkit.executor.ray_exec import NEEDS_RAY
+
+    try:
+        found = importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise CalibkitError(NEEDS_RAY)
 
 
 OUTPUT_OPTIONS = frozenset({"output", "output_dir", "report", "results", "json_path"})  # what a run writes

@@ -431,3 +431,49 @@ def test_an_image_over_pillows_pixel_limit_is_one_line(cli, tmp_path):
         )
     )
     assert "bomb.png" in line and "too large" in line, line
+
+
+NO_RAY = """
+import sys
+
+
+class _NoRay:  # this interpreter has no Ray, whatever is installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            raise ModuleNotFoundError("No module named 'ray'")
+        return None
+
+
+sys.meta_path.insert(0, _NoRay())
+"""
+
+
+def test_ray_without_ray_installed_is_refused_before_the_work(cli, tmp_path, calibrated, conv_data, monkeypatch):
+    """fallback --ray auto with Ray missing exited 0 saying the evaluations ran "on Ray" when all
+    were reused from the journal; quantize ignored --ray until its fallback (attack 5b)."""
+    import os
+
+    hide = tmp_path / "noray"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(NO_RAY)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hide), os.environ.get("PYTHONPATH")])))
+    model, cal = calibrated
+    for args in (
+        (
+            "fallback",
+            model,
+            "--scales",
+            cal / "scales.json",
+            "--data",
+            conv_data,
+            "--ray",
+            "auto",
+            "-o",
+            tmp_path / "f",
+        ),
+        ("quantize", model, "--data", conv_data, "--val", conv_data, "--ray", "auto", "-o", tmp_path / "q"),
+        ("calibrate", model, "--data", conv_data, "--ray", "auto", "-o", tmp_path / "c"),
+    ):
+        line = _error(cli(*args, expect=None))
+        assert "--ray needs Ray" in line, (args[0], line)
+    assert not any((tmp_path / d).exists() for d in ("f", "q", "c"))
