@@ -16,6 +16,7 @@ from calibkit.cli.options import (
     user_errors,
     warn_clip_option,
 )
+from calibkit.errors import CalibkitError
 
 DEFAULT_METHODS = "entropy,percentile:99.99,percentile:99.999,minmax,mse"
 
@@ -215,7 +216,14 @@ def validate(model, scales, backends, emulate_fp16, reference, **kw) -> None:
         # ort-int8-cpu (ORT's real INT8 kernels) is left out: on x86 CPUs without VNNI its u8s8
         # products saturate (ONNX Runtime's quantization docs), which says nothing of TensorRT.
         backends = backends or "ort-int8,ort-fp16,trt-int8"
+    if backends is not None and not [b for b in backends.split(",") if b.strip()]:
+        raise CalibkitError("--backends is empty; name at least one, e.g. --backends ort-int8,ort-fp16")
     backends = backends or "ort-int8,ort-fp16"
+    if {b.strip() for b in backends.split(",") if b.strip()} == {"ort-fp32"}:
+        raise CalibkitError(
+            "--backends ort-fp32 alone compares the FP32 model with itself (a PASS that says nothing); "
+            "name a candidate, e.g. --backends ort-int8"
+        )
     if not kw["data"]:
         raise click.UsageError("give --data with the validation set")
     if not kw["report"]:

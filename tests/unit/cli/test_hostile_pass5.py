@@ -477,3 +477,17 @@ def test_ray_without_ray_installed_is_refused_before_the_work(cli, tmp_path, cal
         line = _error(cli(*args, expect=None))
         assert "--ray needs Ray" in line, (args[0], line)
     assert not any((tmp_path / d).exists() for d in ("f", "q", "c"))
+
+
+def test_validate_refuses_rows_that_compare_fp32_with_itself(cli, tmp_path, calibrated, conv_data):
+    """--exclude-nodes '.*' (nothing quantized), --backends ort-fp32 alone and --backends '' gave a
+    PASS, exit 0, that said nothing about INT8 (attack 5b)."""
+    model, cal = calibrated
+    base = ("validate", model, "--scales", cal / "scales.json", "--data", conv_data, "--report", tmp_path / "r.html")
+    line = _error(cli(*base, "--exclude-nodes", ".*", expect=None))
+    assert "nothing is quantized" in line, line
+    line = _error(cli(*base, "--backends", "ort-fp32", expect=None))
+    assert "compares the FP32 model with itself" in line, line
+    line = _error(cli(*base, "--backends", " , ", expect=None))
+    assert "--backends is empty" in line, line
+    assert not (tmp_path / "r.html").exists()
