@@ -219,10 +219,10 @@ def validate(model, scales, backends, emulate_fp16, reference, **kw) -> None:
     if backends is not None and not [b for b in backends.split(",") if b.strip()]:
         raise CalibkitError("--backends is empty; name at least one, e.g. --backends ort-int8,ort-fp16")
     backends = backends or "ort-int8,ort-fp16"
-    if {b.strip() for b in backends.split(",") if b.strip()} == {"ort-fp32"}:
+    if {b.strip() for b in backends.split(",") if b.strip()} == {"ort-fp32"} and reference is None:
         raise CalibkitError(
             "--backends ort-fp32 alone compares the FP32 model with itself (a PASS that says nothing); "
-            "name a candidate, e.g. --backends ort-int8"
+            "name a candidate, e.g. --backends ort-int8, or judge it against another model with --reference"
         )
     if not kw["data"]:
         raise click.UsageError("give --data with the validation set")
