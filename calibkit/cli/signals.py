@@ -47,9 +47,34 @@ def interrupt_behind(exc: BaseException) -> int | None:
     return RECEIVED[-1] if RECEIVED else None
 
 
+def quiet_shutdown_noise() -> None:
+    """After an interrupt, a process pool cut off mid-shutdown can have Python's exit handlers
+    write to its already closed wake-up pipe (concurrent.futures, CPython < 3.12), printed as
+    "Exception ignored in: <module 'threading'> ... OSError: [Errno 9] Bad file descriptor" under
+    calibkit's message (attack 5b: 2 of 9 SIGTERMs into calibrate --workers 2). Those closed-pipe
+    errors are dropped; anything else still prints."""
+    import errno
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_calibkit_quiet", False):
+        return
+
+    def hook(unraisable) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, OSError) and exc.errno in (errno.EBADF, errno.EPIPE):
+            return
+        previous(unraisable)
+
+    hook._calibkit_quiet = True
+    sys.unraisablehook = hook
+
+
 def interrupted(signum: int):
     """Say what an interrupted run left published, and exit 128 + the signal number."""
     from calibkit.outputs.publish import PUBLISHED
+
+    quiet_shutdown_noise()
 
     done = ", ".join(sorted({str(d) for d in PUBLISHED if d.exists()}))  # scratch sets (temp dirs) are gone
     said = (
