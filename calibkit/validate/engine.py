@@ -113,7 +113,8 @@ def check_class_ids(batch_labels: np.ndarray, scores: np.ndarray, labels) -> np.
     bad = np.flatnonzero((ids < 0) | (ids >= c))
     if bad.size:
         raise CalibkitError(
-            f"labels {labels}: {bad.size} class ids lie outside 0..{c - 1} (first: {int(ids[bad[0]])}), but the class-score "
+            f"labels {labels}: class ids lie outside 0..{c - 1} ({bad.size} of the {ids.size} in the first batch that has "
+            f"any; first: {int(ids[bad[0]])}), but the class-score "
             f"output has {c} classes; are these the labels of this model and data (or should --metric score them)?"
         )
     return ids
