@@ -103,7 +103,13 @@ class TensorSpread:
         return self.spread <= tolerance or self.regret <= tolerance
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tensor": self.tensor, "amax": self.amax, "parts": self.parts, "spread": self.spread, "regret": self.regret}
+        return {
+            "tensor": self.tensor,
+            "amax": self.amax,
+            "parts": self.parts,
+            "spread": self.spread,
+            "regret": self.regret,
+        }
 
 
 def regret(hist, amax: float, parts: list[float]) -> float:
@@ -243,85 +249,87 @@ def calibrate_shards(
     version_code = trt_cache.encode_version(
         trt_version or trt_cache.installed_trt_version() or trt_cache.DEFAULT_TRT_VERSION
     )
-    model_path = Path(model)
-    proto = load(model_path, keep_external=True)
-    model_fp = fingerprint_file(model_path)
-    specs = input_specs(proto, feed.batch_axes)
-    source = open_source(data, specs, preprocess or Preprocess())
-    total = source.num_samples()
-    if total is None:
-        raise CalibkitError(
-            f"--shards needs to know how many samples {source.description} holds (an image folder, .npz or .npy); "
-            "for a loader script, save its samples to an .npz first"
-        )
-    limit = min(total, feed.max_samples or total)
-    if limit < 2 * shards:
-        raise CalibkitError(f"--shards {shards}: {limit} samples cannot make {shards} parts of 2 or more samples")
-    if on_source:
-        on_source(source)
-    part_feed = FeedOptions(feed.batch_axes, True, None)
-    external = str(model_path.parent) if has_external(proto) else None
-    fp = source.fingerprint()
-    part_sets, done, collections = [], 0, []
-    for p in parts(source, specs, shards, limit):
-        col = collect(
-            proto,
-            p,
-            batch_size,
-            device=device,
-            progress=(lambda n, base=done: progress(base + n)) if progress else None,
-            model_name=model_path.name,
-            specs=specs,
-            feed=part_feed,
-            external_dir=external,
-            hash_stream=fp is None,
-            **({"tensors": tensors} if tensors != "all" else {}),  # --tensors: as calibrate selects
-        )
-        collections.append(col)
-        done += col.stats.samples
-        part_sets.append(
-            store.HistogramSet(
-                col.tensors,
-                {
-                    "model_name": model_path.name,
-                    "model_fingerprint": model_fp,
-                    "data_fingerprint": f"{fp or 'streamed'}#part-{len(part_sets) + 1}-of-{shards}",
-                    "data": p.description,
-                    "samples": col.stats.samples,
-                    "dropped_samples": col.stats.dropped,
-                },
-            )
-        )
-    merged = store.HistogramSet({}, {"model_fingerprint": model_fp})
-    for ps in part_sets:
-        for name, h in ps.tensors.items():
-            if name in merged.tensors:
-                merged.tensors[name].merge(h)
-            else:
-                merged.tensors[name] = h.copy()
-    applied = applied_preprocess(source)
-    first = collections[0]
-    merged.meta = {
-        "model_name": model_path.name,
-        "model_fingerprint": model_fp,
-        "data_fingerprint": fp
-        if fp is not None
-        else "shards:" + ",".join(c.stats.streamed_fingerprint() for c in collections),
-        "data": source.description,
-        "preprocess": applied.to_dict() if applied is not None else None,
-        "preprocess_fingerprint": preprocess_fingerprint(source),
-        "samples": sum(c.stats.samples for c in collections),
-        "dropped_samples": sum(c.stats.dropped for c in collections),
-        **feed.meta(),
-        "samples_limited": limit < total,
-        "uncalibrated": first.uncalibrated,
-        **({"tensor_selection": tensors, "skipped": first.skipped} if tensors != "all" else {}),
-    }
-    t_collect = time.perf_counter()
-    table = compute(merged, method, config, device=device)
-    t_thresh = time.perf_counter()
-    report = spreads(table.amax(), part_sets, method, config, tolerance)
+    # the output folder is locked from here, not only when publishing: a second run into it fails
+    # at once instead of after all its collection (attack 5b: the later, shorter run won)
     with Transaction(Path(output_dir), "calibrate") as tx:
+        model_path = Path(model)
+        proto = load(model_path, keep_external=True)
+        model_fp = fingerprint_file(model_path)
+        specs = input_specs(proto, feed.batch_axes)
+        source = open_source(data, specs, preprocess or Preprocess())
+        total = source.num_samples()
+        if total is None:
+            raise CalibkitError(
+                f"--shards needs to know how many samples {source.description} holds (an image folder, .npz or .npy); "
+                "for a loader script, save its samples to an .npz first"
+            )
+        limit = min(total, feed.max_samples or total)
+        if limit < 2 * shards:
+            raise CalibkitError(f"--shards {shards}: {limit} samples cannot make {shards} parts of 2 or more samples")
+        if on_source:
+            on_source(source)
+        part_feed = FeedOptions(feed.batch_axes, True, None)
+        external = str(model_path.parent) if has_external(proto) else None
+        fp = source.fingerprint()
+        part_sets, done, collections = [], 0, []
+        for p in parts(source, specs, shards, limit):
+            col = collect(
+                proto,
+                p,
+                batch_size,
+                device=device,
+                progress=(lambda n, base=done: progress(base + n)) if progress else None,
+                model_name=model_path.name,
+                specs=specs,
+                feed=part_feed,
+                external_dir=external,
+                hash_stream=fp is None,
+                **({"tensors": tensors} if tensors != "all" else {}),  # --tensors: as calibrate selects
+            )
+            collections.append(col)
+            done += col.stats.samples
+            part_sets.append(
+                store.HistogramSet(
+                    col.tensors,
+                    {
+                        "model_name": model_path.name,
+                        "model_fingerprint": model_fp,
+                        "data_fingerprint": f"{fp or 'streamed'}#part-{len(part_sets) + 1}-of-{shards}",
+                        "data": p.description,
+                        "samples": col.stats.samples,
+                        "dropped_samples": col.stats.dropped,
+                    },
+                )
+            )
+        merged = store.HistogramSet({}, {"model_fingerprint": model_fp})
+        for ps in part_sets:
+            for name, h in ps.tensors.items():
+                if name in merged.tensors:
+                    merged.tensors[name].merge(h)
+                else:
+                    merged.tensors[name] = h.copy()
+        applied = applied_preprocess(source)
+        first = collections[0]
+        merged.meta = {
+            "model_name": model_path.name,
+            "model_fingerprint": model_fp,
+            "data_fingerprint": fp
+            if fp is not None
+            else "shards:" + ",".join(c.stats.streamed_fingerprint() for c in collections),
+            "data": source.description,
+            "preprocess": applied.to_dict() if applied is not None else None,
+            "preprocess_fingerprint": preprocess_fingerprint(source),
+            "samples": sum(c.stats.samples for c in collections),
+            "dropped_samples": sum(c.stats.dropped for c in collections),
+            **feed.meta(),
+            "samples_limited": limit < total,
+            "uncalibrated": first.uncalibrated,
+            **({"tensor_selection": tensors, "skipped": first.skipped} if tensors != "all" else {}),
+        }
+        t_collect = time.perf_counter()
+        table = compute(merged, method, config, device=device)
+        t_thresh = time.perf_counter()
+        report = spreads(table.amax(), part_sets, method, config, tolerance)
         staged = stage_scales(table, merged, model_path, model_fp, version_code, cache_algorithm, warn_clip)
         outputs = {"histograms": store.save(merged, "histograms.npz", tx)}
         for i, ps in enumerate(part_sets):
@@ -331,21 +339,21 @@ def calibrate_shards(
             tx.directory / SUFFICIENCY, json.dumps(report.to_dict(), indent=1, allow_nan=False) + "\n"
         )
         tx.commit()
-    stats = first.stats
-    stats_total = copy.copy(stats)
-    stats_total.samples = merged.samples
-    stats_total.batches = sum(c.stats.batches for c in collections)
-    seconds = sum(c.seconds for c in collections)
-    whole = copy.copy(first)
-    whole.stats, whole.seconds, whole.tensors = stats_total, seconds, merged.tensors
-    result = CalibrateResult(
-        table,
-        merged,
-        outputs,
-        None,
-        whole,
-        {"collect": t_collect - t0, "threshold": t_thresh - t_collect, "total": time.perf_counter() - t0},
-        clipping.warnings(table, warn_clip),
-        warn_clip,
-    )
-    return result, report
+        stats = first.stats
+        stats_total = copy.copy(stats)
+        stats_total.samples = merged.samples
+        stats_total.batches = sum(c.stats.batches for c in collections)
+        seconds = sum(c.seconds for c in collections)
+        whole = copy.copy(first)
+        whole.stats, whole.seconds, whole.tensors = stats_total, seconds, merged.tensors
+        result = CalibrateResult(
+            table,
+            merged,
+            outputs,
+            None,
+            whole,
+            {"collect": t_collect - t0, "threshold": t_thresh - t_collect, "total": time.perf_counter() - t0},
+            clipping.warnings(table, warn_clip),
+            warn_clip,
+        )
+        return result, report

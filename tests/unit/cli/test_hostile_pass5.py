@@ -513,3 +513,43 @@ def test_an_interrupted_run_drops_closed_pipe_noise_at_exit_only():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "Bad file descriptor" not in r.stderr and "a real one" in r.stderr, r.stderr
+
+
+def test_calibrate_shards_locks_its_folder_from_the_start(tmp_path, conv_model):
+    """calibrate --shards took the folder's lock only to publish: a second, shorter run into the
+    same folder won, and the first failed after all its collection (attack 5b)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+
+    np.savez(tmp_path / "big.npz", x=np.random.default_rng(0).normal(size=(3000, 3, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "small.npz", x=np.random.default_rng(1).normal(size=(8, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "out"
+    env = {**os.environ, "NO_COLOR": "1"}
+    base = [sys.executable, "-m", "calibkit", "calibrate", str(conv_model)]
+    first = subprocess.Popen(
+        [*base, "--data", str(tmp_path / "big.npz"), "--shards", "4", "--batch-size", "1", "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    lock = out / ".calibkit" / "lock"
+    deadline = time.monotonic() + 120
+    while first.poll() is None and time.monotonic() < deadline and not (lock.is_file() and lock.read_text().strip()):
+        time.sleep(0.02)
+    assert first.poll() is None, first.communicate()[1][-2000:]
+    second = subprocess.run(
+        [*base, "--data", str(tmp_path / "small.npz"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    _, err = first.communicate(timeout=600)
+    assert first.returncode in (0, 3), err[-2000:]  # 3: the parts say "add data"
+    assert second.returncode == 1 and "in use by another calibkit run" in second.stderr, second.stderr
+    assert (out / "sufficiency.json").is_file()
