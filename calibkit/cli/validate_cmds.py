@@ -363,6 +363,8 @@ def compare(
     """Score several threshold methods from one stored histogram set in one validation pass.
 
     The report ranks methods by task accuracy, then output SQNR. With no MODEL: the demo.
+    Exits 0 when at least one method passes the gates (the choice the comparison is for), 3 when
+    none does, 1 on a user error.
     """
     from calibkit import demo
     from calibkit.validate import compare as run

@@ -274,7 +274,9 @@ def document(
                     for t, (a, loc) in r.layers.items()
                 },
                 "fp16_fallback": fallback_advice(model, r, gates) if r.layers else None,
-                "qdq_model": str(r.model_path) if r.model_path else None,
+                # the name only: the model was built in the run's temporary folder, gone after it
+                # (a path there pointed at a deleted file); `calibkit export-qdq` writes it for keeps
+                "qdq_model": r.model_path.name if r.model_path else None,
             }
         )
     tested = [c for c in cands[1:]]
