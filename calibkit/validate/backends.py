@@ -81,12 +81,6 @@ def make(
         )
         qdq = onnx.load(str(path))
         layers = activation_qdq(qdq)
-        if not layers:
-            raise CalibkitError(
-                f"{backend}: nothing is quantized ({'--exclude-nodes leaves no' if exclude_nodes else 'no'} "
-                f"activation with a Q/DQ pair, {placement} placement): the row would compare FP32 with itself "
-                "and PASS; narrow --exclude-nodes, or validate the model's float backends only"
-            )
         # The Q/DQ model runs on the CPU provider: real INT8 kernels for the "ort" placement,
         # dequantize -> float kernels (exact INT8 numerics) for the TensorRT placement.
         exact = placement != "ort"
@@ -105,6 +99,12 @@ def make(
         label = f"{backend} ({method})" if method else backend
         if placement != default:
             label += f" [{placement}]"
+        if not layers:  # its verdict is FP32's: said in the row itself, not a silent PASS
+            label += " [nothing quantized]"
+            how = (
+                f"NOTHING IS QUANTIZED ({'--exclude-nodes leaves no' if exclude_nodes else 'no'} activation with a "
+                f"Q/DQ pair, {placement} placement): this row runs the FP32 model"
+            )
         return Candidate(
             label,
             backend,
