@@ -112,7 +112,7 @@ class Pipeline:
             a_amax, a_why = choose_thresholds(
                 original, base.histograms, base.table.amax(), feeds, auto_opts, self.device
             )
-            row = self._stage("+ auto thresholds (each tensor's least INT8 error)", "thresholds_auto", original, a_amax)
+            row = self._stage("+ auto thresholds (each tensor's own least error)", "thresholds_auto", original, a_amax)
             if self._keep(row, "auto thresholds"):
                 amax, why, thr = a_amax, a_why, auto_opts
 

@@ -99,8 +99,9 @@ def make(
         label = f"{backend} ({method})" if method else backend
         if placement != default:
             label += f" [{placement}]"
-        if not layers:  # its verdict is FP32's: said in the row itself, not a silent PASS
-            label += " [nothing quantized]"
+        inits = {i.name for i in qdq.graph.initializer}
+        quantized = [n for n in qdq.graph.node if n.op_type == "QuantizeLinear" and n.input and n.input[0] not in inits]
+        if not quantized:  # its verdict is FP32's: said in the row's note, not a silent PASS
             how = (
                 f"NOTHING IS QUANTIZED ({'--exclude-nodes leaves no' if exclude_nodes else 'no'} activation with a "
                 f"Q/DQ pair, {placement} placement): this row runs the FP32 model"
