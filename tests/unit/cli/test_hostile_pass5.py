@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from procs import children, in_session
 from test_hostile_pass2 import _one_line_error as _error  # exit 1, no traceback, one "calibkit: error:" line
 
 
@@ -145,38 +146,6 @@ def test_a_reader_finishes_a_committed_publish_before_it_reads(cli, tmp_path, co
     assert scales.read(tmp_path / "d3" / "scales.json").amax() == scales.read(tmp_path / "new" / "scales.json").amax()
 
 
-def _children(pid: int) -> list[int]:
-    import os
-
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(d))
-    return out
-
-
-def _session(sid: int) -> list[int]:
-    import os
-
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                out.append(int(d))
-    return out
-
-
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
 def test_a_signal_while_workers_start_prints_no_worker_traceback(tmp_path, sig):
     """SIGTERM/SIGHUP to calibkit alone while its --workers were being spawned cut the pickled
@@ -217,7 +186,7 @@ def test_a_signal_while_workers_start_prints_no_worker_traceback(tmp_path, sig):
         list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
     )
     deadline = time.monotonic() + 240
-    while p.poll() is None and len(_children(p.pid)) < 2 and time.monotonic() < deadline:
+    while p.poll() is None and len(children(p.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert p.poll() is None, p.communicate()[1][-2000:]
     os.kill(p.pid, getattr(signal, sig))
@@ -226,9 +195,9 @@ def test_a_signal_while_workers_start_prints_no_worker_traceback(tmp_path, sig):
     assert "Traceback" not in err and "interrupted" in err, err[-3000:]
     assert not (tmp_path / "q").exists() or not any((tmp_path / "q").glob("*.onnx"))
     deadline = time.monotonic() + 60  # workers that were still starting see their parent gone and end
-    while _session(p.pid) and time.monotonic() < deadline:
+    while in_session(p.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _session(p.pid)
+    assert not in_session(p.pid)
 
 
 @pytest.mark.parametrize("mode", ["I;16", "I", "F"])

@@ -12,20 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from models import conv_net
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
-                out.append(int(d.name))
-    return out
+from procs import children as _children
 
 
 def _alive(pid: int) -> bool:
